@@ -1,0 +1,32 @@
+# Two commands a new user needs: `make demo` and `make test`.
+# Both create .venv/ on first use. elasticdeform 0.5.1's wheel is built against
+# NumPy 1 and fails to import beside NumPy 2, so it is compiled from source
+# against the NumPy installed here (no build isolation: its setup.py imports numpy).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel "numpy>=2"
+	$(PY) -m pip install --quiet --no-binary elasticdeform --no-build-isolation elasticdeform==0.5.1
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/pancreas demo --out demo-output
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/preprocess.py
+	$(PY) bench/index.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

@@ -1,0 +1,1 @@
+"""Command-line front end and the end-to-end demo. The library lives in the stage packages."""

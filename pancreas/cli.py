@@ -1,0 +1,67 @@
+"""``pancreas <stage>``: parses arguments and calls the library; nothing else.
+
+Each stage has a small module ``pancreas/cli_<stage>.py`` with ``add_parser(subparsers)``
+and ``run(args) -> int``; they are imported lazily so ``pancreas synth`` does not pay
+for importing TensorFlow.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# subcommand -> module that implements it
+COMMANDS = {
+    "synth": "pancreas.cli_synth",
+    "preprocess": "pancreas.cli_preprocess",
+    "index": "pancreas.cli_index",
+    "train": "pancreas.cli_train",
+    "predict": "pancreas.cli_predict",
+    "evaluate": "pancreas.cli_evaluate",
+    "download": "pancreas.cli_download",
+    "demo": "pancreas.cli_demo",
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pancreas", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wanted = [a for a in argv if a in COMMANDS][:1] or list(COMMANDS)
+    for name in COMMANDS:
+        if name in wanted:
+            try:
+                module = importlib.import_module(COMMANDS[name])
+            except ModuleNotFoundError:
+                continue  # stage not built yet
+            module.add_parser(sub)
+        else:
+            sub.add_parser(name, help=f"see `pancreas {name} --help`")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line for known user errors
+        from dataset.configio import ConfigError
+        from dataset.store import StoreError
+
+        if isinstance(err, (ConfigError, StoreError, FileNotFoundError, ValueError)):
+            print(f"pancreas {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
