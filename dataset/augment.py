@@ -1,0 +1,117 @@
+"""Elastic deformation of foreground patches, computed once and cached per case.
+
+``make_params`` draws the random part (control-point displacements) from a generator;
+``apply`` is deterministic given those parameters, so tests can check it on fixed
+displacements and the same entry seed always rebuilds the same bytes.
+
+``build_augmented_shard`` is the unit of work a Dask worker runs: it opens the case
+shard itself (handles are never shipped), deforms every augmented entry of the case and
+writes ``STORE/index/augmented/<case_id>.h5`` atomically. Layout of that shard:
+
+* ``image``, ``label``: uint8 (n_entries, dz, dy, dx), one chunk per patch, Blosc-LZ4;
+  entry ``i`` is what the manifest's variant ``augmented/<case_id>.h5:i`` names.
+* attributes: ``case_id``, ``fingerprint`` (of the case's inputs, the entries and the
+  elastic config: a shard whose fingerprint matches is reused), ``starts_zyx``
+  (n, 3), ``seeds`` (n,), ``config`` (JSON of the elastic config).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import elasticdeform
+import h5py
+import hdf5plugin
+import numpy as np
+
+from dataset.config import ElasticConfig
+from dataset.files import atomic_path
+from dataset.grid import Zyx
+from dataset.reader import read_box
+from dataset.store import IMAGE_LEVELS, StoreError, shard_path
+
+AUGMENT_VERSION = 1  # bump when the deformation code changes its output
+
+
+@dataclass(frozen=True)
+class ElasticParams:
+    """Displacements in voxels, shape (3, points, points, points), axes (z, y, x)."""
+
+    displacement: np.ndarray
+
+
+@dataclass(frozen=True)
+class AugmentEntry:
+    """One augmented patch to compute: where it is and its seed."""
+
+    start_zyx: Zyx
+    size_zyx: Zyx
+    seed: int
+
+
+def make_params(rng: np.random.Generator, config: ElasticConfig) -> ElasticParams:
+    points = config.control_points
+    return ElasticParams(rng.normal(0.0, config.sigma_voxels, size=(3, points, points, points)))
+
+
+def apply(image_levels: np.ndarray, label: np.ndarray, params: ElasticParams, config: ElasticConfig,
+          margin: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Deform image and label together; crop ``margin`` voxels per side; back to uint8 levels."""
+    crop = [slice(margin, n - margin) for n in image_levels.shape] if margin else None
+    image, deformed_label = elasticdeform.deform_grid(
+        [image_levels.astype(np.float32), label], params.displacement,
+        order=[config.image_order, 0], mode=config.mode, cval=0.0, crop=crop,
+        prefilter=config.image_order > 1,
+    )
+    image = np.clip(np.rint(image), 0, IMAGE_LEVELS).astype(np.uint8)
+    return image, deformed_label.astype(np.uint8)
+
+
+def augment_patch(image_ds: h5py.Dataset, label_ds: h5py.Dataset, entry: AugmentEntry,
+                  config: ElasticConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Read the entry's region (plus margin), deform it with its own seed."""
+    m = config.margin_voxels
+    start = tuple(s - m for s in entry.start_zyx)
+    size = tuple(n + 2 * m for n in entry.size_zyx)
+    params = make_params(np.random.default_rng(entry.seed), config)
+    return apply(read_box(image_ds, start, size), read_box(label_ds, start, size), params, config, margin=m)
+
+
+def shard_fingerprint_matches(path: Path, fingerprint: str) -> bool:
+    """Whether an existing augmented shard was built from the same inputs."""
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("fingerprint") == fingerprint and "image" in f and "label" in f
+    except OSError:
+        return False
+
+
+def build_augmented_shard(store: str, case_id: str, entries: Sequence[AugmentEntry],
+                          config: ElasticConfig, out_path: str, fingerprint: str) -> dict[str, Any]:
+    """Compute and write one case's augmented shard (runs inside a worker process)."""
+    source = shard_path(store, case_id)
+    try:
+        with h5py.File(source, "r") as f:
+            patches = [augment_patch(f["image"], f["label"], e, config) for e in entries]
+    except (OSError, KeyError) as err:
+        raise StoreError(f"{source}: cannot read case {case_id} for augmentation ({err})") from None
+    size = entries[0].size_zyx if entries else (1, 1, 1)
+    images = np.stack([p[0] for p in patches]) if patches else np.zeros((0, *size), np.uint8)
+    labels = np.stack([p[1] for p in patches]) if patches else np.zeros((0, *size), np.uint8)
+    compression = dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.NOSHUFFLE))
+    chunks = (1, *size) if patches else None
+    with atomic_path(out_path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("image", data=images, chunks=chunks, **compression)
+            f.create_dataset("label", data=labels, chunks=chunks, **compression)
+            f.attrs["case_id"] = case_id
+            f.attrs["fingerprint"] = fingerprint
+            f.attrs["starts_zyx"] = np.asarray([e.start_zyx for e in entries], np.int64).reshape(-1, 3)
+            f.attrs["seeds"] = np.asarray([e.seed for e in entries], np.int64)
+            f.attrs["config"] = json.dumps(asdict(config))
+            f.attrs["augment_version"] = AUGMENT_VERSION
+    return {"case_id": case_id, "entries": len(entries)}

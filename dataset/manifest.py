@@ -1,0 +1,117 @@
+"""Patch manifests: the CSV contract between ``pancreas index`` and the trainer.
+
+One row per training or validation entry. A row names a patch box in a case's stored
+grid (numpy order z, y, x; the start may be negative or the box may run past the
+volume: the reader pads, image with level 0 and label with 0) and, for augmented
+entries, the cached elastically deformed patch that replaces the stored one.
+
+Columns (``MANIFEST_COLUMNS``, in this order):
+
+================  =========================================================================
+case_id           str, catalog case id
+z0, y0, x0        int, first voxel of the patch in the stored grid (may be negative)
+dz, dy, dx        int, patch size in voxels
+n_pancreas        int, voxels of class 1 inside the (unaugmented) patch
+n_tumour          int, voxels of class 2 inside the (unaugmented) patch
+foreground        int 0/1, n_pancreas + n_tumour >= min_foreground_voxels (and tumour if
+                  required)
+padded            int 0/1, the box extends past the volume on some axis
+variant           str, "" for the stored patch, else "augmented/<case_id>.h5:<i>": entry
+                  ``i`` of the augmented shard under ``STORE/index/``
+seed              int, seed for the trainer's online transforms (flips, noise, offset)
+kind              str, "grid" (a grid patch), "centred" (foreground-centred sample)
+copy              int, 0 for the first appearance of a patch, 1.. for further copies
+with_replacement  int 0/1, background entry drawn with replacement (case short of
+                  background patches)
+================  =========================================================================
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from dataset.files import atomic_path
+from dataset.store import StoreError
+
+MANIFEST_COLUMNS = (
+    "case_id", "z0", "y0", "x0", "dz", "dy", "dx", "n_pancreas", "n_tumour",
+    "foreground", "padded", "variant", "seed", "kind", "copy", "with_replacement",
+)
+STR_COLUMNS = frozenset({"case_id", "variant", "kind"})
+INT_COLUMNS = tuple(c for c in MANIFEST_COLUMNS if c not in STR_COLUMNS)
+REQUIRED_COLUMNS = MANIFEST_COLUMNS[:13]  # what every reader may rely on
+
+
+INDEX_DIR = "index"  # under STORE
+AUGMENTED_DIR = "augmented"  # under STORE/index
+
+
+def variant_ref(case_id: str, entry: int) -> str:
+    """The ``variant`` value naming entry ``entry`` of a case's augmented shard."""
+    return f"{AUGMENTED_DIR}/{case_id}.h5:{entry}"
+
+
+def parse_variant(variant: str) -> tuple[str, int]:
+    """``"augmented/x.h5:3"`` -> (``"augmented/x.h5"``, 3); path relative to ``STORE/index``."""
+    rel, sep, entry = variant.rpartition(":")
+    if not sep or not rel or not entry.isdigit():
+        raise StoreError(f"variant {variant!r} is not of the form 'augmented/<case>.h5:<entry>'")
+    return rel, int(entry)
+
+
+def write_manifest(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Write rows as CSV (header ``MANIFEST_COLUMNS``), atomically.
+
+    Missing optional columns get their neutral value ("" / "grid" / 0) so callers that
+    build rows by hand (tests, tools) need only the required ones.
+    """
+    defaults = {"variant": "", "kind": "grid", "copy": 0, "with_replacement": 0}
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(MANIFEST_COLUMNS)
+            for i, row in enumerate(rows):
+                try:
+                    writer.writerow([_format(row[c] if c in row else defaults[c]) for c in MANIFEST_COLUMNS])
+                except KeyError as err:
+                    raise StoreError(f"{path}: row {i} lacks column {err}") from None
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    return str(value)
+
+
+def read_manifest(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a manifest: integer columns as ``int``, ``variant`` as str ("" = stored patch)."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            if missing:
+                raise StoreError(f"{path}: not a patch manifest (missing column(s) {', '.join(missing)})")
+            rows = []
+            for line, raw in enumerate(reader, start=2):
+                rows.append(_parse(raw, path, line))
+    except FileNotFoundError:
+        raise StoreError(f"{path}: manifest not found; run `pancreas index`") from None
+    return rows
+
+
+def _parse(raw: dict[str, str], path: Path, line: int) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key is None:
+            raise StoreError(f"{path}:{line}: more values than columns")
+        if key in STR_COLUMNS:
+            row[key] = value or ""
+        else:
+            try:
+                row[key] = int(value)
+            except (TypeError, ValueError):
+                raise StoreError(f"{path}:{line}: column {key} is not an integer ({value!r})") from None
+    return row

@@ -1,0 +1,151 @@
+"""The Medical Segmentation Decathlon layout: ``dataset.json`` -> the list of cases.
+
+``dataset.json`` lists ``training`` entries ({"image": "./imagesTr/x.nii.gz", "label":
+"./labelsTr/x.nii.gz"}) and ``test`` entries ("./imagesTs/y.nii.gz"). Paths are resolved
+against the dataset folder; an entry that resolves outside it is refused. macOS ``._*``
+files and anything that is not a NIfTI file (or a DICOM series folder) are ignored, both
+when listed and when ``dataset.json`` has no list and the folders are scanned. Whether a
+listed file exists is checked per case later, so one missing file fails one case only.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DATASET_JSON = "dataset.json"
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SPLIT_FOLDERS = {"training": ("imagesTr", "labelsTr"), "test": ("imagesTs", None)}
+
+
+class MsdDatasetError(ValueError):
+    """A dataset folder or dataset.json that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class MsdCase:
+    case_id: str
+    split: str  # "training" | "test"
+    image: Path
+    label: Path | None
+
+
+@dataclass(frozen=True)
+class MsdDataset:
+    root: Path
+    name: str
+    labels: dict[str, str]  # {"0": "background", ...} as declared
+    cases: tuple[MsdCase, ...]
+
+    @property
+    def label_values(self) -> tuple[int, ...]:
+        return tuple(sorted(int(k) for k in self.labels))
+
+
+def case_id_of(path: str | Path) -> str:
+    """``pancreas_001`` from ``.../pancreas_001.nii.gz`` (a DICOM folder: its name)."""
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_ignored(name: str) -> bool:
+    """macOS resource files (``._x.nii.gz``) and other hidden files."""
+    return name.startswith(".")
+
+
+def is_image_name(name: str) -> bool:
+    return not is_ignored(name) and name.endswith(NIFTI_SUFFIXES)
+
+
+def _resolve(root: Path, entry: Any, where: str) -> Path:
+    if not isinstance(entry, str) or not entry.strip():
+        raise MsdDatasetError(f"{root / DATASET_JSON}: {where}: expected a relative path, got {entry!r}")
+    path = (root / entry).resolve()
+    if not path.is_relative_to(root):
+        raise MsdDatasetError(
+            f"{root / DATASET_JSON}: {where} {entry!r} resolves outside the dataset folder ({path})"
+        )
+    return path
+
+
+def _skip_listed(image: Path, entry: str) -> bool:
+    """True (with a warning) for a listed macOS resource file or a file that is not NIfTI."""
+    if is_ignored(image.name):
+        log.warning("ignoring %s listed in dataset.json (macOS resource file)", entry)
+        return True
+    if image.is_file() and not image.name.endswith(NIFTI_SUFFIXES):
+        log.warning("ignoring %s listed in dataset.json (not a NIfTI file)", entry)
+        return True
+    return False
+
+
+def _listed_cases(root: Path, meta: dict[str, Any]) -> list[MsdCase]:
+    cases = []
+    for i, entry in enumerate(meta.get("training") or []):
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise MsdDatasetError(
+                f"{root / DATASET_JSON}: training[{i}] must have 'image' and 'label', got {entry!r}"
+            )
+        image = _resolve(root, entry["image"], f"training[{i}].image")
+        label = _resolve(root, entry["label"], f"training[{i}].label")
+        if _skip_listed(image, entry["image"]):
+            continue
+        cases.append(MsdCase(case_id_of(image), "training", image, label))
+    for i, entry in enumerate(meta.get("test") or []):
+        if isinstance(entry, dict):  # some tools write {"image": ...} for test entries too
+            entry = entry.get("image")
+        image = _resolve(root, entry, f"test[{i}]")
+        if _skip_listed(image, entry):
+            continue
+        cases.append(MsdCase(case_id_of(image), "test", image, None))
+    return cases
+
+
+def _scanned_cases(root: Path) -> list[MsdCase]:
+    """Cases found in imagesTr/labelsTr/imagesTs when dataset.json lists none."""
+    cases = []
+    for split, (images, labels) in SPLIT_FOLDERS.items():
+        folder = root / images
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if not is_image_name(path.name):
+                continue
+            label = root / labels / path.name if labels else None
+            cases.append(MsdCase(case_id_of(path), split, path.resolve(), label and label.resolve()))
+    return cases
+
+
+def load_msd_dataset(folder: str | Path) -> MsdDataset:
+    """Parse ``folder/dataset.json`` into cases (training with labels, test without)."""
+    root = Path(folder).resolve()
+    meta_path = root / DATASET_JSON
+    if not meta_path.is_file():
+        raise MsdDatasetError(f"{root}: no {DATASET_JSON}; expected an MSD task folder")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MsdDatasetError(f"{meta_path}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise MsdDatasetError(f"{meta_path}: expected a JSON object")
+    labels = meta.get("labels") or {"0": "background"}
+    if not isinstance(labels, dict) or not all(str(k).isdigit() for k in labels):
+        raise MsdDatasetError(f"{meta_path}: 'labels' must map integer values to names, got {labels!r}")
+    labels = {str(k): str(v) for k, v in labels.items()}
+    listed = "training" in meta or "test" in meta
+    cases = _listed_cases(root, meta) if listed else _scanned_cases(root)
+    seen: dict[str, MsdCase] = {}
+    for case in cases:
+        if case.case_id in seen:
+            raise MsdDatasetError(
+                f"{meta_path}: case id {case.case_id!r} appears twice ({seen[case.case_id].image}, {case.image})"
+            )
+        seen[case.case_id] = case
+    return MsdDataset(root, str(meta.get("name", root.name)), labels, tuple(cases))

@@ -1,0 +1,130 @@
+"""Read one manifest row's patch from the store: only the patch's slab, never a volume.
+
+Boxes may start before or run past the volume (thin scans, centred patches): the part
+inside is read from HDF5 straight into a zero-filled array, so the image is padded with
+level 0 (the normalised minimum) and the label with 0 (background). Augmented entries
+(``row["variant"]`` non-empty) come from the cached shards under ``STORE/index/``.
+
+HDF5 handles are opened lazily and cached per process. They are never pickled
+(``__getstate__`` drops them) and a forked child reopens its own, because h5py handles
+are not safe to share between processes (DESIGN-NOTES).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import hdf5plugin  # noqa: F401  (Blosc filter)
+import numpy as np
+
+from dataset.manifest import INDEX_DIR, parse_variant
+from dataset.store import StoreError, levels_to_intensity, shard_path
+
+Box = tuple[tuple[slice, ...], tuple[slice, ...]]
+
+
+def box_slices(
+    start_zyx: tuple[int, int, int], size_zyx: tuple[int, int, int], shape_zyx: tuple[int, ...]
+) -> Box | None:
+    """Source slices (in the volume) and destination slices (in the patch) of a box.
+
+    ``None`` when the box does not overlap the volume at all.
+    """
+    src, dst = [], []
+    for start, size, extent in zip(start_zyx, size_zyx, shape_zyx):
+        lo, hi = max(start, 0), min(start + size, extent)
+        if hi <= lo:
+            return None
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start, hi - start))
+    return tuple(src), tuple(dst)
+
+
+def row_box(row: Mapping[str, Any]) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    return (int(row["z0"]), int(row["y0"]), int(row["x0"])), (int(row["dz"]), int(row["dy"]), int(row["dx"]))
+
+
+def read_box(dataset: h5py.Dataset, start_zyx, size_zyx) -> np.ndarray:
+    """The box of a 3D dataset, zero where it lies outside; reads only the overlap."""
+    out = np.zeros(tuple(size_zyx), dtype=dataset.dtype)
+    slices = box_slices(tuple(start_zyx), tuple(size_zyx), dataset.shape)
+    if slices is not None:
+        src, dst = slices
+        dataset.read_direct(out, source_sel=src, dest_sel=dst)
+    return out
+
+
+class PatchReader:
+    """Reads manifest rows of one store; cheap to construct, safe to send to workers."""
+
+    def __init__(self, store: str | Path) -> None:
+        self.store = Path(store)
+        self._files: dict[Path, h5py.File] = {}
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"store": self.store}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["store"])
+
+    def _file(self, path: Path) -> h5py.File:
+        if self._pid != os.getpid():  # forked: the parent's handles are not ours to use
+            self._files, self._pid = {}, os.getpid()
+        handle = self._files.get(path)
+        if handle is None:
+            try:
+                handle = h5py.File(path, "r")
+            except (OSError, FileNotFoundError) as err:
+                raise StoreError(f"{path}: cannot open shard ({err})") from None
+            self._files[path] = handle
+        return handle
+
+    def read_levels(self, row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Image uint8 levels and uint8 label, both (dz, dy, dx), padded where needed."""
+        start, size = row_box(row)
+        variant = row.get("variant") or ""
+        if variant:
+            return self._read_variant(variant, size, row["case_id"])
+        f = self._file(shard_path(self.store, row["case_id"]))
+        try:
+            image, label = f["image"], f["label"]
+        except KeyError:
+            raise StoreError(f"{f.filename}: shard of case {row['case_id']} has no label") from None
+        return read_box(image, start, size), read_box(label, start, size)
+
+    def _read_variant(self, variant: str, size: tuple[int, int, int], case_id: str):
+        rel, entry = parse_variant(variant)
+        f = self._file(self.store / INDEX_DIR / rel)
+        image, label = f["image"], f["label"]
+        if entry >= image.shape[0] or image.shape[1:] != size:
+            raise StoreError(
+                f"{f.filename}: case {case_id} has no augmented entry {entry} of size {size} "
+                f"(shard holds {image.shape[0]} of {image.shape[1:]}); rerun `pancreas index`"
+            )
+        return image[entry], label[entry]
+
+    def read(self, row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Float32 image in [0, 1] and uint8 label."""
+        levels, label = self.read_levels(row)
+        return levels_to_intensity(levels), label
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            try:
+                handle.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        self._files = {}
+
+    def __enter__(self) -> "PatchReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_pid", None) == os.getpid():
+            self.close()

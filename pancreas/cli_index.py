@@ -1,0 +1,58 @@
+"""``pancreas index``: split cases, classify grid patches, write balanced manifests and
+cache the elastically deformed foreground copies under STORE/index/."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = sub.add_parser("index", help="build patch manifests and cached augmented patches",
+                            description=__doc__)
+    parser.add_argument("--store", required=True, help="preprocessed store (from `pancreas preprocess`)")
+    parser.add_argument("--config", default=None,
+                        help="index config YAML (default: built-in defaults = configs/dataset.yaml)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="Dask worker processes for augmentation (default: all cores; 0: no Dask)")
+    parser.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (tcp://host:8786)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataset.config import IndexConfig
+    from dataset.configio import load_config
+    from dataset.indexer import build_index
+
+    if args.workers is not None and args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    config = load_config(IndexConfig, args.config)
+    s = build_index(args.store, config, workers=args.workers, scheduler=args.scheduler,
+                    progress=not args.no_progress)
+    for line in format_summary(s):
+        print(line)
+    return 0
+
+
+def format_summary(s) -> list[str]:
+    """Readable lines of an IndexSummary."""
+    if s.unchanged:
+        head = [f"index of {s.store} is up to date (store {s.store_fingerprint}, config {s.config_fingerprint}); nothing to do"]
+    else:
+        head = [f"indexed {s.store} in {s.seconds:.1f} s "
+                f"(classification {s.classify_seconds_per_case * 1000:.0f} ms per case)"]
+    lines = head + [
+        f"  split        {s.train_cases} train / {s.val_cases} validation cases"
+        + (f"; skipped (preprocessing failed): {', '.join(s.skipped_cases)}" if s.skipped_cases else ""),
+        f"  train        {s.train_entries} entries: {s.train_foreground_entries} foreground "
+        f"({s.train_augmented_entries} augmented, {s.train_centred_entries} centred), "
+        f"{s.train_background_entries} background ({s.train_with_replacement} drawn with replacement)",
+        f"  validation   {s.val_entries} patches: {s.val_foreground_entries} foreground, "
+        f"{s.val_background_entries} background",
+        f"  padded       {s.padded_patches} grid patches extend past their volume",
+        f"  augmented    {len(s.augmented_shards)} shards: {s.augmented_built} built, {s.augmented_reused} reused",
+    ]
+    if s.cases_without_foreground:
+        lines.append(f"  no foreground: {', '.join(s.cases_without_foreground)} (background entries only)")
+    lines.append(f"  wrote        {s.index_dir}/{{train.csv, val.csv, split.json, summary.json, augmented/}}")
+    return lines

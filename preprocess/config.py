@@ -1,0 +1,90 @@
+"""Preprocessing parameters: one frozen dataclass whose defaults are the documented defaults.
+
+``configs/preprocess.yaml`` repeats these defaults with comments (a test keeps the two
+equal). The resolved config is written into every shard and the catalog, and its
+fingerprint decides whether a stored case must be redone.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dataset.configio import load_config, to_dict
+from dataset.files import fingerprint_json
+
+INTERPOLATIONS = ("linear", "bspline")
+INT16_RANGE = (-32768, 32767)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How one CT becomes a stored case (see ``preprocess.pipeline.preprocess_image``)."""
+
+    target_spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (x, y, z)
+    image_interpolation: str = "linear"  # linear | bspline (bspline is about 15x slower)
+    window_hu: tuple[float, float] = (-135.0, 250.0)
+    equalize: bool = True
+    histogram_bins: int = 256
+    equalize_body_only: bool = False
+    body_threshold_hu: float = -500.0
+    crop_margin_mm: float = 10.0
+    crop_to_body: bool = True
+    label_values: tuple[int, ...] = (0, 1, 2)
+
+    def __post_init__(self) -> None:
+        if len(self.target_spacing_mm) != 3 or not all(
+            math.isfinite(s) and s > 0 for s in self.target_spacing_mm
+        ):
+            raise ValueError(
+                f"target_spacing_mm must be 3 positive numbers (x, y, z), got {self.target_spacing_mm}"
+            )
+        if self.image_interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"image_interpolation must be one of {INTERPOLATIONS}, got {self.image_interpolation!r}"
+            )
+        low, high = self.window_hu
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ValueError(f"window_hu must be (low, high) with low < high, got {self.window_hu}")
+        if math.floor(high) - math.ceil(low) < 1:
+            raise ValueError(f"window_hu must contain at least two integer HU values, got {self.window_hu}")
+        if low < INT16_RANGE[0] or high > INT16_RANGE[1]:
+            raise ValueError(f"window_hu must lie within {INT16_RANGE} HU, got {self.window_hu}")
+        if self.histogram_bins < 2:
+            raise ValueError(f"histogram_bins must be >= 2, got {self.histogram_bins}")
+        if not math.isfinite(self.body_threshold_hu):
+            raise ValueError(f"body_threshold_hu must be finite, got {self.body_threshold_hu}")
+        if not (math.isfinite(self.crop_margin_mm) and self.crop_margin_mm >= 0):
+            raise ValueError(f"crop_margin_mm must be >= 0, got {self.crop_margin_mm}")
+        values = self.label_values
+        if (
+            not values
+            or 0 not in values
+            or len(set(values)) != len(values)
+            or not all(isinstance(v, int) and 0 <= v <= 255 for v in values)
+        ):
+            raise ValueError(
+                f"label_values must be distinct integers in 0..255 including 0, got {values}"
+            )
+
+
+def load_preprocess_config(path: str | Path | None) -> PreprocessConfig:
+    """The config in ``path`` (YAML), or the defaults for ``None``."""
+    return load_config(PreprocessConfig, path)
+
+
+def config_to_dict(config: PreprocessConfig) -> dict[str, Any]:
+    return to_dict(config)
+
+
+def config_fingerprint(config: PreprocessConfig) -> str:
+    """Stable hash of the resolved config; a stored case with another one is redone."""
+    return fingerprint_json(to_dict(config))
+
+
+def config_from_dict(data: dict[str, Any]) -> PreprocessConfig:
+    """Rebuild a config from its JSON form (as stored in a shard or sent to a worker)."""
+    from dataset.configio import from_dict
+
+    return from_dict(PreprocessConfig, data, where="preprocess config")

@@ -1,0 +1,160 @@
+"""One case, three layers: ``preprocess_image`` (images in, arrays out: the single code path
+that training and inference share), ``preprocess_file`` (reads + validates files, then calls
+it) and ``write_case`` (the shard). The Dask driver only calls ``process_case``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from dataset.files import fingerprint_file, fingerprint_json
+from dataset.store import write_shard
+from preprocess.body import body_box, expand_box
+from preprocess.config import PreprocessConfig, config_fingerprint, config_to_dict
+from preprocess.geometry import IDENTITY_DIRECTION, Grid, edge_aligned_grid, resample
+from preprocess.intensity import hu_to_levels
+from preprocess.io import PIXEL_NAMES, grid_mismatch, label_value_counts, read_case
+
+log = logging.getLogger(__name__)
+
+AIR_HU = -1024.0  # value of image points outside an oblique scan
+
+
+@dataclass
+class PreprocessedCase:
+    """A case on the stored grid: what ``dataset.store.write_shard`` takes."""
+
+    levels: np.ndarray  # uint8 (z, y, x), level v = normalised intensity v / 255
+    label: np.ndarray | None  # uint8 (z, y, x) or None
+    attrs: dict[str, Any]  # shard attributes (see dataset/store.py)
+    seconds: dict[str, float] = field(default_factory=dict)  # per step, not stored
+
+
+def input_fingerprint(image_path: str | Path, label_path: str | Path | None) -> str:
+    """Fingerprint of a case's input files (cheap: names, sizes, mtimes)."""
+    label = fingerprint_file(label_path) if label_path is not None else ""
+    return fingerprint_json([fingerprint_file(image_path), label])
+
+
+def crop_box(
+    hu_zyx: np.ndarray, config: PreprocessConfig
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Body bounding box plus margin on the resampled grid (z, y, x); whole volume if no body."""
+    whole = (0, 0, 0), tuple(hu_zyx.shape)
+    if not config.crop_to_body:
+        return whole
+    box = body_box(hu_zyx, config.body_threshold_hu)
+    if box is None:
+        log.warning("no voxel above %s HU: keeping the whole volume", config.body_threshold_hu)
+        return whole
+    spacing_zyx = tuple(config.target_spacing_mm[::-1])
+    return expand_box(box[0], box[1], config.crop_margin_mm, spacing_zyx, hu_zyx.shape)
+
+
+def _geometry_attrs(image: sitk.Image, grid: Grid, start: tuple[int, ...], stop: tuple[int, ...]) -> dict:
+    start_xyz = np.asarray(start[::-1], dtype=np.float64)
+    origin = np.asarray(grid.origin) + start_xyz * np.asarray(grid.spacing)
+    return {
+        "spacing": np.asarray(grid.spacing, dtype=np.float64),
+        "origin": origin,
+        "direction": np.asarray(IDENTITY_DIRECTION, dtype=np.float64),
+        "original_size": np.asarray(image.GetSize(), dtype=np.int64),
+        "original_spacing": np.asarray(image.GetSpacing(), dtype=np.float64),
+        "original_origin": np.asarray(image.GetOrigin(), dtype=np.float64),
+        "original_direction": np.asarray(image.GetDirection(), dtype=np.float64),
+        "original_dtype": PIXEL_NAMES.get(image.GetPixelID(), image.GetPixelIDTypeAsString()),
+        "resampled_size": np.asarray(grid.size, dtype=np.int64),
+        "resampled_origin": np.asarray(grid.origin, dtype=np.float64),
+        "crop_start_zyx": np.asarray(start, dtype=np.int64),
+        "crop_stop_zyx": np.asarray(stop, dtype=np.int64),
+    }
+
+
+def preprocess_image(
+    image: sitk.Image, label: sitk.Image | None, config: PreprocessConfig
+) -> PreprocessedCase:
+    """A CT (HU, any orientation and pixel type) and optional label -> stored-grid arrays.
+
+    Reorientation and resampling are one ``sitk.Resample`` onto the canonical (identity
+    direction) edge-aligned grid: ITK maps each output voxel through the input's direction,
+    so a separate ``DICOMOrient`` copy would cost time and a full-size buffer for the same
+    result. Then: body crop, window, equalisation, normalisation (``preprocess.intensity``).
+    """
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    if label is not None:
+        mismatch = grid_mismatch(image, label)
+        if mismatch:
+            raise ValueError(f"label is on another grid than its image: {mismatch}")
+    hu_image = image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
+    grid = edge_aligned_grid(image, config.target_spacing_mm)
+    resampled = resample(hu_image, grid, config.image_interpolation, AIR_HU)
+    del hu_image
+    resampled_label = None
+    if label is not None:
+        label_u8 = label if label.GetPixelID() == sitk.sitkUInt8 else sitk.Cast(label, sitk.sitkUInt8)
+        resampled_label = resample(label_u8, grid, "nearest", 0)
+    seconds["resample"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    hu = sitk.GetArrayViewFromImage(resampled)  # (z, y, x) view; `resampled` keeps it alive
+    start, stop = crop_box(hu, config)
+    box = tuple(slice(a, b) for a, b in zip(start, stop))
+    seconds["crop"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    threshold = config.body_threshold_hu if config.equalize_body_only else None
+    levels = hu_to_levels(hu[box], config.window_hu, config.equalize, config.histogram_bins, threshold)
+    seconds["intensity"] = time.perf_counter() - t
+    del hu, resampled
+
+    attrs = _geometry_attrs(image, grid, start, stop)
+    attrs["window_hu"] = np.asarray(config.window_hu, dtype=np.float64)
+    label_array = None
+    if resampled_label is not None:
+        label_array = np.ascontiguousarray(sitk.GetArrayViewFromImage(resampled_label)[box])
+        counts = label_value_counts(label_array)
+        attrs["label_counts"] = np.asarray([counts[v] for v in config.label_values], dtype=np.int64)
+    attrs["config"] = json.dumps(config_to_dict(config), sort_keys=True)
+    attrs["config_fingerprint"] = config_fingerprint(config)
+    return PreprocessedCase(levels, label_array, attrs, seconds)
+
+
+def preprocess_file(
+    image_path: str | Path,
+    label_path: str | Path | None,
+    config: PreprocessConfig,
+    allowed_labels: tuple[int, ...] | None = None,
+) -> PreprocessedCase:
+    """Read + validate one case's files (NIfTI or DICOM folder), then ``preprocess_image``.
+
+    ``allowed_labels``: the label values the dataset declares (default: config.label_values).
+    Raises ``preprocess.io.InputError`` (one line naming the file) for unusable input.
+    """
+    t = time.perf_counter()
+    allowed = tuple(allowed_labels) if allowed_labels is not None else config.label_values
+    image, dtype, label = read_case(image_path, label_path, allowed)
+    read_seconds = time.perf_counter() - t
+    case = preprocess_image(image, label, config)
+    case.seconds = {"read": read_seconds, **case.seconds}
+    case.attrs.update(
+        original_dtype=dtype,
+        source_image=str(Path(image_path).resolve()),
+        source_label=str(Path(label_path).resolve()) if label_path is not None else "",
+        input_fingerprint=input_fingerprint(image_path, label_path),
+    )
+    return case
+
+
+def write_case(path: str | Path, case_id: str, case: PreprocessedCase) -> float:
+    """Write the shard atomically; returns the seconds it took."""
+    t = time.perf_counter()
+    write_shard(path, case.levels, case.label, {"case_id": case_id, **case.attrs})
+    return time.perf_counter() - t

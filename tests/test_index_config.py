@@ -1,0 +1,56 @@
+"""IndexConfig defaults, the commented YAML, and validation messages."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dataset.config import ElasticConfig, IndexConfig
+from dataset.configio import ConfigError, from_dict, load_config
+
+YAML = Path(__file__).resolve().parents[1] / "configs" / "dataset.yaml"
+
+
+def test_yaml_mirrors_defaults():
+    assert load_config(IndexConfig, YAML) == IndexConfig()
+
+
+def test_sizes_are_converted_to_zyx():
+    c = IndexConfig()
+    assert c.train_patch_zyx == (64, 128, 128) and c.val_patch_zyx == (64, 256, 256)
+
+
+def test_patch_not_divisible_by_depth_quotes_size():
+    with pytest.raises(ConfigError, match=r"train_patch_xyz \(128, 128, 40\) is not divisible by 2\^model_depth = 16"):
+        from_dict(IndexConfig, {"train_patch_xyz": [128, 128, 40]})
+    assert from_dict(IndexConfig, {"train_patch_xyz": [128, 128, 40], "model_depth": 3}).train_patch_zyx == (40, 128, 128)
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"val_fraction": 0.0}, "val_fraction must be in"),
+    ({"val_fraction": 1.0}, "val_fraction must be in"),
+    ({"foreground_copies": 0}, "foreground_copies"),
+    ({"overlap": 1.0}, "overlap"),
+    ({"elastic": {"image_order": 2}}, "image_order"),
+    ({"elastic": {"sigma": 3}}, "unknown key"),
+    ({"patch": 3}, "unknown key"),
+])
+def test_bad_values_are_named(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(IndexConfig, data)
+
+
+def test_nested_elastic_loads():
+    assert from_dict(IndexConfig, {"elastic": {"sigma_voxels": 2}}).elastic == ElasticConfig(sigma_voxels=2.0)
+
+
+def test_dataset_imports_without_tensorflow_or_simpleitk():
+    import subprocess
+    import sys
+
+    code = ("import sys, dataset.indexer, dataset.reader, dataset.cluster, pancreas.cli_index; "
+            "bad = [m for m in ('tensorflow', 'SimpleITK') if m in sys.modules]; "
+            "print(*bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,116 @@
+"""The store written by `pancreas preprocess` follows dataset/store.py's contract exactly."""
+from __future__ import annotations
+
+import json
+import re
+
+import h5py
+import hdf5plugin  # noqa: F401
+import numpy as np
+import pytest
+
+import dataset.store as store_module
+from dataset.files import fingerprint_file, fingerprint_json
+from dataset.store import CHUNK_ZYX, SCHEMA_VERSION, read_catalog, read_shard, shard_path
+from preprocess.config import PreprocessConfig, config_fingerprint, config_to_dict
+from preprocess.driver import run_preprocess
+from preprocess.synth import make_dataset
+
+BLOSC_FILTER_ID = 32001
+CATALOG_CASE_KEYS = {"split", "shard", "status", "error", "shape_zyx", "has_label", "label_counts",
+                     "input_fingerprint", "config_fingerprint", "seconds"}
+
+
+def documented_attributes() -> dict[str, str]:
+    """Attribute name -> type column of the table in dataset/store.py's docstring."""
+    rows = re.findall(r"^(\w+)\s{2,}(.+)$", store_module.__doc__, flags=re.M)
+    return dict(rows)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    data = make_dataset(tmp_path_factory.mktemp("data"), 3, seed=1, size="small", n_test=1, progress=False)
+    out = tmp_path_factory.mktemp("store")
+    summary = run_preprocess(data, out, PreprocessConfig(), workers=0, progress=False)
+    assert (summary.done, summary.failed) == (4, 0)
+    return data, out
+
+
+def test_docstring_table_is_parsed():
+    attrs = documented_attributes()
+    assert len(attrs) == 21 and "crop_start_zyx" in attrs and "config_fingerprint" in attrs
+
+
+def test_shards_have_the_documented_datasets_and_attributes(store):
+    data, out = store
+    catalog = read_catalog(out)
+    documented = documented_attributes()
+    for case_id, record in catalog["cases"].items():
+        with h5py.File(out / record["shard"], "r") as f:
+            assert set(f.keys()) == ({"image", "label"} if record["has_label"] else {"image"})
+            for name in f.keys():
+                ds = f[name]
+                assert ds.dtype == np.uint8 and ds.ndim == 3
+                assert ds.chunks == tuple(min(c, s) for c, s in zip(CHUNK_ZYX, ds.shape))
+                assert ds.id.get_create_plist().get_filter(0)[0] == BLOSC_FILTER_ID
+            expected = set(documented) - ({"label_counts"} if not record["has_label"] else set())
+            assert set(f.attrs) == expected, case_id
+            attrs = dict(f.attrs)
+        for name, kind in documented.items():
+            if name not in attrs:
+                continue
+            match = re.match(r"\((\d+),\)\s+(int64|float64)", kind)
+            if match:
+                value = np.asarray(attrs[name])
+                assert value.shape == (int(match[1]),), name
+                assert value.dtype == np.dtype(match[2]), name
+        assert attrs["schema_version"] == SCHEMA_VERSION and attrs["case_id"] == case_id
+        assert isinstance(attrs["source_image"], str) and isinstance(attrs["original_dtype"], str)
+
+
+def test_attribute_values(store):
+    data, out = store
+    config = PreprocessConfig()
+    for case_id, record in read_catalog(out)["cases"].items():
+        image, label, attrs = read_shard(shard_path(out, case_id))
+        assert list(image.shape) == record["shape_zyx"]
+        assert image.min() == 0 and image.max() == 255  # equalised over the whole volume
+        np.testing.assert_allclose(attrs["spacing"], config.target_spacing_mm)
+        np.testing.assert_array_equal(attrs["direction"], np.eye(3).ravel())
+        start, stop = attrs["crop_start_zyx"], attrs["crop_stop_zyx"]
+        np.testing.assert_array_equal(stop - start, image.shape)
+        assert (start >= 0).all() and (stop <= attrs["resampled_size"][::-1]).all()
+        np.testing.assert_allclose(attrs["origin"], attrs["resampled_origin"] + start[::-1] * attrs["spacing"])
+        np.testing.assert_allclose(attrs["window_hu"], config.window_hu)
+        assert json.loads(attrs["config"]) == config_to_dict(config)
+        assert attrs["config_fingerprint"] == config_fingerprint(config) == record["config_fingerprint"]
+        source_label = attrs["source_label"] or None
+        expected_fp = fingerprint_json([fingerprint_file(attrs["source_image"]),
+                                        fingerprint_file(source_label) if source_label else ""])
+        assert attrs["input_fingerprint"] == expected_fp == record["input_fingerprint"]
+        if label is not None:
+            counts = np.bincount(label.ravel(), minlength=3)
+            np.testing.assert_array_equal(attrs["label_counts"], counts)
+            assert record["label_counts"] == counts.tolist() and counts[1] > 0
+            assert attrs["source_label"].endswith(f"{case_id}.nii.gz") or attrs["source_label"].endswith(".nii")
+        else:
+            assert attrs["source_label"] == "" and record["label_counts"] is None
+
+
+def test_catalog_format(store):
+    data, out = store
+    catalog = read_catalog(out)
+    assert set(catalog) == {"schema_version", "dataset", "config", "config_fingerprint", "cases"}
+    assert catalog["dataset"] == {
+        "root": str(data.resolve()), "name": "Pancreas",
+        "labels": {"0": "background", "1": "pancreas", "2": "cancer"},
+    }
+    assert catalog["config"] == config_to_dict(PreprocessConfig())
+    assert list(catalog["cases"]) == ["pancreas_001", "pancreas_002", "pancreas_003", "pancreas_004"]
+    for case_id, record in catalog["cases"].items():
+        assert set(record) == CATALOG_CASE_KEYS
+        assert record["shard"] == f"cases/{case_id}.h5" and record["status"] == "done"
+        assert record["error"] is None and record["seconds"] >= 0
+    splits = [r["split"] for r in catalog["cases"].values()]
+    assert splits == ["training", "training", "training", "test"]
+    assert [r["has_label"] for r in catalog["cases"].values()] == [True, True, True, False]
