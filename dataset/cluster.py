@@ -1,7 +1,9 @@
-"""A Dask client for the indexer: a local cluster of processes, or an existing scheduler.
+"""The Dask client every parallel stage uses: a local cluster of processes, or an existing scheduler.
 
 Worker processes with one thread each, because h5py serialises every call behind one
-lock (threads never read HDF5 in parallel) while processes open their own handles.
+lock (threads never read HDF5 in parallel) and SimpleITK/elasticdeform work is CPU-bound;
+each process opens its own files. ``preprocess`` and ``index`` share this one function so
+``--workers`` and ``--scheduler`` mean the same thing in both.
 """
 from __future__ import annotations
 
@@ -11,6 +13,26 @@ import os
 from typing import Iterator
 
 log = logging.getLogger(__name__)
+
+WORKER_MEMORY_LIMIT = 4 << 30  # bytes per local worker process, at most (a 751-slice CT needs ~2 GB)
+SCHEDULER_TIMEOUT_S = 30
+
+
+class SchedulerError(ValueError):
+    """The Dask scheduler given with ``--scheduler`` cannot be reached."""
+
+
+def total_memory() -> int:
+    """Physical memory in bytes (0 when unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def worker_memory_limit(workers: int) -> int:
+    total = total_memory()
+    return min(WORKER_MEMORY_LIMIT, total // workers) if total else WORKER_MEMORY_LIMIT
 
 
 @contextlib.contextmanager
@@ -24,11 +46,27 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
 
     if scheduler:
         log.info("connecting to Dask scheduler %s", scheduler)
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT_S)
+        except (OSError, TimeoutError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise SchedulerError(f"cannot reach the Dask scheduler at {scheduler} ({reason})") from None
+        with client:
             yield client
         return
     n = workers or os.cpu_count() or 1
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with LocalCluster(
+        n_workers=n, threads_per_worker=1, processes=True, memory_limit=worker_memory_limit(n),
+        dashboard_address=None, silence_logs=logging.ERROR,
+    ) as cluster, Client(cluster) as client:
         log.info("started a local Dask cluster of %d worker process(es)", n)
         yield client
+
+
+def quiet_dask_logs() -> None:
+    """Dask logs every worker start and stop at INFO; keep only its warnings (CLI, benchmark)."""
+    import distributed  # noqa: F401  (sets its loggers' levels on import)
+
+    for name in list(logging.root.manager.loggerDict):
+        if name == "distributed" or name.startswith("distributed."):
+            logging.getLogger(name).setLevel(logging.WARNING)

@@ -20,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataset.cluster import quiet_dask_logs
     from dataset.config import IndexConfig
     from dataset.configio import load_config
     from dataset.indexer import build_index
@@ -27,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     config = load_config(IndexConfig, args.config)
+    if not args.verbose:
+        quiet_dask_logs()
     s = build_index(args.store, config, workers=args.workers, scheduler=args.scheduler,
                     progress=not args.no_progress)
     for line in format_summary(s):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +20,7 @@ import h5py
 import hdf5plugin  # noqa: F401
 from tqdm import tqdm
 
+from dataset.cluster import SchedulerError, dask_client, quiet_dask_logs  # noqa: F401 (re-exported)
 from dataset.files import remove_stale_temporaries
 from dataset.msd import MsdCase, MsdDatasetError, load_msd_dataset
 from dataset.store import (
@@ -34,14 +34,6 @@ from dataset.store import (
 from preprocess.config import PreprocessConfig, config_fingerprint, config_from_dict, config_to_dict
 
 log = logging.getLogger(__name__)
-
-WORKER_MEMORY_LIMIT = 4 << 30  # bytes per worker process, at most (a 751-slice CT needs ~2 GB)
-SCHEDULER_TIMEOUT_S = 30
-
-
-class SchedulerError(ValueError):
-    """The Dask scheduler given with --scheduler cannot be reached."""
-
 
 @dataclass
 class PreprocessSummary:
@@ -156,36 +148,6 @@ def _previous_seconds(store: Path) -> dict[str, float]:
     return {k: v.get("seconds", 0.0) for k, v in cases.items() if isinstance(v, dict)}
 
 
-@contextmanager
-def _dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
-    """A client of an existing scheduler, or of a LocalCluster of worker processes."""
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT_S)
-        except (OSError, TimeoutError) as err:
-            raise SchedulerError(f"cannot reach the Dask scheduler at {scheduler} ({one_line(err)})") from None
-        with client:
-            yield client
-        return
-    total = _total_memory()
-    limit = min(WORKER_MEMORY_LIMIT, total // workers) if total else WORKER_MEMORY_LIMIT
-    with LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, memory_limit=limit,
-        dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False},
-        silence_logs=logging.ERROR,
-    ) as cluster, Client(cluster) as client:
-        yield client
-
-
-def _total_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
 def _results(
     todo: list[MsdCase], args: tuple, workers: int, scheduler: str | None
 ) -> Iterator[tuple[str, dict]]:
@@ -198,7 +160,7 @@ def _results(
         return
     from distributed import as_completed
 
-    with _dask_client(workers, scheduler) as client:
+    with dask_client(workers, scheduler) as client:
         run_id = f"{os.getpid()}-{time.time_ns()}"
         futures = {
             client.submit(process_case, case, *args, key=f"preprocess-{case.case_id}-{run_id}", pure=False): case
@@ -235,15 +197,6 @@ def _plan(
             records[case.case_id] = record
             summary.skipped += 1
     return todo
-
-
-def quiet_dask_logs() -> None:
-    """Dask logs every worker start and stop at INFO; keep only its warnings (CLI, benchmark)."""
-    import distributed  # noqa: F401  (sets its loggers' levels on import)
-
-    for name in list(logging.root.manager.loggerDict):
-        if name == "distributed" or name.startswith("distributed."):
-            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def run_preprocess(

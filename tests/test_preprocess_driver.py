@@ -186,9 +186,10 @@ def test_local_cluster_of_two_processes_matches_in_process(data, tmp_path):
 
 
 def test_unreachable_scheduler_is_a_clear_error(data, tmp_path, monkeypatch):
+    import dataset.cluster as cluster
     import preprocess.driver as driver
 
-    monkeypatch.setattr(driver, "SCHEDULER_TIMEOUT_S", 1)
+    monkeypatch.setattr(cluster, "SCHEDULER_TIMEOUT_S", 1)
     with pytest.raises(driver.SchedulerError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
         run_preprocess(data, tmp_path / "store", scheduler="tcp://127.0.0.1:9", progress=False)
 

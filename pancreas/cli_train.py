@@ -1,0 +1,57 @@
+"""``pancreas train``: train the 3D U-Net on a store's patch index (see training.run)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train the U-Net",
+        description="Train the 3D U-Net on a store's patch index (STORE/index/train.csv, val.csv).",
+    )
+    parser.add_argument("--store", required=True, type=Path, help="preprocessed store with index/")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="training YAML (default: the built-in defaults, which configs/train.yaml repeats)")
+    parser.add_argument("--out", type=Path, help="run folder (checkpoints, logs, history)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--profile-input", action="store_true",
+                      help="run the input pipeline alone and report patches/s (writes nothing)")
+    mode.add_argument("--synthetic-input", action="store_true",
+                      help="run the model on random in-memory batches and report step time (writes nothing)")
+    parser.add_argument("--steps", type=int, default=20,
+                        help="batches timed by --profile-input / --synthetic-input (default 20)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.config import load_train_config
+
+    config = load_train_config(args.config)
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.profile_input or args.synthetic_input:
+        return _profile(args, config)
+    if args.out is None:
+        raise ValueError("--out RUN_DIR is required to train")
+    from training.run import run_dir_summary_lines, train
+
+    summary = train(args.store, args.out, config, resume=args.resume)
+    print("\n".join(f"pancreas train: {line}" for line in run_dir_summary_lines(summary)))
+    return 1 if summary.stopped == "nan" else 0
+
+
+def _profile(args: argparse.Namespace, config) -> int:
+    from training.run import profile_input, read_run_inputs, synthetic_step_time
+
+    if args.profile_input:
+        result = profile_input(args.store, config, batches=args.steps)
+        print(f"pancreas train: input pipeline alone: {result['patches_per_s']:.1f} augmented patches/s "
+              f"({result['patches']} patches of {tuple(result['patch_size_zyx'])} in {result['seconds']:.1f} s)")
+    else:
+        patch = read_run_inputs(args.store, config).patch_size_zyx
+        result = synthetic_step_time(config, patch, steps=args.steps)
+        print(f"pancreas train: model alone on in-memory batches: {result['seconds_per_step']:.3f} s/step "
+              f"({result['patches_per_s']:.1f} patches/s, batch {config.batch_size}, patch {patch})")
+    print("pancreas train: compare the two: if patches/s of the pipeline is below the model's, input limits the run")
+    return 0

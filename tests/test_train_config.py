@@ -1,0 +1,30 @@
+"""Training config: YAML mirrors the defaults, validation names the bad value."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dataset.configio import ConfigError, from_dict
+from training.config import TrainConfig, load_train_config
+
+YAML = Path(__file__).resolve().parent.parent / "configs" / "train.yaml"
+
+
+def test_yaml_equals_defaults():
+    assert load_train_config(YAML) == TrainConfig()
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"epochz": 3}, "epochz"),
+    ({"model": {"filters": 3}}, "filters"),
+    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ({"loss": {"name": "focal"}}, "'focal'"),
+    ({"augment": {"flip_axes": [3]}}, "(3,)"),
+    ({"precision": "float16"}, "'float16'"),
+    ({"strategy": "tpu"}, "'tpu'"),
+])
+def test_rejects_bad_values(data, message):
+    with pytest.raises(ConfigError, match=None) as info:
+        from_dict(TrainConfig, data)
+    assert message in str(info.value)

@@ -1,0 +1,137 @@
+"""tf.data pipeline: shapes, dtypes, ranges, alignment of augmented image and label, determinism."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from dataset.manifest import write_manifest  # noqa: E402
+from dataset.reader import PatchReader  # noqa: E402
+from dataset.synthetic import write_case, write_catalog_for  # noqa: E402
+from training.config import AugmentConfig, TrainConfig  # noqa: E402
+from training.pipeline import (  # noqa: E402
+    apply_augment,
+    draw_augment_params,
+    index_stream,
+    load_rows,
+    training_dataset,
+    validation_dataset,
+)
+from training.synthetic import make_synthetic_store  # noqa: E402
+
+PATCH = (8, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    make_synthetic_store(root, n_cases=3, shape_zyx=(12, 24, 24), train_patch_zyx=PATCH,
+                         val_patch_zyx=(8, 24, 24), patches_per_case=4)
+    return root
+
+
+@pytest.fixture(scope="module")
+def threshold_store(tmp_path_factory):
+    """Label = thresholds of the image levels, on an asymmetric image: flips must keep them equal."""
+    root = tmp_path_factory.mktemp("thr")
+    zz, yy, xx = np.meshgrid(*[np.arange(s) for s in PATCH], indexing="ij")
+    image = ((xx * 13 + yy * 5 + zz * 3) % 256).astype(np.uint8)
+    label = np.where(image >= 200, 2, np.where(image >= 100, 1, 0)).astype(np.uint8)
+    write_catalog_for(root, {"c": write_case(root, "c", label, image=image)})
+    rows = [{"case_id": "c", "z0": 0, "y0": 0, "x0": 0, "dz": PATCH[0], "dy": PATCH[1], "dx": PATCH[2],
+             "n_pancreas": 0, "n_tumour": 0, "foreground": 1, "padded": 0, "seed": s} for s in range(6)]
+    write_manifest(root / "index" / "train.csv", rows)
+    return root, image, label
+
+
+def test_training_batches_shapes_dtypes_ranges(store):
+    rows = load_rows(store, "train")
+    ds = training_dataset(store, rows, TrainConfig(batch_size=2))
+    for image, label in ds.take(3):
+        assert image.shape == (2, *PATCH, 1) and image.dtype == tf.float32
+        assert label.shape == (2, *PATCH) and label.dtype == tf.uint8
+        x = image.numpy()
+        assert 0.0 <= x.min() and x.max() <= 1.0
+        assert set(np.unique(label.numpy())) <= {0, 1, 2}
+
+
+def test_validation_finite_in_order_and_unaugmented(store):
+    rows = load_rows(store, "val")
+    batches = list(validation_dataset(store, rows, batch_size=1))
+    assert len(batches) == len(rows)
+    reader = PatchReader(store)
+    for (image, label), row in zip(batches, rows):
+        want_image, want_label = reader.read(row)
+        np.testing.assert_allclose(image.numpy()[0, ..., 0], want_image, rtol=0, atol=1e-7)
+        np.testing.assert_array_equal(label.numpy()[0], want_label)
+
+
+def test_index_stream_is_a_permutation_per_epoch():
+    draws = [(int(d), int(i)) for d, i in index_stream(7, seed=3).take(21)]
+    assert [d for d, _ in draws] == list(range(21))
+    epochs = [[i for _, i in draws[k:k + 7]] for k in (0, 7, 14)]
+    assert all(sorted(e) == list(range(7)) for e in epochs)
+    assert epochs[0] != epochs[1] or epochs[1] != epochs[2]  # reshuffled
+    again = [int(i) for _, i in index_stream(7, seed=3).take(21)]
+    assert again == [i for _, i in draws]
+
+
+@pytest.mark.parametrize("axes", [(1, 2), (0, 1, 2)])
+def test_flips_keep_image_and_label_aligned(threshold_store, axes):
+    root, image, label = threshold_store
+    aug = AugmentConfig(flip_axes=axes, flip_probability=0.5, noise_probability=0.0, offset_probability=0.0)
+    config = TrainConfig(batch_size=1, augment=aug)
+    rows = load_rows(root, "train")
+    seen = set()
+    for x, y in training_dataset(root, rows, config).take(24):
+        levels = np.rint(x.numpy()[0, ..., 0] * 255).astype(np.uint8)
+        got_label = y.numpy()[0]
+        expected = np.where(levels >= 200, 2, np.where(levels >= 100, 1, 0))
+        np.testing.assert_array_equal(got_label, expected)
+        for combo in _flip_combos(axes):
+            if np.array_equal(levels, np.flip(image, combo) if combo else image):
+                seen.add(combo)
+                break
+        else:
+            raise AssertionError("augmented image is not a flip of the stored patch")
+    assert len(seen) >= 3  # several flip combinations occur
+
+
+def _flip_combos(axes):
+    import itertools
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def test_noise_and_offset_change_image_not_label():
+    levels = tf.fill(PATCH, tf.constant(128, tf.uint8))
+    label = tf.ones(PATCH, tf.uint8)
+    aug = AugmentConfig(flip_probability=0.0, noise_probability=1.0, noise_std=0.05,
+                        offset_probability=1.0, offset_max=0.1)
+    params = draw_augment_params(tf.constant([4, 2], tf.int64), aug)
+    x, y = apply_augment(levels, label, params, aug)
+    x = x.numpy()
+    assert abs(x.mean() - 128 / 255 - float(params["offset"])) < 0.01 and 0.03 < x.std() < 0.07
+    assert 0 < abs(float(params["offset"])) <= 0.1 and x.dtype == np.float32
+    np.testing.assert_array_equal(y.numpy(), 1)
+    x2, _ = apply_augment(levels, label, draw_augment_params(tf.constant([4, 2], tf.int64), aug), aug)
+    np.testing.assert_array_equal(x, x2.numpy())  # stateless: same seed, same draw
+    off = AugmentConfig(flip_probability=0.0, noise_probability=0.0, offset_probability=0.0)
+    x3, _ = apply_augment(levels, label, draw_augment_params(tf.constant([4, 2], tf.int64), off), off)
+    np.testing.assert_array_equal(x3.numpy(), np.float32(128) * np.float32(1 / 255))
+
+
+def test_deterministic_for_a_seed(store):
+    rows = load_rows(store, "train")
+    config = TrainConfig(batch_size=2, seed=5)
+
+    def first(cfg):
+        return [b[0].numpy() for b in training_dataset(store, rows, cfg).take(4)]
+
+    a, b = first(config), first(config)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    c = first(dataclasses.replace(config, seed=6))
+    assert any(not np.array_equal(x, y) for x, y in zip(a, c))

@@ -1,0 +1,138 @@
+"""Training parameters: frozen dataclasses whose defaults are the documented defaults.
+
+``configs/train.yaml`` repeats these defaults with comments (a test keeps the two equal).
+Patch sizes are *not* here: they come from the index manifests (``STORE/index``), so the
+trainer can never disagree with what the indexer cut. This module imports no TensorFlow.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dataset.configio import load_config
+
+LOSSES = ("generalized_dice", "cross_entropy", "dice_cross_entropy")
+REDUCTIONS = ("batch", "sample")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "mirrored", "multiworker", "none")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """3D U-Net shape (see ``training.model.build_unet``)."""
+
+    depth: int = 4  # number of 2x poolings; patch sizes must be divisible by 2**depth
+    base_filters: int = 16  # filters of the first level, doubled per level (16: 5.6 M params)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.depth <= 6:
+            raise ValueError(f"model.depth must be in 1..6, got {self.depth}")
+        if self.base_filters < 1:
+            raise ValueError(f"model.base_filters must be >= 1, got {self.base_filters}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Which loss, and the Generalized Dice options (see ``training.losses``)."""
+
+    name: str = "generalized_dice"  # generalized_dice | cross_entropy | dice_cross_entropy
+    reduction: str = "batch"  # batch: one Dice over the whole batch; sample: mean of per-patch
+    exclude_background: bool = False
+    smooth_nr: float = 1e-5
+    smooth_dr: float = 1e-5
+    ce_weight: float = 1.0  # weight of cross-entropy in dice_cross_entropy
+
+    def __post_init__(self) -> None:
+        if self.name not in LOSSES:
+            raise ValueError(f"loss.name must be one of {LOSSES}, got {self.name!r}")
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"loss.reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        for key in ("smooth_nr", "smooth_dr", "ce_weight"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"loss.{key} must be >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Online transforms of training patches (validation is never augmented)."""
+
+    flip_axes: tuple[int, ...] = (1, 2)  # axes of (z, y, x): 1 anterior-posterior, 2 left-right
+    flip_probability: float = 0.5  # per axis
+    noise_probability: float = 0.2
+    noise_std: float = 0.02  # Gaussian noise sigma, intensity units ([0, 1] scale)
+    offset_probability: float = 0.2
+    offset_max: float = 0.05  # global offset drawn uniformly in [-offset_max, offset_max]
+
+    def __post_init__(self) -> None:
+        if any(a not in (0, 1, 2) for a in self.flip_axes) or len(set(self.flip_axes)) != len(
+            self.flip_axes
+        ):
+            raise ValueError(f"augment.flip_axes must be distinct axes among 0, 1, 2, got {self.flip_axes}")
+        for key in ("flip_probability", "noise_probability", "offset_probability"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"augment.{key} must be in [0, 1], got {value}")
+        for key in ("noise_std", "offset_max"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"augment.{key} must be >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run (``training.run.train``)."""
+
+    seed: int = 0
+    epochs: int = 100
+    steps_per_epoch: int = 250  # batches per epoch, drawn from the infinite shuffled stream
+    batch_size: int = 2  # per replica; the global batch is batch_size * replicas
+    val_batch_size: int = 1  # validation patches are 256x256x64
+    learning_rate: float = 1e-3  # Adam
+    lr_factor: float = 0.5  # ReduceLROnPlateau on val_loss
+    lr_patience: int = 10
+    min_learning_rate: float = 1e-6
+    early_stopping_patience: int = 0  # epochs without val pancreas Dice gain; 0 = off
+    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
+    strategy: str = "auto"  # auto | mirrored | multiworker | none
+    image_patches: int = 2  # fixed patches per split drawn to TensorBoard each epoch
+    input_threads: int = 0  # tf.data thread pool; 0 = auto: half the CPU cores, at least 1
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "steps_per_epoch", "batch_size", "val_batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("lr_patience", "early_stopping_patience", "image_patches", "input_threads"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 < self.lr_factor < 1:
+            raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor}")
+        if not 0 <= self.min_learning_rate <= self.learning_rate:
+            raise ValueError(
+                f"min_learning_rate must be in [0, learning_rate={self.learning_rate}], got {self.min_learning_rate}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+
+
+def load_train_config(path: str | Path | None) -> TrainConfig:
+    """``configs/train.yaml`` (or any YAML) -> validated config; ``None`` gives the defaults."""
+    return load_config(TrainConfig, path)
+
+
+def check_patch_size(patch_size_zyx: tuple[int, ...], depth: int, what: str) -> None:
+    """The U-Net pools ``depth`` times: every patch edge must be divisible by 2**depth."""
+    factor = 2**depth
+    if len(patch_size_zyx) != 3 or any(s < factor or s % factor for s in patch_size_zyx):
+        raise ValueError(
+            f"{what} patch size {tuple(patch_size_zyx)} cannot go through a U-Net of depth {depth}: "
+            f"every edge must be a positive multiple of 2**{depth} = {factor}"
+        )
