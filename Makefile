@@ -27,6 +27,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/preprocess.py
 	$(PY) bench/index.py
+	$(PY) bench/pipeline.py
+	$(PY) bench/predict.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -265,7 +265,7 @@ def _nifti_bytes(img: sitk.Image, slope: float = 1.0, inter: float = 0.0) -> byt
 def write_nifti(path: Path, img: sitk.Image, slope: float = 1.0, inter: float = 0.0) -> None:
     """Write atomically; ``.gz`` names are gzipped with mtime 0 so bytes are reproducible."""
     data = _nifti_bytes(img, slope, inter)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, keep_identical=True) as tmp:
         if path.name.endswith(".gz"):
             with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
                                                         compresslevel=1, mtime=0) as gz:
@@ -288,7 +288,7 @@ def _write_junk(folder: Path, seed: int) -> None:
     """A macOS AppleDouble resource file, as the real archive has next to its cases."""
     rng = np.random.default_rng([seed, 1_000_003])
     data = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + rng.bytes(int(rng.integers(16, 64)))
-    with atomic_path(folder / JUNK_NAME) as tmp:
+    with atomic_path(folder / JUNK_NAME, keep_identical=True) as tmp:
         tmp.write_bytes(data)
 
 
@@ -339,7 +339,7 @@ def make_dataset(out_dir: str | Path, n_cases: int, seed: int = 0, size: str = "
             test.append(write_case(folders["imagesTs"], folders["labelsTs"], i, seed, size))
     for key in ("imagesTr", "labelsTr"):
         _write_junk(folders[key], seed)
-    write_json_atomic(out / "dataset.json", dataset_json(train, test, seed, size))
+    write_json_atomic(out / "dataset.json", dataset_json(train, test, seed, size), keep_identical=True)
     log.info("wrote %d training and %d test cases to %s", len(train), len(test), out)
     return out
 

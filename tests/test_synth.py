@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +215,14 @@ def test_cli(tmp_path, capsys):
     meta = json.loads((tmp_path / "ds" / "dataset.json").read_text())
     assert meta["numTraining"] == 2 and meta["test"] == []
     assert main(["synth", "--out", str(tmp_path / "bad"), "--cases", "0"]) == 2
+
+
+def test_rerun_leaves_identical_files_untouched(tmp_path):
+    """A rerun keeps every file's mtime, so downstream fingerprints (preprocess) stay valid."""
+    out = make_dataset(tmp_path / "d", 2, seed=0, n_test=1, progress=False)
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    before = {p: p.stat().st_mtime_ns for p in files}
+    time.sleep(0.01)
+    make_dataset(out, 2, seed=0, n_test=1, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in files} == before
+    assert not list(out.rglob("*.tmp"))
