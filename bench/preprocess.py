@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
 import shutil
 import sys
 import tempfile
@@ -22,9 +21,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker_rss_mb() -> float:
+    """Current resident memory, then reset the peak counter (Linux: clear_refs 5)."""
+    rss = _status_mb("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return rss
+
+
 def worker_peak_rss_mb() -> float:
-    """Peak resident memory of this process in MB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory since the last reset (VmHWM; ru_maxrss would include the
+    parent's memory inherited at fork)."""
+    return _status_mb("VmHWM")
 
 
 def run_with_workers(data: Path, store: Path, workers: int) -> tuple[float, list[float], list[float], int]:
@@ -38,7 +56,7 @@ def run_with_workers(data: Path, store: Path, workers: int) -> tuple[float, list
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         # import the pipeline in every worker before the clock starts; note the idle memory
         client.run(lambda: __import__("preprocess.pipeline") and None)
-        idle = sorted(client.run(worker_peak_rss_mb).values())
+        idle = sorted(client.run(worker_rss_mb).values())
         t = time.perf_counter()
         summary = run_preprocess(data, store, scheduler=cluster.scheduler_address, progress=False,
                                  itk_threads=1)

@@ -44,7 +44,7 @@ class CasePair:
 
 
 def _read_labels(path: Path, what: str, case_id: str):
-    from inference.imageio import image_array
+    from preprocess.io import image_array
     from preprocess.io import InputError, label_value_counts, read_label
 
     try:
@@ -59,7 +59,7 @@ def _read_labels(path: Path, what: str, case_id: str):
 
 def evaluate_pair(pair: CasePair) -> dict[str, dict[str, Any]]:
     """Scores of one case; EvaluationError naming the case on unreadable files or a grid mismatch."""
-    from inference.imageio import spacing_zyx
+    from preprocess.io import spacing_zyx
     from preprocess.io import grid_mismatch
 
     pred_image, pred = _read_labels(pair.prediction, "prediction", pair.case_id)

@@ -319,7 +319,7 @@ def predict_case(
     progress: bool = True,
 ) -> CaseResult:
     """Predict one CT and write ``out_dir/<case>.nii.gz`` (uint8, the scan's exact grid)."""
-    from inference.imageio import compose, copy_geometry, write_image_atomic
+    from preprocess.io import compose, copy_geometry, write_image_atomic
     from preprocess.geometry import restore_to_original
     from preprocess.io import grid_mismatch, read_image
     from preprocess.pipeline import preprocess_image
@@ -395,7 +395,7 @@ def predict_cases(
     outputs (same input fingerprint, model, contract and config, recorded in
     ``out_dir/predictions.json``) are skipped unless ``overwrite``.
     """
-    from inference.imageio import remove_stale_image_temporaries
+    from preprocess.io import remove_stale_image_temporaries
     from preprocess.config import PreprocessConfig, config_fingerprint
 
     t0 = time.perf_counter()

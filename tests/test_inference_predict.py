@@ -145,7 +145,7 @@ def test_round_trip_to_original_grid(msd: Path, tmp_path: Path, index: int, wind
     assert written.GetSpacing() == truth.GetSpacing()
     assert written.GetOrigin() == truth.GetOrigin()
     assert written.GetDirection() == truth.GetDirection()
-    from inference.imageio import image_array
+    from preprocess.io import image_array
 
     got, want = image_array(written), image_array(truth)
     assert dice(got > 0, want > 0) >= 0.95, params.orientation
