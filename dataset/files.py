@@ -20,15 +20,17 @@ TMP_SUFFIX = ".tmp"
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, keep_identical: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | Path, keep_identical: bool = False, ending: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds.
 
     ``keep_identical``: when ``path`` already holds exactly the new bytes, leave it alone
     (its modification time, and so every fingerprint of it, stays the same).
+    ``ending``: appended after ``.tmp`` for writers that pick the format from the file
+    name (SimpleITK: ``.nii.gz``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX + ending, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -60,7 +62,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     removed = []
     if folder.is_dir():
-        for p in folder.glob(f".*{TMP_SUFFIX}"):
+        for p in [*folder.glob(f".*{TMP_SUFFIX}"), *folder.glob(f".*{TMP_SUFFIX}.*")]:
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed

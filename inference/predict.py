@@ -395,7 +395,7 @@ def predict_cases(
     outputs (same input fingerprint, model, contract and config, recorded in
     ``out_dir/predictions.json``) are skipped unless ``overwrite``.
     """
-    from preprocess.io import remove_stale_image_temporaries
+    from dataset.files import remove_stale_temporaries
     from preprocess.config import PreprocessConfig, config_fingerprint
 
     t0 = time.perf_counter()
@@ -414,7 +414,7 @@ def predict_cases(
     if duplicates:
         raise PredictError(f"several inputs share the case name(s) {', '.join(duplicates)}; outputs would collide")
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_image_temporaries(out)
+    remove_stale_temporaries(out)
 
     if predict_fn is None:
         ckpt = checkpoint_path(run_dir, config.checkpoint)

@@ -9,17 +9,15 @@ numpy (z, y, x) array.
 from __future__ import annotations
 
 import gzip
-import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from dataset.files import TMP_SUFFIX
+from dataset.files import atomic_path
 
 # NIfTI header "datatype" codes -> numpy names (the type stored on disk, before scl_slope)
 NIFTI_DATATYPES = {
@@ -240,40 +238,15 @@ def compose(images: Sequence[sitk.Image]) -> sitk.Image:
     return sitk.Compose([sitk.Cast(im, sitk.sitkFloat32) for im in images])
 
 
-def nifti_case_name(path: str | Path) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def write_image_atomic(image: sitk.Image, path: str | Path) -> None:
-    """Write via a temporary file in the same folder, then rename.
+    """Write via a hidden temporary file in the same folder, then rename.
 
     SimpleITK picks the file format from the extension, so the temporary name keeps the
-    target's ``.nii.gz`` ending (``.<name>.<random>.tmp.nii.gz``); a killed run leaves only
-    such hidden temporaries, never a half-written ``<case>.nii.gz``.
+    target's ending (``.<name>.<random>.tmp.nii.gz``); a killed run leaves only such
+    temporaries (``dataset.files.remove_stale_temporaries`` removes them), never a
+    half-written ``<case>.nii.gz``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ending = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{nifti_case_name(path)}.", suffix=f"{TMP_SUFFIX}{ending}", dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, useCompression=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def remove_stale_image_temporaries(folder: str | Path) -> list[Path]:
-    """Delete temporaries a killed prediction left behind."""
-    folder = Path(folder)
-    removed = []
-    if folder.is_dir():
-        for p in folder.glob(f".*{TMP_SUFFIX}.nii*"):
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
+    with atomic_path(path, ending=ending) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
