@@ -28,3 +28,13 @@ def test_rejects_bad_values(data, message):
     with pytest.raises(ConfigError, match=None) as info:
         from_dict(TrainConfig, data)
     assert message in str(info.value)
+
+
+def test_gpu_example_config_loads_and_overrides_only_what_it_names():
+    from pathlib import Path
+
+    from training.config import TrainConfig, load_train_config
+
+    gpu = load_train_config(Path(__file__).resolve().parents[1] / "configs" / "train_gpu.yaml")
+    assert gpu.precision == "mixed_bfloat16" and gpu.epochs == 400
+    assert gpu.model == TrainConfig().model and gpu.loss == TrainConfig().loss
