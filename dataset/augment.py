@@ -23,14 +23,13 @@ from typing import Any, Sequence
 
 import elasticdeform
 import h5py
-import hdf5plugin
 import numpy as np
 
 from dataset.config import ElasticConfig
 from dataset.files import atomic_path
 from dataset.grid import Zyx
 from dataset.reader import read_box
-from dataset.store import IMAGE_LEVELS, StoreError, shard_path
+from dataset.store import IMAGE_LEVELS, StoreError, compression, shard_path
 
 AUGMENT_VERSION = 1  # bump when the deformation code changes its output
 
@@ -102,12 +101,11 @@ def build_augmented_shard(store: str, case_id: str, entries: Sequence[AugmentEnt
     size = entries[0].size_zyx if entries else (1, 1, 1)
     images = np.stack([p[0] for p in patches]) if patches else np.zeros((0, *size), np.uint8)
     labels = np.stack([p[1] for p in patches]) if patches else np.zeros((0, *size), np.uint8)
-    compression = dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.NOSHUFFLE))
     chunks = (1, *size) if patches else None
     with atomic_path(out_path) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("image", data=images, chunks=chunks, **compression)
-            f.create_dataset("label", data=labels, chunks=chunks, **compression)
+            f.create_dataset("image", data=images, chunks=chunks, **compression())
+            f.create_dataset("label", data=labels, chunks=chunks, **compression())
             f.attrs["case_id"] = case_id
             f.attrs["fingerprint"] = fingerprint
             f.attrs["starts_zyx"] = np.asarray([e.start_zyx for e in entries], np.int64).reshape(-1, 3)

@@ -95,7 +95,8 @@ def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(max(1, min(c, s)) for c, s in zip(CHUNK_ZYX, shape))
 
 
-def _compression() -> dict[str, Any]:
+def compression() -> dict[str, Any]:
+    """h5py create_dataset keywords of the one codec every shard uses (Blosc-LZ4; uint8 needs no shuffle)."""
     return dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.NOSHUFFLE))
 
 
@@ -111,9 +112,9 @@ def write_shard(
         )
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("image", data=image, chunks=_chunks(image.shape), **_compression())
+            f.create_dataset("image", data=image, chunks=_chunks(image.shape), **compression())
             if label is not None:
-                f.create_dataset("label", data=label, chunks=_chunks(label.shape), **_compression())
+                f.create_dataset("label", data=label, chunks=_chunks(label.shape), **compression())
             f.attrs["schema_version"] = SCHEMA_VERSION
             for key, value in attrs.items():
                 f.attrs[key] = value
