@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) bench/preprocess.py
+	$(PY) bench/preprocess.py --cases 8
 	$(PY) bench/index.py
 	$(PY) bench/pipeline.py
 	$(PY) bench/predict.py
