@@ -60,14 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0, help="Dask workers for augmentation (0: in process)")
     p.add_argument("--seconds", type=float, default=3.0, help="time per read-rate measurement")
     p.add_argument("--out", default=None, help="store folder (default: a temporary folder)")
+    p.add_argument("--store", default=None,
+                   help="measure an existing preprocessed store instead (e.g. `pancreas synth --size full` "
+                        "then `pancreas preprocess`): realistic images instead of random levels")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    tmp = None if args.out else tempfile.TemporaryDirectory()
-    store = Path(args.out or tmp.name)
+    tmp = None if (args.out or args.store) else tempfile.TemporaryDirectory()
+    store = Path(args.store or args.out or tmp.name)
 
-    t = time.perf_counter()
-    make_store(store, synthetic_labels(args.cases, tuple(args.shape)))
-    print(f"wrote {args.cases} synthetic cases of {tuple(args.shape)} (z, y, x) in {time.perf_counter() - t:.1f} s")
+    if not args.store:
+        t = time.perf_counter()
+        make_store(store, synthetic_labels(args.cases, tuple(args.shape)))
+        print(f"wrote {args.cases} synthetic cases of {tuple(args.shape)} (z, y, x) in {time.perf_counter() - t:.1f} s")
 
     config = IndexConfig(val_fraction=0.25 if args.cases >= 4 else 0.5)
     catalog = read_catalog(store)
@@ -90,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = read_manifest(store / "index" / "train.csv")
     with PatchReader(store) as reader:
-        for name, subset in (("case shards", [r for r in rows if not r["variant"]]),
+        stored = [r for r in rows if not r["variant"]]
+        for name, subset in (("the whole manifest (its mix)", rows),
+                             ("case shards", stored),
+                             ("case shards, foreground rows", [r for r in stored if r["foreground"]]),
+                             ("case shards, background rows", [r for r in stored if not r["foreground"]]),
                              ("augmented shards", [r for r in rows if r["variant"]])):
             if subset:
                 rate, n = read_rate(reader, subset, args.seconds)

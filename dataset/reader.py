@@ -46,6 +46,20 @@ def row_box(row: Mapping[str, Any]) -> tuple[tuple[int, int, int], tuple[int, in
     return (int(row["z0"]), int(row["y0"]), int(row["x0"])), (int(row["dz"]), int(row["dy"]), int(row["dx"]))
 
 
+def known_background(row: Mapping[str, Any]) -> bool:
+    """Whether the manifest's exact counts say the stored patch holds no foreground.
+
+    HDF5's hyperslab copy, not decompression, dominates a patch read (about 1 ms for a
+    128x128x64 uint8 box, compressed or not), so skipping the label read of background
+    rows (most of a balanced manifest) nearly doubles their rate. The counts are exact
+    (``dataset.classify``) and the trainer refuses an index older than its store.
+    """
+    try:
+        return int(row["n_pancreas"]) == 0 and int(row["n_tumour"]) == 0
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 def read_box(dataset: h5py.Dataset, start_zyx, size_zyx) -> np.ndarray:
     """The box of a 3D dataset, zero where it lies outside; reads only the overlap."""
     out = np.zeros(tuple(size_zyx), dtype=dataset.dtype)
@@ -93,6 +107,8 @@ class PatchReader:
             image, label = f["image"], f["label"]
         except KeyError:
             raise StoreError(f"{f.filename}: shard of case {row['case_id']} has no label") from None
+        if known_background(row):
+            return read_box(image, start, size), np.zeros(size, dtype=label.dtype)
         return read_box(image, start, size), read_box(label, start, size)
 
     def _read_variant(self, variant: str, size: tuple[int, int, int], case_id: str):

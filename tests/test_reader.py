@@ -123,3 +123,29 @@ def test_manifest_bad_inputs(tmp_path):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(StoreError, match="missing column"):
         read_manifest(tmp_path / "bad.csv")
+
+
+def test_background_rows_skip_the_label_read(tmp_path, monkeypatch):
+    """Rows whose exact counts are zero get a zero label without touching the label dataset."""
+    import dataset.reader as reader_module
+
+    label = np.zeros((8, 16, 16), dtype=np.uint8)
+    label[6:, 12:, 12:] = 1  # foreground only in one corner
+    make_store(tmp_path, {"case_b": label})
+    calls = []
+    real = reader_module.read_box
+    monkeypatch.setattr(reader_module, "read_box", lambda ds, s, n: calls.append(ds.name) or real(ds, s, n))
+
+    background = {**row("case_b", (0, 0, 0), (4, 8, 8)), "n_pancreas": 0, "n_tumour": 0}
+    foreground = {**row("case_b", (4, 8, 8), (4, 8, 8)), "n_pancreas": int((label[4:, 8:, 8:] == 1).sum()),
+                  "n_tumour": 0}
+    with PatchReader(tmp_path) as reader:
+        _, lab_bg = reader.read_levels(background)
+        assert calls == ["/image"]
+        np.testing.assert_array_equal(lab_bg, brute_box(label, (0, 0, 0), (4, 8, 8)))
+        _, lab_fg = reader.read_levels(foreground)
+        assert calls[1:] == ["/image", "/label"]
+        np.testing.assert_array_equal(lab_fg, brute_box(label, (4, 8, 8), (4, 8, 8)))
+        # rows without counts (other callers) always read the label
+        _, lab = reader.read_levels(row("case_b", (4, 8, 8), (4, 8, 8)))
+        np.testing.assert_array_equal(lab, lab_fg)

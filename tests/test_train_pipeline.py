@@ -42,7 +42,8 @@ def threshold_store(tmp_path_factory):
     label = np.where(image >= 200, 2, np.where(image >= 100, 1, 0)).astype(np.uint8)
     write_catalog_for(root, {"c": write_case(root, "c", label, image=image)})
     rows = [{"case_id": "c", "z0": 0, "y0": 0, "x0": 0, "dz": PATCH[0], "dy": PATCH[1], "dx": PATCH[2],
-             "n_pancreas": 0, "n_tumour": 0, "foreground": 1, "padded": 0, "seed": s} for s in range(6)]
+             "n_pancreas": int((label == 1).sum()), "n_tumour": int((label == 2).sum()),
+             "foreground": 1, "padded": 0, "seed": s} for s in range(6)]
     write_manifest(root / "index" / "train.csv", rows)
     return root, image, label
 
