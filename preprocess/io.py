@@ -113,11 +113,38 @@ def nifti_has_non_finite(path: Path, dtype: str) -> bool:
     return False
 
 
+def _nifti_intercept(path: Path) -> float:
+    """``scl_inter`` of a NIfTI-1 header (0 when the header sets no scaling)."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        header = f.read(348)
+    endian = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
+    slope, inter = struct.unpack(endian + "ff", header[112:120])
+    return float(inter) if slope not in (0.0,) and np.isfinite(inter) else 0.0
+
+
+def may_hide_non_finite(values: np.ndarray, path: Path, dtype: str) -> bool:
+    """Whether the loaded voxels could be ITK's stand-ins for NaN/Inf of a float NIfTI.
+
+    ITK stores a non-finite value as 0 and then applies the scaling, so it shows up as
+    ``scl_inter`` (0 without scaling). A volume holding neither value cannot hide one, and
+    the second full decompression of the file (about 1 s for a gzipped 512x512x100 float
+    case) is skipped; integer files cannot hold NaN at all.
+    """
+    if dtype not in ("float32", "float64") or not path.name.endswith((".nii", ".nii.gz")):
+        return False
+    candidates = {0.0, _nifti_intercept(path)}
+    return any(bool((values == np.float32(c)).any()) for c in candidates)
+
+
 def read_image(path: str | Path) -> tuple[sitk.Image, str]:
     """CT as float32 HU (NIfTI scl_slope/scl_inter and DICOM rescale applied) + dtype on disk."""
     path = Path(path)
     image, dtype = _read(path, sitk.sitkFloat32)
-    if nifti_has_non_finite(path, dtype) or not np.isfinite(sitk.GetArrayViewFromImage(image)).all():
+    values = sitk.GetArrayViewFromImage(image)
+    if not np.isfinite(values).all() or (
+        may_hide_non_finite(values, path, dtype) and nifti_has_non_finite(path, dtype)
+    ):
         raise InputError(f"{path}: image contains NaN or infinite values")
     return image, dtype
 

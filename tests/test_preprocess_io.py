@@ -221,3 +221,37 @@ def test_bad_dataset_json(tmp_path, meta, fragment):
 def test_missing_dataset_json(tmp_path):
     with pytest.raises(MsdDatasetError, match="no dataset.json"):
         load_msd_dataset(tmp_path)
+
+
+def _scaled_float_nifti(hu: np.ndarray, path, slope: float, inter: float):
+    """A float32 NIfTI whose header scales raw values: HU = raw * slope + inter."""
+    import struct
+
+    raw = np.where(np.isfinite(hu), (hu - inter) / slope, hu).astype(np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(raw), str(path))
+    data = bytearray(path.read_bytes())
+    data[112:120] = struct.pack("<ff", slope, inter)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_non_finite_in_scaled_float_nifti_is_refused(tmp_path):
+    """ITK turns NaN into 0 *then* scales it: the stand-in value is scl_inter, not 0."""
+    hu = body().astype(np.float32) + 0.5  # no voxel is exactly 0
+    hu[2, 3, 4] = np.nan
+    with pytest.raises(InputError, match="NaN or infinite"):
+        read_image(_scaled_float_nifti(hu, tmp_path / "scaled.nii", 2.0, -1000.0))
+
+
+def test_raw_scan_skipped_when_no_voxel_could_stand_for_nan(tmp_path, monkeypatch):
+    import preprocess.io as io_module
+
+    scans = []
+    real = io_module.nifti_has_non_finite
+    monkeypatch.setattr(io_module, "nifti_has_non_finite", lambda p, d: scans.append(p) or real(p, d))
+    hu = body().astype(np.float32) + 0.5  # float CT without a single 0.0 voxel
+    image, dtype = read_image(write(hu, tmp_path / "clean.nii.gz"))
+    assert dtype == "float32" and scans == []
+    hu[0, 0, 0] = 0.0  # a genuine 0 HU could be a NaN stand-in: the bytes are checked
+    read_image(write(hu, tmp_path / "zero.nii.gz"))
+    assert [p.name for p in scans] == ["zero.nii.gz"]
