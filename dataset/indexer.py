@@ -32,7 +32,7 @@ from dataset.config import IndexConfig
 from dataset.configio import to_dict
 from dataset.files import fingerprint_json, remove_stale_temporaries, write_json_atomic
 from dataset.grid import grid_starts
-from dataset.manifest import AUGMENTED_DIR, INDEX_DIR, parse_variant, write_manifest
+from dataset.manifest import AUGMENTED_DIR, INDEX_DIR, index_fingerprint, parse_variant, write_manifest
 from dataset.seeds import derive_seed
 from dataset.split import split_cases, usable_cases
 from dataset.store import StoreError, read_catalog, shard_path
@@ -69,6 +69,7 @@ class IndexSummary:
     unchanged: bool = False
     store_fingerprint: str = ""
     config_fingerprint: str = ""
+    index_fingerprint: str = ""  # of train.csv + val.csv (dataset.manifest.index_fingerprint)
     classify_seconds_per_case: float = 0.0
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
@@ -163,6 +164,10 @@ def build_index(store: str | Path, config: IndexConfig | None = None, workers: i
         return done
 
     records = catalog["cases"]
+    # The index is committed by summary.json, written last: remove it before anything
+    # changes, so a run killed half-way leaves an index the trainer refuses, never old
+    # manifests whose variants point into new augmented shards.
+    (index_dir / SUMMARY_NAME).unlink(missing_ok=True)
     train_rows, val_rows, jobs, classify_s = _classify_all(store, records, train_ids, val_ids, config, summary, progress)
     summary.classify_seconds_per_case = classify_s / max(1, len(train_ids) + len(val_ids))
     _run_augmentation(store, index_dir, jobs, config, summary, workers, scheduler, progress)
@@ -172,6 +177,7 @@ def build_index(store: str | Path, config: IndexConfig | None = None, workers: i
                                                  "val": val_ids, "skipped": dict(failed)})
     write_manifest(index_dir / "train.csv", train_rows)
     write_manifest(index_dir / "val.csv", val_rows)
+    summary.index_fingerprint = index_fingerprint(store)
     summary.seconds = time.perf_counter() - t0
     write_json_atomic(index_dir / SUMMARY_NAME, summary.to_dict())
     _remove_unused_shards(index_dir, summary.augmented_shards)

@@ -115,3 +115,18 @@ def _parse(raw: dict[str, str], path: Path, line: int) -> dict[str, Any]:
             except (TypeError, ValueError):
                 raise StoreError(f"{path}:{line}: column {key} is not an integer ({value!r})") from None
     return row
+
+
+def index_fingerprint(store: str | Path) -> str:
+    """Hash of the two manifests' bytes (small: one line per patch). ``summary.json``
+    records it, runs record it, and both are compared before training or evaluating."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for split in ("train", "val"):
+        path = Path(store) / INDEX_DIR / f"{split}.csv"
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            raise StoreError(f"{path}: missing; run `pancreas index`") from None
+    return digest.hexdigest()[:16]

@@ -21,11 +21,14 @@ def usable_cases(catalog: dict[str, Any]) -> tuple[list[str], list[tuple[str, st
     for case_id in sorted(cases):
         record = cases[case_id]
         if record.get("status") == "failed":
-            failed.append((case_id, str(record.get("error") or "no reason recorded")))
+            failed.append((case_id, f"preprocessing failed ({record.get('error') or 'no reason recorded'})"))
+        elif record.get("status") != "done":
+            failed.append((case_id, f"not preprocessed (status {record.get('status')!r}); "
+                                    "rerun `pancreas preprocess`"))
         elif record.get("status") == "done" and record.get("has_label"):
             usable.append(case_id)
     for case_id, error in failed:
-        log.warning("skipping case %s: preprocessing failed (%s)", case_id, error)
+        log.warning("skipping case %s: %s", case_id, error)
     return usable, failed
 
 

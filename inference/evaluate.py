@@ -127,13 +127,31 @@ def validation_cases(store: str | Path) -> list[tuple[str, Path, Path]]:
     return out
 
 
+def check_run_matches_store(contract: dict[str, Any], store: str | Path, run_dir: str | Path) -> None:
+    """The run must have been trained on this store and this index: otherwise its
+    "validation" cases may be another split's training cases, and the score a lie."""
+    from dataset.indexer import store_fingerprint
+    from dataset.manifest import index_fingerprint
+
+    current = {"store_fingerprint": lambda: store_fingerprint(read_catalog(store)),
+               "index_fingerprint": lambda: index_fingerprint(store)}
+    for key, compute in current.items():
+        trained = contract.get(key)
+        if trained and trained != (value := compute()):
+            raise StoreError(
+                f"{run_dir}: was trained on {key} {trained} but {store} now has {value}; "
+                "evaluate it on the store and index it was trained on"
+            )
+
+
 def evaluate_run(
     run_dir: str | Path, store: str | Path, config: PredictConfig = PredictConfig(),
     pred_dir: str | Path | None = None, predict_fn=None, progress: bool = True,
 ) -> dict[str, Any]:
     """Predict the run's validation cases from their original images and score them."""
-    from inference.predict import CaseInput, predict_cases
+    from inference.predict import CaseInput, load_contract, predict_cases
 
+    check_run_matches_store(load_contract(run_dir), store, run_dir)
     cases = validation_cases(store)
     pred_dir = Path(pred_dir) if pred_dir is not None else Path(run_dir) / "validation_predictions"
     summary = predict_cases(run_dir, [CaseInput(c, img) for c, img, _ in cases], pred_dir, config,

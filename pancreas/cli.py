@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         from dataset.configio import ConfigError
         from dataset.store import StoreError
 
-        if isinstance(err, (ConfigError, StoreError, FileNotFoundError, ValueError)):
+        if isinstance(err, (ConfigError, StoreError, OSError, ValueError)):
             print(f"pancreas {args.command}: error: {err}", file=sys.stderr)
             return 2
         raise

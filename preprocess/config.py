@@ -78,9 +78,17 @@ def config_to_dict(config: PreprocessConfig) -> dict[str, Any]:
     return to_dict(config)
 
 
+# Bump when the preprocessing code changes what it stores for the same input and config:
+# every stored case then has another fingerprint and is redone on the next run.
+PREPROCESS_VERSION = 2
+
+
 def config_fingerprint(config: PreprocessConfig) -> str:
-    """Stable hash of the resolved config; a stored case with another one is redone."""
-    return fingerprint_json(to_dict(config))
+    """Stable hash of the resolved config, the code version and the store schema; a
+    stored case with another one is redone."""
+    from dataset.store import SCHEMA_VERSION
+
+    return fingerprint_json([to_dict(config), PREPROCESS_VERSION, SCHEMA_VERSION])
 
 
 def config_from_dict(data: dict[str, Any]) -> PreprocessConfig:

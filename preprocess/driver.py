@@ -131,13 +131,16 @@ def _input_fingerprint(case: MsdCase) -> str | None:
 
     try:
         return input_fingerprint(case.image, case.label)
-    except FileNotFoundError:
+    except OSError:  # missing or unreadable (permissions): reported by _missing_reason
         return None
 
 
 def _missing_reason(case: MsdCase) -> str:
-    missing = [str(p) for p in (case.image, case.label) if p is not None and not p.exists()]
-    return f"listed file missing: {', '.join(missing)}"
+    paths = [p for p in (case.image, case.label) if p is not None]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        return f"listed file missing: {', '.join(missing)}"
+    return f"cannot read {', '.join(str(p) for p in paths)} (permissions?)"
 
 
 def _previous_seconds(store: Path) -> dict[str, float]:
@@ -246,6 +249,8 @@ def run_preprocess(
     }
     summary = PreprocessSummary(store=store)
     todo = _plan(dataset.cases, store, config_fp, catalog["cases"], summary)
+    for case in todo:  # a killed run leaves them listed (not silently dropped) until done
+        catalog["cases"][case.case_id] = _record(case, status="pending", config_fingerprint=config_fp)
     write_catalog(store, catalog)
     log.info("%d cases: %d up to date, %d to do, %d missing input",
              len(dataset.cases), summary.skipped, len(todo), summary.failed)

@@ -77,6 +77,12 @@ def edge_aligned_grid(image: sitk.Image, spacing: tuple[float, float, float]) ->
     return Grid(tuple(int(s) for s in size), tuple(map(float, new_spacing)), tuple(map(float, origin)))
 
 
+def is_axis_aligned(direction: tuple[float, ...], tol: float = 1e-6) -> bool:
+    """Whether a direction matrix only permutes and flips axes (no tilt)."""
+    m = np.abs(np.asarray(direction, dtype=np.float64).reshape(3, 3))
+    return bool(np.all((m < tol) | (np.abs(m - 1.0) < tol)) and np.all(m.sum(axis=0) > 0.5))
+
+
 def resample(
     image: sitk.Image,
     grid: Grid,
@@ -86,12 +92,19 @@ def resample(
 ) -> sitk.Image:
     """``image`` on ``grid`` (same pixel type).
 
-    Points within half an old voxel of the scan's edge lie outside ITK's buffer of voxel
-    centres for some interpolators; nearest-neighbour extrapolation gives them the edge
-    voxel's value instead of ``default_value``.
+    The edge-aligned grid puts its outermost voxel centres within half an old voxel of
+    the scan's edge, where ITK may count a point as outside its buffer of voxel centres;
+    such points must take the edge voxel's value, not ``default_value``. For an
+    axis-aligned scan (almost every CT) the grid lies inside the scan's extent, so
+    nearest-neighbour extrapolation does exactly that and nothing more. A tilted (oblique)
+    scan's extent does not fill the axis-aligned box: there, extrapolation would smear
+    the edge voxels over the whole box, so the scan is padded by one replicated voxel
+    instead and every point beyond it gets ``default_value`` (air, background).
     """
+    aligned = is_axis_aligned(image.GetDirection())
+    source = image if aligned else sitk.ZeroFluxNeumannPad(image, [1, 1, 1], [1, 1, 1])
     return sitk.Resample(
-        image,
+        source,
         grid.size,
         sitk.Transform(),
         INTERPOLATORS[interpolation],
@@ -100,7 +113,7 @@ def resample(
         direction,
         float(default_value),
         image.GetPixelID(),
-        True,
+        aligned,
     )
 
 

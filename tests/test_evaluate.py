@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset.store import write_catalog
+from dataset.store import StoreError, write_catalog
 from inference.evaluate import (
     CasePair, EvaluationError, evaluate_dirs, evaluate_pair, evaluate_run, report_ok, report_table,
 )
@@ -124,3 +124,10 @@ def test_evaluate_run_scores_only_validation_cases(tmp_path: Path):
     # the whole scan predicted as pancreas: Dice = 2|T| / (|scan| + |T|), small but > 0
     for case_id in val:
         assert 0 < report["cases"][case_id]["pancreas"]["dice"] < 0.5
+
+    # a run trained on another store (or index) is refused: its "validation" cases could be
+    # this store's training cases
+    contract = json.loads((run / "input_contract.json").read_text())
+    (run / "input_contract.json").write_text(json.dumps({**contract, "store_fingerprint": "elsewhere"}))
+    with pytest.raises(StoreError, match="was trained on store_fingerprint elsewhere"):
+        evaluate_run(run, store, predict_fn=everything_is_pancreas, progress=False)

@@ -98,5 +98,9 @@ def test_split_without_validation_case_is_an_error():
 def test_usable_cases_skips_failed_and_unlabelled():
     catalog = {"cases": {"b": {"status": "done", "has_label": True}, "a": {"status": "done", "has_label": True},
                          "t": {"status": "done", "has_label": False},
-                         "f": {"status": "failed", "has_label": True, "error": "bad header"}}}
-    assert usable_cases(catalog) == (["a", "b"], [("f", "bad header")])
+                         "f": {"status": "failed", "has_label": True, "error": "bad header"},
+                         "p": {"status": "pending", "has_label": True}}}  # a killed preprocess run
+    usable, skipped = usable_cases(catalog)
+    assert usable == ["a", "b"]
+    assert [c for c, _ in skipped] == ["f", "p"]
+    assert "bad header" in skipped[0][1] and "pending" in skipped[1][1]

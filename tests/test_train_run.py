@@ -267,3 +267,21 @@ def test_cli_profile_modes_and_training_summary(store, tmp_path, capsys):
     import keras
 
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
+
+
+def test_incomplete_or_edited_index_is_refused(tmp_path):
+    """summary.json commits an index: without it (a killed `pancreas index`) or with
+    manifests changed behind its back, training refuses before writing anything."""
+    from dataset.manifest import read_manifest
+    from training.run import train
+
+    store = tmp_path / "store"
+    make_synthetic_store(store, n_cases=2, shape_zyx=(16, 32, 32), patches_per_case=2)
+    rows = read_manifest(store / "index" / "train.csv")
+    write_manifest(store / "index" / "train.csv", rows[:-1])
+    with pytest.raises(StoreError, match="changed since `pancreas index`"):
+        train(store, tmp_path / "r1", TINY)
+    (store / "index" / "summary.json").unlink()
+    with pytest.raises(StoreError, match="incomplete index"):
+        train(store, tmp_path / "r2", TINY)
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()

@@ -17,7 +17,6 @@ so a bad call leaves an existing run untouched.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -31,8 +30,9 @@ import numpy as np
 import tensorflow as tf
 
 from dataset.configio import ConfigError, to_dict
-from dataset.files import atomic_path, fingerprint_json, remove_stale_temporaries, write_json_atomic
-from dataset.manifest import INDEX_DIR
+from dataset.files import atomic_path, remove_stale_temporaries, write_json_atomic
+from dataset.indexer import store_fingerprint
+from dataset.manifest import INDEX_DIR, index_fingerprint
 from dataset.reader import PatchReader
 from dataset.store import LABEL_NAMES, StoreError, read_catalog
 from training.callbacks import (
@@ -96,30 +96,11 @@ class RunInputs:
 
 
 # ---------------------------------------------------------------- inputs and checks
-def index_fingerprint(store: Path) -> str:
-    """Hash of the two manifests' bytes (they are small: one line per patch)."""
-    digest = hashlib.sha256()
-    for split in ("train", "val"):
-        digest.update(manifest_path(store, split).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def store_fingerprint(catalog: dict[str, Any]) -> str:
-    """What every stored case was made from; the indexer's formula, so the two compare."""
-    try:
-        from dataset.indexer import store_fingerprint as indexer_store_fingerprint
-    except ImportError:  # indexer not importable: same formula, kept here
-        cases = catalog.get("cases", {})
-        parts = [(cid, r.get("status"), bool(r.get("has_label")), r.get("input_fingerprint"),
-                  r.get("config_fingerprint")) for cid, r in sorted(cases.items())]
-        return fingerprint_json([catalog.get("config_fingerprint"), parts])
-    return indexer_store_fingerprint(catalog)
-
-
 def _index_summary(store: Path) -> dict[str, Any]:
     path = store / INDEX_DIR / "summary.json"
     if not path.is_file():
-        return {}
+        raise StoreError(f"{path.parent}: incomplete index (no summary.json: `pancreas index` did not finish); "
+                         "rerun `pancreas index`")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -159,6 +140,12 @@ def read_run_inputs(store: str | Path, config: TrainConfig) -> RunInputs:
         raise StoreError(
             f"{store / INDEX_DIR}: the index was built on store fingerprint {indexed_on} but the store is now "
             f"{fingerprints['store_fingerprint']} (cases redone or added); rerun `pancreas index`"
+        )
+    recorded = summary.get("index_fingerprint")
+    if recorded and recorded != fingerprints["index_fingerprint"]:
+        raise StoreError(
+            f"{store / INDEX_DIR}: train.csv/val.csv changed since `pancreas index` wrote them "
+            f"({fingerprints['index_fingerprint']} vs {recorded}); rerun `pancreas index`"
         )
     if "config_fingerprint" in summary:
         fingerprints["index_config_fingerprint"] = str(summary["config_fingerprint"])

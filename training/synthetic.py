@@ -81,4 +81,18 @@ def make_synthetic_store(
     write_catalog_for(store, records)
     write_manifest(Path(store) / INDEX_DIR / "train.csv", train)
     write_manifest(Path(store) / INDEX_DIR / "val.csv", val)
+    write_index_summary(store)
     return train, val
+
+
+def write_index_summary(store: str | Path) -> None:
+    """The ``summary.json`` that commits an index (what ``pancreas index`` writes last)."""
+    from dataset.files import write_json_atomic
+    from dataset.indexer import SUMMARY_NAME, store_fingerprint
+    from dataset.manifest import index_fingerprint
+    from dataset.store import read_catalog
+
+    write_json_atomic(Path(store) / INDEX_DIR / SUMMARY_NAME, {
+        "store_fingerprint": store_fingerprint(read_catalog(store)),
+        "index_fingerprint": index_fingerprint(store),
+    })
