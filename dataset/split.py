@@ -20,15 +20,20 @@ def usable_cases(catalog: dict[str, Any]) -> tuple[list[str], list[tuple[str, st
     usable, failed = [], []
     for case_id in sorted(cases):
         record = cases[case_id]
-        if record.get("status") == "failed":
-            failed.append((case_id, f"preprocessing failed ({record.get('error') or 'no reason recorded'})"))
-        elif record.get("status") != "done":
-            failed.append((case_id, f"not preprocessed (status {record.get('status')!r}); "
-                                    "rerun `pancreas preprocess`"))
-        elif record.get("status") == "done" and record.get("has_label"):
-            usable.append(case_id)
-    for case_id, error in failed:
-        log.warning("skipping case %s: %s", case_id, error)
+        status = record.get("status")
+        if status == "done":
+            if record.get("has_label"):
+                usable.append(case_id)
+            continue
+        if status != "failed" and not record.get("has_label"):
+            continue  # an unlabelled (test) case is never indexed
+        if status == "failed":
+            reason = str(record.get("error") or "no reason recorded")
+            log.warning("skipping case %s: preprocessing failed (%s)", case_id, reason)
+        else:  # e.g. "pending": a preprocessing run was killed before this case was done
+            reason = f"not preprocessed (status {status!r}); rerun `pancreas preprocess`"
+            log.warning("skipping case %s: %s", case_id, reason)
+        failed.append((case_id, reason))
     return usable, failed
 
 

@@ -119,7 +119,10 @@ def preprocess_image(
     attrs["window_hu"] = np.asarray(config.window_hu, dtype=np.float64)
     label_array = None
     if resampled_label is not None:
-        label_array = np.ascontiguousarray(sitk.GetArrayViewFromImage(resampled_label)[box])
+        # a copy, always: a view of `resampled_label` (np.ascontiguousarray returns the view
+        # itself when the crop is the whole volume) would outlive the image's memory
+        label_array = np.array(sitk.GetArrayViewFromImage(resampled_label)[box], copy=True)
+        del resampled_label
         counts = label_value_counts(label_array)
         attrs["label_counts"] = np.asarray([counts[v] for v in config.label_values], dtype=np.int64)
     attrs["config"] = json.dumps(config_to_dict(config), sort_keys=True)

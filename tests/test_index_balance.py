@@ -103,4 +103,4 @@ def test_usable_cases_skips_failed_and_unlabelled():
     usable, skipped = usable_cases(catalog)
     assert usable == ["a", "b"]
     assert [c for c, _ in skipped] == ["f", "p"]
-    assert "bad header" in skipped[0][1] and "pending" in skipped[1][1]
+    assert skipped[0][1] == "bad header" and "pending" in skipped[1][1]
