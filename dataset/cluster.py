@@ -57,7 +57,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     n = workers or os.cpu_count() or 1
     with LocalCluster(
         n_workers=n, threads_per_worker=1, processes=True, memory_limit=worker_memory_limit(n),
-        dashboard_address=None, silence_logs=logging.ERROR,
+        dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False}, silence_logs=logging.ERROR,
     ) as cluster, Client(cluster) as client:
         log.info("started a local Dask cluster of %d worker process(es)", n)
         yield client

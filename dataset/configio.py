@@ -37,6 +37,8 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         if len(non_none) == 1:
             return _convert(value, non_none[0], where)
         return value
+    if origin is tuple and not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
     if origin is tuple and isinstance(value, (list, tuple)):
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(v, args[0], where) for v in value)
@@ -79,7 +81,10 @@ def load_config(cls: type[T], path: str | Path | None) -> T:
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({problem})") from None
     return from_dict(cls, data, where=str(path))
 
 

@@ -202,6 +202,8 @@ def report_table(report: dict[str, Any]) -> str:
     for case_id in report.get("missing_predictions", []):
         if case_id not in report.get("errors", {}):
             lines.append(f"missing prediction: {case_id}")
+    for case_id in report.get("predictions_without_truth", []):
+        lines.append(f"not scored (no truth): {case_id}")
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""``pancreas <stage>``: parses arguments and calls the library; nothing else.
+"""The command line: parses arguments and calls the library; nothing else.
 
 Each stage has a small module ``pancreas/cli_<stage>.py`` with ``add_parser(subparsers)``
 and ``run(args) -> int``; they are imported lazily so ``pancreas synth`` does not pay
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import logging
 import sys
 
@@ -25,7 +26,11 @@ COMMANDS = {
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pancreas", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="pancreas",
+        description="Segment the pancreas and pancreatic tumours in abdominal CT (MSD Task07): "
+                    "synth/download -> preprocess -> index -> train -> predict -> evaluate.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     wanted = [a for a in argv if a in COMMANDS][:1] or list(COMMANDS)
@@ -43,6 +48,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # TensorFlow's C++ start-up chatter (oneDNN, "failed call to cuInit" on CPU-only
+    # machines) alarms users and hides our summaries; warnings and errors still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

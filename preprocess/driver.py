@@ -202,6 +202,20 @@ def _plan(
     return todo
 
 
+def _check_same_dataset(store: Path, root: Path) -> None:
+    """Refuse to mix two datasets in one store: their case ids collide (pancreas_001 ...),
+    so a wrong ``--out`` would silently replace another dataset's shards."""
+    try:
+        built_from = read_catalog(store).get("dataset", {}).get("root")
+    except StoreError:
+        return  # a new (or unreadable) store: nothing to protect
+    if built_from and Path(built_from) != Path(root):
+        raise StoreError(
+            f"{store}: holds a store built from {built_from}, not {root}; "
+            "preprocess this dataset into another --out (or delete the old store)"
+        )
+
+
 def run_preprocess(
     data_dir: str | Path,
     store: str | Path,
@@ -228,6 +242,7 @@ def run_preprocess(
             f"{list(config.label_values)} does not allow"
         )
     store = Path(store).resolve()
+    _check_same_dataset(store, dataset.root)
     (store / CASES_DIR).mkdir(parents=True, exist_ok=True)
     for folder in (store, store / CASES_DIR):
         for stale in remove_stale_temporaries(folder):

@@ -70,6 +70,51 @@ def _file_info(path: Path) -> tuple[int, int, str]:
     return reader.GetDimension(), reader.GetNumberOfComponents(), dtype
 
 
+def nifti_truncation(path: Path) -> str | None:
+    """Why a NIfTI-1 file holds fewer voxel bytes than its header promises, else None.
+
+    ITK reads a truncated file without complaint and fills the missing slices with 0: a
+    half-copied download would become a "good" case. The check is cheap: an uncompressed
+    file's size, or a gzip file's trailer (ISIZE, the uncompressed size mod 2^32); only
+    when the trailer disagrees (a truncated stream, or a rare multi-member gzip) is the
+    stream decompressed to the end to decide.
+    """
+    if not path.name.endswith((".nii", ".nii.gz")) or path.is_dir():
+        return None
+    gz = path.name.endswith(".gz")
+    try:
+        with (gzip.open if gz else open)(path, "rb") as f:
+            header = f.read(348)
+    except (OSError, EOFError) as err:
+        return f"unreadable header ({err})"
+    if len(header) < 348:
+        return "file shorter than a NIfTI header"
+    endian = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
+    if struct.unpack(endian + "i", header[:4])[0] != 348:
+        return None  # not NIfTI-1 (e.g. NIfTI-2): left to ITK
+    dims = struct.unpack(endian + "8h", header[40:56])
+    bitpix = struct.unpack(endian + "h", header[72:74])[0]
+    offset = int(struct.unpack(endian + "f", header[108:112])[0])
+    n_voxels = int(np.prod([max(1, d) for d in dims[1:1 + max(0, min(dims[0], 7))]]))
+    expected = max(offset, 348) + n_voxels * bitpix // 8
+    if not gz:
+        size = path.stat().st_size
+        return None if size >= expected else f"truncated: header promises {expected} bytes, file has {size}"
+    with open(path, "rb") as raw:
+        raw.seek(-4, 2)
+        isize = struct.unpack("<I", raw.read(4))[0]
+    if isize == expected % (1 << 32):
+        return None
+    try:
+        with gzip.open(path, "rb") as f:
+            total = 0
+            while block := f.read(1 << 24):
+                total += len(block)
+    except (OSError, EOFError) as err:
+        return f"truncated or corrupt gzip stream ({err})"
+    return None if total >= expected else f"truncated: header promises {expected} bytes, file has {total}"
+
+
 def _read(path: Path, pixel_type: int) -> tuple[sitk.Image, str]:
     """Read a file or DICOM folder after checking it is a scalar 3D image."""
     if not path.exists():
@@ -83,6 +128,9 @@ def _read(path: Path, pixel_type: int) -> tuple[sitk.Image, str]:
             raise InputError(f"{path}: image is {dimension}D; expected a 3D volume")
         if components != 1:
             raise InputError(f"{path}: {components} components per voxel; expected a scalar image")
+        truncated = nifti_truncation(path)
+        if truncated:
+            raise InputError(f"{path}: {truncated}")
         image = sitk.ReadImage(files if len(files) > 1 else files[0], pixel_type)
     except RuntimeError as err:
         raise InputError(f"{path}: cannot read ({itk_message(err)})") from None

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 import preprocess.pipeline as pipeline
 from dataset.msd import MsdDatasetError
-from dataset.store import read_catalog, read_shard, shard_path
+from dataset.store import StoreError, read_catalog, read_shard, shard_path
 from pancreas.cli import main
 from preprocess.config import PreprocessConfig
 from preprocess.driver import run_preprocess
@@ -279,3 +279,14 @@ def test_killed_run_then_rerun_completes(data, tmp_path):
         image, _, attrs = read_shard(shard_path(store, case_id))
         assert record["status"] == "done" and list(image.shape) == record["shape_zyx"]
         assert attrs["case_id"] == case_id
+
+
+def test_store_of_another_dataset_is_not_overwritten(tmp_path):
+    first = make_dataset(tmp_path / "a", 2, seed=0, n_test=0, progress=False)
+    second = make_dataset(tmp_path / "b", 2, seed=1, n_test=0, progress=False)
+    store = tmp_path / "store"
+    run_preprocess(first, store, workers=0, progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in (store / "cases").iterdir()}
+    with pytest.raises(StoreError, match=r"holds a store built from .*a, not .*b"):
+        run_preprocess(second, store, workers=0, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (store / "cases").iterdir()} == before

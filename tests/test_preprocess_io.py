@@ -255,3 +255,15 @@ def test_raw_scan_skipped_when_no_voxel_could_stand_for_nan(tmp_path, monkeypatc
     hu[0, 0, 0] = 0.0  # a genuine 0 HU could be a NaN stand-in: the bytes are checked
     read_image(write(hu, tmp_path / "zero.nii.gz"))
     assert [p.name for p in scans] == ["zero.nii.gz"]
+
+
+@pytest.mark.parametrize("name", ["cut.nii.gz", "cut.nii"])
+def test_truncated_nifti_is_refused(tmp_path, name):
+    """ITK reads a half-copied file and zero-fills the rest: the header's size is checked."""
+    noise = np.random.default_rng(0).integers(-1000, 1000, size=(40, 64, 64), dtype=np.int16)
+    path = write(noise, tmp_path / name)  # noise: the gzip stream is as long as the data
+    read_image(path)  # the whole file is fine
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=rf"{name}: truncated"):
+        read_image(path)

@@ -190,6 +190,8 @@ def check_run_dir(run_dir: Path, config: TrainConfig, inputs: RunInputs, resume:
                 f"{run_dir}: holds another run ({', '.join(existing)}); pass --resume to continue it "
                 "or choose another --out"
             )
+        if run_dir.is_dir() and any(run_dir.iterdir()):  # e.g. the store itself
+            raise ValueError(f"{run_dir}: exists and is not empty; choose a new --out for the run")
         return None
     if not (run_dir / "config.json").is_file():
         if existing:
