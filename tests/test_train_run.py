@@ -205,7 +205,8 @@ def test_resume_after_sigkill(store, tmp_path):
     finally:
         proc.wait()
     state = json.loads(state_path.read_text())
-    assert state["epoch"] == 1 and state["iterations"] == 40
+    killed_after = state["epoch"]  # 1 normally; 2 on a machine fast enough to finish epoch 2 in 0.3 s
+    assert 1 <= killed_after < 3 and state["iterations"] == 40 * killed_after
 
     # a second start without --resume refuses and changes nothing
     again = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True)
@@ -216,12 +217,12 @@ def test_resume_after_sigkill(store, tmp_path):
     import keras
 
     summary = train(store, run_dir, config, resume=True)
-    assert summary.initial_epoch == 1 and summary.epochs_completed == 3
+    assert summary.initial_epoch == killed_after and summary.epochs_completed == 3
     rows = history(run_dir)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
-    assert rows[1]["learning_rate"] == pytest.approx(state["learning_rate"], rel=1e-6)
+    assert rows[killed_after]["learning_rate"] == pytest.approx(state["learning_rate"], rel=1e-6)
     last = keras.models.load_model(run_dir / "checkpoints" / "last.keras")
-    assert int(last.optimizer.iterations) == 120  # 40 restored + 80 new, not 80
+    assert int(last.optimizer.iterations) == 120  # 40 per epoch restored + the rest new, not restarted
 
 
 @pytest.mark.slow
