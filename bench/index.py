@@ -104,9 +104,38 @@ def main(argv: list[str] | None = None) -> int:
                 rate, n = read_rate(reader, subset, args.seconds)
                 print(f"reader, random training rows from {name}: {rate:.0f} patches/s on one core "
                       f"({n} reads; goal >= 500)")
+        if stored:
+            codec_vs_copy(store, stored[0], args.seconds)
     if tmp:
         tmp.cleanup()
     return 0
+
+
+def codec_vs_copy(store: Path, row: dict, seconds: float) -> None:
+    """ms per image-patch read from a case shard and from an uncompressed copy of it:
+    tells whether the codec or HDF5's hyperslab copy limits the reader."""
+    import h5py
+
+    from dataset.reader import read_box, row_box
+    from dataset.store import shard_path
+
+    _, size = row_box(row)
+    source = shard_path(store, row["case_id"])
+    plain = source.with_name(".bench_uncompressed.h5")
+    with h5py.File(source, "r") as f, h5py.File(plain, "w") as g:
+        g.create_dataset("image", data=f["image"][...], chunks=f["image"].chunks)
+    rng = np.random.default_rng(0)
+    timings = {}
+    for name, path in (("Blosc-LZ4 shard", source), ("uncompressed copy", plain)):
+        with h5py.File(path, "r") as f:
+            ds, n, t = f["image"], 0, time.perf_counter()
+            limits = [max(1, e - d + 1) for e, d in zip(ds.shape, size)]
+            while time.perf_counter() - t < seconds / 2:
+                read_box(ds, tuple(int(rng.integers(0, m)) for m in limits), size)
+                n += 1
+            timings[name] = (time.perf_counter() - t) / n * 1000
+    plain.unlink()
+    print("image patch read, 32^3 chunks: " + ", ".join(f"{k} {v:.2f} ms" for k, v in timings.items()))
 
 
 if __name__ == "__main__":

@@ -8,12 +8,12 @@ learns them in a few epochs. Imports no TensorFlow.
 """
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dataset.grid import grid_boxes, grid_starts, is_padded
 from dataset.manifest import INDEX_DIR, write_manifest
 from dataset.synthetic import blob_label, write_case, write_catalog_for
 
@@ -34,16 +34,11 @@ def _row(case_id: str, start, size, label: np.ndarray, seed: int, kind: str) -> 
     sl = tuple(slice(max(s, 0), max(s + d, 0)) for s, d in zip(start, size))
     box = label[sl]
     n_p, n_t = int((box == 1).sum()), int((box == 2).sum())
-    padded = any(s < 0 or s + d > e for s, d, e in zip(start, size, label.shape))
+    padded = is_padded(tuple(start), tuple(size), label.shape)
     return {"case_id": case_id, "z0": start[0], "y0": start[1], "x0": start[2],
             "dz": size[0], "dy": size[1], "dx": size[2], "n_pancreas": n_p, "n_tumour": n_t,
             "foreground": int(n_p + n_t > 0), "padded": int(padded), "variant": "", "seed": seed,
             "kind": kind}
-
-
-def _grid_starts(shape, size):
-    axes = [range(0, max(e - d, 0) + 1, d) if e >= d else [-((d - e) // 2)] for e, d in zip(shape, size)]
-    return list(itertools.product(*axes))
 
 
 def make_synthetic_store(
@@ -68,7 +63,7 @@ def make_synthetic_store(
         image, label = synthetic_case(shape_zyx, seed * 1000 + i)
         records[case_id] = write_case(store, case_id, label, seed=i, image=image)
         if i >= n_cases - n_val_cases:
-            val += [_row(case_id, s, val_patch_zyx, label, 0, "grid") for s in _grid_starts(label.shape, val_patch_zyx)]
+            val += [_row(case_id, s, val_patch_zyx, label, 0, "grid") for s in grid_boxes(grid_starts(label.shape, val_patch_zyx))]
             continue
         fg = np.argwhere(label > 0)
         for k in range(patches_per_case):
