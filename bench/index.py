@@ -121,7 +121,8 @@ def codec_vs_copy(store: Path, row: dict, seconds: float) -> None:
 
     _, size = row_box(row)
     source = shard_path(store, row["case_id"])
-    plain = source.with_name(".bench_uncompressed.h5")
+    scratch = tempfile.TemporaryDirectory()  # never inside the store
+    plain = Path(scratch.name) / "uncompressed.h5"
     with h5py.File(source, "r") as f, h5py.File(plain, "w") as g:
         g.create_dataset("image", data=f["image"][...], chunks=f["image"].chunks)
     rng = np.random.default_rng(0)
@@ -134,7 +135,7 @@ def codec_vs_copy(store: Path, row: dict, seconds: float) -> None:
                 read_box(ds, tuple(int(rng.integers(0, m)) for m in limits), size)
                 n += 1
             timings[name] = (time.perf_counter() - t) / n * 1000
-    plain.unlink()
+    scratch.cleanup()
     print("image patch read, 32^3 chunks: " + ", ".join(f"{k} {v:.2f} ms" for k, v in timings.items()))
 
 
