@@ -29,7 +29,7 @@ from dataset.config import ElasticConfig
 from dataset.files import atomic_path
 from dataset.grid import Zyx
 from dataset.reader import read_box
-from dataset.store import IMAGE_LEVELS, StoreError, compression, shard_path
+from dataset.store import IMAGE_LEVELS, StoreError, compression, create_h5, shard_path
 
 AUGMENT_VERSION = 1  # bump when the deformation code changes its output
 
@@ -103,7 +103,7 @@ def build_augmented_shard(store: str, case_id: str, entries: Sequence[AugmentEnt
     labels = np.stack([p[1] for p in patches]) if patches else np.zeros((0, *size), np.uint8)
     chunks = (1, *size) if patches else None
     with atomic_path(out_path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with create_h5(tmp) as f:
             f.create_dataset("image", data=images, chunks=chunks, **compression())
             f.create_dataset("label", data=labels, chunks=chunks, **compression())
             f.attrs["case_id"] = case_id

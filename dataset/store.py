@@ -100,6 +100,20 @@ def compression() -> dict[str, Any]:
     return dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.NOSHUFFLE))
 
 
+def create_h5(path: str | Path) -> h5py.File:
+    """Open a new HDF5 file for writing so that equal contents give equal bytes.
+
+    With HDF5's chunk cache on, compressed chunks wait in memory and are given
+    file space when the cache is flushed, which follows the closing of dataset
+    handles, which h5py ties to Python object lifetimes. In a Dask worker that
+    timing varied: in 5 of 20 trial builds an augmented shard came out with the
+    label's chunks before the image's (same data, other bytes). With no cache
+    each chunk gets its space in the write call that makes it, in order. Shards
+    are written once and never re-read while open, so the cache bought nothing.
+    """
+    return h5py.File(path, "w", rdcc_nbytes=0)
+
+
 def write_shard(
     path: str | Path, image: np.ndarray, label: np.ndarray | None, attrs: dict[str, Any]
 ) -> None:
@@ -111,7 +125,7 @@ def write_shard(
             f"{path}: label must be uint8 of shape {image.shape}, got {label.dtype} {label.shape}"
         )
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with create_h5(tmp) as f:
             f.create_dataset("image", data=image, chunks=_chunks(image.shape), **compression())
             if label is not None:
                 f.create_dataset("label", data=label, chunks=_chunks(label.shape), **compression())

@@ -114,3 +114,26 @@ def test_catalog_format(store):
     splits = [r["split"] for r in catalog["cases"].values()]
     assert splits == ["training", "training", "training", "test"]
     assert [r["has_label"] for r in catalog["cases"].values()] == [True, True, True, False]
+
+
+@pytest.mark.parametrize("hold_first", [False, True])
+def test_shard_bytes_do_not_depend_on_when_handles_close(tmp_path, hold_first):
+    """Keeping the first dataset's handle open longer must not reorder chunks in the file.
+
+    With HDF5's default chunk cache it does (the label's chunks land first),
+    which made the same augmented shard differ between a Dask worker and the
+    main process.
+    """
+    rng = np.random.default_rng(0)
+    image = (rng.random((4, 8, 16, 16)) * 40).astype(np.uint8)
+    label = (image > 30).astype(np.uint8)
+
+    def write(path, hold):
+        with store_module.create_h5(path) as f:
+            first = f.create_dataset("image", data=image, chunks=(1, 8, 16, 16), **store_module.compression())
+            if not hold:
+                del first
+            f.create_dataset("label", data=label, chunks=(1, 8, 16, 16), **store_module.compression())
+        return path.read_bytes()
+
+    assert write(tmp_path / "a.h5", False) == write(tmp_path / "b.h5", hold_first)
