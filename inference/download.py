@@ -6,7 +6,9 @@ HTTP Range request. The md5 is computed while the bytes arrive (a resumed run ha
 existing part first), a mismatch deletes the part file. Extraction checks every member
 first and refuses the whole archive if one would land outside the target folder (absolute
 names, ``..``, links pointing out, device files); macOS ``._*`` resource files are skipped
-because they are not NIfTI files and break naive globbing.
+because they are not NIfTI files and break naive globbing. Members are unpacked into a
+hidden staging folder and moved into place at the end, so an interrupted extraction
+leaves nothing that looks like a usable dataset.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import json
 import http.client
 import logging
 import os
+import shutil
 import tarfile
 import time
 import urllib.error
@@ -180,22 +183,50 @@ def safe_members(archive: tarfile.TarFile, root: Path) -> tuple[list[tarfile.Tar
     return keep, skipped
 
 
+def staging_dir(path: Path, out_dir: Path) -> Path:
+    """Hidden folder an archive is unpacked into before its folders move into place."""
+    return out_dir / f".{path.name}.extracting"
+
+
 def extract_archive(path: Path, out_dir: Path) -> tuple[int, int, Path | None]:
-    """Extract safely; returns (members extracted, members skipped, top-level dataset folder)."""
+    """Extract safely; returns (members extracted, members skipped, top-level dataset folder).
+
+    Members are unpacked into a hidden staging folder next to their destination and
+    each top-level folder is renamed into ``out_dir`` only once every member is there,
+    so an interrupted extraction never leaves a half-filled ``Task07_Pancreas/`` that
+    looks usable; the next run deletes the leftover staging folder and starts again.
+    A top-level folder that already exists is never merged into or replaced: it may be
+    the user's own copy, so the run stops before extracting anything.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(path, out_dir)
+    if staging.exists():
+        log.info("removing %s left by an interrupted extraction", staging)
+        shutil.rmtree(staging)
     try:
         archive = tarfile.open(path)
     except tarfile.TarError as err:
         raise DownloadError(f"{path}: not a readable tar archive ({err})") from None
     with archive:
-        members, skipped = safe_members(archive, out_dir)
-        total = sum(m.size for m in members)
-        with tqdm(total=total, desc=f"extract {path.name}", unit="B", unit_scale=True, unit_divisor=1024) as bar:
-            for member in members:
-                archive.extract(member, out_dir, set_attrs=False, **_filter_kwargs())
-                bar.update(member.size)
-    tops = {PurePosixPath(m.name).parts[0] for m in members if PurePosixPath(m.name).parts}
-    dataset_dir = out_dir / tops.pop() if len(tops) == 1 else None
+        members, skipped = safe_members(archive, staging)
+        tops = sorted({PurePosixPath(m.name).parts[0] for m in members if PurePosixPath(m.name).parts})
+        taken = [top for top in tops if (out_dir / top).exists() or (out_dir / top).is_symlink()]
+        if taken:
+            raise DownloadError(f"{out_dir / taken[0]} already exists; move it away (or delete it) and rerun, "
+                                "nothing was extracted")
+        staging.mkdir()
+        try:
+            total = sum(m.size for m in members)
+            with tqdm(total=total, desc=f"extract {path.name}", unit="B", unit_scale=True,
+                      unit_divisor=1024) as bar:
+                for member in members:
+                    archive.extract(member, staging, set_attrs=False, **_filter_kwargs())
+                    bar.update(member.size)
+            for top in tops:
+                os.replace(staging / top, out_dir / top)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    dataset_dir = out_dir / tops[0] if len(tops) == 1 else None
     return len(members), skipped, dataset_dir
 
 

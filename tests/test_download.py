@@ -202,3 +202,40 @@ def test_deleted_dataset_is_extracted_again(tmp_path: Path):
         summary = download_dataset(config_for(server, GOOD), tmp_path)
         assert len(server.requests) == 1  # the kept archive is re-verified, not fetched again
     assert not summary.already_done and (tmp_path / "Task07_Pancreas/dataset.json").is_file()
+
+
+def test_interrupted_extraction_leaves_no_dataset_folder(tmp_path: Path, monkeypatch):
+    archive = tmp_path / NAME
+    archive.write_bytes(GOOD)
+    out = tmp_path / "out"
+    real_extract = tarfile.TarFile.extract
+    calls = []
+
+    def dies_on_second_member(self, member, *args, **kwargs):
+        calls.append(member.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C half-way
+        return real_extract(self, member, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile.TarFile, "extract", dies_on_second_member)
+    with pytest.raises(KeyboardInterrupt):
+        extract_archive(archive, out)
+    assert list(out.iterdir()) == []  # neither a partial Task07_Pancreas/ nor the staging folder
+    # a SIGKILL leaves the staging folder behind: the next run clears it and completes
+    (out / f".{NAME}.extracting" / "Task07_Pancreas").mkdir(parents=True)
+    monkeypatch.setattr(tarfile.TarFile, "extract", real_extract)
+    assert extract_archive(archive, out)[:2] == (2, 1)
+    assert sorted(p.name for p in out.iterdir()) == ["Task07_Pancreas"]
+    assert (out / "Task07_Pancreas/imagesTr/pancreas_001.nii.gz").read_bytes() == bytes(range(256)) * 300
+
+
+def test_existing_dataset_folder_is_never_merged_into(tmp_path: Path):
+    archive = tmp_path / NAME
+    archive.write_bytes(GOOD)
+    mine = tmp_path / "out" / "Task07_Pancreas"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(DownloadError, match=r"Task07_Pancreas already exists.*nothing was extracted"):
+        extract_archive(archive, tmp_path / "out")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Task07_Pancreas"]

@@ -181,6 +181,34 @@ def test_run_checkpoint_skips_non_finite_epochs(tmp_path):
     assert (tmp_path / "checkpoints" / "best.keras").is_file()
 
 
+def test_loss_turning_nan_mid_run_stops_it_and_keeps_the_finite_checkpoints(store, tmp_path, monkeypatch):
+    """The whole run, not just the callback: a loss that becomes NaN at step 15 (epoch 2)."""
+    import keras
+
+    import training.run as run_module
+    from training.losses import make_loss
+
+    class GoesNan(keras.losses.Loss):
+        def __init__(self, inner):
+            super().__init__(name="goes_nan")
+            self.inner = inner
+            self.calls = keras.Variable(0, dtype="int32", trainable=False)
+
+        def call(self, y_true, y_pred):
+            self.calls.assign_add(1)
+            value = self.inner(y_true, y_pred)
+            return keras.ops.where(self.calls > 15, keras.ops.divide(0.0, 0.0), value)
+
+    monkeypatch.setattr(run_module, "make_loss", lambda cfg: GoesNan(make_loss(cfg)))
+    run_dir = tmp_path / "run"
+    summary = run_module.train(store, run_dir, TINY)
+    assert summary.stopped == "nan" and summary.epochs_completed == 1
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["epoch"] == 1 and state["best_epoch"] == 1
+    model = keras.saving.load_model(run_dir / "checkpoints" / "last.keras", compile=False)
+    assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
+
+
 def _env() -> dict[str, str]:
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
 

@@ -434,7 +434,7 @@ def synthetic_step_time(
         y = rng.integers(0, N_CLASSES, shape).astype(np.uint8)
         ds = tf.data.Dataset.from_tensors((x, y)).repeat()
         timer = StepTimer()
-        model.fit(ds, epochs=1, steps_per_epoch=steps + 1, callbacks=[timer], verbose=0)
+        model.fit(ds, epochs=1, steps_per_epoch=steps + 1, callbacks=[timer], verbose=0, shuffle=False)
     finally:
         keras.mixed_precision.set_global_policy(previous)
     seconds = timer.median()
