@@ -43,6 +43,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             module.add_parser(sub)
         else:
             sub.add_parser(name, help=f"see `pancreas {name} --help`")
+    for command in sub.choices.values():  # module docstrings are reST; a terminal wants plain text
+        if command.description:
+            command.description = command.description.replace("``", "")
     return parser
 
 

@@ -21,3 +21,13 @@ def test_console_script_lists_every_stage():
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     for stage in ("synth", "preprocess", "index", "train", "predict", "evaluate", "download", "demo"):
         assert stage in out
+
+
+def test_every_command_help_is_plain_text():
+    from pancreas.cli import COMMANDS, build_parser
+
+    for name in COMMANDS:
+        parser = build_parser([name])
+        command = parser._subparsers._group_actions[0].choices[name]
+        text = command.format_help()
+        assert "``" not in text and f"pancreas {name}" in text, text
