@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from dataset.config import IndexConfig  # noqa: E402
-from dataset.indexer import build_index, grid_rows, read_label  # noqa: E402
-from dataset.manifest import read_manifest  # noqa: E402
-from dataset.reader import PatchReader  # noqa: E402
-from dataset.store import read_catalog  # noqa: E402
-from dataset.synthetic import blob_label, make_store  # noqa: E402
+from dataset.index.config import IndexConfig  # noqa: E402
+from dataset.index.build import build_index, grid_rows, read_label  # noqa: E402
+from dataset.contract.manifest import read_manifest  # noqa: E402
+from dataset.contract.reader import PatchReader  # noqa: E402
+from dataset.contract.store import read_catalog  # noqa: E402
+from pancreas.synthetic.store import blob_label, make_store  # noqa: E402
 
 
 def synthetic_labels(n: int, shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
@@ -116,8 +116,8 @@ def codec_vs_copy(store: Path, row: dict, seconds: float) -> None:
     tells whether the codec or HDF5's hyperslab copy limits the reader."""
     import h5py
 
-    from dataset.reader import read_box, row_box
-    from dataset.store import shard_path
+    from dataset.contract.reader import read_box, row_box
+    from dataset.contract.store import shard_path
 
     _, size = row_box(row)
     source = shard_path(store, row["case_id"])

@@ -1,7 +1,7 @@
 """Benchmark of the training input pipeline (``training.pipeline``) and whether it limits fit.
 
 Writes a synthetic store (N cases of about 128x256x256 uint8 levels, Blosc-LZ4 32^3
-chunks via ``dataset.store.write_shard``) with a training manifest, then prints
+chunks via ``dataset.contract.store.write_shard``) with a training manifest, then prints
 
 * augmented training patches per second of the pipeline alone (goal >= 60 on 2 cores),
 * for each model (the default U-Net and a small one): median ``model.fit`` step time
@@ -30,7 +30,7 @@ from training.callbacks import StepTimer  # noqa: E402
 from training.config import ModelConfig, TrainConfig  # noqa: E402
 from training.pipeline import input_thread_count, load_rows, measure_patches_per_second, training_dataset  # noqa: E402
 from training.run import build_compiled_model  # noqa: E402
-from training.synthetic import make_synthetic_store  # noqa: E402
+from pancreas.synthetic.training import make_synthetic_store  # noqa: E402
 
 MODELS = {"default": ModelConfig(depth=4, base_filters=16), "small": ModelConfig(depth=3, base_filters=4)}
 

@@ -28,11 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset.configio import to_dict  # noqa: E402
+from dataset.common.configio import to_dict  # noqa: E402
 from inference.config import PredictConfig  # noqa: E402
 from inference.predict import predict_cases  # noqa: E402
 from preprocess.config import PreprocessConfig  # noqa: E402
-from preprocess.synth import make_dataset  # noqa: E402
+from pancreas.synthetic.msd import make_dataset  # noqa: E402
 
 DEFAULT_WINDOW_ZYX = (64, 256, 256)  # IndexConfig().val_patch_xyz reversed
 

@@ -69,7 +69,7 @@ def run_with_workers(data: Path, store: Path, workers: int) -> tuple[float, list
 
 def step_breakdown(data: Path, scratch: Path) -> dict[str, float]:
     """Seconds per step for the first case, in this process with one SimpleITK thread."""
-    from dataset.msd import load_msd_dataset
+    from dataset.common.msd import load_msd_dataset
     from preprocess.config import PreprocessConfig
     from preprocess.geometry import set_itk_threads
     from preprocess.intensity import window_to_int16
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     from preprocess.driver import quiet_dask_logs
-    from preprocess.synth import make_dataset
+    from pancreas.synthetic.msd import make_dataset
 
     quiet_dask_logs()
 

@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
-from dataset.files import write_json_atomic
+from dataset.common.files import write_json_atomic
 from inference.config import DownloadConfig
 
 log = logging.getLogger(__name__)

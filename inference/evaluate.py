@@ -22,9 +22,9 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from dataset.files import write_json_atomic
-from dataset.msd import case_id_of, is_image_name
-from dataset.store import StoreError, read_catalog, read_shard_attrs, shard_path
+from dataset.common.files import write_json_atomic
+from dataset.common.msd import case_id_of, is_image_name
+from dataset.contract.store import StoreError, read_catalog, read_shard_attrs, shard_path
 from inference.config import PredictConfig
 from inference.metrics import REGIONS, score_case, summarise
 
@@ -130,8 +130,8 @@ def validation_cases(store: str | Path) -> list[tuple[str, Path, Path]]:
 def check_run_matches_store(contract: dict[str, Any], store: str | Path, run_dir: str | Path) -> None:
     """The run must have been trained on this store and this index: otherwise its
     "validation" cases may be another split's training cases, and the score a lie."""
-    from dataset.indexer import store_fingerprint
-    from dataset.manifest import index_fingerprint
+    from dataset.index.build import store_fingerprint
+    from dataset.contract.manifest import index_fingerprint
 
     current = {"store_fingerprint": lambda: store_fingerprint(read_catalog(store)),
                "index_fingerprint": lambda: index_fingerprint(store)}

@@ -35,10 +35,10 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from dataset.configio import from_dict, to_dict
-from dataset.files import fingerprint_file, fingerprint_json, write_json_atomic
-from dataset.msd import case_id_of, is_image_name, load_msd_dataset
-from dataset.store import levels_to_intensity
+from dataset.common.configio import from_dict, to_dict
+from dataset.common.files import fingerprint_file, fingerprint_json, write_json_atomic
+from dataset.common.msd import case_id_of, is_image_name, load_msd_dataset
+from dataset.contract.store import levels_to_intensity
 from inference.config import PredictConfig
 from inference.sliding import Stitcher, batches, extract_windows, mirror_combinations, pad_to_window, window_grid
 
@@ -395,7 +395,7 @@ def predict_cases(
     outputs (same input fingerprint, model, contract and config, recorded in
     ``out_dir/predictions.json``) are skipped unless ``overwrite``.
     """
-    from dataset.files import remove_stale_temporaries
+    from dataset.common.files import remove_stale_temporaries
     from preprocess.config import PreprocessConfig, config_fingerprint
 
     t0 = time.perf_counter()

@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - one line for known user errors
-        from dataset.configio import ConfigError
-        from dataset.store import StoreError
+        from dataset.common.configio import ConfigError
+        from dataset.contract.store import StoreError
 
         if isinstance(err, (ConfigError, StoreError, OSError, ValueError)):
             print(f"pancreas {args.command}: error: {err}", file=sys.stderr)

@@ -14,7 +14,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataset.cluster import quiet_dask_logs
+    from dataset.common.runner import quiet_dask_logs
     from inference.evaluate import report_ok, report_table
     from pancreas.demo import run_demo
 

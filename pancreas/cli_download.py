@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataset.configio import load_config
+    from dataset.common.configio import load_config
     from inference.config import DownloadConfig
     from inference.download import DownloadError, download_dataset
 

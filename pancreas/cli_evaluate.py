@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if by_dirs:
         report = evaluate_dirs(args.pred, args.truth, progress=not args.no_progress)
     else:
-        from dataset.configio import load_config
+        from dataset.common.configio import load_config
         from inference.config import PredictConfig
 
         config = load_config(PredictConfig, args.config)

@@ -20,10 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataset.cluster import quiet_dask_logs
-    from dataset.config import IndexConfig
-    from dataset.configio import load_config
-    from dataset.indexer import build_index
+    from dataset.common.runner import quiet_dask_logs
+    from dataset.index.config import IndexConfig
+    from dataset.common.configio import load_config
+    from dataset.index.build import build_index
 
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")

@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataset.configio import load_config
+    from dataset.common.configio import load_config
     from inference.config import PredictConfig
     from inference.predict import predict_cases
 

@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from preprocess.synth import dataset_params, make_dataset
+    from pancreas.synthetic.msd import dataset_params, make_dataset
 
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")

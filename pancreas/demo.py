@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from dataset.config import IndexConfig
-from dataset.configio import to_dict
+from dataset.index.config import IndexConfig
+from dataset.common.configio import to_dict
 from inference.config import PredictConfig
 from preprocess.config import PreprocessConfig
 
@@ -75,7 +75,7 @@ class DemoResult:
 
 def write_configs(configs: DemoConfigs, folder: Path) -> dict[str, Path]:
     """Write each resolved config as YAML (usable with ``--config``)."""
-    from dataset.files import atomic_path
+    from dataset.common.files import atomic_path
 
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -89,11 +89,11 @@ def write_configs(configs: DemoConfigs, folder: Path) -> dict[str, Path]:
 
 def run_demo(out_dir: str | Path = "demo-output", workers: int | None = 2, progress: bool = True) -> DemoResult:
     """Run every stage under ``out_dir`` and return the evaluation report."""
-    from dataset.indexer import build_index
+    from dataset.index.build import build_index
     from inference.evaluate import evaluate_dirs, write_report
     from inference.predict import predict_cases
     from preprocess.driver import run_preprocess
-    from preprocess.synth import make_dataset
+    from pancreas.synthetic.msd import make_dataset
     from training.run import train
 
     out = Path(out_dir).resolve()

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dataset.configio import load_config, to_dict
-from dataset.files import fingerprint_json
+from dataset.common.configio import load_config, to_dict
+from dataset.common.files import fingerprint_json
 
 INTERPOLATIONS = ("linear", "bspline")
 INT16_RANGE = (-32768, 32767)
@@ -86,13 +86,13 @@ PREPROCESS_VERSION = 2
 def config_fingerprint(config: PreprocessConfig) -> str:
     """Stable hash of the resolved config, the code version and the store schema; a
     stored case with another one is redone."""
-    from dataset.store import SCHEMA_VERSION
+    from dataset.contract.store import SCHEMA_VERSION
 
     return fingerprint_json([to_dict(config), PREPROCESS_VERSION, SCHEMA_VERSION])
 
 
 def config_from_dict(data: dict[str, Any]) -> PreprocessConfig:
     """Rebuild a config from its JSON form (as stored in a shard or sent to a worker)."""
-    from dataset.configio import from_dict
+    from dataset.common.configio import from_dict
 
     return from_dict(PreprocessConfig, data, where="preprocess config")

@@ -20,10 +20,10 @@ import h5py
 import hdf5plugin  # noqa: F401
 from tqdm import tqdm
 
-from dataset.cluster import SchedulerError, dask_client, quiet_dask_logs  # noqa: F401 (re-exported)
-from dataset.files import remove_stale_temporaries
-from dataset.msd import MsdCase, MsdDatasetError, load_msd_dataset
-from dataset.store import (
+from dataset.common.runner import SchedulerError, dask_client, quiet_dask_logs  # noqa: F401 (re-exported)
+from dataset.common.files import remove_stale_temporaries
+from dataset.common.msd import MsdCase, MsdDatasetError, load_msd_dataset
+from dataset.contract.store import (
     CASES_DIR,
     SCHEMA_VERSION,
     read_catalog,
@@ -57,7 +57,7 @@ def one_line(err: BaseException) -> str:
 
 
 def _record(case: MsdCase, **fields: Any) -> dict[str, Any]:
-    """A catalog record (keys documented in dataset/store.py)."""
+    """A catalog record (keys documented in dataset/contract/store.py)."""
     record = {
         "split": case.split,
         "shard": f"{CASES_DIR}/{case.case_id}.h5",

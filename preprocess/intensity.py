@@ -17,7 +17,7 @@ Definition of the stored intensity (what ``hu_to_levels`` computes), for a windo
    the lowest non-empty bin (so the darkest populated bin maps to 0 and the brightest to
    1). If only one bin is populated, ``x = 0``.
    Without equalisation: ``x = (v - lo) / (hi - lo)`` clipped to [0, 1].
-5. Store ``round(255 * x)`` as uint8 (``dataset.store.IMAGE_LEVELS``).
+5. Store ``round(255 * x)`` as uint8 (``dataset.contract.store.IMAGE_LEVELS``).
 
 The volume is processed in z-slabs so no full-size int64 or float64 temporary is made.
 """
@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-LEVELS = 255  # == dataset.store.IMAGE_LEVELS (kept local: this module imports numpy only)
+LEVELS = 255  # == dataset.contract.store.IMAGE_LEVELS (kept local: this module imports numpy only)
 SLAB_VOXELS = 1 << 20  # voxels handled per slab
 
 

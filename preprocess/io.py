@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from dataset.files import atomic_path
+from dataset.common.files import atomic_path
 
 # NIfTI header "datatype" codes -> numpy names (the type stored on disk, before scl_slope)
 NIFTI_DATATYPES = {
@@ -318,7 +318,7 @@ def write_image_atomic(image: sitk.Image, path: str | Path) -> None:
 
     SimpleITK picks the file format from the extension, so the temporary name keeps the
     target's ending (``.<name>.<random>.tmp.nii.gz``); a killed run leaves only such
-    temporaries (``dataset.files.remove_stale_temporaries`` removes them), never a
+    temporaries (``dataset.common.files.remove_stale_temporaries`` removes them), never a
     half-written ``<case>.nii.gz``.
     """
     path = Path(path)

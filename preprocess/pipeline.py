@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from dataset.files import fingerprint_file, fingerprint_json
-from dataset.store import write_shard
+from dataset.common.files import fingerprint_file, fingerprint_json
+from dataset.contract.store import write_shard
 from preprocess.body import body_box, expand_box
 from preprocess.config import PreprocessConfig, config_fingerprint, config_to_dict
 from preprocess.geometry import IDENTITY_DIRECTION, Grid, edge_aligned_grid, resample
@@ -29,11 +29,11 @@ AIR_HU = -1024.0  # value of image points outside an oblique scan
 
 @dataclass
 class PreprocessedCase:
-    """A case on the stored grid: what ``dataset.store.write_shard`` takes."""
+    """A case on the stored grid: what ``dataset.contract.store.write_shard`` takes."""
 
     levels: np.ndarray  # uint8 (z, y, x), level v = normalised intensity v / 255
     label: np.ndarray | None  # uint8 (z, y, x) or None
-    attrs: dict[str, Any]  # shard attributes (see dataset/store.py)
+    attrs: dict[str, Any]  # shard attributes (see dataset/contract/store.py)
     seconds: dict[str, float] = field(default_factory=dict)  # per step, not stored
 
 

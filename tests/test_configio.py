@@ -1,7 +1,7 @@
 """The YAML -> frozen dataclass loader every stage uses."""
 import pytest
 
-from dataset.configio import ConfigError, load_config
+from dataset.common.configio import ConfigError, load_config
 from preprocess.config import PreprocessConfig
 
 

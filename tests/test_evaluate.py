@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset.store import StoreError, write_catalog
+from dataset.contract.store import StoreError, write_catalog
 from inference.evaluate import (
     CasePair, EvaluationError, evaluate_dirs, evaluate_pair, evaluate_run, report_ok, report_table,
 )
 from pancreas.cli import main
 from preprocess.config import PreprocessConfig
 from preprocess.pipeline import preprocess_file, write_case
-from preprocess.synth import dataset_params, make_dataset
+from pancreas.synthetic.msd import dataset_params, make_dataset
 
 SPACING_XYZ = (0.8, 0.8, 3.0)
 DIRECTION_RAS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)

@@ -1,9 +1,9 @@
-"""Atomic writes and fingerprints (dataset.files)."""
+"""Atomic writes and fingerprints (dataset.common.files)."""
 import os
 
 import pytest
 
-from dataset.files import (
+from dataset.common.files import (
     atomic_path,
     fingerprint_file,
     fingerprint_json,

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dataset.augment import ElasticParams, apply, make_params
-from dataset.config import ElasticConfig
-from dataset.synthetic import blob_label, image_for
+from dataset.index.augment import ElasticParams, apply, make_params
+from dataset.index.config import ElasticConfig
+from pancreas.synthetic.store import blob_label, image_for
 
 CFG = ElasticConfig()
 

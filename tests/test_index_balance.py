@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dataset import balance
-from dataset.config import IndexConfig
-from dataset.split import split_cases, usable_cases
-from dataset.store import StoreError
+from dataset.index import balance
+from dataset.index.config import IndexConfig
+from dataset.index.split import split_cases, usable_cases
+from dataset.contract.store import StoreError
 
 CFG = IndexConfig(train_patch_xyz=(16, 16, 8), val_patch_xyz=(16, 16, 8), model_depth=3)
 

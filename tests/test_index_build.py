@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import yaml
 
-from dataset.config import IndexConfig
-from dataset.configio import to_dict
-from dataset.indexer import build_index
-from dataset.manifest import read_manifest
-from dataset.reader import PatchReader
-from dataset.store import StoreError, read_catalog, write_catalog
-from dataset.synthetic import blob_label, failed_record, make_store, write_case
+from dataset.index.config import IndexConfig
+from dataset.common.configio import to_dict
+from dataset.index.build import build_index
+from dataset.contract.manifest import read_manifest
+from dataset.contract.reader import PatchReader
+from dataset.contract.store import StoreError, read_catalog, write_catalog
+from pancreas.synthetic.store import blob_label, failed_record, make_store, write_case
 from pancreas.cli import main
 
 CFG = IndexConfig(train_patch_xyz=(16, 16, 8), val_patch_xyz=(32, 32, 8), model_depth=3, val_fraction=0.25)
@@ -94,7 +94,7 @@ def test_empty_and_thin_cases(built):
 
 
 def test_case_without_foreground_in_training(tmp_path):
-    from dataset.split import split_cases
+    from dataset.index.split import split_cases
 
     ids = sorted(labels())
     seed = next(k for k in range(50) if "case_empty" in split_cases(ids, 0.25, k)[0])

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from dataset.config import ElasticConfig, IndexConfig
-from dataset.configio import ConfigError, from_dict, load_config
+from dataset.index.config import ElasticConfig, IndexConfig
+from dataset.common.configio import ConfigError, from_dict, load_config
 
 YAML = Path(__file__).resolve().parents[1] / "configs" / "dataset.yaml"
 
@@ -48,7 +48,7 @@ def test_dataset_imports_without_tensorflow_or_simpleitk():
     import subprocess
     import sys
 
-    code = ("import sys, dataset.indexer, dataset.reader, dataset.cluster, pancreas.cli_index; "
+    code = ("import sys, dataset.index.build, dataset.contract.reader, dataset.common.runner, pancreas.cli_index; "
             "bad = [m for m in ('tensorflow', 'SimpleITK') if m in sys.modules]; "
             "print(*bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -6,8 +6,8 @@ import itertools
 import numpy as np
 import pytest
 
-from dataset.classify import box_sums, class_counts, is_foreground
-from dataset.grid import axis_starts, grid_boxes, grid_starts, is_padded, stride_for
+from dataset.index.classify import box_sums, class_counts, is_foreground
+from dataset.index.grid import axis_starts, grid_boxes, grid_starts, is_padded, stride_for
 
 
 @pytest.mark.parametrize("extent,patch,stride,expected", [

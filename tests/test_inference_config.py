@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from dataset.configio import ConfigError, from_dict, load_config
+from dataset.common.configio import ConfigError, from_dict, load_config
 from inference.config import DownloadConfig, PredictConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset.configio import to_dict
+from dataset.common.configio import to_dict
 from inference.config import PredictConfig
 from inference.predict import predict_cases
 from preprocess.config import PreprocessConfig
-from preprocess.synth import make_dataset
+from pancreas.synthetic.msd import make_dataset
 
 
 def test_importing_inference_does_not_import_tensorflow():

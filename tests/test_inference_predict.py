@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset.configio import to_dict
+from dataset.common.configio import to_dict
 from inference.config import PredictConfig
 from inference.metrics import dice
 from inference.predict import (
@@ -20,7 +20,7 @@ from inference.sliding import pad_to_window
 from preprocess.config import PreprocessConfig
 from preprocess.io import read_label
 from preprocess.pipeline import preprocess_file
-from preprocess.synth import dataset_params, make_dataset
+from pancreas.synthetic.msd import dataset_params, make_dataset
 
 N_TRAIN = 4  # indices 0..3: orientations LPS, RAS, LPI, PLS; dtypes int16, scaled int16, float32, int32; #3 thin
 

@@ -15,12 +15,12 @@ import pytest
 import SimpleITK as sitk
 
 import preprocess.pipeline as pipeline
-from dataset.msd import MsdDatasetError
-from dataset.store import StoreError, read_catalog, read_shard, shard_path
+from dataset.common.msd import MsdDatasetError
+from dataset.contract.store import StoreError, read_catalog, read_shard, shard_path
 from pancreas.cli import main
 from preprocess.config import PreprocessConfig
 from preprocess.driver import run_preprocess
-from preprocess.synth import make_dataset
+from pancreas.synthetic.msd import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -186,7 +186,7 @@ def test_local_cluster_of_two_processes_matches_in_process(data, tmp_path):
 
 
 def test_unreachable_scheduler_is_a_clear_error(data, tmp_path, monkeypatch):
-    import dataset.cluster as cluster
+    import dataset.common.runner as cluster
     import preprocess.driver as driver
 
     monkeypatch.setattr(cluster, "SCHEDULER_TIMEOUT_S", 1)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset.msd import load_msd_dataset
+from dataset.common.msd import load_msd_dataset
 from preprocess.config import PreprocessConfig
 from preprocess.geometry import (
     IDENTITY_DIRECTION,
@@ -17,7 +17,7 @@ from preprocess.geometry import (
     to_canonical,
 )
 from preprocess.pipeline import preprocess_file, preprocess_image
-from preprocess.synth import draw_case_params, make_dataset
+from pancreas.synthetic.msd import draw_case_params, make_dataset
 
 RAS = (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset.configio import ConfigError, from_dict
+from dataset.common.configio import ConfigError, from_dict
 from preprocess.body import body_box, expand_box
 from preprocess.config import PreprocessConfig, config_fingerprint, load_preprocess_config
 from preprocess.intensity import (

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset.msd import MsdDatasetError, case_id_of, load_msd_dataset
+from dataset.common.msd import MsdDatasetError, case_id_of, load_msd_dataset
 from preprocess.config import PreprocessConfig
 from preprocess.io import InputError, read_case, read_image
 from preprocess.pipeline import preprocess_file

@@ -1,4 +1,4 @@
-"""The store written by `pancreas preprocess` follows dataset/store.py's contract exactly."""
+"""The store written by `pancreas preprocess` follows dataset/contract/store.py's contract exactly."""
 from __future__ import annotations
 
 import json
@@ -9,12 +9,12 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 
-import dataset.store as store_module
-from dataset.files import fingerprint_file, fingerprint_json
-from dataset.store import CHUNK_ZYX, SCHEMA_VERSION, read_catalog, read_shard, shard_path
+import dataset.contract.store as store_module
+from dataset.common.files import fingerprint_file, fingerprint_json
+from dataset.contract.store import CHUNK_ZYX, SCHEMA_VERSION, read_catalog, read_shard, shard_path
 from preprocess.config import PreprocessConfig, config_fingerprint, config_to_dict
 from preprocess.driver import run_preprocess
-from preprocess.synth import make_dataset
+from pancreas.synthetic.msd import make_dataset
 
 BLOSC_FILTER_ID = 32001
 CATALOG_CASE_KEYS = {"split", "shard", "status", "error", "shape_zyx", "has_label", "label_counts",
@@ -22,7 +22,7 @@ CATALOG_CASE_KEYS = {"split", "shard", "status", "error", "shape_zyx", "has_labe
 
 
 def documented_attributes() -> dict[str, str]:
-    """Attribute name -> type column of the table in dataset/store.py's docstring."""
+    """Attribute name -> type column of the table in dataset/contract/store.py's docstring."""
     rows = re.findall(r"^(\w+)\s{2,}(.+)$", store_module.__doc__, flags=re.M)
     return dict(rows)
 

@@ -7,10 +7,10 @@ import h5py
 import numpy as np
 import pytest
 
-from dataset.manifest import MANIFEST_COLUMNS, read_manifest, write_manifest
-from dataset.reader import PatchReader, box_slices
-from dataset.store import StoreError, levels_to_intensity
-from dataset.synthetic import image_for, make_store
+from dataset.contract.manifest import MANIFEST_COLUMNS, read_manifest, write_manifest
+from dataset.contract.reader import PatchReader, box_slices
+from dataset.contract.store import StoreError, levels_to_intensity
+from pancreas.synthetic.store import image_for, make_store
 
 
 def brute_box(volume: np.ndarray, start, size) -> np.ndarray:
@@ -127,7 +127,7 @@ def test_manifest_bad_inputs(tmp_path):
 
 def test_background_rows_skip_the_label_read(tmp_path, monkeypatch):
     """Rows whose exact counts are zero get a zero label without touching the label dataset."""
-    import dataset.reader as reader_module
+    import dataset.contract.reader as reader_module
 
     label = np.zeros((8, 16, 16), dtype=np.uint8)
     label[6:, 12:, 12:] = 1  # foreground only in one corner

@@ -1,4 +1,4 @@
-"""Tests of the synthetic MSD-format dataset generator (preprocess.synth, preprocess.phantom)."""
+"""Tests of the synthetic MSD-format dataset generator (pancreas.synthetic.msd, pancreas.synthetic.phantom)."""
 from __future__ import annotations
 
 import gzip
@@ -12,8 +12,8 @@ import pytest
 import SimpleITK as sitk
 
 from pancreas.cli import main
-from preprocess.phantom import Anatomy, render_phantom
-from preprocess.synth import (
+from pancreas.synthetic.phantom import Anatomy, render_phantom
+from pancreas.synthetic.msd import (
     ORIENTATIONS, THIN_CASE_INDEX, draw_case_params, grid_coordinates, make_case,
     make_dataset, render_case, reoriented,
 )
@@ -159,7 +159,7 @@ def _physical_centroid(image: sitk.Image, label: np.ndarray, value: int) -> np.n
 
 
 def test_same_physical_anatomy_in_every_orientation(tmp_path):
-    from preprocess.synth import _to_image, write_nifti
+    from pancreas.synthetic.msd import _to_image, write_nifti
 
     base = draw_case_params(4, seed=0)  # stored LPS
     centroids = []

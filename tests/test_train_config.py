@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from dataset.configio import ConfigError, from_dict
+from dataset.common.configio import ConfigError, from_dict
 from training.config import TrainConfig, load_train_config
 
 YAML = Path(__file__).resolve().parent.parent / "configs" / "train.yaml"

@@ -8,9 +8,9 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from dataset.manifest import write_manifest  # noqa: E402
-from dataset.reader import PatchReader  # noqa: E402
-from dataset.synthetic import write_case, write_catalog_for  # noqa: E402
+from dataset.contract.manifest import write_manifest  # noqa: E402
+from dataset.contract.reader import PatchReader  # noqa: E402
+from pancreas.synthetic.store import write_case, write_catalog_for  # noqa: E402
 from training.config import AugmentConfig, TrainConfig  # noqa: E402
 from training.pipeline import (  # noqa: E402
     apply_augment,
@@ -20,7 +20,7 @@ from training.pipeline import (  # noqa: E402
     training_dataset,
     validation_dataset,
 )
-from training.synthetic import make_synthetic_store  # noqa: E402
+from pancreas.synthetic.training import make_synthetic_store  # noqa: E402
 
 PATCH = (8, 16, 16)
 

@@ -18,11 +18,11 @@ import yaml
 
 pytest.importorskip("tensorflow")
 
-from dataset.configio import ConfigError, to_dict  # noqa: E402
-from dataset.manifest import write_manifest  # noqa: E402
-from dataset.store import StoreError  # noqa: E402
+from dataset.common.configio import ConfigError, to_dict  # noqa: E402
+from dataset.contract.manifest import write_manifest  # noqa: E402
+from dataset.contract.store import StoreError  # noqa: E402
 from training.config import LossConfig, ModelConfig, TrainConfig  # noqa: E402
-from training.synthetic import make_synthetic_store  # noqa: E402
+from pancreas.synthetic.training import make_synthetic_store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = TrainConfig(epochs=6, steps_per_epoch=10, batch_size=2, learning_rate=0.01, image_patches=1,
@@ -125,13 +125,13 @@ def test_bad_inputs_leave_the_run_untouched(store, tmp_path):
 
 
 def test_with_the_real_indexer_and_stale_index(tmp_path):
-    """Manifests from dataset.indexer (augmented variants included) train; a store changed
+    """Manifests from dataset.index.build (augmented variants included) train; a store changed
     after indexing is refused."""
-    from dataset.config import IndexConfig
-    from dataset.indexer import build_index
-    from dataset.synthetic import write_case, write_catalog_for
+    from dataset.index.config import IndexConfig
+    from dataset.index.build import build_index
+    from pancreas.synthetic.store import write_case, write_catalog_for
     from training.run import train
-    from training.synthetic import synthetic_case
+    from pancreas.synthetic.training import synthetic_case
 
     store = tmp_path / "store"
     records = {}
@@ -260,7 +260,7 @@ def test_mirrored_strategy_on_two_logical_cpus(store, tmp_path):
         import json, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from dataset.configio import from_dict
+        from dataset.common.configio import from_dict
         from training.config import TrainConfig
         from training.run import train
         config = from_dict(TrainConfig, json.loads({json.dumps(json.dumps(to_dict(config)))}))
@@ -301,7 +301,7 @@ def test_cli_profile_modes_and_training_summary(store, tmp_path, capsys):
 def test_incomplete_or_edited_index_is_refused(tmp_path):
     """summary.json commits an index: without it (a killed `pancreas index`) or with
     manifests changed behind its back, training refuses before writing anything."""
-    from dataset.manifest import read_manifest
+    from dataset.contract.manifest import read_manifest
     from training.run import train
 
     store = tmp_path / "store"

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dataset.files import atomic_path, write_json_atomic
+from dataset.common.files import atomic_path, write_json_atomic
 from training.summaries import write_image, write_scalar
 
 log = logging.getLogger(__name__)

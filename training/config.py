@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataset.configio import load_config
+from dataset.common.configio import load_config
 
 LOSSES = ("generalized_dice", "cross_entropy", "dice_cross_entropy")
 REDUCTIONS = ("batch", "sample")

@@ -7,7 +7,7 @@ Shape of the training stream (why each step is where it is):
    the stream never ends (Keras draws ``steps_per_epoch`` batches per epoch from it).
    ``enumerate`` numbers the draws so each draw knows its stream epoch.
 2. Read, in ``tf.numpy_function``: only the HDF5 read of uint8 levels and label
-   (``dataset.reader.PatchReader.read_levels``, about 1 ms per 128x128x64 patch). h5py
+   (``dataset.contract.reader.PatchReader.read_levels``, about 1 ms per 128x128x64 patch). h5py
    serialises on a global lock and Python holds the GIL, so Python does nothing else.
 3. Everything else is TF graph ops in ``map(num_parallel_calls=AUTOTUNE)``, which run in
    parallel outside the GIL: cast, scale by 1/255, online augmentation (flips, Gaussian
@@ -33,9 +33,9 @@ from typing import Any, Sequence
 
 import tensorflow as tf
 
-from dataset.manifest import INDEX_DIR, read_manifest
-from dataset.reader import PatchReader
-from dataset.store import IMAGE_LEVELS
+from dataset.contract.manifest import INDEX_DIR, read_manifest
+from dataset.contract.reader import PatchReader
+from dataset.contract.store import IMAGE_LEVELS
 from training.config import AugmentConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def _read_map(source: _LevelsReader, patch_size: tuple[int, int, int]):
 
 
 def to_intensity(levels):
-    """uint8 levels -> float32 in [0, 1] (``dataset.store.levels_to_intensity`` in TF)."""
+    """uint8 levels -> float32 in [0, 1] (``dataset.contract.store.levels_to_intensity`` in TF)."""
     return tf.cast(levels, tf.float32) * (1.0 / IMAGE_LEVELS)
 
 

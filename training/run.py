@@ -29,12 +29,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dataset.configio import ConfigError, to_dict
-from dataset.files import atomic_path, remove_stale_temporaries, write_json_atomic
-from dataset.indexer import store_fingerprint
-from dataset.manifest import INDEX_DIR, index_fingerprint
-from dataset.reader import PatchReader
-from dataset.store import LABEL_NAMES, StoreError, read_catalog
+from dataset.common.configio import ConfigError, to_dict
+from dataset.common.files import atomic_path, remove_stale_temporaries, write_json_atomic
+from dataset.index.build import store_fingerprint
+from dataset.contract.manifest import INDEX_DIR, index_fingerprint
+from dataset.contract.reader import PatchReader
+from dataset.contract.store import LABEL_NAMES, StoreError, read_catalog
 from training.callbacks import (
     BEST_MONITOR,
     EpochScalars,

@@ -25,11 +25,11 @@ import elasticdeform
 import h5py
 import numpy as np
 
-from dataset.config import ElasticConfig
-from dataset.files import atomic_path
-from dataset.grid import Zyx
-from dataset.reader import read_box
-from dataset.store import IMAGE_LEVELS, StoreError, compression, create_h5, shard_path
+from dataset.index.config import ElasticConfig
+from dataset.common.files import atomic_path
+from dataset.index.grid import Zyx
+from dataset.contract.reader import read_box
+from dataset.contract.store import IMAGE_LEVELS, StoreError, compression, create_h5, shard_path
 
 AUGMENT_VERSION = 1  # bump when the deformation code changes its output
 

@@ -141,7 +141,7 @@ def render_phantom(x_mm: np.ndarray, y_mm: np.ndarray, z_mm: np.ndarray,
     """Noise-free HU (float32) and label (uint8: 0, 1 pancreas, 2 tumour) at LPS points.
 
     ``x_mm``, ``y_mm``, ``z_mm`` broadcast to the output shape; for an axis-aligned grid
-    each varies along one axis only (see ``preprocess.synth.grid_coordinates``), which
+    each varies along one axis only (see ``pancreas.synthetic.msd.grid_coordinates``), which
     keeps in-plane organs two-dimensional and lets 3D organs be cropped to their box.
     """
     cx, cy, cz = anat.centre_mm

@@ -7,7 +7,7 @@ per foreground entry; only when a case has too few background patches are the mi
 ones drawn again (with replacement, flagged ``with_replacement=1``). A case without
 any foreground patch contributes ``background_without_foreground`` background entries.
 
-Draws use hash-derived orders (dataset.seeds), so they do not depend on NumPy's
+Draws use hash-derived orders (dataset.common.seeds), so they do not depend on NumPy's
 generator algorithms or on which other cases exist.
 """
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from dataset.config import IndexConfig
-from dataset.grid import Zyx, centred_start, grid_boxes, is_padded
-from dataset.manifest import variant_ref
-from dataset.reader import box_slices
-from dataset.seeds import derive_seed
+from dataset.index.config import IndexConfig
+from dataset.index.grid import Zyx, centred_start, grid_boxes, is_padded
+from dataset.contract.manifest import variant_ref
+from dataset.contract.reader import box_slices
+from dataset.common.seeds import derive_seed
 
 Row = dict[str, Any]
 

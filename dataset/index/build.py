@@ -4,8 +4,8 @@ Reads the store's catalog and label volumes (never the images, except for the
 augmented patches), writes under ``STORE/index/``::
 
     split.json            {"seed", "train": [...], "val": [...], "skipped": {...}}
-    train.csv, val.csv    patch manifests (dataset.manifest)
-    augmented/<case>.h5   elastically deformed foreground copies (dataset.augment)
+    train.csv, val.csv    patch manifests (dataset.contract.manifest)
+    augmented/<case>.h5   elastically deformed foreground copies (dataset.index.augment)
     summary.json          counts, fingerprints of the store and config (written last)
 
 Everything is validated and classified in memory before the first write, so bad
@@ -25,17 +25,17 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from dataset import balance
-from dataset.augment import AUGMENT_VERSION, AugmentEntry, build_augmented_shard, shard_fingerprint_matches
-from dataset.classify import class_counts, is_foreground
-from dataset.config import IndexConfig
-from dataset.configio import to_dict
-from dataset.files import fingerprint_json, remove_stale_temporaries, write_json_atomic
-from dataset.grid import grid_starts
-from dataset.manifest import AUGMENTED_DIR, INDEX_DIR, index_fingerprint, parse_variant, write_manifest
-from dataset.seeds import derive_seed
-from dataset.split import split_cases, usable_cases
-from dataset.store import StoreError, read_catalog, shard_path
+from dataset.index import balance
+from dataset.index.augment import AUGMENT_VERSION, AugmentEntry, build_augmented_shard, shard_fingerprint_matches
+from dataset.index.classify import class_counts, is_foreground
+from dataset.index.config import IndexConfig
+from dataset.common.configio import to_dict
+from dataset.common.files import fingerprint_json, remove_stale_temporaries, write_json_atomic
+from dataset.index.grid import grid_starts
+from dataset.contract.manifest import AUGMENTED_DIR, INDEX_DIR, index_fingerprint, parse_variant, write_manifest
+from dataset.common.seeds import derive_seed
+from dataset.index.split import split_cases, usable_cases
+from dataset.contract.store import StoreError, read_catalog, shard_path
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class IndexSummary:
     unchanged: bool = False
     store_fingerprint: str = ""
     config_fingerprint: str = ""
-    index_fingerprint: str = ""  # of train.csv + val.csv (dataset.manifest.index_fingerprint)
+    index_fingerprint: str = ""  # of train.csv + val.csv (dataset.contract.manifest.index_fingerprint)
     classify_seconds_per_case: float = 0.0
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
@@ -286,7 +286,7 @@ def _run_augmentation(store: Path, index_dir: Path, jobs, config: IndexConfig, s
 def _augment_with_dask(args, workers, scheduler, bar) -> None:
     from distributed import as_completed
 
-    from dataset.cluster import dask_client
+    from dataset.common.runner import dask_client
 
     errors = []
     with dask_client(workers=workers, scheduler=scheduler) as client:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dataset.grid import Zyx
+from dataset.index.grid import Zyx
 
 
 def _segments(starts: list[int], patch: int, extent: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

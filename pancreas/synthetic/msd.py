@@ -12,7 +12,7 @@ Each case draws its parameters from ``numpy.random.default_rng([seed, case_index
 through storage orientations (LPS, RAS, z-flipped, x/y-swapped) and dtypes (int16,
 int16 with NIfTI scl_slope/scl_inter, float32, int32), case index 3 is thin
 (20 slices of 2 mm) and every sixth case is stored as uncompressed ``.nii``.
-The anatomy itself is ``preprocess.phantom`` (pure numpy, physical millimetres).
+The anatomy itself is ``pancreas.synthetic.phantom`` (pure numpy, physical millimetres).
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from dataset.files import atomic_path, remove_stale_temporaries, write_json_atomic
-from preprocess.phantom import Anatomy, add_ct_noise, render_phantom
+from dataset.common.files import atomic_path, remove_stale_temporaries, write_json_atomic
+from pancreas.synthetic.phantom import Anatomy, add_ct_noise, render_phantom
 
 log = logging.getLogger(__name__)
 

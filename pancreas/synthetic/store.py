@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from dataset.files import fingerprint_json
-from dataset.store import SCHEMA_VERSION, shard_path, write_catalog, write_shard
+from dataset.common.files import fingerprint_json
+from dataset.contract.store import SCHEMA_VERSION, shard_path, write_catalog, write_shard
 
 
 def blob_label(shape_zyx: tuple[int, int, int], centre_zyx, radii_zyx, tumour_radius: float = 0.0) -> np.ndarray:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from dataset.seeds import derive_seed
-from dataset.store import StoreError
+from dataset.common.seeds import derive_seed
+from dataset.contract.store import StoreError
 
 log = logging.getLogger(__name__)
 

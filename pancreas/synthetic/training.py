@@ -1,7 +1,7 @@
 """A small learnable synthetic store with manifests, for trainer tests and benchmarks.
 
-Writes shards and the catalog with ``dataset.synthetic`` (the store contract itself) and
-manifests with ``dataset.manifest.write_manifest``, so the trainer can be exercised
+Writes shards and the catalog with ``pancreas.synthetic.store`` (the store contract itself) and
+manifests with ``dataset.contract.manifest.write_manifest``, so the trainer can be exercised
 without the preprocessing stage or the indexer. Images are levels correlated with the
 label (background darker than pancreas, tumour brightest, plus noise), so a tiny U-Net
 learns them in a few epochs. Imports no TensorFlow.
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from dataset.grid import grid_boxes, grid_starts, is_padded
-from dataset.manifest import INDEX_DIR, write_manifest
-from dataset.synthetic import blob_label, write_case, write_catalog_for
+from dataset.index.grid import grid_boxes, grid_starts, is_padded
+from dataset.contract.manifest import INDEX_DIR, write_manifest
+from pancreas.synthetic.store import blob_label, write_case, write_catalog_for
 
 
 def synthetic_case(shape_zyx: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,10 +82,10 @@ def make_synthetic_store(
 
 def write_index_summary(store: str | Path) -> None:
     """The ``summary.json`` that commits an index (what ``pancreas index`` writes last)."""
-    from dataset.files import write_json_atomic
-    from dataset.indexer import SUMMARY_NAME, store_fingerprint
-    from dataset.manifest import index_fingerprint
-    from dataset.store import read_catalog
+    from dataset.common.files import write_json_atomic
+    from dataset.index.build import SUMMARY_NAME, store_fingerprint
+    from dataset.contract.manifest import index_fingerprint
+    from dataset.contract.store import read_catalog
 
     write_json_atomic(Path(store) / INDEX_DIR / SUMMARY_NAME, {
         "store_fingerprint": store_fingerprint(read_catalog(store)),

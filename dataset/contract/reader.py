@@ -19,8 +19,8 @@ import h5py
 import hdf5plugin  # noqa: F401  (Blosc filter)
 import numpy as np
 
-from dataset.manifest import INDEX_DIR, parse_variant
-from dataset.store import StoreError, levels_to_intensity, shard_path
+from dataset.contract.manifest import INDEX_DIR, parse_variant
+from dataset.contract.store import StoreError, levels_to_intensity, shard_path
 
 Box = tuple[tuple[slice, ...], tuple[slice, ...]]
 
@@ -52,7 +52,7 @@ def known_background(row: Mapping[str, Any]) -> bool:
     HDF5's hyperslab copy, not decompression, dominates a patch read (about 1 ms for a
     128x128x64 uint8 box, compressed or not), so skipping the label read of background
     rows (most of a balanced manifest) nearly doubles their rate. The counts are exact
-    (``dataset.classify``) and the trainer refuses an index older than its store.
+    (``dataset.index.classify``) and the trainer refuses an index older than its store.
     """
     try:
         return int(row["n_pancreas"]) == 0 and int(row["n_tumour"]) == 0

@@ -27,7 +27,7 @@ origin                 (3,) float64, physical centre of voxel [0, 0, 0] of the s
 direction              (9,) float64, row-major direction matrix of the stored grid (identity)
 source_image           str, absolute path of the input image (file or DICOM folder)
 source_label           str, absolute path of the input label, "" if none
-input_fingerprint      str, fingerprint of image + label files (see dataset.files)
+input_fingerprint      str, fingerprint of image + label files (see dataset.common.files)
 original_size          (3,) int64, input size (x, y, z)
 original_spacing       (3,) float64
 original_origin        (3,) float64
@@ -73,7 +73,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the Blosc filter for every reader)
 import numpy as np
 
-from dataset.files import atomic_path, write_json_atomic
+from dataset.common.files import atomic_path, write_json_atomic
 
 SCHEMA_VERSION = 1
 CHUNK_ZYX = (32, 32, 32)

@@ -31,8 +31,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from dataset.files import atomic_path
-from dataset.store import StoreError
+from dataset.common.files import atomic_path
+from dataset.contract.store import StoreError
 
 MANIFEST_COLUMNS = (
     "case_id", "z0", "y0", "x0", "dz", "dy", "dx", "n_pancreas", "n_tumour",
