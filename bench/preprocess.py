@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from preprocess.driver import quiet_dask_logs
+    from dataset.common.runner import quiet_dask_logs
     from pancreas.synthetic.msd import make_dataset
 
     quiet_dask_logs()

@@ -58,6 +58,7 @@ class DownloadConfig:
     chunk_bytes: int = 1048576
     timeout_s: float = 60.0
     retries: int = 3
+    retry_wait_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[0-9a-f]{32}", self.md5):
@@ -70,3 +71,5 @@ class DownloadConfig:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
+        if self.retry_wait_s < 0:
+            raise ValueError(f"retry_wait_s must be >= 0, got {self.retry_wait_s}")

@@ -1,10 +1,17 @@
 """``pancreas evaluate``: Dice and HD95 per case and region, a JSON report and a table.
 
 Two ways in: two folders of label maps paired by case name (``evaluate_dirs``), or a
-training run plus its store (``evaluate_run``): the run's validation cases (from
-``STORE/index/split.json``) are predicted end to end from their original images (the
-catalog shard's ``source_image``) and compared with ``source_label`` on the scan's own
-grid, so the score includes every resampling step a user's prediction goes through.
+training run plus its store (``evaluate_run``): the run's validation cases (from the
+index's ``split.json``, ``dataset.contract.index.read_split``, once ``check_index`` has found
+the index committed and matching the store) are predicted end to end
+from their original images (the catalog shard's ``source_image``) and compared with
+``source_label`` on the scan's own grid, so the score includes every resampling step a
+user's prediction goes through. The run must have been trained on this store and index
+(``check_fingerprint``), and its predictions may not go into a folder of the dataset, the
+store or the truth (``--pred-out``): predictions written over the truth would score
+themselves. ``evaluate_run`` holds the prediction folder's lock while it predicts and scores.
+
+Reads only hand-over files (``dataset.contract``): never the index stage or training code.
 
 The metrics and their conventions (absent regions, undefined HD95) are in
 ``inference.metrics``. A prediction whose grid (size, spacing, origin, direction)
@@ -12,7 +19,6 @@ differs from its truth is an error for that case, never silently resampled.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -22,14 +28,21 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from dataset.common.files import write_json_atomic
+from dataset.common.files import exclusive_lock, read_json, write_json_atomic
 from dataset.common.msd import case_id_of, is_image_name
-from dataset.contract.store import StoreError, read_catalog, read_shard_attrs, shard_path
+from dataset.contract.catalog import read_catalog
+from dataset.contract.fingerprints import check_fingerprint, store_fingerprint
+from dataset.contract.index import check_index, index_dir, read_split
+from dataset.contract.manifest import index_fingerprint
+from dataset.contract.predictions import PROBABILITIES_SUFFIX, label_name
+from dataset.contract.run import InputContract
+from dataset.contract.store import StoreError, read_shard_attrs, shard_path
 from inference.config import PredictConfig
 from inference.metrics import REGIONS, score_case, summarise
 
 log = logging.getLogger(__name__)
-SPLIT_FILE = Path("index") / "split.json"
+REPORT_KEYS = ("cases", "summary")  # what an existing --out file must hold to be replaced
+WRONG_STORE = "evaluate it on the store and index it was trained on"
 
 
 class EvaluationError(ValueError):
@@ -44,7 +57,7 @@ class CasePair:
 
 
 def _read_labels(path: Path, what: str, case_id: str):
-    from preprocess.io import image_array
+    from preprocess.output import image_array
     from preprocess.io import InputError, label_value_counts, read_label
 
     try:
@@ -59,7 +72,7 @@ def _read_labels(path: Path, what: str, case_id: str):
 
 def evaluate_pair(pair: CasePair) -> dict[str, dict[str, Any]]:
     """Scores of one case; EvaluationError naming the case on unreadable files or a grid mismatch."""
-    from preprocess.io import spacing_zyx
+    from preprocess.output import spacing_zyx
     from preprocess.io import grid_mismatch
 
     pred_image, pred = _read_labels(pair.prediction, "prediction", pair.case_id)
@@ -87,11 +100,13 @@ def _label_files(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: folder not found")
     return {case_id_of(p): p for p in sorted(folder.iterdir())
-            if p.is_file() and is_image_name(p.name) and not p.name.endswith("_probabilities.nii.gz")}
+            if p.is_file() and is_image_name(p.name) and not p.name.endswith(PROBABILITIES_SUFFIX)}
 
 
 def evaluate_dirs(pred_dir: str | Path, truth_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Pair ``<case>.nii.gz`` files of two folders; cases without a prediction are listed and fail the run."""
+    if Path(pred_dir).resolve() == Path(truth_dir).resolve():
+        raise EvaluationError(f"--pred {pred_dir} is the --truth folder {truth_dir}: the labels would score themselves")
     preds, truths = _label_files(Path(pred_dir)), _label_files(Path(truth_dir))
     if not truths:
         raise EvaluationError(f"{truth_dir}: no NIfTI label files")
@@ -108,17 +123,11 @@ def validation_cases(store: str | Path) -> list[tuple[str, Path, Path]]:
     """(case id, source image, source label) of the validation split, from the store."""
     store = Path(store)
     catalog = read_catalog(store)
-    split_path = store / SPLIT_FILE
-    if not split_path.is_file():
-        raise StoreError(f"{store}: no {SPLIT_FILE}; run `pancreas index` first")
-    split = json.loads(split_path.read_text())
-    val_ids = split.get("val")
-    if not isinstance(val_ids, list) or not val_ids:
-        raise StoreError(f"{split_path}: no validation cases listed under 'val'")
+    check_index(store, catalog)  # the split is committed and still matches the store
     out = []
-    for case_id in val_ids:
-        if case_id not in catalog.get("cases", {}):
-            raise StoreError(f"{split_path}: validation case {case_id} is not in the catalog")
+    for case_id in read_split(store).val:
+        if case_id not in catalog.cases:
+            raise StoreError(f"{index_dir(store)}: validation case {case_id} is not in the catalog")
         attrs = read_shard_attrs(shard_path(store, case_id))
         image, label = str(attrs.get("source_image", "")), str(attrs.get("source_label", ""))
         if not image or not label:
@@ -127,21 +136,24 @@ def validation_cases(store: str | Path) -> list[tuple[str, Path, Path]]:
     return out
 
 
-def check_run_matches_store(contract: dict[str, Any], store: str | Path, run_dir: str | Path) -> None:
+def check_run_matches_store(contract: InputContract, store: str | Path, run_dir: str | Path) -> None:
     """The run must have been trained on this store and this index: otherwise its
     "validation" cases may be another split's training cases, and the score a lie."""
-    from dataset.index.build import store_fingerprint
-    from dataset.contract.manifest import index_fingerprint
+    if contract.store_fingerprint:
+        check_fingerprint("store fingerprint", contract.store_fingerprint, store_fingerprint(read_catalog(store)),
+                          run_dir, store, WRONG_STORE)
+    if contract.index_fingerprint:
+        check_fingerprint("index fingerprint", contract.index_fingerprint, index_fingerprint(store),
+                          run_dir, index_dir(store), WRONG_STORE)
 
-    current = {"store_fingerprint": lambda: store_fingerprint(read_catalog(store)),
-               "index_fingerprint": lambda: index_fingerprint(store)}
-    for key, compute in current.items():
-        trained = contract.get(key)
-        if trained and trained != (value := compute()):
-            raise StoreError(
-                f"{run_dir}: was trained on {key} {trained} but {store} now has {value}; "
-                "evaluate it on the store and index it was trained on"
-            )
+
+def protected_folders(store: str | Path, cases: Sequence[tuple[str, Path, Path]]) -> list[tuple[str, Path]]:
+    """Folders ``evaluate --run`` reads, which its predictions must stay out of."""
+    root = read_catalog(store).dataset.get("root")
+    folders = [("truth folder", label.parent) for _, _, label in cases]  # the most specific first
+    folders += [("input folder", image.parent) for _, image, _ in cases]
+    folders += ([("dataset folder", Path(root))] if root else []) + [("store", Path(store))]
+    return list(dict.fromkeys(folders))
 
 
 def evaluate_run(
@@ -149,16 +161,21 @@ def evaluate_run(
     pred_dir: str | Path | None = None, predict_fn=None, progress: bool = True,
 ) -> dict[str, Any]:
     """Predict the run's validation cases from their original images and score them."""
-    from inference.predict import CaseInput, load_contract, predict_cases
+    from dataset.contract.run import read_input_contract
+    from inference.predict import CaseInput, PredictError, predict_cases
+    from inference.safety import check_output
 
-    check_run_matches_store(load_contract(run_dir), store, run_dir)
+    check_run_matches_store(read_input_contract(run_dir, error=PredictError), store, run_dir)
     cases = validation_cases(store)
     pred_dir = Path(pred_dir) if pred_dir is not None else Path(run_dir) / "validation_predictions"
-    summary = predict_cases(run_dir, [CaseInput(c, img) for c, img, _ in cases], pred_dir, config,
-                            predict_fn=predict_fn, progress=progress)
-    failed = {r.case_id: r.error for r in summary.failed}
-    pairs = [CasePair(c, pred_dir / f"{c}.nii.gz", label) for c, _, label in cases if c not in failed]
-    report = evaluate_pairs(pairs, progress)
+    check_output(pred_dir, protected_folders(store, cases), [c for c, _, _ in cases], config.save_probabilities,
+                 "--pred-out")  # before the lock file is made: a refused run leaves the folder as it was
+    with exclusive_lock(pred_dir):
+        summary = predict_cases(run_dir, [CaseInput(c, img) for c, img, _ in cases], pred_dir, config,
+                                predict_fn=predict_fn, progress=progress, out_flag="--pred-out")
+        failed = {r.case_id: r.error for r in summary.failed}
+        pairs = [CasePair(c, pred_dir / label_name(c), label) for c, _, label in cases if c not in failed]
+        report = evaluate_pairs(pairs, progress)
     report["errors"].update({c: f"prediction failed: {e}" for c, e in failed.items()})
     report["missing_predictions"] = sorted(failed)
     report["run"] = str(Path(run_dir).resolve())
@@ -167,7 +184,17 @@ def evaluate_run(
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:
-    write_json_atomic(path, report)
+    """Write the report; an existing file is replaced only if it is an earlier report."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        try:
+            earlier = read_json(path, "report")
+        except ValueError:
+            earlier = None
+        if not isinstance(earlier, dict) or not all(k in earlier for k in REPORT_KEYS):
+            raise EvaluationError(f"--out {path}: exists and is not a report of `pancreas evaluate`; "
+                                  "choose another --out file")
+    write_json_atomic(path, report, point="report")
 
 
 def _fmt(value: float | None, digits: int) -> str:

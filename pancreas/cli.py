@@ -2,7 +2,9 @@
 
 Each stage has a small module ``pancreas/cli_<stage>.py`` with ``add_parser(subparsers)``
 and ``run(args) -> int``; they are imported lazily so ``pancreas synth`` does not pay
-for importing TensorFlow.
+for importing TensorFlow. A module that cannot be imported is never skipped: a missing
+dependency is reported in one line naming it, and a missing module of this project (a
+bug) keeps its traceback.
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ COMMANDS = {
     "demo": "pancreas.cli_demo",
 }
 
+# top-level packages of this project: a missing one is a bug, not a missing dependency
+OWN_PACKAGES = frozenset({"pancreas", "preprocess", "dataset", "training", "inference"})
+
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -36,11 +41,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     wanted = [a for a in argv if a in COMMANDS][:1] or list(COMMANDS)
     for name in COMMANDS:
         if name in wanted:
-            try:
-                module = importlib.import_module(COMMANDS[name])
-            except ModuleNotFoundError:
-                continue  # stage not built yet
-            module.add_parser(sub)
+            importlib.import_module(COMMANDS[name]).add_parser(sub)
         else:
             sub.add_parser(name, help=f"see `pancreas {name} --help`")
     for command in sub.choices.values():  # module docstrings are reST; a terminal wants plain text
@@ -54,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter (oneDNN, "failed call to cuInit" on CPU-only
     # machines) alarms users and hides our summaries; warnings and errors still show.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = build_parser(argv).parse_args(argv)
+    try:
+        parser = build_parser(argv)
+    except ModuleNotFoundError as err:
+        return _missing_dependency(err, "pancreas")
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -64,14 +69,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as err:  # e.g. TensorFlow, imported when a stage starts
+        return _missing_dependency(err, f"pancreas {args.command}")
     except Exception as err:  # noqa: BLE001 - one line for known user errors
         from dataset.common.configio import ConfigError
+        from dataset.common.files import LockedError
         from dataset.contract.store import StoreError
 
-        if isinstance(err, (ConfigError, StoreError, OSError, ValueError)):
+        if isinstance(err, (ConfigError, StoreError, OSError, ValueError, LockedError)):
             print(f"pancreas {args.command}: error: {err}", file=sys.stderr)
             return 2
         raise
+
+
+def _missing_dependency(err: ModuleNotFoundError, prog: str) -> int:
+    """One line naming a dependency that is not installed; re-raise if it is this project's own."""
+    if (err.name or "").split(".")[0] in OWN_PACKAGES:
+        raise err
+    print(f"{prog}: error: a dependency is not installed: {err} (install the project: make install)",
+          file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

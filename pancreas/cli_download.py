@@ -21,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from dataset.common.configio import load_config
+    from dataset.common.files import LockedError
     from inference.config import DownloadConfig
     from inference.download import DownloadError, download_dataset
 
@@ -29,9 +30,9 @@ def run(args: argparse.Namespace) -> int:
     config = dataclasses.replace(config, **changes)
     try:
         summary = download_dataset(config, args.out)
-    except DownloadError as err:
+    except (DownloadError, LockedError) as err:  # one line, exit 2 like every user error
         print(f"pancreas download: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     where = summary.dataset_dir or summary.archive.parent
     if summary.already_done:
         print(f"download: {summary.archive.name} already downloaded, verified and extracted in {where}")

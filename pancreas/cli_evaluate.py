@@ -14,8 +14,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--store", metavar="STORE", help="the store the run was trained on (with --run)")
     parser.add_argument("--config", default=None, help="inference YAML for --run (default: configs/predict.yaml defaults)")
     parser.add_argument("--pred-out", default=None, metavar="DIR",
-                        help="where --run writes its predictions (default RUN_DIR/validation_predictions)")
-    parser.add_argument("--out", default=None, metavar="report.json", help="write the JSON report here")
+                        help="where --run writes its predictions (default RUN_DIR/validation_predictions); "
+                             "outside the dataset, its truth and the store")
+    parser.add_argument("--out", default=None, metavar="report.json",
+                        help="write the JSON report here (an existing file only if it is an earlier report)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
     return parser

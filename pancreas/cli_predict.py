@@ -12,7 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, metavar="PATH",
                         help="a .nii/.nii.gz file, a folder of them, an MSD task folder (its test cases) "
                              "or a DICOM series folder")
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder for <case>.nii.gz label maps")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="folder for <case>.nii.gz label maps, outside the input's folder; predict replaces "
+                             "only files its DIR/predictions.json lists")
     parser.add_argument("--config", default=None,
                         help="inference YAML (default: the defaults, as in configs/predict.yaml)")
     parser.add_argument("--overwrite", action="store_true", help="predict again even if up to date")

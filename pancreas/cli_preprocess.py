@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -32,15 +33,21 @@ def format_summary(summary) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataset.common.files import LockedError
+    from dataset.common.runner import quiet_dask_logs
     from preprocess.config import load_preprocess_config
-    from preprocess.driver import quiet_dask_logs, run_preprocess
+    from preprocess.driver import run_preprocess
 
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if not getattr(args, "verbose", False):
         quiet_dask_logs()
     config = load_preprocess_config(args.config)
-    summary = run_preprocess(args.data, args.out, config, workers=args.workers,
-                             scheduler=args.scheduler, progress=not args.no_progress)
+    try:
+        summary = run_preprocess(args.data, args.out, config, workers=args.workers,
+                                 scheduler=args.scheduler, progress=not args.no_progress)
+    except LockedError as err:  # another run writes this store: one line, like every user error
+        print(f"pancreas preprocess: error: {err}", file=sys.stderr)
+        return 2
     print(format_summary(summary))
     return 0 if summary.ok else 1

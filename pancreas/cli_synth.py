@@ -7,7 +7,9 @@ import argparse
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser("synth", help="write synthetic CT phantoms in the MSD Task07 layout",
                             description=__doc__)
-    parser.add_argument("--out", required=True, help="dataset folder to write (e.g. data/Task07_Synth)")
+    parser.add_argument("--out", required=True,
+                        help="dataset folder to write (e.g. data/Task07_Synth): new, or an earlier synth output; "
+                             "files synth did not write are never replaced")
     parser.add_argument("--cases", type=int, default=8, help="labelled training cases (default 8)")
     parser.add_argument("--test", type=int, default=None,
                         help="test cases (default max(1, cases // 4)); their truth goes to labelsTs/")

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -12,8 +14,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--store", required=True, type=Path, help="preprocessed store with index/")
     parser.add_argument("--config", type=Path, default=None,
                         help="training YAML (default: the built-in defaults, which configs/train.yaml repeats)")
-    parser.add_argument("--out", type=Path, help="run folder (checkpoints, logs, history)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--out", type=Path,
+                        help="run folder (checkpoints, logs, history); locked while the run lasts")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last completed epoch (refused if --out holds no run)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--profile-input", action="store_true",
                       help="run the input pipeline alone and report patches/s (writes nothing)")
@@ -34,9 +38,14 @@ def run(args: argparse.Namespace) -> int:
         return _profile(args, config)
     if args.out is None:
         raise ValueError("--out RUN_DIR is required to train")
+    from dataset.common.files import LockedError
     from training.run import run_dir_summary_lines, train
 
-    summary = train(args.store, args.out, config, resume=args.resume)
+    try:
+        summary = train(args.store, args.out, config, resume=args.resume)
+    except LockedError as err:  # another run holds --out: one line, exit 2 like every user error
+        print(f"pancreas train: error: {err}", file=sys.stderr)
+        return 2
     print("\n".join(f"pancreas train: {line}" for line in run_dir_summary_lines(summary)))
     return 1 if summary.stopped == "nan" else 0
 

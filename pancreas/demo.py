@@ -1,16 +1,25 @@
 """The whole journey on synthetic data: ``pancreas demo`` / ``make demo``.
 
 synth -> preprocess -> index -> train -> predict (held-out cases) -> evaluate, all under
-one folder. The demo's settings are embedded here (``demo_configs``) rather than read
-from ``configs/``: they are the defaults of every stage except where a 2-core CPU needs
-smaller numbers (patch sizes for the small phantoms, a small U-Net, a few minutes of
-training). Each resolved config is written to ``OUT/configs/`` so the run can be repeated
-stage by stage with the CLI. Every stage is resumable, so rerunning the demo reuses what
-is up to date and only redoes what changed.
+one folder. The demo's settings are the defaults of every stage except where the small
+phantoms and a 2-core CPU need smaller numbers (patch sizes, a small U-Net, a few minutes
+of training). Those overrides are YAML files, ``configs/demo/index.yaml`` and
+``configs/demo/train.yaml``, loaded with the normal config loader; preprocessing and
+prediction use their defaults. Each resolved config is written to ``OUT/configs/`` so the
+run can be repeated stage by stage with the CLI. Every stage is resumable, so rerunning
+the demo reuses what is up to date and only redoes what changed.
+
+Why an in-code copy of the YAML (``DEMO_OVERRIDES``) rather than package data:
+``configs/`` is a folder of the source tree, not of a package, so a wheel does not carry
+it, and making it package data would move the files under ``pancreas/`` (away from the
+other commented configs a reader looks for) and change the build. The files are found
+next to the package (never relative to the working folder), which is where the
+Makefile's editable install has them, so ``pancreas demo`` reads them from any folder;
+an install without the source tree falls back to ``DEMO_OVERRIDES``. A test keeps each
+file equal to its copy, so the two cannot drift apart.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,15 +28,33 @@ from typing import Any
 
 import yaml
 
+from dataset.common.configio import from_dict, load_config, to_dict
 from dataset.index.config import IndexConfig
-from dataset.common.configio import to_dict
 from inference.config import PredictConfig
 from preprocess.config import PreprocessConfig
+from training.config import TrainConfig  # no TensorFlow: that is imported by training.run
 
 log = logging.getLogger(__name__)
 
 DEMO_TRAIN_CASES = 10
 DEMO_TEST_CASES = 3
+
+# configs/demo/*.yaml, found from this file so `pancreas demo` works from any folder.
+DEMO_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "demo"
+
+# The same overrides for an install without the source tree (see the module docstring);
+# tests/test_demo_config.py keeps them equal to configs/demo/*.yaml. Stages not named
+# here (preprocess, predict) run with their defaults.
+DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
+    "index": {"train_patch_xyz": [64, 64, 32], "val_patch_xyz": [96, 96, 48]},
+    "train": {
+        "epochs": 16,
+        "steps_per_epoch": 25,
+        "lr_patience": 6,
+        "model": {"depth": 3, "base_filters": 8},
+        "loss": {"name": "dice_cross_entropy"},
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -36,33 +63,23 @@ class DemoConfigs:
 
     preprocess: PreprocessConfig
     index: IndexConfig
-    train: Any  # training.config.TrainConfig (imported lazily: TensorFlow)
+    train: TrainConfig
     predict: PredictConfig
 
 
-def demo_configs() -> DemoConfigs:
-    """Stage defaults, shrunk where the synthetic phantoms (about 100 mm a side) and a CPU need it."""
-    from training.config import LossConfig, ModelConfig, TrainConfig
-
-    index = dataclasses.replace(
-        IndexConfig(),
-        train_patch_xyz=(64, 64, 32),  # the phantoms are ~100 voxels a side after cropping
-        val_patch_xyz=(96, 96, 48),
-        model_depth=3,
-    )
-    train = dataclasses.replace(
-        TrainConfig(),
-        epochs=16,
-        steps_per_epoch=25,
-        lr_patience=6,
-        image_patches=2,
-        model=ModelConfig(depth=3, base_filters=8),  # ~0.4 M parameters: minutes on 2 cores
-        # Generalized Dice alone sits on its "everything is foreground" plateau for a few
-        # hundred steps; adding cross-entropy (nnU-Net's Dice+CE) shows learning within the
-        # demo's budget. The real-data default stays the seed's Generalized Dice.
-        loss=LossConfig(name="dice_cross_entropy"),
-    )
-    return DemoConfigs(PreprocessConfig(), index, train, PredictConfig())
+def demo_configs(folder: Path | None = None) -> DemoConfigs:
+    """Stage defaults plus the demo's overrides: ``folder`` (default ``configs/demo``) if it
+    exists, else the equal in-code copy ``DEMO_OVERRIDES``."""
+    folder = DEMO_CONFIG_DIR if folder is None else folder
+    classes = {"preprocess": PreprocessConfig, "index": IndexConfig, "train": TrainConfig, "predict": PredictConfig}
+    if folder.is_dir():
+        loaded = {name: load_config(cls, folder / f"{name}.yaml") if name in DEMO_OVERRIDES else cls()
+                  for name, cls in classes.items()}
+    else:
+        log.debug("%s not found (installed without the source tree): using pancreas.demo.DEMO_OVERRIDES", folder)
+        loaded = {name: from_dict(cls, DEMO_OVERRIDES.get(name), where=f"pancreas.demo.DEMO_OVERRIDES[{name!r}]")
+                  for name, cls in classes.items()}
+    return DemoConfigs(**loaded)
 
 
 @dataclass
@@ -94,6 +111,7 @@ def run_demo(out_dir: str | Path = "demo-output", workers: int | None = 2, progr
     from inference.predict import predict_cases
     from preprocess.driver import run_preprocess
     from pancreas.synthetic.msd import make_dataset
+    from dataset.contract.run import holds_run
     from training.run import train
 
     out = Path(out_dir).resolve()
@@ -133,7 +151,7 @@ def run_demo(out_dir: str | Path = "demo-output", workers: int | None = 2, progr
     done("index")
 
     stage("train")
-    train(paths["store"], paths["run"], configs.train, resume=True)
+    train(paths["store"], paths["run"], configs.train, resume=holds_run(paths["run"]))  # continue a killed demo
     done("train")
 
     stage("predict")

@@ -7,7 +7,8 @@ fingerprint decides whether a stored case must be redone.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,31 @@ from dataset.common.files import fingerprint_json
 
 INTERPOLATIONS = ("linear", "bspline")
 INT16_RANGE = (-32768, 32767)
+RESULT_LIBRARIES = ("SimpleITK", "numpy")  # libraries whose version changes what a shard stores
+
+
+@dataclass(frozen=True)
+class GeometryLimits:
+    """What a CT's header may say before a case is refused (``preprocess.limits``).
+
+    Checked from the header before any voxel is read: a NIfTI whose units say micrometres
+    or metres (0.0008 or 800 mm voxels) would otherwise become a 1x1x1 shard or ask ITK
+    for a terabyte grid.
+    """
+
+    min_spacing_mm: float = 0.1  # CT voxels: about 0.2-1 mm in-plane, 0.5-10 mm between slices
+    max_spacing_mm: float = 20.0
+    max_extent_mm: float = 2000.0  # scan size along any axis: a whole-body CT is under 2 m
+    max_resampled_voxels: int = 1_000_000_000  # resampled grid before the crop (4 GB as float32)
+
+    def __post_init__(self) -> None:
+        if not (0 < self.min_spacing_mm < self.max_spacing_mm and math.isfinite(self.max_spacing_mm)):
+            raise ValueError(f"limits need 0 < min_spacing_mm < max_spacing_mm, got "
+                             f"{self.min_spacing_mm} and {self.max_spacing_mm}")
+        if not (math.isfinite(self.max_extent_mm) and self.max_extent_mm > 0):
+            raise ValueError(f"limits.max_extent_mm must be > 0, got {self.max_extent_mm}")
+        if self.max_resampled_voxels < 1:
+            raise ValueError(f"limits.max_resampled_voxels must be >= 1, got {self.max_resampled_voxels}")
 
 
 @dataclass(frozen=True)
@@ -32,6 +58,7 @@ class PreprocessConfig:
     crop_margin_mm: float = 10.0
     crop_to_body: bool = True
     label_values: tuple[int, ...] = (0, 1, 2)
+    limits: GeometryLimits = field(default_factory=GeometryLimits)  # not in the fingerprint
 
     def __post_init__(self) -> None:
         if len(self.target_spacing_mm) != 3 or not all(
@@ -83,12 +110,28 @@ def config_to_dict(config: PreprocessConfig) -> dict[str, Any]:
 PREPROCESS_VERSION = 2
 
 
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries that compute the stored voxels (resampling, rounding)."""
+    return {name: metadata.version(name) for name in RESULT_LIBRARIES}
+
+
 def config_fingerprint(config: PreprocessConfig) -> str:
-    """Stable hash of the resolved config, the code version and the store schema; a
-    stored case with another one is redone."""
+    """How a shard is made: the resolved config, the code version, the store schema and the
+    versions of SimpleITK and NumPy; a stored case with another one is redone.
+
+    The library versions belong here, not in the input fingerprint: they describe the
+    processing, as ``PREPROCESS_VERSION`` does, while the input fingerprint says which
+    files were read and is re-checked after reading ("changed while reading"), where a
+    version would only blur which file moved. It is computed where the shard is made (the
+    worker), so a shard records the versions that really made it, and ``pancreas
+    predict`` warns when the run's recorded one differs from its own. ``limits`` are left
+    out: they decide which cases are accepted, never what an accepted case stores, so
+    relaxing one redoes only the cases it had refused (failed cases are always redone).
+    """
     from dataset.contract.store import SCHEMA_VERSION
 
-    return fingerprint_json([to_dict(config), PREPROCESS_VERSION, SCHEMA_VERSION])
+    settings = {k: v for k, v in to_dict(config).items() if k != "limits"}
+    return fingerprint_json([settings, PREPROCESS_VERSION, SCHEMA_VERSION, library_versions()])
 
 
 def config_from_dict(data: dict[str, Any]) -> PreprocessConfig:

@@ -1,11 +1,17 @@
-"""The case loop: every case of an MSD dataset -> one shard, on Dask distributed.
+"""The case loop: every case of an MSD dataset -> one shard, through ``run_cases`` (Dask).
 
-Each task reads its own input files and writes its own shard (nothing open is pickled;
-HDF5 is never shared between processes) and returns a small record; the driver writes
-the catalog as results arrive. Resuming: a case whose shard holds the same input and
-config fingerprints is skipped without work; temporaries of a killed run are removed.
-A bad case becomes a "failed" catalog record with a one-line reason; the shard of an
-earlier good run stays on disk (shards are only ever replaced by an atomic rename).
+The whole run holds the store's lock (``exclusive_lock``): a second run on the same
+store fails at once naming the holder's pid and host, and only the holder sweeps the
+temporaries a killed run left. Each task reads its own input files and writes its own
+shard (nothing open is pickled; HDF5 is never shared between processes) and returns its
+``CatalogRecord``; the driver rewrites the catalog as results arrive.
+
+Resuming: a case whose shard holds the same input and config fingerprints is skipped
+without work. The input fingerprint is taken when the case is planned and checked again
+by the worker right after reading (``preprocess.inputs``), so a file replaced during the
+run fails its case instead of being stored under a fingerprint it was not made from. A
+bad case becomes a "failed" record with a one-line reason; the shard of an earlier good
+run stays on disk (shards are only ever replaced by an atomic rename).
 """
 from __future__ import annotations
 
@@ -14,26 +20,21 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
 
 import h5py
 import hdf5plugin  # noqa: F401
 from tqdm import tqdm
 
-from dataset.common.runner import SchedulerError, dask_client, quiet_dask_logs  # noqa: F401 (re-exported)
-from dataset.common.files import remove_stale_temporaries
-from dataset.common.msd import MsdCase, MsdDatasetError, load_msd_dataset
-from dataset.contract.store import (
-    CASES_DIR,
-    SCHEMA_VERSION,
-    read_catalog,
-    shard_path,
-    StoreError,
-    write_catalog,
-)
+from dataset.common.files import exclusive_lock, remove_stale_temporaries
+from dataset.common.msd import MsdCase, MsdDataset, MsdDatasetError, load_msd_dataset
+from dataset.common.runner import one_line, run_cases
+from dataset.contract.catalog import Catalog, CatalogRecord, read_catalog, write_catalog
+from dataset.contract.store import CASES_DIR, StoreError, shard_path
 from preprocess.config import PreprocessConfig, config_fingerprint, config_from_dict, config_to_dict
+from preprocess.inputs import CaseInputs, take_inputs
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class PreprocessSummary:
@@ -50,60 +51,57 @@ class PreprocessSummary:
     def ok(self) -> bool:
         return self.failed == 0
 
-
-def one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _record(case: MsdCase, **fields: Any) -> dict[str, Any]:
-    """A catalog record (keys documented in dataset/contract/store.py)."""
-    record = {
-        "split": case.split,
-        "shard": f"{CASES_DIR}/{case.case_id}.h5",
-        "status": "failed",
-        "error": None,
-        "shape_zyx": None,
-        "has_label": case.label is not None,
-        "label_counts": None,
-        "input_fingerprint": "",
-        "config_fingerprint": "",
-        "seconds": 0.0,
-    }
-    record.update(fields)
-    return record
+    def count(self, case_id: str, record: CatalogRecord) -> None:
+        if record.done:
+            self.done += 1
+        else:
+            self.failed += 1
+            self.failures.append((case_id, record.error or "failed"))
 
 
-def process_case(case: MsdCase, store: str, config_json: dict, allowed: tuple[int, ...], itk_threads: int) -> dict:
+@dataclass(frozen=True)
+class PlannedCase:
+    """A case to do, with its inputs' fingerprints as taken when it was planned (sent to the worker)."""
+
+    case: MsdCase
+    inputs: CaseInputs
+
+
+def _record(case: MsdCase, **fields) -> CatalogRecord:
+    return CatalogRecord.new(case.case_id, case.split, case.label is not None, **fields)
+
+
+def _done(case: MsdCase, shape, counts, input_fp: str, config_fp: str, seconds: float) -> CatalogRecord:
+    return _record(case, status="done", shape_zyx=tuple(int(s) for s in shape),
+                   label_counts=tuple(int(c) for c in counts) if counts is not None else None,
+                   input_fingerprint=input_fp, config_fingerprint=config_fp, seconds=seconds)
+
+
+def process_case(planned: PlannedCase, store: str, config_json: dict, itk_threads: int) -> CatalogRecord:
     """Dask task: preprocess one case and write its shard; never raises for bad input."""
     from preprocess.geometry import set_itk_threads
     from preprocess.io import InputError
     from preprocess.pipeline import preprocess_file, write_case
 
     t = time.perf_counter()
+    case = planned.case
     config = config_from_dict(config_json)
     set_itk_threads(itk_threads)
     try:
-        case_data = preprocess_file(case.image, case.label, config, allowed)
-        write_case(shard_path(store, case.case_id), case.case_id, case_data)
+        data = preprocess_file(case.image, case.label, config, planned.inputs.declared_labels, planned.inputs)
+        write_case(shard_path(store, case.case_id), case.case_id, data)
     except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
         expected = isinstance(err, (InputError, OSError))
         log.warning("%s failed: %s", case.case_id, one_line(err), exc_info=not expected)
         seconds = round(time.perf_counter() - t, 3)
         return _record(case, error=one_line(err), config_fingerprint=config_fingerprint(config), seconds=seconds)
-    attrs = case_data.attrs
-    counts = attrs.get("label_counts")
-    return _record(
-        case, status="done",
-        shape_zyx=list(case_data.levels.shape),
-        label_counts=[int(c) for c in counts] if counts is not None else None,
-        input_fingerprint=attrs["input_fingerprint"],
-        config_fingerprint=attrs["config_fingerprint"],
-        seconds=round(time.perf_counter() - t, 3),
-    )
+    attrs = data.attrs
+    return _done(case, data.levels.shape, attrs.get("label_counts"), attrs["input_fingerprint"],
+                 attrs["config_fingerprint"], round(time.perf_counter() - t, 3))
 
 
-def stored_record(case: MsdCase, store: Path, input_fp: str, config_fp: str) -> dict | None:
+def stored_record(case: MsdCase, store: Path, input_fp: str, config_fp: str,
+                  seconds: float = 0.0) -> CatalogRecord | None:
     """The catalog record of an existing shard with the same fingerprints, else None."""
     path = shard_path(store, case.case_id)
     if not path.is_file():
@@ -115,24 +113,11 @@ def stored_record(case: MsdCase, store: Path, input_fp: str, config_fp: str) -> 
                 return None
             if ("label" in f) != (case.label is not None):
                 return None
-            shape = list(f["image"].shape)
+            shape = f["image"].shape
             counts = attrs.get("label_counts")
     except (OSError, KeyError):
         return None  # unreadable: redo it
-    return _record(
-        case, status="done", shape_zyx=shape,
-        label_counts=[int(c) for c in counts] if counts is not None else None,
-        input_fingerprint=input_fp, config_fingerprint=config_fp,
-    )
-
-
-def _input_fingerprint(case: MsdCase) -> str | None:
-    from preprocess.pipeline import input_fingerprint
-
-    try:
-        return input_fingerprint(case.image, case.label)
-    except OSError:  # missing or unreadable (permissions): reported by _missing_reason
-        return None
+    return _done(case, shape, counts, input_fp, config_fp, seconds)
 
 
 def _missing_reason(case: MsdCase) -> str:
@@ -145,68 +130,43 @@ def _missing_reason(case: MsdCase) -> str:
 
 def _previous_seconds(store: Path) -> dict[str, float]:
     try:
-        cases = read_catalog(store).get("cases", {})
+        return {case_id: r.seconds for case_id, r in read_catalog(store).cases.items()}
     except StoreError:
         return {}
-    return {k: v.get("seconds", 0.0) for k, v in cases.items() if isinstance(v, dict)}
 
 
-def _results(
-    todo: list[MsdCase], args: tuple, workers: int, scheduler: str | None
-) -> Iterator[tuple[str, dict]]:
-    """Records of the cases in ``todo`` as they finish (in-process when workers == 0)."""
-    if not todo:
-        return
-    if workers == 0 and not scheduler:
-        for case in todo:
-            yield case.case_id, process_case(case, *args)
-        return
-    from distributed import as_completed
-
-    with dask_client(workers, scheduler) as client:
-        run_id = f"{os.getpid()}-{time.time_ns()}"
-        futures = {
-            client.submit(process_case, case, *args, key=f"preprocess-{case.case_id}-{run_id}", pure=False): case
-            for case in todo
-        }
-        for future in as_completed(futures):
-            case = futures[future]
-            try:
-                yield case.case_id, future.result()
-            except Exception as err:  # noqa: BLE001 - a killed worker fails one case
-                yield case.case_id, _record(case, error=f"worker error: {one_line(err)}")
-            future.release()
-
-
-def _plan(
-    cases: tuple[MsdCase, ...], store: Path, config_fp: str, records: dict, summary: PreprocessSummary
-) -> list[MsdCase]:
-    """Cases to do; up-to-date and missing-input cases go straight into ``records``/``summary``."""
+def _plan(dataset: MsdDataset, store: Path, catalog: Catalog,
+          summary: PreprocessSummary) -> tuple[Catalog, list[PlannedCase]]:
+    """Fingerprint every case's inputs now; up-to-date and missing-input cases go straight into
+    the catalog and ``summary``, the others are returned (and listed as pending)."""
     previous = _previous_seconds(store)
     todo = []
-    for case in cases:
-        input_fp = _input_fingerprint(case)
-        if input_fp is None:
-            reason = _missing_reason(case)
-            records[case.case_id] = _record(case, error=reason, config_fingerprint=config_fp)
-            summary.failed += 1
-            summary.failures.append((case.case_id, reason))
+    for case in dataset.cases:
+        try:
+            inputs = take_inputs(case.image, case.label, dataset.label_values)
+        except OSError:  # missing or unreadable (permissions)
+            record = _record(case, error=_missing_reason(case), config_fingerprint=catalog.config_fingerprint)
+            catalog = catalog.with_case(case.case_id, record)
+            summary.count(case.case_id, record)
             continue
-        record = stored_record(case, store, input_fp, config_fp)
+        record = stored_record(case, store, inputs.fingerprint, catalog.config_fingerprint,
+                               previous.get(case.case_id, 0.0))
         if record is None:
-            todo.append(case)
+            todo.append(PlannedCase(case, inputs))
         else:
-            record["seconds"] = previous.get(case.case_id, 0.0)
-            records[case.case_id] = record
+            catalog = catalog.with_case(case.case_id, record)
             summary.skipped += 1
-    return todo
+    for planned in todo:  # a killed run leaves them listed (not silently dropped) until done
+        pending = _record(planned.case, status="pending", config_fingerprint=catalog.config_fingerprint)
+        catalog = catalog.with_case(planned.case.case_id, pending)
+    return catalog, todo
 
 
 def _check_same_dataset(store: Path, root: Path) -> None:
     """Refuse to mix two datasets in one store: their case ids collide (pancreas_001 ...),
     so a wrong ``--out`` would silently replace another dataset's shards."""
     try:
-        built_from = read_catalog(store).get("dataset", {}).get("root")
+        built_from = read_catalog(store).dataset.get("root")
     except StoreError:
         return  # a new (or unreadable) store: nothing to protect
     if built_from and Path(built_from) != Path(root):
@@ -214,6 +174,71 @@ def _check_same_dataset(store: Path, root: Path) -> None:
             f"{store}: holds a store built from {built_from}, not {root}; "
             "preprocess this dataset into another --out (or delete the old store)"
         )
+
+
+def _load_dataset(data_dir: str | Path, config: PreprocessConfig) -> MsdDataset:
+    dataset = load_msd_dataset(data_dir)
+    extra = sorted(set(dataset.label_values) - set(config.label_values))
+    if extra:
+        raise MsdDatasetError(
+            f"{dataset.root}/dataset.json declares label values {extra} that config label_values "
+            f"{list(config.label_values)} does not allow"
+        )
+    return dataset
+
+
+def _parallelism(workers: int | None, scheduler: str | None, itk_threads: int | None) -> tuple[int, int]:
+    """(worker processes, SimpleITK threads per task)."""
+    cpus = os.cpu_count() or 1
+    workers = cpus if workers is None else workers
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if itk_threads is None:
+        itk_threads = 1 if scheduler else max(1, cpus // max(1, workers))
+    return workers, itk_threads
+
+
+def _sweep(store: Path) -> None:
+    """Remove the temporaries a killed run left (we hold the store's lock)."""
+    (store / CASES_DIR).mkdir(parents=True, exist_ok=True)
+    for folder in (store, store / CASES_DIR):
+        for stale in remove_stale_temporaries(folder):
+            log.info("removed temporary %s left by an interrupted run", stale.name)
+
+
+def _process(todo: list[PlannedCase], catalog: Catalog, store: Path, args: tuple, summary: PreprocessSummary,
+             workers: int, scheduler: str | None, bar: tqdm) -> Catalog:
+    """Run the planned cases; the catalog is rewritten after each one finishes."""
+    for planned, record, error in run_cases(process_case, todo, args, name="preprocess",
+                                            key=lambda p: p.case.case_id, workers=workers, scheduler=scheduler):
+        case_id = planned.case.case_id
+        if error is not None:  # the task itself died (a killed worker)
+            record = _record(planned.case, error=error)
+        catalog = catalog.with_case(case_id, record)
+        write_catalog(store, catalog)
+        summary.count(case_id, record)
+        bar.set_postfix(done=summary.done, failed=summary.failed, skipped=summary.skipped, refresh=False)
+        bar.update(1)
+    return catalog
+
+
+def _run(dataset: MsdDataset, store: Path, config: PreprocessConfig, workers: int, scheduler: str | None,
+         itk_threads: int, progress: bool) -> PreprocessSummary:
+    """Plan, list the pending cases, process them, and write the catalog in the dataset's order."""
+    config_fp = config_fingerprint(config)
+    catalog = Catalog.new(dataset.root, dataset.name, dataset.labels, config_to_dict(config), config_fp)
+    summary = PreprocessSummary(store=store)
+    catalog, todo = _plan(dataset, store, catalog, summary)
+    write_catalog(store, catalog)
+    log.info("%d cases: %d up to date, %d to do, %d missing input",
+             len(dataset.cases), summary.skipped, len(todo), summary.failed)
+    with tqdm(total=len(dataset.cases), initial=summary.skipped + summary.failed, unit="case",
+              desc="preprocess", disable=not progress) as bar:
+        bar.set_postfix(done=0, failed=summary.failed, skipped=summary.skipped)
+        args = (str(store), config_to_dict(config), itk_threads)
+        catalog = _process(todo, catalog, store, args, summary, workers, scheduler, bar)
+    write_catalog(store, catalog.ordered([case.case_id for case in dataset.cases]))
+    return summary
 
 
 def run_preprocess(
@@ -230,65 +255,17 @@ def run_preprocess(
     ``workers``: worker processes of the LocalCluster (default: CPU count); 0 runs the cases
     in this process without Dask (debugging). ``scheduler``: address of an existing Dask
     scheduler to submit to instead. ``itk_threads``: SimpleITK threads per task (default:
-    CPUs / workers locally, 1 on an external cluster).
+    CPUs / workers locally, 1 on an external cluster). ``LockedError`` at once when another
+    process is writing ``store``.
     """
     t0 = time.perf_counter()
     config = config or PreprocessConfig()
-    dataset = load_msd_dataset(data_dir)
-    extra = sorted(set(dataset.label_values) - set(config.label_values))
-    if extra:
-        raise MsdDatasetError(
-            f"{dataset.root}/dataset.json declares label values {extra} that config label_values "
-            f"{list(config.label_values)} does not allow"
-        )
+    dataset = _load_dataset(data_dir, config)
+    workers, itk_threads = _parallelism(workers, scheduler, itk_threads)
     store = Path(store).resolve()
-    _check_same_dataset(store, dataset.root)
-    (store / CASES_DIR).mkdir(parents=True, exist_ok=True)
-    for folder in (store, store / CASES_DIR):
-        for stale in remove_stale_temporaries(folder):
-            log.info("removed temporary %s left by an interrupted run", stale.name)
-
-    cpus = os.cpu_count() or 1
-    workers = cpus if workers is None else workers
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
-    if itk_threads is None:
-        itk_threads = 1 if scheduler else max(1, cpus // max(1, workers))
-    config_fp = config_fingerprint(config)
-    catalog = {
-        "schema_version": SCHEMA_VERSION,
-        "dataset": {"root": str(dataset.root), "name": dataset.name, "labels": dataset.labels},
-        "config": config_to_dict(config),
-        "config_fingerprint": config_fp,
-        "cases": {},
-    }
-    summary = PreprocessSummary(store=store)
-    todo = _plan(dataset.cases, store, config_fp, catalog["cases"], summary)
-    for case in todo:  # a killed run leaves them listed (not silently dropped) until done
-        catalog["cases"][case.case_id] = _record(case, status="pending", config_fingerprint=config_fp)
-    write_catalog(store, catalog)
-    log.info("%d cases: %d up to date, %d to do, %d missing input",
-             len(dataset.cases), summary.skipped, len(todo), summary.failed)
-
-    bar = tqdm(total=len(dataset.cases), initial=summary.skipped + summary.failed, unit="case",
-               desc="preprocess", disable=not progress)
-    bar.set_postfix(done=0, failed=summary.failed, skipped=summary.skipped)
-    args = (str(store), config_to_dict(config), dataset.label_values, itk_threads)
-    try:
-        for case_id, record in _results(todo, args, workers, scheduler):
-            catalog["cases"][case_id] = record
-            write_catalog(store, catalog)
-            if record["status"] == "done":
-                summary.done += 1
-            else:
-                summary.failed += 1
-                summary.failures.append((case_id, record["error"]))
-            bar.set_postfix(done=summary.done, failed=summary.failed, skipped=summary.skipped, refresh=False)
-            bar.update(1)
-    finally:
-        bar.close()
-    records = catalog["cases"]
-    catalog["cases"] = {c.case_id: records[c.case_id] for c in dataset.cases if c.case_id in records}
-    write_catalog(store, catalog)
+    with exclusive_lock(store):
+        _check_same_dataset(store, dataset.root)
+        _sweep(store)
+        summary = _run(dataset, store, config, workers, scheduler, itk_threads, progress)
     summary.seconds = time.perf_counter() - t0
     return summary

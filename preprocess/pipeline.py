@@ -1,11 +1,13 @@
 """One case, three layers: ``preprocess_image`` (images in, arrays out: the single code path
-that training and inference share), ``preprocess_file`` (reads + validates files, then calls
+that training and inference share), ``preprocess_file`` (checks the headers against the
+limits, reads + validates files, checks they did not change while being read, then calls
 it) and ``write_case`` (the shard). The Dask driver only calls ``process_case``.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,13 +16,14 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from dataset.common.files import fingerprint_file, fingerprint_json
 from dataset.contract.store import write_shard
 from preprocess.body import body_box, expand_box
 from preprocess.config import PreprocessConfig, config_fingerprint, config_to_dict
 from preprocess.geometry import IDENTITY_DIRECTION, Grid, edge_aligned_grid, resample
+from preprocess.inputs import CaseInputs, changed_file, take_inputs
 from preprocess.intensity import hu_to_levels
-from preprocess.io import PIXEL_NAMES, grid_mismatch, label_value_counts, read_case
+from preprocess.io import PIXEL_NAMES, InputError, grid_mismatch, label_value_counts, read_case, read_image_info
+from preprocess.limits import case_bytes, geometry_problem, memory_budget_bytes, memory_problem, resampled_size
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +38,6 @@ class PreprocessedCase:
     label: np.ndarray | None  # uint8 (z, y, x) or None
     attrs: dict[str, Any]  # shard attributes (see dataset/contract/store.py)
     seconds: dict[str, float] = field(default_factory=dict)  # per step, not stored
-
-
-def input_fingerprint(image_path: str | Path, label_path: str | Path | None) -> str:
-    """Fingerprint of a case's input files (cheap: names, sizes, mtimes)."""
-    label = fingerprint_file(label_path) if label_path is not None else ""
-    return fingerprint_json([fingerprint_file(image_path), label])
 
 
 def crop_box(
@@ -77,6 +74,19 @@ def _geometry_attrs(image: sitk.Image, grid: Grid, start: tuple[int, ...], stop:
     }
 
 
+def _check_image(image: sitk.Image, label: sitk.Image | None, config: PreprocessConfig) -> None:
+    """The label fits the image, and the geometry is within the limits (files were checked
+    from their headers already; this covers a DICOM series and ``pancreas predict``)."""
+    if label is not None:
+        mismatch = grid_mismatch(image, label)
+        if mismatch:
+            raise ValueError(f"label is on another grid than its image: {mismatch}")
+    problem = geometry_problem(image.GetSize(), image.GetSpacing(), image.GetDirection(),
+                               config.target_spacing_mm, config.limits)
+    if problem:
+        raise InputError(problem)
+
+
 def preprocess_image(
     image: sitk.Image, label: sitk.Image | None, config: PreprocessConfig
 ) -> PreprocessedCase:
@@ -89,10 +99,7 @@ def preprocess_image(
     """
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    if label is not None:
-        mismatch = grid_mismatch(image, label)
-        if mismatch:
-            raise ValueError(f"label is on another grid than its image: {mismatch}")
+    _check_image(image, label, config)
     hu_image = image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
     grid = edge_aligned_grid(image, config.target_spacing_mm)
     resampled = resample(hu_image, grid, config.image_interpolation, AIR_HU)
@@ -130,20 +137,61 @@ def preprocess_image(
     return PreprocessedCase(levels, label_array, attrs, seconds)
 
 
+def check_before_reading(image_path: str | Path, label_path: str | Path | None, config: PreprocessConfig) -> None:
+    """Refuse, from the headers alone, absurd geometry and a case too big for this worker.
+
+    Raises ``InputError`` naming the file, the number and the limit. A DICOM folder is
+    checked after reading (its z extent needs every slice); a missing or unreadable file
+    is left to ``read_case``, which says why.
+    """
+    path = Path(image_path)
+    try:
+        info = read_image_info(path) if path.is_file() else None
+        label_info = read_image_info(label_path) if info is not None and label_path is not None else None
+    except RuntimeError:
+        return
+    if info is None or len(info.size) != 3:
+        return
+    problem = geometry_problem(info.size, info.spacing, info.direction, config.target_spacing_mm, config.limits)
+    if problem:
+        raise InputError(f"{path}: {problem}")
+    grid = resampled_size(info.size, info.spacing, info.direction, config.target_spacing_mm)
+    needed = case_bytes(math.prod(info.size), math.prod(grid), info.dtype,
+                        label_info.dtype if label_info is not None else None)
+    problem = memory_problem(needed, memory_budget_bytes(), info.size, grid)
+    if problem:
+        raise InputError(f"{path}: {problem}")
+
+
 def preprocess_file(
     image_path: str | Path,
     label_path: str | Path | None,
     config: PreprocessConfig,
     allowed_labels: tuple[int, ...] | None = None,
+    inputs: CaseInputs | None = None,
 ) -> PreprocessedCase:
-    """Read + validate one case's files (NIfTI or DICOM folder), then ``preprocess_image``.
+    """Check the headers, read + validate one case's files (NIfTI or DICOM folder), then
+    ``preprocess_image``.
 
     ``allowed_labels``: the label values the dataset declares (default: config.label_values).
+    ``inputs``: the files' fingerprints taken when the case was planned (default: now);
+    they become the shard's ``input_fingerprint`` and must still hold after reading.
     Raises ``preprocess.io.InputError`` (one line naming the file) for unusable input.
     """
     t = time.perf_counter()
     allowed = tuple(allowed_labels) if allowed_labels is not None else config.label_values
+    if inputs is None:
+        try:
+            inputs = take_inputs(image_path, label_path, allowed)
+        except OSError:
+            read_case(image_path, label_path, allowed)  # names the missing or unreadable file
+            raise
+    check_before_reading(image_path, label_path, config)
     image, dtype, label = read_case(image_path, label_path, allowed)
+    moved = changed_file(inputs)
+    if moved:
+        raise InputError(f"{moved}: changed while reading (size or modification time differs from when "
+                         "the case was planned); the next run redoes it")
     read_seconds = time.perf_counter() - t
     case = preprocess_image(image, label, config)
     case.seconds = {"read": read_seconds, **case.seconds}
@@ -151,7 +199,7 @@ def preprocess_file(
         original_dtype=dtype,
         source_image=str(Path(image_path).resolve()),
         source_label=str(Path(label_path).resolve()) if label_path is not None else "",
-        input_fingerprint=input_fingerprint(image_path, label_path),
+        input_fingerprint=inputs.fingerprint,
     )
     return case
 

@@ -1,8 +1,12 @@
 """The YAML -> frozen dataclass loader every stage uses."""
+from dataclasses import dataclass
+
 import pytest
 
-from dataset.common.configio import ConfigError, load_config
+from dataset.common.configio import ConfigError, check_patch_fits_depth, from_dict, load_config
+from dataset.index.config import IndexConfig
 from preprocess.config import PreprocessConfig
+from training.config import TrainConfig
 
 
 def test_unknown_key_is_named(tmp_path):
@@ -31,3 +35,76 @@ def test_missing_file_and_defaults(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(PreprocessConfig, tmp_path / "nope.yaml")
     assert load_config(PreprocessConfig, None) == PreprocessConfig()
+
+
+@dataclass(frozen=True)
+class _Inner:
+    size: int = 1
+
+
+@dataclass(frozen=True)
+class _Outer:
+    required: _Inner = _Inner()
+    optional: _Inner | None = None
+
+
+@pytest.mark.parametrize("cls,text,expected", [
+    # a nested section given a scalar, a list or null (reproduced from the issue: all were accepted)
+    (TrainConfig, "model: 3\n", "c.yaml.model: expected a mapping (keys: base_filters, depth), got 3"),
+    (TrainConfig, "model: [4, 16]\n", "c.yaml.model: expected a mapping (keys: base_filters, depth), got [4, 16]"),
+    (IndexConfig, "elastic: null\n", "c.yaml.elastic: expected a mapping (keys: control_points, "),
+    (IndexConfig, "elastic:\n", "got None"),
+    # scalars: bool is not int, a float is not int, a number is not a string, text is not a number
+    (TrainConfig, "model:\n  depth: true\n", "c.yaml.model.depth: expected int, got True"),
+    (TrainConfig, "epochs: 3.5\n", "c.yaml.epochs: expected int, got 3.5"),
+    (TrainConfig, "learning_rate: true\n", "c.yaml.learning_rate: expected float, got True"),
+    (TrainConfig, "learning_rate: '1e-3'\n", "c.yaml.learning_rate: expected float, got '1e-3'"),
+    (TrainConfig, "loss:\n  name: 3\n", "c.yaml.loss.name: expected str, got 3"),
+    (PreprocessConfig, "equalize: 1\n", "c.yaml.equalize: expected bool, got 1"),
+    (PreprocessConfig, "window_hu: [-135, true]\n", "c.yaml.window_hu[1]: expected float, got True"),
+    (IndexConfig, "max_cases: true\n", "c.yaml.max_cases: expected int, got True"),
+    (IndexConfig, "1: 2\n", "c.yaml: unknown key(s) 1; allowed:"),
+])
+def test_wrong_types_are_refused_with_file_key_and_value(tmp_path, cls, text, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(cls, path)
+    message = str(err.value)
+    assert expected in message and str(path) in message and "\n" not in message, message
+
+
+def test_null_is_allowed_only_for_an_optional_section():
+    assert from_dict(_Outer, {"optional": None}).optional is None
+    assert from_dict(_Outer, {"optional": {"size": 2}}).optional == _Inner(2)
+    with pytest.raises(ConfigError, match=r"config\.required: expected a mapping \(keys: size\), got None"):
+        from_dict(_Outer, {"required": None})
+    with pytest.raises(ConfigError, match=r"config\.optional: expected a mapping \(keys: size\), got 3"):
+        from_dict(_Outer, {"optional": 3})
+
+
+def test_right_types_still_load():
+    assert from_dict(TrainConfig, {"learning_rate": 1, "model": {"depth": 3}}).learning_rate == 1.0
+    assert from_dict(IndexConfig, {"max_cases": None}).max_cases is None
+    assert from_dict(IndexConfig, {"max_cases": 5}).max_cases == 5
+    assert load_config(TrainConfig, None) == from_dict(TrainConfig, None)  # an empty file is the defaults
+
+
+@pytest.mark.parametrize("patch_zyx,depth", [((64, 128, 128), 4), ((8, 8, 8), 3), ((16, 32, 48), 4), ((5, 7, 9), 0)])
+def test_patches_that_fit_the_depth_pass(patch_zyx, depth):
+    assert check_patch_fits_depth(list(patch_zyx), depth, "training") == patch_zyx
+
+
+@pytest.mark.parametrize("patch_zyx,depth,bad", [
+    ((20, 32, 32), 3, "(20, 32, 32)"),   # 20 is not a multiple of 8
+    ((4, 32, 32), 3, "(4, 32, 32)"),     # a multiple of nothing but smaller than 8: 0 after 3 halvings
+    ((0, 32, 32), 3, "(0, 32, 32)"),
+    ((32, 32), 3, "(32, 32)"),
+])
+def test_patches_that_do_not_fit_quote_size_depth_and_factor(patch_zyx, depth, bad):
+    with pytest.raises(ConfigError) as err:
+        check_patch_fits_depth(patch_zyx, depth, "validation")
+    assert str(err.value) == (
+        f"validation patch size {bad} (z, y, x) cannot go through a U-Net of depth 3: every edge must be "
+        "a positive multiple of 8, since the U-Net halves it 3 times (2**3 = 8)"
+    )

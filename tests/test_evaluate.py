@@ -2,20 +2,30 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset.contract.store import StoreError, write_catalog
+from dataset.common.files import LockedError
+from dataset.contract.catalog import Catalog, CatalogRecord, write_catalog
+from dataset.contract.fingerprints import store_fingerprint
+from dataset.contract.index import IndexSummary, Split, commit_index, write_split
+from dataset.contract.manifest import index_fingerprint, write_manifest
+from dataset.contract.store import StoreError
 from inference.evaluate import (
     CasePair, EvaluationError, evaluate_dirs, evaluate_pair, evaluate_run, report_ok, report_table,
 )
+from inference.predict import PredictError
 from pancreas.cli import main
 from preprocess.config import PreprocessConfig
 from preprocess.pipeline import preprocess_file, write_case
 from pancreas.synthetic.msd import dataset_params, make_dataset
+from lockholder import lock_held_elsewhere  # noqa: E402
 
 SPACING_XYZ = (0.8, 0.8, 3.0)
 DIRECTION_RAS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
@@ -93,41 +103,129 @@ def test_cli_writes_report_and_fails_on_missing_prediction(folders, tmp_path: Pa
     assert main(["evaluate", "--pred", str(pred)]) == 2  # --truth missing: one-line usage error
 
 
-def test_evaluate_run_scores_only_validation_cases(tmp_path: Path):
-    data = make_dataset(tmp_path / "msd", 3, seed=0, n_test=0, progress=False)
-    store = tmp_path / "store"
+def everything_is_pancreas(batch):
+    out = np.zeros((*batch.shape[:4], 3), np.float32)
+    out[..., 1] = 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path, Path, list[str]]:
+    """(dataset, store, run, validation case ids): a store of 3 cases, 2 of them validation."""
+    root = tmp_path_factory.mktemp("evaluate_run")
+    data = make_dataset(root / "msd", 3, seed=0, n_test=0, progress=False)
+    store = root / "store"
     params = dataset_params(3, seed=0, n_test=0)
-    catalog = {"schema_version": 1, "cases": {}}
+    catalog = Catalog(dataset={"root": str(data)}, config={}, config_fingerprint="")
     for p in params:
         case = preprocess_file(data / "imagesTr" / p.filename, data / "labelsTr" / p.filename, PreprocessConfig())
         write_case(store / "cases" / f"{p.name}.h5", p.name, case)
-        catalog["cases"][p.name] = {"split": "training", "shard": f"cases/{p.name}.h5", "status": "done",
-                                    "has_label": True}
+        catalog = catalog.with_case(p.name, CatalogRecord.new(p.name, "training", True, status="done"))
     write_catalog(store, catalog)
-    (store / "index").mkdir()
     val = [params[1].name, params[2].name]
-    (store / "index" / "split.json").write_text(json.dumps({"seed": 0, "train": [params[0].name], "val": val}))
-    run = tmp_path / "run"
+    write_split(store, Split(seed=0, val_fraction=0.5, max_cases=None, train=(params[0].name,), val=tuple(val)))
+    for name in ("train.csv", "val.csv"):
+        write_manifest(store / "index" / name, [])
+    commit_index(store, IndexSummary(str(store), str(store / "index"), store_fingerprint=store_fingerprint(catalog),
+                                     index_fingerprint=index_fingerprint(store)))
+    run = root / "run"
     run.mkdir()
     (run / "input_contract.json").write_text(json.dumps({
         "val_patch_size_zyx": [32, 64, 64], "patch_size_zyx": [32, 64, 64], "n_classes": 3, "model_depth": 2,
         "preprocess": json.loads(case.attrs["config"])}))
+    return data, store, run, val
 
-    def everything_is_pancreas(batch):
-        out = np.zeros((*batch.shape[:4], 3), np.float32)
-        out[..., 1] = 1
-        return out
 
-    report = evaluate_run(run, store, predict_fn=everything_is_pancreas, progress=False)
+def test_evaluate_run_scores_only_validation_cases(trained, tmp_path: Path):
+    data, store, run, val = trained
+    pred_out = tmp_path / "validation_predictions"
+    report = evaluate_run(run, store, pred_dir=pred_out, predict_fn=everything_is_pancreas, progress=False)
     assert sorted(report["cases"]) == val and report_ok(report)
-    assert (run / "validation_predictions" / f"{val[0]}.nii.gz").is_file()
+    assert (pred_out / f"{val[0]}.nii.gz").is_file()
     # the whole scan predicted as pancreas: Dice = 2|T| / (|scan| + |T|), small but > 0
     for case_id in val:
         assert 0 < report["cases"][case_id]["pancreas"]["dice"] < 0.5
 
-    # a run trained on another store (or index) is refused: its "validation" cases could be
-    # this store's training cases
-    contract = json.loads((run / "input_contract.json").read_text())
-    (run / "input_contract.json").write_text(json.dumps({**contract, "store_fingerprint": "elsewhere"}))
-    with pytest.raises(StoreError, match="was trained on store_fingerprint elsewhere"):
-        evaluate_run(run, store, predict_fn=everything_is_pancreas, progress=False)
+
+def test_evaluate_run_refuses_a_run_of_another_store(trained, tmp_path: Path):
+    """Its "validation" cases could be this store's training cases."""
+    data, store, run, val = trained
+    other = Path(shutil.copytree(run, tmp_path / "run"))
+    contract = json.loads((other / "input_contract.json").read_text())
+    (other / "input_contract.json").write_text(json.dumps({**contract, "store_fingerprint": "elsewhere"}))
+    with pytest.raises(StoreError, match=rf"^{other}: was built on store fingerprint elsewhere but {store} now has"):
+        evaluate_run(other, store, predict_fn=everything_is_pancreas, progress=False)
+
+
+def test_evaluate_run_refuses_an_unfinished_index(trained, tmp_path: Path):
+    data, store, run, val = trained
+    copy = Path(shutil.copytree(store, tmp_path / "store"))
+    (copy / "index" / "summary.json").unlink()
+    with pytest.raises(StoreError, match="incomplete index"):
+        evaluate_run(run, copy, predict_fn=everything_is_pancreas, progress=False)
+
+
+@pytest.mark.parametrize("where,role", [("msd/labelsTr", "truth folder"), ("msd/imagesTr", "input folder"),
+                                        ("msd/predictions", "dataset folder"), ("store/preds", "store")])
+def test_pred_out_into_a_folder_it_reads_is_refused(trained, where: str, role: str):
+    """Reproduced: `--pred-out` into the truth folder replaced the truth, and the
+    predictions then scored themselves (Dice 1)."""
+    data, store, run, val = trained
+    pred_out = data.parent / where
+    before = {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()}
+    with pytest.raises(PredictError, match=rf"^--pred-out {pred_out} (is|lies inside) the {role} .*--pred-out"):
+        evaluate_run(run, store, pred_dir=pred_out, predict_fn=everything_is_pancreas, progress=False)
+    assert {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()} == before
+    assert not (data / "predictions").exists() and not (store / "preds").exists()
+
+
+def test_pred_out_holding_a_foreign_label_map_is_refused_leaving_it_as_it_was(trained, tmp_path: Path):
+    """Reproduced: evaluate --run took the folder's lock before predict refused, so the
+    refusal left `.pancreas.lock` behind in a folder it never wrote."""
+    data, store, run, val = trained
+    pred_out = tmp_path / "theirs"
+    pred_out.mkdir()
+    (pred_out / f"{val[1]}.nii.gz").write_bytes(b"somebody's label map")
+    before = sorted(p.name for p in pred_out.iterdir())
+    with pytest.raises(PredictError, match=rf"^{pred_out / val[1]}.nii.gz: exists and was not written .*--pred-out"):
+        evaluate_run(run, store, pred_dir=pred_out, predict_fn=everything_is_pancreas, progress=False)
+    assert sorted(p.name for p in pred_out.iterdir()) == before
+    assert (pred_out / f"{val[1]}.nii.gz").read_bytes() == b"somebody's label map"
+
+
+def test_concurrent_evaluate_run_into_the_same_folder_fails_at_once(trained, tmp_path: Path, capsys):
+    data, store, run, val = trained
+    pred_out = tmp_path / "preds"
+    with lock_held_elsewhere(pred_out) as pid:
+        with pytest.raises(LockedError, match=f"in use by pid {pid}"):
+            evaluate_run(run, store, pred_dir=pred_out, predict_fn=everything_is_pancreas, progress=False)
+        assert main(["evaluate", "--run", str(run), "--store", str(store), "--pred-out", str(pred_out),
+                     "--no-progress"]) == 2
+        assert f"pancreas evaluate: error: {pred_out}: in use by pid {pid}" in capsys.readouterr().err
+    assert not list(pred_out.glob("*.nii.gz"))
+
+
+def test_pred_equal_to_truth_is_refused(folders):
+    pred, truth = folders
+    with pytest.raises(EvaluationError, match="would score themselves"):
+        evaluate_dirs(truth, truth, progress=False)
+
+
+def test_report_never_replaces_a_file_that_is_not_a_report(folders, tmp_path: Path):
+    pred, truth = folders
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(tmp_path / "r.json"),
+                 "--no-progress"]) == 0
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(tmp_path / "r.json"),
+                 "--no-progress"]) == 0  # an earlier report: replaced
+    label = truth / "a.nii.gz"
+    before = label.read_bytes()
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(label), "--no-progress"]) == 2
+    assert label.read_bytes() == before
+
+
+def test_evaluate_reads_only_hand_over_files():
+    """Evaluation goes through dataset.contract: never the index stage or training code."""
+    code = ("import sys, inference.evaluate, pancreas.cli_evaluate;"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'training' or m.startswith('dataset.index')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

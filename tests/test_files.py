@@ -1,10 +1,24 @@
-"""Atomic writes and fingerprints (dataset.common.files)."""
+"""Durable atomic writes, locks, crash points and fingerprints (dataset.common.files)."""
+import errno
+import json
+import multiprocessing
 import os
+import subprocess
+import sys
 
 import pytest
 
 from dataset.common.files import (
+    LOCK_NAME,
+    TMP_SUFFIX,
+    LockedError,
+    ReadError,
     atomic_path,
+    commit_point,
+    exclusive_lock,
+    holds_lock,
+    inside,
+    read_json,
     fingerprint_file,
     fingerprint_json,
     remove_stale_temporaries,
@@ -15,7 +29,7 @@ from dataset.common.files import (
 def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "sub" / "out.txt"
     with atomic_path(target) as tmp:
-        assert tmp.parent == target.parent and tmp.name.endswith(".tmp")
+        assert tmp.parent == target.parent and tmp.name.endswith(TMP_SUFFIX)
         tmp.write_text("new")
     assert target.read_text() == "new"
     assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # not mkstemp's 0600
@@ -38,12 +52,89 @@ def test_keep_identical_preserves_mtime_only_when_bytes_match(tmp_path):
     assert target.stat().st_mtime_ns != 1 and '"a": 2' in target.read_text()
 
 
-def test_stale_temporaries_are_removed(tmp_path):
-    (tmp_path / ".x.h5.abc.tmp").write_text("partial")
+def test_stale_temporaries_are_removed_only_by_the_lock_holder_and_only_ours(tmp_path):
+    (tmp_path / f".x.h5.abc{TMP_SUFFIX}").write_text("partial")
+    (tmp_path / ".notes.tmp").write_text("a user's file that merely looks temporary")
     (tmp_path / "x.h5").write_text("done")
-    removed = remove_stale_temporaries(tmp_path)
-    assert [p.name for p in removed] == [".x.h5.abc.tmp"]
-    assert os.listdir(tmp_path) == ["x.h5"]
+    with pytest.raises(RuntimeError, match="holding the folder's lock"):
+        remove_stale_temporaries(tmp_path)
+    with exclusive_lock(tmp_path):
+        removed = remove_stale_temporaries(tmp_path)
+    assert [p.name for p in removed] == [f".x.h5.abc{TMP_SUFFIX}"]
+    assert sorted(os.listdir(tmp_path)) == sorted([".notes.tmp", "x.h5", LOCK_NAME])
+
+
+def _hold(folder, ready, release):
+    with exclusive_lock(folder):
+        ready.set()
+        release.wait(60)
+
+
+def test_lock_refuses_a_second_process_names_it_and_dies_with_it(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(tmp_path), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        with pytest.raises(LockedError, match=rf"in use by pid {holder.pid} on {os.uname().nodename}") as err:
+            with exclusive_lock(tmp_path):
+                pass
+        assert "\n" not in str(err.value)
+    finally:
+        holder.kill()  # a SIGKILLed holder never leaves a stale lock
+        holder.join(60)
+    with exclusive_lock(tmp_path):
+        assert holds_lock(tmp_path) and holds_lock(tmp_path / "sub" / "folder")
+    assert not holds_lock(tmp_path)
+
+
+def test_lock_is_reentrant_within_a_process(tmp_path):
+    with exclusive_lock(tmp_path):
+        with exclusive_lock(tmp_path):
+            assert holds_lock(tmp_path)
+        assert holds_lock(tmp_path)
+    assert not holds_lock(tmp_path)
+
+
+def test_commit_point_kills_at_the_named_occurrence_and_logs_every_point(tmp_path):
+    code = ("from dataset.common.files import write_json_atomic as w\n"
+            "import sys\nfor i in range(3):\n    w(sys.argv[1], {'i': i}, point='state')\n")
+    target, log = tmp_path / "state.json", tmp_path / "points.log"
+    env = {**os.environ, "PANCREAS_CRASH_LOG": str(log)}
+    assert subprocess.run([sys.executable, "-c", code, str(target)], env=env).returncode == 0
+    assert log.read_text().split() == [f"state:{p}#{i}" for i in (1, 2, 3) for p in ("written", "renamed")]
+    env = {**os.environ, "PANCREAS_CRASH_AT": "state:written#2"}
+    assert subprocess.run([sys.executable, "-c", code, str(target)], env=env).returncode == -9
+    assert json.loads(target.read_text()) == {"i": 0}  # the second write never landed
+    assert [p.name for p in tmp_path.iterdir() if TMP_SUFFIX in p.name]  # its temporary is left for the sweep
+
+
+def test_simulated_full_disk_leaves_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "catalog.json"
+    write_json_atomic(target, {"v": 1}, point="catalog")
+    monkeypatch.setenv("PANCREAS_ENOSPC_AT", "catalog:written")
+    with pytest.raises(OSError) as err:
+        write_json_atomic(target, {"v": 2}, point="catalog")
+    assert err.value.errno == errno.ENOSPC
+    assert json.loads(target.read_text()) == {"v": 1} and os.listdir(tmp_path) == ["catalog.json"]
+    commit_point("unrelated:written")  # other points are untouched
+
+
+def test_read_json_errors_are_one_line_and_name_the_file(tmp_path):
+    with pytest.raises(ReadError, match=r"missing.json: no index summary; rerun"):
+        read_json(tmp_path / "missing.json", "index summary", "rerun")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ReadError, match=r"bad.json: unreadable catalog \(") as err:
+        read_json(tmp_path / "bad.json", "catalog")
+    assert "\n" not in str(err.value)
+
+
+def test_inside_resolves_links(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    assert inside(tmp_path / "link" / "x", tmp_path / "data") and inside(tmp_path / "data", tmp_path / "data")
+    assert not inside(tmp_path / "other", tmp_path / "data")
 
 
 def test_fingerprints_are_stable_and_sensitive(tmp_path):

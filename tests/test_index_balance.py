@@ -4,12 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dataset.contract.catalog import Catalog, CatalogRecord
 from dataset.index import balance
 from dataset.index.config import IndexConfig
 from dataset.index.split import split_cases, usable_cases
 from dataset.contract.store import StoreError
 
-CFG = IndexConfig(train_patch_xyz=(16, 16, 8), val_patch_xyz=(16, 16, 8), model_depth=3)
+CFG = IndexConfig(train_patch_xyz=(16, 16, 8), val_patch_xyz=(16, 16, 8))
 
 
 def rows(case_id, n_fg, n_bg):
@@ -28,7 +29,7 @@ def rows(case_id, n_fg, n_bg):
     (0, 10, 2, 1.5, 4, 0),    # no foreground: background_without_foreground (4)
 ])
 def test_balance_counts(n_fg, n_bg, copies, ratio, expect_bg, expect_repl):
-    cfg = IndexConfig(train_patch_xyz=(16, 16, 8), model_depth=3, foreground_copies=copies, background_ratio=ratio)
+    cfg = IndexConfig(train_patch_xyz=(16, 16, 8), foreground_copies=copies, background_ratio=ratio)
     entries, stats = balance.balance_case("c", rows("c", n_fg, n_bg), cfg)
     fg = [e for e in entries if e["foreground"]]
     bg = [e for e in entries if not e["foreground"]]
@@ -70,7 +71,7 @@ def test_centred_rows_hold_the_chosen_class():
     label = np.zeros((20, 40, 40), np.uint8)
     label[10, 5, 5] = 2
     label[12:14, 30:33, 30:33] = 1
-    cfg = IndexConfig(train_patch_xyz=(16, 16, 8), model_depth=3, centred_per_case=6, centred_tumour_probability=0.5)
+    cfg = IndexConfig(train_patch_xyz=(16, 16, 8), centred_per_case=6, centred_tumour_probability=0.5)
     out = balance.centred_rows("c", label, (8, 16, 16), cfg)
     assert len(out) == 6 and all(r["kind"] == "centred" and r["foreground"] for r in out)
     for r in out:
@@ -96,10 +97,13 @@ def test_split_without_validation_case_is_an_error():
 
 
 def test_usable_cases_skips_failed_and_unlabelled():
-    catalog = {"cases": {"b": {"status": "done", "has_label": True}, "a": {"status": "done", "has_label": True},
-                         "t": {"status": "done", "has_label": False},
-                         "f": {"status": "failed", "has_label": True, "error": "bad header"},
-                         "p": {"status": "pending", "has_label": True}}}  # a killed preprocess run
+    def rec(cid, status, has_label, error=None):
+        return CatalogRecord.new(cid, "training" if has_label else "test", has_label, status=status, error=error)
+
+    catalog = Catalog(dataset={}, config={}, config_fingerprint="x", cases={
+        "b": rec("b", "done", True), "a": rec("a", "done", True), "t": rec("t", "done", False),
+        "f": rec("f", "failed", True, "bad header"),
+        "p": rec("p", "pending", True)})  # a killed preprocess run
     usable, skipped = usable_cases(catalog)
     assert usable == ["a", "b"]
     assert [c for c, _ in skipped] == ["f", "p"]

@@ -1,6 +1,7 @@
 """``build_index`` end to end on tiny synthetic stores (16x16x8 patches)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -15,11 +16,14 @@ from dataset.common.configio import to_dict
 from dataset.index.build import build_index
 from dataset.contract.manifest import read_manifest
 from dataset.contract.reader import PatchReader
-from dataset.contract.store import StoreError, read_catalog, write_catalog
+from dataset.common.files import TMP_SUFFIX, LockedError
+from dataset.contract.catalog import read_catalog, write_catalog
+from dataset.contract.store import StoreError
 from pancreas.synthetic.store import blob_label, failed_record, make_store, write_case
 from pancreas.cli import main
+from lockholder import lock_held_elsewhere
 
-CFG = IndexConfig(train_patch_xyz=(16, 16, 8), val_patch_xyz=(32, 32, 8), model_depth=3, val_fraction=0.25)
+CFG = IndexConfig(train_patch_xyz=(16, 16, 8), val_patch_xyz=(32, 32, 8), val_fraction=0.25)
 
 
 def labels() -> dict[str, np.ndarray]:
@@ -35,7 +39,7 @@ def make(tmp: Path, failed: bool = True) -> Path:
     records = make_store(tmp, labels())
     if failed:
         records["case_bad"] = failed_record("case_bad", "cannot read header")
-        write_catalog(tmp, dict(read_catalog(tmp), cases=records))
+        write_catalog(tmp, dataclasses.replace(read_catalog(tmp), cases=records))
     return tmp
 
 
@@ -148,7 +152,7 @@ def test_changed_case_rebuilds_only_its_shard(tmp_path):
     victim = next(c for c in split["train"] if f"augmented/{c}.h5" in s1.augmented_shards)
     times = {p.name: p.stat().st_mtime_ns for p in (store / "index" / "augmented").glob("*.h5")}
     catalog = read_catalog(store)
-    catalog["cases"][victim] = write_case(store, victim, labels()[victim], seed=99)  # new image bytes
+    catalog = catalog.with_case(victim, write_case(store, victim, labels()[victim], seed=99))  # new image bytes
     write_catalog(store, catalog)
     s2 = build_index(store, CFG, workers=0, progress=False)
     assert not s2.unchanged and s2.augmented_built == 1 and s2.augmented_reused == len(s1.augmented_shards) - 1
@@ -161,7 +165,7 @@ def test_changed_case_rebuilds_only_its_shard(tmp_path):
 def test_stale_temporaries_removed(tmp_path):
     store = make(tmp_path, failed=False)
     (store / "index" / "augmented").mkdir(parents=True)
-    junk = [store / "index" / ".train.csv.abc.tmp", store / "index" / "augmented" / ".case_0.h5.x.tmp"]
+    junk = [store / "index" / f".train.csv.abc{TMP_SUFFIX}", store / "index" / "augmented" / f".case_0.h5.x{TMP_SUFFIX}"]
     for p in junk:
         p.write_text("half")
     build_index(store, CFG, workers=0, progress=False)
@@ -210,9 +214,9 @@ def test_cli_summary_and_config_error(tmp_path, capsys):
     assert "6 train / 2 validation cases" in out and "augmented" in out and "built" in out
     assert main(["index", "--store", str(store), "--config", str(config), "--workers", "0", "--no-progress"]) == 0
     assert "up to date" in capsys.readouterr().out
-    config.write_text(yaml.safe_dump({**to_dict(CFG), "train_patch_xyz": [16, 16, 12]}))
+    config.write_text(yaml.safe_dump({**to_dict(CFG), "model_depth": 3}))  # moved to train.yaml
     assert main(["index", "--store", str(store), "--config", str(config), "--no-progress"]) == 2
-    assert "(16, 16, 12) is not divisible by 2^model_depth = 8" in capsys.readouterr().err
+    assert "model_depth: this key moved" in capsys.readouterr().err
 
 
 def test_local_cluster_gives_same_shards(tmp_path, built):
@@ -231,3 +235,31 @@ def test_unused_augmented_shard_removed(tmp_path):
     orphan.write_bytes(b"")
     s = build_index(store, IndexConfig(**{**CFG.__dict__, "foreground_copies": 1}), workers=0, progress=False)
     assert s.augmented_shards == [] and not list((store / "index" / "augmented").glob("*.h5"))
+
+
+def test_a_second_index_run_on_the_same_store_fails_at_once(tmp_path):
+    """Two writers on one store would sweep each other's temporaries (the lock is the fix)."""
+    import os
+
+    store = make(tmp_path, failed=False)
+    with lock_held_elsewhere(store) as pid:
+        inflight = store / "index" / f".train.csv.x{TMP_SUFFIX}"  # the other run's temporary
+        inflight.parent.mkdir(parents=True)
+        inflight.write_text("being written")
+        with pytest.raises(LockedError, match=rf"in use by pid {pid} on {os.uname().nodename}"):
+            build_index(store, CFG, workers=0, progress=False)
+        assert inflight.read_text() == "being written"
+        assert not (store / "index" / "summary.json").exists()
+    build_index(store, CFG, workers=0, progress=False)  # the lock died with its holder
+
+
+def test_a_failing_rebuild_keeps_the_committed_index(tmp_path):
+    """Everything is read and classified before the committed index is touched."""
+    store = make(tmp_path, failed=False)
+    build_index(store, CFG, workers=0, progress=False)
+    before = {p.name: p.read_bytes() for p in (store / "index").glob("*") if p.is_file()}
+    (store / "cases" / "case_2.h5").write_bytes(b"not hdf5")  # the catalog still says done
+    with pytest.raises(StoreError, match="case_2"):
+        build_index(store, IndexConfig(**{**CFG.__dict__, "background_ratio": 1.0}), workers=0, progress=False)
+    after = {p.name: p.read_bytes() for p in (store / "index").glob("*") if p.is_file()}
+    assert after == before and "summary.json" in after

@@ -20,10 +20,22 @@ def test_sizes_are_converted_to_zyx():
     assert c.train_patch_zyx == (64, 128, 128) and c.val_patch_zyx == (64, 256, 256)
 
 
-def test_patch_not_divisible_by_depth_quotes_size():
-    with pytest.raises(ConfigError, match=r"train_patch_xyz \(128, 128, 40\) is not divisible by 2\^model_depth = 16"):
-        from_dict(IndexConfig, {"train_patch_xyz": [128, 128, 40]})
-    assert from_dict(IndexConfig, {"train_patch_xyz": [128, 128, 40], "model_depth": 3}).train_patch_zyx == (40, 128, 128)
+def test_index_takes_any_positive_patch_the_depth_lives_in_train_yaml():
+    # the U-Net depth is checked by `pancreas train` (check_patch_fits_depth), not here
+    assert from_dict(IndexConfig, {"train_patch_xyz": [128, 128, 40]}).train_patch_zyx == (40, 128, 128)
+    with pytest.raises(ConfigError, match=r"train_patch_xyz must be three positive sizes \(x, y, z\), got \(128, 0, 40\)"):
+        from_dict(IndexConfig, {"train_patch_xyz": [128, 0, 40]})
+    assert not hasattr(IndexConfig(), "model_depth")  # configs/dataset.yaml without it: test_yaml_mirrors_defaults
+
+
+def test_old_model_depth_key_says_where_it_moved(tmp_path):
+    path = tmp_path / "dataset.yaml"
+    path.write_text("train_patch_xyz: [128, 128, 64]\nmodel_depth: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(IndexConfig, path)
+    message = str(err.value)
+    assert message.startswith(f"{path}.model_depth: this key moved: ") and "train.yaml's model.depth" in message
+    assert "(this file says 4)" in message and "\n" not in message
 
 
 @pytest.mark.parametrize("data,message", [

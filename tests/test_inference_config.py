@@ -32,3 +32,17 @@ def test_bad_predict_values_are_refused(data, match):
 
 def test_window_from_yaml_becomes_a_tuple():
     assert from_dict(PredictConfig, {"window_zyx": [32, 64, 64], "mirror_axes": [1, 2]}).window_zyx == (32, 64, 64)
+
+
+def test_predict_window_check_is_the_shared_one_with_predicts_error_type():
+    from dataset.common.configio import check_patch_fits_depth
+    from dataset.contract.run import InputContract
+    from inference.predict import PredictError, resolve_config
+
+    contract = InputContract(val_patch_size_zyx=(32, 64, 64), n_classes=3, model_depth=2, preprocess={})
+    with pytest.raises(PredictError) as err:
+        resolve_config(PredictConfig(window_zyx=(30, 64, 64)), contract)
+    with pytest.raises(ConfigError) as shared:
+        check_patch_fits_depth((30, 64, 64), 2, "sliding-window")
+    assert str(err.value) == str(shared.value)
+    assert not isinstance(err.value, ConfigError)  # callers that catch PredictError still do

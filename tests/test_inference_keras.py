@@ -37,7 +37,7 @@ def test_predict_with_saved_keras_checkpoint(tmp_path: Path):
         "preprocess": to_dict(PreprocessConfig())}))
     summary = predict_cases(run, data, tmp_path / "out", PredictConfig(batch_size=4), progress=False)
     assert not summary.failed and summary.n_done == 1, summary.table()
-    from preprocess.io import image_array
+    from preprocess.output import image_array
     from preprocess.io import read_image, read_label
 
     written = read_label(summary.results[0].output)

@@ -3,6 +3,10 @@ for every orientation and dtype the generator makes, discovery, failures and res
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -10,17 +14,21 @@ import numpy as np
 import pytest
 
 from dataset.common.configio import to_dict
+from dataset.common.files import CRASH_ENV, TMP_SUFFIX, LockedError
+from dataset.contract.run import InputContract
+from dataset.contract.store import levels_to_intensity
 from inference.config import PredictConfig
 from inference.metrics import dice
 from inference.predict import (
     CaseInput, PredictError, discover_inputs, keep_largest_component, predict_cases, predict_volume,
     resolve_config,
 )
-from inference.sliding import pad_to_window
+from inference.sliding import batches, extract_windows, pad_to_window, window_grid
 from preprocess.config import PreprocessConfig
 from preprocess.io import read_label
 from preprocess.pipeline import preprocess_file
 from pancreas.synthetic.msd import dataset_params, make_dataset
+from lockholder import lock_held_elsewhere  # noqa: E402
 
 N_TRAIN = 4  # indices 0..3: orientations LPS, RAS, LPI, PLS; dtypes int16, scaled int16, float32, int32; #3 thin
 
@@ -95,7 +103,7 @@ def test_model_with_wrong_output_shape_is_reported():
 
 
 def test_resolve_config_checks_divisibility():
-    contract = {"val_patch_size_zyx": [32, 64, 64], "model_depth": 2}
+    contract = InputContract(val_patch_size_zyx=(32, 64, 64), n_classes=3, model_depth=2, preprocess={})
     assert resolve_config(PredictConfig(), contract).window_zyx == (32, 64, 64)
     with pytest.raises(PredictError, match="multiple of 4"):
         resolve_config(PredictConfig(window_zyx=(30, 64, 64)), contract)
@@ -115,16 +123,25 @@ def test_keep_largest_component_modes():
 
 
 class LabelLookup:
-    """A positional fake model: the one-hot of the preprocessed truth at each window."""
+    """A fake model that answers each window with the one-hot of the preprocessed truth there.
 
-    def __init__(self, label_zyx: np.ndarray, window):
+    It knows which windows a batch holds from ``predict_volume``'s documented order (the
+    windows of ``window_grid``, ``batch_size`` at a time; no mirroring here), and checks
+    that the batch really is those windows of the preprocessed image.
+    """
+
+    def __init__(self, levels_zyx: np.ndarray, label_zyx: np.ndarray, window, config: PredictConfig):
+        assert not config.mirror_axes, "this double answers unflipped windows only"
+        self.levels, _ = pad_to_window(levels_zyx, window, 0)
         self.label, _ = pad_to_window(label_zyx, window)
         self.window = window
+        self.pending = batches(window_grid(self.label.shape, window, config.overlap), config.batch_size)
 
-    def __call__(self, batch, starts):
-        wz, wy, wx = self.window
-        windows = np.stack([self.label[z:z + wz, y:y + wy, x:x + wx] for z, y, x in starts])
-        return np.eye(3, dtype=np.float32)[windows]
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        starts = next(self.pending)
+        expected = levels_to_intensity(extract_windows(self.levels, starts, self.window))[..., None]
+        assert np.array_equal(batch, expected), f"the model was not given the windows at {starts}"
+        return np.eye(3, dtype=np.float32)[extract_windows(self.label, starts, self.window)]
 
 
 @pytest.mark.parametrize("index", range(N_TRAIN))
@@ -135,9 +152,11 @@ def test_round_trip_to_original_grid(msd: Path, tmp_path: Path, index: int, wind
     truth_path = msd / "labelsTr" / params.filename
     run = write_run(tmp_path / "run", window=window)
     stored = preprocess_file(image_path, truth_path, PreprocessConfig())
+    model = LabelLookup(stored.levels, stored.label, window, PredictConfig())
     summary = predict_cases(run, [CaseInput(params.name, image_path)], tmp_path / "out", PredictConfig(),
-                            predict_fn=LabelLookup(stored.label, window), positional=True, progress=False)
+                            predict_fn=model, progress=False)
     assert not summary.failed, summary.table()
+    assert next(model.pending, None) is None  # every window was asked for
     written = read_label(tmp_path / "out" / f"{params.name}.nii.gz")
     truth = read_label(truth_path)
     assert written.GetPixelIDTypeAsString() == "8-bit unsigned integer"
@@ -145,7 +164,7 @@ def test_round_trip_to_original_grid(msd: Path, tmp_path: Path, index: int, wind
     assert written.GetSpacing() == truth.GetSpacing()
     assert written.GetOrigin() == truth.GetOrigin()
     assert written.GetDirection() == truth.GetDirection()
-    from preprocess.io import image_array
+    from preprocess.output import image_array
 
     got, want = image_array(written), image_array(truth)
     assert dice(got > 0, want > 0) >= 0.95, params.orientation
@@ -188,10 +207,15 @@ def test_bad_case_is_reported_others_written_and_rerun_skips(msd: Path, tmp_path
     assert len(summary.failed) == 1 and "broken.nii.gz" in summary.failed[0].error
     assert (out / f"{good.name}.nii.gz").is_file() and not (out / "broken.nii.gz").exists()
     assert (out / f"{good.name}_probabilities.nii.gz").is_file()
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left
+    assert not [p for p in out.iterdir() if TMP_SUFFIX in p.name]  # no temporaries left
     assert "1 failed" in summary.table()
     manifest = json.loads((out / "predictions.json").read_text())
     assert manifest["cases"]["broken"]["status"] == "failed"
+    # the file format of before the typed contract: keys and their order
+    assert list(manifest) == ["cases", "run", "settings_fingerprint", "config"]
+    assert list(manifest["cases"]) == ["broken", good.name]
+    assert list(manifest["cases"][good.name]) == ["input", "input_fingerprint", "settings_fingerprint", "status",
+                                                  "error", "output", "shape_zyx", "seconds"]
 
     again = predict_cases(run, folder, out, PredictConfig(save_probabilities=True),
                           predict_fn=pointwise_model, progress=False)
@@ -257,3 +281,147 @@ def test_dicom_series_is_predicted_on_its_own_grid(msd: Path, tmp_path: Path):
     assert written.GetSize() == series.GetSize()
     for get in ("GetSpacing", "GetOrigin", "GetDirection"):  # NIfTI stores float32 headers
         assert np.allclose(getattr(written, get)(), getattr(series, get)(), atol=1e-4), get
+
+
+@pytest.mark.parametrize("given,workdir", [(".", "series_7"), ("..", "series_7/sub")])
+def test_dicom_folder_given_as_dot_is_named_by_its_own_name(tmp_path: Path, monkeypatch, given, workdir):
+    dicom = tmp_path / "series_7"
+    (dicom / "sub").mkdir(parents=True)
+    (dicom / "IM0001").write_bytes(b"not really dicom")
+    monkeypatch.chdir(tmp_path / workdir)
+    assert discover_inputs(given) == [CaseInput("series_7", Path(given))]
+
+
+# ----------------------------------------------------------------------------- safe to point at real data
+
+def copy_of(msd: Path, folder: Path) -> Path:
+    """A private copy of the shared dataset, for tests that try to write into it."""
+    return Path(shutil.copytree(msd, folder, ignore=shutil.ignore_patterns(".pancreas*")))
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_out_equal_to_the_input_folder_is_refused(msd: Path, tmp_path: Path):
+    """Reproduced: `--out` equal to `--input` replaced the CTs with label maps."""
+    images = copy_of(msd, tmp_path / "data") / "imagesTr"
+    link = tmp_path / "link_to_images"
+    link.symlink_to(images)
+    before = contents(images)
+    run = write_run(tmp_path / "run")
+    for out in (images, link):
+        with pytest.raises(PredictError, match=rf"^--out {out} is the input folder {images}: .*choose a --out"):
+            predict_cases(run, images, out, predict_fn=pointwise_model, progress=False)
+    assert contents(images) == before
+
+
+def test_out_inside_the_dataset_is_refused(msd: Path, tmp_path: Path):
+    """Reproduced: `--out labelsTs` next to the MSD input's imagesTs replaced the ground truth."""
+    data = copy_of(msd, tmp_path / "data")
+    before = contents(data)
+    run = write_run(tmp_path / "run")
+    with pytest.raises(PredictError, match=rf"^--out {data / 'labelsTs'} lies inside the input folder {data}:"):
+        predict_cases(run, data, data / "labelsTs", predict_fn=pointwise_model, progress=False)
+    assert contents(data) == before
+
+
+def test_cli_refusal_is_one_line_naming_folder_and_flag(msd: Path, tmp_path: Path, capsys):
+    from pancreas.cli import main
+
+    data = copy_of(msd, tmp_path / "data")
+    run = write_run(tmp_path / "run")
+    assert main(["predict", "--model", str(run), "--input", str(data / "imagesTs"), "--out", str(data / "imagesTs"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--out {data / 'imagesTs'} is the input folder" in err, err
+
+
+def test_a_file_predict_did_not_write_is_never_replaced(msd: Path, tmp_path: Path):
+    case = dataset_params(N_TRAIN, seed=0, n_test=1)[N_TRAIN]  # the test case of the MSD folder
+    out = tmp_path / "out"
+    out.mkdir()
+    foreign = out / f"{case.name}.nii.gz"
+    foreign.write_bytes(b"somebody's label map")
+    run = write_run(tmp_path / "run")
+    with pytest.raises(PredictError, match=rf"^{foreign}: exists and was not written by `pancreas predict` "
+                                           rf"\(not listed in {out / 'predictions.json'}\); .* another --out"):
+        predict_cases(run, msd, out, predict_fn=pointwise_model, progress=False)
+    assert foreign.read_bytes() == b"somebody's label map"
+    foreign.unlink()
+    predict_cases(run, msd, out, predict_fn=pointwise_model, progress=False)  # now the file is predict's own
+    again = predict_cases(run, msd, out, predict_fn=pointwise_model, overwrite=True, progress=False)
+    assert again.n_done == 1 and not again.failed
+
+
+def listing(folder: Path) -> list[str]:
+    """Every name under ``folder``, hidden ones (the lock file) included."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_a_refusal_for_a_foreign_file_leaves_the_folder_untouched(msd: Path, tmp_path: Path, probabilities: bool):
+    """Reproduced: the refusal came after the lock was taken, leaving `.pancreas.lock` (and,
+    without a record, nothing else) in somebody else's folder."""
+    case = dataset_params(N_TRAIN, seed=0, n_test=1)[N_TRAIN]
+    out = tmp_path / "theirs"
+    out.mkdir()
+    name = f"{case.name}_probabilities.nii.gz" if probabilities else f"{case.name}.nii.gz"
+    (out / name).write_bytes(b"somebody's file")
+    (out / "notes.txt").write_text("theirs")
+    before = listing(out)
+    run = write_run(tmp_path / "run")
+    config = PredictConfig(save_probabilities=probabilities)
+    with pytest.raises(PredictError, match=rf"^{out / name}: exists and was not written by `pancreas predict`"):
+        predict_cases(run, msd, out, config, predict_fn=pointwise_model, progress=False)
+    assert listing(out) == before
+    assert (out / name).read_bytes() == b"somebody's file"
+
+
+def test_a_damaged_record_is_refused_before_the_lock(msd: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.json").write_text("{not json")
+    before = listing(out)
+    with pytest.raises(ValueError, match="predictions.json"):
+        predict_cases(write_run(tmp_path / "run"), msd, out, predict_fn=pointwise_model, progress=False)
+    assert listing(out) == before
+
+
+def test_a_killed_run_resumes_over_its_own_files(msd: Path, tmp_path: Path):
+    """Killed after the label map is in place but before the record says done: the record
+    listed the case (pending) first, so the rerun may replace the file."""
+    case = dataset_params(N_TRAIN, seed=0, n_test=1)[N_TRAIN]
+    run, out = write_run(tmp_path / "run"), tmp_path / "out"
+    script = ("import sys\nfrom inference.predict import predict_cases\n"
+              "from tests_model import pointwise_model\n"
+              "predict_cases(sys.argv[1], sys.argv[2], sys.argv[3], predict_fn=pointwise_model, progress=False)\n")
+    (tmp_path / "tests_model.py").write_text("import numpy as np\n\n" + _source_of(pointwise_model))
+    env = {**os.environ, CRASH_ENV: f"{case.name}.nii.gz:renamed#1",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    killed = subprocess.run([sys.executable, "-c", script, str(run), str(msd), str(out)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    record = json.loads((out / "predictions.json").read_text())
+    assert record["cases"][case.name]["status"] == "pending" and (out / f"{case.name}.nii.gz").is_file()
+    summary = predict_cases(run, msd, out, predict_fn=pointwise_model, progress=False)
+    assert summary.n_done == 1 and not summary.failed, summary.table()
+    assert json.loads((out / "predictions.json").read_text())["cases"][case.name]["status"] == "done"
+
+
+def _source_of(function) -> str:
+    import inspect
+
+    return inspect.getsource(function)
+
+
+def test_concurrent_predict_into_the_same_folder_fails_at_once(msd: Path, tmp_path: Path, capsys):
+    from pancreas.cli import main
+
+    run, out = write_run(tmp_path / "run"), tmp_path / "out"
+    with lock_held_elsewhere(out) as pid:
+        with pytest.raises(LockedError, match=f"in use by pid {pid}"):
+            predict_cases(run, msd, out, predict_fn=pointwise_model, progress=False)
+        assert main(["predict", "--model", str(run), "--input", str(msd), "--out", str(out), "--no-progress"]) == 2
+        assert f"pancreas predict: error: {out}: in use by pid {pid}" in capsys.readouterr().err
+    assert not (out / "predictions.json").exists()

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,8 +17,11 @@ import pytest
 import SimpleITK as sitk
 
 import preprocess.pipeline as pipeline
+from dataset.common.files import TMP_SUFFIX, LockedError
 from dataset.common.msd import MsdDatasetError
-from dataset.contract.store import StoreError, read_catalog, read_shard, shard_path
+from dataset.common.runner import SchedulerError
+from dataset.contract.catalog import read_catalog
+from dataset.contract.store import StoreError, read_shard, shard_path
 from pancreas.cli import main
 from preprocess.config import PreprocessConfig
 from preprocess.driver import run_preprocess
@@ -42,7 +47,7 @@ def shard_bytes(store: Path) -> dict[str, bytes]:
 
 
 def no_temporaries(store: Path) -> bool:
-    return not [p for p in store.rglob("*") if p.name.endswith(".tmp")]
+    return not [p for p in store.rglob(f"*{TMP_SUFFIX}*")]
 
 
 def test_second_run_does_no_work(data, tmp_path, monkeypatch):
@@ -59,7 +64,7 @@ def test_second_run_does_no_work(data, tmp_path, monkeypatch):
     assert (second.done, second.skipped, second.failed) == (0, 4, 0)
     assert shard_bytes(store) == before
     catalog = read_catalog(store)
-    assert all(r["status"] == "done" and r["shape_zyx"] for r in catalog["cases"].values())
+    assert all(r.done and r.shape_zyx for r in catalog.cases.values())
 
 
 def test_changed_config_or_input_is_redone(data, tmp_path):
@@ -77,9 +82,9 @@ def test_changed_config_or_input_is_redone(data, tmp_path):
 def test_stale_temporaries_are_removed(data, tmp_path):
     store = tmp_path / "store"
     (store / "cases").mkdir(parents=True)
-    leftover = store / "cases" / ".pancreas_001.h5.abc123.tmp"
+    leftover = store / "cases" / f".pancreas_001.h5.abc123{TMP_SUFFIX}"
     leftover.write_bytes(b"half a shard")
-    (store / ".catalog.json.x.tmp").write_text("{")
+    (store / f".catalog.json.x{TMP_SUFFIX}").write_text("{")
     run_preprocess(data, store, workers=0, progress=False)
     assert no_temporaries(store)
 
@@ -136,13 +141,13 @@ def test_bad_inputs_fail_alone_and_cli_exits_nonzero(data, tmp_path, capsys):
     assert "4 done, 0 skipped (up to date), 6 failed" in printed
     catalog = read_catalog(store)
     for case_id, fragment in expected.items():
-        record = catalog["cases"][case_id]
-        assert record["status"] == "failed" and fragment in record["error"], record["error"]
-        assert "\n" not in record["error"]
+        record = catalog.cases[case_id]
+        assert record.status == "failed" and fragment in record.error, record.error
+        assert "\n" not in record.error
         line = next(l for l in printed.splitlines() if f"FAILED {case_id}:" in l)
         assert fragment in line
         assert not shard_path(store, case_id).exists()
-    good = [c for c, r in catalog["cases"].items() if r["status"] == "done"]
+    good = [c for c, r in catalog.cases.items() if r.done]
     assert good == ["pancreas_001", "pancreas_002", "pancreas_003", "pancreas_004"]
     assert all(read_shard(shard_path(store, c))[0].size for c in good)
 
@@ -157,7 +162,7 @@ def test_failed_redo_keeps_the_previous_good_shard(data, tmp_path):
     assert summary.failures and summary.failures[0][0] == "pancreas_001"
     assert (summary.done, summary.skipped, summary.failed) == (0, 3, 1)
     assert path.read_bytes() == before
-    assert read_catalog(store)["cases"]["pancreas_001"]["status"] == "failed"
+    assert read_catalog(store).cases["pancreas_001"].status == "failed"
 
 
 def test_declared_labels_must_be_allowed_by_config(data, tmp_path):
@@ -187,10 +192,9 @@ def test_local_cluster_of_two_processes_matches_in_process(data, tmp_path):
 
 def test_unreachable_scheduler_is_a_clear_error(data, tmp_path, monkeypatch):
     import dataset.common.runner as cluster
-    import preprocess.driver as driver
 
     monkeypatch.setattr(cluster, "SCHEDULER_TIMEOUT_S", 1)
-    with pytest.raises(driver.SchedulerError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+    with pytest.raises(SchedulerError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
         run_preprocess(data, tmp_path / "store", scheduler="tcp://127.0.0.1:9", progress=False)
 
 
@@ -226,7 +230,7 @@ def test_external_scheduler_and_worker(data, tmp_path):
                                     "--host", "127.0.0.1"], tmp_path / "worker.log")
         summary = run_preprocess(data, tmp_path / "store", scheduler=address, progress=False)
         assert (summary.done, summary.failed) == (4, 0)
-        assert all(r["status"] == "done" for r in read_catalog(tmp_path / "store")["cases"].values())
+        assert all(r.done for r in read_catalog(tmp_path / "store").cases.values())
     finally:
         for process in (worker, scheduler):
             if process is not None:
@@ -275,9 +279,9 @@ def test_killed_run_then_rerun_completes(data, tmp_path):
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"{4 - finished} done, {finished} skipped" in rerun.stdout
     assert no_temporaries(store)
-    for case_id, record in read_catalog(store)["cases"].items():
+    for case_id, record in read_catalog(store).cases.items():
         image, _, attrs = read_shard(shard_path(store, case_id))
-        assert record["status"] == "done" and list(image.shape) == record["shape_zyx"]
+        assert record.done and image.shape == record.shape_zyx
         assert attrs["case_id"] == case_id
 
 
@@ -290,3 +294,112 @@ def test_store_of_another_dataset_is_not_overwritten(tmp_path):
     with pytest.raises(StoreError, match=r"holds a store built from .*a, not .*b"):
         run_preprocess(second, store, workers=0, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in (store / "cases").iterdir()} == before
+
+
+# ---- the store's lock ---------------------------------------------------------------------
+
+HOLD_LOCK = """
+import sys, time
+from dataset.common.files import exclusive_lock
+with exclusive_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_second_run_on_a_locked_store_fails_at_once_naming_the_holder(data, tmp_path, capsys):
+    store = tmp_path / "store"
+    (store / "cases").mkdir(parents=True)
+    in_flight = store / "cases" / f".pancreas_001.h5.abc123{TMP_SUFFIX}"  # the holder's shard being written
+    in_flight.write_bytes(b"half a shard")
+    holder = subprocess.Popen([PYTHON, "-c", HOLD_LOCK, str(store)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with pytest.raises(LockedError, match=rf"in use by pid {holder.pid} on {re.escape(socket.gethostname())} "):
+            run_preprocess(data, store, workers=0, progress=False)
+        code = main(["preprocess", "--data", str(data), "--out", str(store), "--workers", "0", "--no-progress"])
+        assert time.monotonic() - started < 10  # at once, not after waiting
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pancreas preprocess:")]
+    assert len(errors) == 1 and f"pid {holder.pid} on {socket.gethostname()}" in errors[0]
+    assert in_flight.exists()  # only the lock holder sweeps temporaries
+    assert not (store / "catalog.json").exists() and not list((store / "cases").glob("*.h5"))
+    assert run_preprocess(data, store, workers=0, progress=False).done == 4  # the holder is gone: lock released
+    assert not in_flight.exists()
+
+
+# ---- what a shard is made from -------------------------------------------------------------
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_input_replaced_while_reading_fails_the_case_and_the_next_run_redoes_it(data, tmp_path, monkeypatch, when):
+    """Planned with one file, read another: never stored under a fingerprint it was not made from.
+
+    The old code fingerprinted the input after processing, so a file replaced right after
+    it was read ("after") was stored as the old content under the new fingerprint and
+    skipped by every later run.
+    """
+    store = tmp_path / "store"
+    image = data / "imagesTr" / "pancreas_002.nii.gz"
+    label = data / "labelsTr" / "pancreas_002.nii.gz"
+    brighter = tmp_path / "brighter.nii.gz"  # the same scan 200 HU brighter: other content, same grid
+    sitk.WriteImage(sitk.ReadImage(str(image)) + 200, str(brighter))
+    old_levels = pipeline.preprocess_file(image, label, PreprocessConfig()).levels
+    real_read = pipeline.read_case
+
+    def replace_image() -> None:
+        shutil.copyfile(brighter, image.with_name("incoming"))
+        os.replace(image.with_name("incoming"), image)
+
+    def read_case(image_path, label_path, allowed):
+        if when == "before" and Path(image_path) == image:
+            replace_image()
+        out = real_read(image_path, label_path, allowed)
+        if when == "after" and Path(image_path) == image:
+            replace_image()
+        return out
+
+    monkeypatch.setattr(pipeline, "read_case", read_case)
+    first = run_preprocess(data, store, workers=0, progress=False)
+    assert (first.done, first.failed) == (3, 1)
+    case_id, reason = first.failures[0]
+    assert case_id == "pancreas_002" and "\n" not in reason
+    assert reason.startswith(f"{image}: changed while reading"), reason
+    assert not shard_path(store, "pancreas_002").exists()
+
+    monkeypatch.undo()
+    second = run_preprocess(data, store, workers=0, progress=False)
+    assert (second.done, second.skipped, second.failed) == (1, 3, 0)
+    stored = read_shard(shard_path(store, "pancreas_002"))[0]
+    new_levels = pipeline.preprocess_file(image, label, PreprocessConfig()).levels
+    assert not np.array_equal(new_levels, old_levels)
+    np.testing.assert_array_equal(stored, new_levels)
+
+
+def test_changed_declared_labels_redo_the_labelled_cases(data, tmp_path):
+    """dataset.json's labels decide whether a label passes validation: part of the input."""
+    store = tmp_path / "store"
+    run_preprocess(data, store, workers=0, progress=False)
+    with_tumour = {c for c, r in read_catalog(store).cases.items() if r.label_counts and r.label_counts[2]}
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["labels"] = {"0": "background", "1": "pancreas"}
+    (data / "dataset.json").write_text(json.dumps(meta))
+    again = run_preprocess(data, store, workers=0, progress=False)
+    assert again.skipped == 1 and again.done + again.failed == 3  # the unlabelled test case does not depend on them
+    assert {c for c, _ in again.failures} == with_tumour and with_tumour
+    assert all("not in the declared labels [0, 1]: 2 (" in reason for _, reason in again.failures)
+
+
+@pytest.mark.parametrize("library", ["SimpleITK", "numpy"])
+def test_another_simpleitk_or_numpy_version_redoes_every_case(data, tmp_path, monkeypatch, library):
+    import preprocess.config as config_module
+
+    store = tmp_path / "store"
+    run_preprocess(data, store, workers=0, progress=False)
+    real = config_module.library_versions()
+    monkeypatch.setattr(config_module, "library_versions", lambda: {**real, library: "0.0.1"})
+    again = run_preprocess(data, store, workers=0, progress=False)
+    assert (again.done, again.skipped) == (4, 0)

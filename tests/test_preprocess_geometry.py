@@ -17,7 +17,8 @@ from preprocess.geometry import (
     to_canonical,
 )
 from preprocess.pipeline import preprocess_file, preprocess_image
-from pancreas.synthetic.msd import draw_case_params, make_dataset
+from pancreas.synthetic.msd import make_dataset
+from pancreas.synthetic.params import draw_case_params
 
 RAS = (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0)
 

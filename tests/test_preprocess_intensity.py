@@ -131,6 +131,9 @@ def test_body_box_none_when_empty():
 def test_yaml_mirrors_defaults():
     assert load_preprocess_config(ROOT / "configs" / "preprocess.yaml") == PreprocessConfig()
     assert load_preprocess_config(None) == PreprocessConfig()
+    text = (ROOT / "configs" / "preprocess.yaml").read_text()
+    assert all(f"  {name}: " in text for name in ("min_spacing_mm", "max_spacing_mm", "max_extent_mm",
+                                                  "max_resampled_voxels"))  # every limit written out
 
 
 @pytest.mark.parametrize(
@@ -144,6 +147,10 @@ def test_yaml_mirrors_defaults():
         ({"label_values": [1, 2]}, "including 0"),
         ({"window_hu": [-40000, 0]}, "must lie within"),
         ({"windw_hu": [0, 1]}, "unknown key"),
+        ({"limits": {"min_spacing_mm": 30.0}}, r"0 < min_spacing_mm < max_spacing_mm, got 30.0 and 20.0"),
+        ({"limits": {"max_extent_mm": 0.0}}, "max_extent_mm must be > 0"),
+        ({"limits": {"max_resampled_voxels": 0}}, "max_resampled_voxels must be >= 1"),
+        ({"limits": {"max_voxels": 1}}, r"limits: unknown key\(s\) max_voxels"),
     ],
 )
 def test_config_rejects_bad_values(bad, fragment):

@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from dataset.common.msd import MsdDatasetError, case_id_of, load_msd_dataset
+from preprocess import nifti
 from preprocess.config import PreprocessConfig
 from preprocess.io import InputError, read_case, read_image
 from preprocess.pipeline import preprocess_file
@@ -244,11 +245,11 @@ def test_non_finite_in_scaled_float_nifti_is_refused(tmp_path):
 
 
 def test_raw_scan_skipped_when_no_voxel_could_stand_for_nan(tmp_path, monkeypatch):
-    import preprocess.io as io_module
+    import preprocess.nifti as nifti
 
     scans = []
-    real = io_module.nifti_has_non_finite
-    monkeypatch.setattr(io_module, "nifti_has_non_finite", lambda p, d: scans.append(p) or real(p, d))
+    real = nifti.has_non_finite
+    monkeypatch.setattr(nifti, "has_non_finite", lambda p, d: scans.append(p) or real(p, d))
     hu = body().astype(np.float32) + 0.5  # float CT without a single 0.0 voxel
     image, dtype = read_image(write(hu, tmp_path / "clean.nii.gz"))
     assert dtype == "float32" and scans == []
@@ -267,3 +268,35 @@ def test_truncated_nifti_is_refused(tmp_path, name):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match=rf"{name}: truncated"):
         read_image(path)
+
+
+# ---- NIfTI headers --------------------------------------------------------------------------
+
+def _header(endian: str, sizeof_hdr: int = 348) -> bytes:
+    """A NIfTI-1 header by hand: 4x3x2 int16 voxels at offset 352, scaled by 2 and -1000."""
+    data = bytearray(348)
+    struct.pack_into(endian + "i", data, 0, sizeof_hdr)
+    struct.pack_into(endian + "8h", data, 40, 3, 4, 3, 2, 1, 1, 1, 1)
+    struct.pack_into(endian + "hh", data, 70, 4, 16)  # datatype int16, bitpix
+    struct.pack_into(endian + "fff", data, 108, 352.0, 2.0, -1000.0)  # vox_offset, scl_slope, scl_inter
+    return bytes(data)
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_nifti_header_fields_by_hand(endian):
+    header = nifti.parse_header(_header(endian))
+    assert header == nifti.NiftiHeader(endian, (4, 3, 2), 4, 16, 352, 2.0, -1000.0)
+    assert (header.dtype, header.data_bytes, header.intercept) == ("int16", 48, -1000.0)
+
+
+def test_not_a_nifti1_header_is_none():
+    assert nifti.parse_header(_header("<", sizeof_hdr=540)) is None  # NIfTI-2
+    assert nifti.parse_header(_header("<")[:200]) is None
+
+
+def test_simpleitk_header_is_read_from_gzip_and_plain_files(tmp_path):
+    raw = np.zeros((2, 3, 4), np.float32)
+    for name in ("a.nii", "a.nii.gz"):
+        header = nifti.read_header(write(raw, tmp_path / name))
+        assert (header.endian, header.dims, header.dtype, header.data_bytes) == ("<", (4, 3, 2), "float32", 96)
+        assert header.intercept == 0.0

@@ -1,4 +1,4 @@
-"""Tests of the synthetic MSD-format dataset generator (pancreas.synthetic.msd, pancreas.synthetic.phantom)."""
+"""Tests of the synthetic MSD-format dataset generator (pancreas.synthetic: msd, params, phantom, marker)."""
 from __future__ import annotations
 
 import gzip
@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from dataset.common.files import LOCK_NAME, LockedError
 from pancreas.cli import main
+from pancreas.synthetic.marker import SYNTH_MARKER
+from pancreas.synthetic.msd import make_case, make_dataset, render_case
+from pancreas.synthetic.params import ORIENTATIONS, THIN_CASE_INDEX, draw_case_params, grid_coordinates, reoriented
 from pancreas.synthetic.phantom import Anatomy, render_phantom
-from pancreas.synthetic.msd import (
-    ORIENTATIONS, THIN_CASE_INDEX, draw_case_params, grid_coordinates, make_case,
-    make_dataset, render_case, reoriented,
-)
+from lockholder import lock_held_elsewhere  # noqa: E402
 
 NIFTI_DTYPE = {4: "int16", 8: "int32", 16: "float32"}
 
@@ -28,7 +29,9 @@ def ds(tmp_path_factory) -> Path:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file synth wrote (the lock file records who holds it and since when: not ours to compare)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != LOCK_NAME}
 
 
 def _header(path: Path) -> bytes:
@@ -159,7 +162,7 @@ def _physical_centroid(image: sitk.Image, label: np.ndarray, value: int) -> np.n
 
 
 def test_same_physical_anatomy_in_every_orientation(tmp_path):
-    from pancreas.synthetic.msd import _to_image, write_nifti
+    from pancreas.synthetic.nifti import to_image as _to_image, write_nifti
 
     base = draw_case_params(4, seed=0)  # stored LPS
     centroids = []
@@ -220,9 +223,117 @@ def test_cli(tmp_path, capsys):
 def test_rerun_leaves_identical_files_untouched(tmp_path):
     """A rerun keeps every file's mtime, so downstream fingerprints (preprocess) stay valid."""
     out = make_dataset(tmp_path / "d", 2, seed=0, n_test=1, progress=False)
-    files = sorted(p for p in out.rglob("*") if p.is_file())
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != LOCK_NAME)
     before = {p: p.stat().st_mtime_ns for p in files}
     time.sleep(0.01)
     make_dataset(out, 2, seed=0, n_test=1, progress=False)
     assert {p: p.stat().st_mtime_ns for p in files} == before
     assert not list(out.rglob("*.tmp"))
+
+
+# ----------------------------------------------------------------------------- output-folder safety
+
+def _real_dataset(root: Path) -> dict[str, bytes]:
+    """A stand-in for a real MSD download: its own dataset.json and a CT named like case 1."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "dataset.json").write_text('{"name": "Pancreas", "numTraining": 281}')
+    (root / "imagesTr" / "pancreas_001.nii.gz").write_bytes(b"a real CT")
+    return _files(root)
+
+
+def test_synth_refuses_to_replace_a_real_dataset(tmp_path, capsys):
+    real = tmp_path / "Task07_Pancreas"
+    before = _real_dataset(real)
+    assert main(["synth", "--out", str(real), "--cases", "2", "--test", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--out {real}" in err and "dataset.json" in err, err
+    assert _files(real) == before  # nothing replaced, nothing added (not even a lock file)
+    assert not (real / LOCK_NAME).exists()
+
+
+def test_synth_refuses_a_single_foreign_file_but_not_unrelated_ones(tmp_path):
+    out = tmp_path / "ds"
+    (out / "labelsTs").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    (out / "labelsTs" / "pancreas_003.nii.gz").write_bytes(b"hand-made truth")
+    with pytest.raises(ValueError, match=r"labelsTs/pancreas_003.nii.gz, not written by `pancreas synth`"):
+        make_dataset(out, 2, seed=0, n_test=1, progress=False)
+    assert (out / "labelsTs" / "pancreas_003.nii.gz").read_bytes() == b"hand-made truth"
+    (out / "labelsTs" / "pancreas_003.nii.gz").unlink()
+    make_dataset(out, 2, seed=0, n_test=1, progress=False)  # only unrelated files left: fine
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_marker_lists_what_synth_wrote_and_reruns_may_change_the_cases(tmp_path):
+    out = make_dataset(tmp_path / "d", 2, seed=0, n_test=1, progress=False)
+    marker = json.loads((out / SYNTH_MARKER).read_text())
+    assert marker["written_by"] == "pancreas synth"
+    assert set(marker["files"]) == set(_files(out)) - {SYNTH_MARKER}
+    # case 3 was a test case; now it is a training case, and a 4th is the test case
+    make_dataset(out, 3, seed=0, n_test=1, progress=False)
+    make_dataset(out, 2, seed=0, n_test=1, progress=False)  # back: every file is still listed
+    listed = set(json.loads((out / SYNTH_MARKER).read_text())["files"])
+    assert set(_files(out)) - {SYNTH_MARKER} <= listed and "imagesTs/pancreas_004.nii.gz" in listed
+
+
+def _as_before_the_marker(out: Path) -> Path:
+    """What an older `pancreas synth` left (an old `make demo`'s demo-output/data): no marker, no lock file."""
+    (out / SYNTH_MARKER).unlink()
+    (out / LOCK_NAME).unlink()
+    return out
+
+
+def test_a_synth_folder_from_before_the_marker_is_accepted_and_gets_one(tmp_path, capsys):
+    out = _as_before_the_marker(make_dataset(tmp_path / "data", 2, seed=0, n_test=1, progress=False))
+    before = _files(out)
+    assert main(["synth", "--out", str(out), "--cases", "2", "--test", "1"]) == 0, capsys.readouterr().err
+    assert _files(out) == {**before, SYNTH_MARKER: (out / SYNTH_MARKER).read_bytes()}  # same bytes, marker added
+    assert set(json.loads((out / SYNTH_MARKER).read_text())["files"]) == set(before)
+    make_dataset(out, 3, seed=0, n_test=1, progress=False)  # the marker now lists them: reruns may change cases
+
+
+def test_a_synth_folder_from_before_the_marker_with_a_file_its_dataset_json_does_not_name_is_refused(tmp_path):
+    """dataset.json names pancreas_003 as a test case only: an imagesTr/pancreas_003.nii.gz
+    beside it is somebody else's, though synth with --cases 3 would write that name."""
+    out = _as_before_the_marker(make_dataset(tmp_path / "data", 2, seed=0, n_test=1, progress=False))
+    (out / "imagesTr" / "pancreas_003.nii.gz").write_bytes(b"somebody's CT")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(ValueError, match=r"holds imagesTr/pancreas_003.nii.gz, not written by `pancreas synth`"):
+        make_dataset(out, 3, seed=0, n_test=1, progress=False)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # no marker, no lock file
+    assert (out / "imagesTr" / "pancreas_003.nii.gz").read_bytes() == b"somebody's CT"
+
+
+ODD_TRAINING = [{"image": "./imagesTr/patient_7.nii.gz", "label": "./labelsTr/patient_7.nii.gz"},  # not a synth name
+                {"image": "./imagesTr/pancreas_009.nii.gz", "label": "./labelsTr/pancreas_010.nii.gz"},  # mismatched
+                "./imagesTr/pancreas_009.nii.gz"]  # not an MSD training entry
+
+
+@pytest.mark.parametrize("change", [
+    {"reference": "Memorial Sloan Kettering Cancer Center"},  # the real Task07's
+    {"description": "Pancreas and cancer segmentation"},      # the real Task07's
+    {"test": "./imagesTs/pancreas_003.nii.gz"},               # not a list
+    *({"training+": [odd]} for odd in ODD_TRAINING),
+    {"test+": ["./imagesTs/../imagesTr/pancreas_009.nii.gz"]},
+], ids=["reference", "description", "test-not-a-list", "odd-name", "label-not-image", "not-a-mapping", "dot-dot"])
+def test_a_folder_without_marker_whose_dataset_json_synth_did_not_write_is_refused(tmp_path, change):
+    """Every file synth would replace is named, but the dataset.json is not one synth writes."""
+    out = _as_before_the_marker(make_dataset(tmp_path / "data", 2, seed=0, n_test=1, progress=False))
+    data = json.loads((out / "dataset.json").read_text())
+    for key, value in change.items():
+        data[key.rstrip("+")] = data[key.rstrip("+")] + value if key.endswith("+") else value
+    (out / "dataset.json").write_text(json.dumps(data))
+    before = _files(out)
+    with pytest.raises(ValueError, match=r"holds dataset.json \(and 8 more\), not written by `pancreas synth`"):
+        make_dataset(out, 2, seed=0, n_test=1, progress=False)
+    assert _files(out) == before and not (out / SYNTH_MARKER).exists() and not (out / LOCK_NAME).exists()
+
+
+def test_concurrent_synth_into_the_same_folder_fails_at_once(tmp_path, capsys):
+    out = tmp_path / "ds"
+    with lock_held_elsewhere(out) as pid:
+        with pytest.raises(LockedError, match=f"in use by pid {pid}"):
+            make_dataset(out, 1, seed=0, n_test=0, progress=False)
+        assert main(["synth", "--out", str(out), "--cases", "1", "--test", "0"]) == 2
+        assert f"pancreas synth: error: {out}: in use by pid {pid}" in capsys.readouterr().err
+    assert not (out / "dataset.json").exists()

@@ -38,3 +38,12 @@ def test_gpu_example_config_loads_and_overrides_only_what_it_names():
     gpu = load_train_config(Path(__file__).resolve().parents[1] / "configs" / "train_gpu.yaml")
     assert gpu.precision == "mixed_bfloat16" and gpu.epochs == 400
     assert gpu.model == TrainConfig().model and gpu.loss == TrainConfig().loss
+
+
+def test_the_trainer_uses_the_one_patch_depth_check():
+    from dataset.common.configio import ConfigError, check_patch_fits_depth
+    from training.config import check_patch_size
+
+    assert check_patch_size is check_patch_fits_depth
+    with pytest.raises(ConfigError, match=r"training patch size \(64, 128, 120\) \(z, y, x\) cannot go through a U-Net of depth 4"):
+        check_patch_size((64, 128, 120), TrainConfig().model.depth, "training")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -140,7 +141,7 @@ def test_with_the_real_indexer_and_stale_index(tmp_path):
         records[f"c{i}"] = write_case(store, f"c{i}", label, seed=i, image=image)
     write_catalog_for(store, records)
     index = build_index(store, IndexConfig(train_patch_xyz=(32, 32, 16), val_patch_xyz=(48, 48, 16),
-                                           model_depth=2, val_fraction=0.3), workers=0, progress=False)
+                                           val_fraction=0.3), workers=0, progress=False)
     assert index.train_augmented_entries > 0
     config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "steps_per_epoch": 2})
     summary = train(store, tmp_path / "run", config)
@@ -148,7 +149,7 @@ def test_with_the_real_indexer_and_stale_index(tmp_path):
     contract = json.loads((tmp_path / "run" / "input_contract.json").read_text())
     assert contract["store_fingerprint"] == index.store_fingerprint
 
-    records["c0"]["input_fingerprint"] = "changed"
+    records["c0"] = dataclasses.replace(records["c0"], input_fingerprint="changed")
     write_catalog_for(store, records)
     with pytest.raises(StoreError, match="rerun `pancreas index`"):
         train(store, tmp_path / "run2", config)
@@ -166,11 +167,12 @@ def test_cli_one_line_error(store, tmp_path, capsys):
 
 
 def test_run_checkpoint_skips_non_finite_epochs(tmp_path):
+    from dataset.contract.run import RunState
     from training.callbacks import RunCheckpoint
     from training.run import build_compiled_model
 
     model = build_compiled_model(TINY)
-    cb = RunCheckpoint(tmp_path, {"epoch": 3, "best_value": 0.5})
+    cb = RunCheckpoint(tmp_path, RunState(epoch=3, best_value=0.5))
     cb.set_model(model)
     cb.on_epoch_end(3, {"loss": float("nan"), "val_loss": 0.3, "val_dice_pancreas": 0.9})
     assert cb.stopped_on_nan and model.stop_training
@@ -185,6 +187,7 @@ def test_loss_turning_nan_mid_run_stops_it_and_keeps_the_finite_checkpoints(stor
     """The whole run, not just the callback: a loss that becomes NaN at step 15 (epoch 2)."""
     import keras
 
+    import training.distribute as distribute
     import training.run as run_module
     from training.losses import make_loss
 
@@ -199,7 +202,7 @@ def test_loss_turning_nan_mid_run_stops_it_and_keeps_the_finite_checkpoints(stor
             value = self.inner(y_true, y_pred)
             return keras.ops.where(self.calls > 15, keras.ops.divide(0.0, 0.0), value)
 
-    monkeypatch.setattr(run_module, "make_loss", lambda cfg: GoesNan(make_loss(cfg)))
+    monkeypatch.setattr(distribute, "make_loss", lambda cfg: GoesNan(make_loss(cfg)))
     run_dir = tmp_path / "run"
     summary = run_module.train(store, run_dir, TINY)
     assert summary.stopped == "nan" and summary.epochs_completed == 1
@@ -308,7 +311,7 @@ def test_incomplete_or_edited_index_is_refused(tmp_path):
     make_synthetic_store(store, n_cases=2, shape_zyx=(16, 32, 32), patches_per_case=2)
     rows = read_manifest(store / "index" / "train.csv")
     write_manifest(store / "index" / "train.csv", rows[:-1])
-    with pytest.raises(StoreError, match="changed since `pancreas index`"):
+    with pytest.raises(StoreError, match="was built on index fingerprint .* the manifests were edited"):
         train(store, tmp_path / "r1", TINY)
     (store / "index" / "summary.json").unlink()
     with pytest.raises(StoreError, match="incomplete index"):

@@ -1,41 +1,24 @@
-"""Callbacks of a training run: checkpoints + resumable state, TensorBoard images, timing.
+"""Callbacks of a training run: resumable scheduler counters, TensorBoard images, timing.
 
-``RunCheckpoint`` is the only writer of ``checkpoints/`` and ``state.json``. At each
-epoch end (after the other callbacks have updated their counters) it saves
-``best.keras`` when the validation pancreas Dice improved, then ``last.keras`` and
-``state.json``, each to a temporary name renamed into place, so a run killed at any
-moment leaves a consistent last checkpoint and state. An epoch whose loss is not finite
-saves nothing: the last good checkpoint stays.
+``RunCheckpoint``, the only writer of ``checkpoints/`` and ``state.json``, lives with its
+commit protocol in ``training.checkpoints`` (re-exported here). It runs last, after the
+other callbacks have updated their counters.
 """
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from dataset.common.files import atomic_path, write_json_atomic
+from training.checkpoints import BEST_MONITOR, RunCheckpoint, save_model_atomic  # noqa: F401 (re-exported)
 from training.summaries import write_image, write_scalar
 
 log = logging.getLogger(__name__)
-
-BEST_MONITOR = "val_dice_pancreas"
-
-
-def save_model_atomic(model: keras.Model, path: Path) -> None:
-    """``model.save`` to a temporary ``.keras`` name next to ``path``, then rename."""
-    with atomic_path(path) as tmp:
-        keras_tmp = tmp.with_name(tmp.name + ".keras")  # Keras insists on the suffix
-        try:
-            model.save(keras_tmp)
-            keras_tmp.replace(tmp)
-        finally:
-            keras_tmp.unlink(missing_ok=True)
 
 
 class _Resumable:
@@ -74,58 +57,6 @@ class ResumableEarlyStopping(_Resumable, keras.callbacks.EarlyStopping):
     def __init__(self, initial_state: dict[str, Any] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self._init_state(initial_state)
-
-
-def _finite(logs: dict[str, Any], keys: Sequence[str]) -> bool:
-    return all(math.isfinite(float(logs[k])) for k in keys if k in logs and logs[k] is not None)
-
-
-class RunCheckpoint(keras.callbacks.Callback):
-    """best.keras / last.keras / state.json, atomically, every epoch."""
-
-    def __init__(
-        self,
-        run_dir: Path,
-        state: dict[str, Any],
-        stateful_callbacks: dict[str, _Resumable] | None = None,
-    ) -> None:
-        super().__init__()
-        self.run_dir = Path(run_dir)
-        self.state = dict(state)  # epoch, learning_rate, best_value, best_epoch, ...
-        self.stateful_callbacks = stateful_callbacks or {}
-        self.stopped_on_nan = False
-
-    @property
-    def best_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "best.keras"
-
-    @property
-    def last_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.keras"
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        logs = dict(logs or {})
-        if not _finite(logs, ("loss", "val_loss")):
-            self.stopped_on_nan = True
-            self.model.stop_training = True
-            log.error("epoch %d: loss is not finite; stopping, keeping the checkpoint of epoch %s",
-                      epoch + 1, self.state.get("epoch"))
-            return
-        current = logs.get(BEST_MONITOR)
-        best = self.state.get("best_value")
-        if current is not None and (best is None or float(current) > best):
-            save_model_atomic(self.model, self.best_path)
-            self.state.update(best_value=float(current), best_epoch=epoch + 1,
-                              best_logs={k: float(v) for k, v in logs.items()})
-        save_model_atomic(self.model, self.last_path)
-        self.state.update(
-            epoch=epoch + 1,
-            learning_rate=float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
-            iterations=int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)),
-            last_logs={k: float(v) for k, v in logs.items()},
-            callbacks={name: cb.state() for name, cb in self.stateful_callbacks.items()},
-        )
-        write_json_atomic(self.run_dir / "state.json", self.state)
 
 
 def foreground_slice(label: np.ndarray) -> int:
@@ -227,3 +158,9 @@ class StepTimer(keras.callbacks.Callback):
 
     def median(self) -> float:
         return float(np.median(self.times)) if self.times else float("nan")
+
+
+__all__ = [
+    "BEST_MONITOR", "EpochScalars", "ImageSummaries", "ResumableEarlyStopping", "ResumableReduceLROnPlateau",
+    "RunCheckpoint", "StepTimer", "foreground_slice", "save_model_atomic", "summary_panel",
+]

@@ -10,7 +10,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataset.common.configio import load_config
+from dataset.common.configio import check_patch_fits_depth, load_config
+
+# The trainer's name for the one patch-versus-depth check (dataset.common.configio).
+check_patch_size = check_patch_fits_depth
 
 LOSSES = ("generalized_dice", "cross_entropy", "dice_cross_entropy")
 REDUCTIONS = ("batch", "sample")
@@ -22,7 +25,7 @@ STRATEGIES = ("auto", "mirrored", "multiworker", "none")
 class ModelConfig:
     """3D U-Net shape (see ``training.model.build_unet``)."""
 
-    depth: int = 4  # number of 2x poolings; patch sizes must be divisible by 2**depth
+    depth: int = 4  # number of 2x poolings; the one place the depth is set (index patches must suit it)
     base_filters: int = 16  # filters of the first level, doubled per level (16: 5.6 M params)
 
     def __post_init__(self) -> None:
@@ -126,13 +129,3 @@ class TrainConfig:
 def load_train_config(path: str | Path | None) -> TrainConfig:
     """``configs/train.yaml`` (or any YAML) -> validated config; ``None`` gives the defaults."""
     return load_config(TrainConfig, path)
-
-
-def check_patch_size(patch_size_zyx: tuple[int, ...], depth: int, what: str) -> None:
-    """The U-Net pools ``depth`` times: every patch edge must be divisible by 2**depth."""
-    factor = 2**depth
-    if len(patch_size_zyx) != 3 or any(s < factor or s % factor for s in patch_size_zyx):
-        raise ValueError(
-            f"{what} patch size {tuple(patch_size_zyx)} cannot go through a U-Net of depth {depth}: "
-            f"every edge must be a positive multiple of 2**{depth} = {factor}"
-        )

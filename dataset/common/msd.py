@@ -2,7 +2,8 @@
 
 ``dataset.json`` lists ``training`` entries ({"image": "./imagesTr/x.nii.gz", "label":
 "./labelsTr/x.nii.gz"}) and ``test`` entries ("./imagesTs/y.nii.gz"). Paths are resolved
-against the dataset folder; an entry that resolves outside it is refused. macOS ``._*``
+against the dataset folder; an entry (listed, or found by the folder scan) that resolves
+outside it, through ``..`` or a symbolic link, is refused. macOS ``._*``
 files and anything that is not a NIfTI file (or a DICOM series folder) are ignored, both
 when listed and when ``dataset.json`` has no list and the folders are scanned. Whether a
 listed file exists is checked per case later, so one missing file fails one case only.
@@ -14,6 +15,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from dataset.common.files import inside
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,15 @@ def _listed_cases(root: Path, meta: dict[str, Any]) -> list[MsdCase]:
     return cases
 
 
+def _resolve_scanned(root: Path, path: Path) -> Path:
+    """``path`` with links resolved; refused, like a listed entry, if that leaves ``root``."""
+    resolved = path.resolve()
+    if not inside(resolved, root):
+        raise MsdDatasetError(f"{path}: resolves outside the dataset folder ({resolved}); "
+                              f"copy the file into {root} instead of linking to it")
+    return resolved
+
+
 def _scanned_cases(root: Path) -> list[MsdCase]:
     """Cases found in imagesTr/labelsTr/imagesTs when dataset.json lists none."""
     cases = []
@@ -118,8 +130,8 @@ def _scanned_cases(root: Path) -> list[MsdCase]:
         for path in sorted(folder.iterdir()):
             if not is_image_name(path.name):
                 continue
-            label = root / labels / path.name if labels else None
-            cases.append(MsdCase(case_id_of(path), split, path.resolve(), label and label.resolve()))
+            label = _resolve_scanned(root, root / labels / path.name) if labels else None
+            cases.append(MsdCase(case_id_of(path), split, _resolve_scanned(root, path), label))
     return cases
 
 

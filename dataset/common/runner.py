@@ -1,4 +1,6 @@
-"""The Dask client every parallel stage uses: a local cluster of processes, or an existing scheduler.
+"""The one way parallel stages run their cases: ``run_cases`` on Dask (or in-process).
+
+``dask_client`` gives a local cluster of processes, or an existing scheduler.
 
 Worker processes with one thread each, because h5py serialises every call behind one
 lock (threads never read HDF5 in parallel) and SimpleITK/elasticdeform work is CPU-bound;
@@ -10,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Iterator
+import time
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +73,52 @@ def quiet_dask_logs() -> None:
     for name in list(logging.root.manager.loggerDict):
         if name == "distributed" or name.startswith("distributed."):
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+T = TypeVar("T")
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one short line (ITK and Dask messages span many)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def run_cases(
+    fn: Callable[..., Any], items: Iterable[T], args: tuple = (), *, name: str,
+    key: Callable[[T], str] = str, workers: int | None = None, scheduler: str | None = None,
+) -> Iterator[tuple[T, Any, str | None]]:
+    """Run ``fn(item, *args)`` for every item; yield ``(item, result, error)`` as each finishes.
+
+    The one failure policy of every stage: a case that raises (or whose worker dies)
+    yields ``error`` (one line) and ``result`` None, and the others go on; the caller
+    records it and reports all failures at the end. ``workers == 0`` (and no
+    ``scheduler``) runs in this process, in order, without Dask (debugging, tests, the
+    crash tests' kill points). Tasks get unique keys, so two runs never share results.
+    """
+    items = list(items)
+    if not items:
+        return
+    if workers == 0 and not scheduler:
+        for item in items:
+            try:
+                yield item, fn(item, *args), None
+            except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
+                log.debug("%s %s failed", name, key(item), exc_info=True)
+                yield item, None, one_line(err)
+        return
+    from distributed import as_completed
+
+    with dask_client(workers, scheduler) as client:
+        run_id = f"{os.getpid()}-{time.time_ns()}"
+        futures = {client.submit(fn, item, *args, key=f"{name}-{key(item)}-{run_id}", pure=False): item
+                   for item in items}
+        for future in as_completed(futures):
+            item = futures[future]
+            try:
+                result = future.result()
+            except Exception as err:  # noqa: BLE001 - a failed task or a killed worker fails one case
+                yield item, None, f"worker error: {one_line(err)}"
+            else:
+                yield item, result, None
+            future.release()

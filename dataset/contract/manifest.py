@@ -67,7 +67,7 @@ def write_manifest(path: str | Path, rows: list[dict[str, Any]]) -> None:
     build rows by hand (tests, tools) need only the required ones.
     """
     defaults = {"variant": "", "kind": "grid", "copy": 0, "with_replacement": 0}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, point="manifest") as tmp:
         with open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(MANIFEST_COLUMNS)

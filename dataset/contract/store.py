@@ -4,7 +4,7 @@ This module is the written contract between ``pancreas preprocess`` and every la
 stage (and outside tools). Layout::
 
     STORE/
-      catalog.json          one record per case (see ``CatalogRecord`` keys below)
+      catalog.json          one record per case (``dataset.contract.catalog``)
       cases/<case_id>.h5    one shard per case
 
 A shard holds
@@ -27,7 +27,7 @@ origin                 (3,) float64, physical centre of voxel [0, 0, 0] of the s
 direction              (9,) float64, row-major direction matrix of the stored grid (identity)
 source_image           str, absolute path of the input image (file or DICOM folder)
 source_label           str, absolute path of the input label, "" if none
-input_fingerprint      str, fingerprint of image + label files (see dataset.common.files)
+input_fingerprint      str, fingerprint of image + label files and declared labels, taken when planned (preprocess.inputs)
 original_size          (3,) int64, input size (x, y, z)
 original_spacing       (3,) float64
 original_origin        (3,) float64
@@ -47,25 +47,10 @@ The stored image and label with ``spacing``/``origin``/``direction`` are valid
 physical images: resampling them onto the original grid (nearest neighbour for labels)
 puts them back over the scan; ``inference`` does exactly that.
 
-``catalog.json`` (written atomically after every finished case)::
-
-    {"schema_version": 1,
-     "dataset": {"root": "/abs/Task07_Pancreas", "name": "...", "labels": {"0": "background", ...}},
-     "config": {...resolved preprocess config...}, "config_fingerprint": "...",
-     "cases": {"<case_id>": {
-         "split": "training" | "test",        # from dataset.json; training cases have labels
-         "shard": "cases/<case_id>.h5",       # relative to STORE
-         "status": "done" | "failed",
-         "error": null | "one-line reason",
-         "shape_zyx": [z, y, x] | null,
-         "has_label": true | false,
-         "label_counts": [n0, n1, n2] | null,
-         "input_fingerprint": "...", "config_fingerprint": "...",
-         "seconds": 1.4}}}
+The catalog (``catalog.json``) is ``dataset.contract.catalog``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +58,11 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the Blosc filter for every reader)
 import numpy as np
 
-from dataset.common.files import atomic_path, write_json_atomic
+from dataset.common.files import atomic_path
 
 SCHEMA_VERSION = 1
 CHUNK_ZYX = (32, 32, 32)
 LABEL_NAMES = {0: "background", 1: "pancreas", 2: "tumour"}
-CATALOG_NAME = "catalog.json"
 CASES_DIR = "cases"
 IMAGE_LEVELS = 255  # uint8 level v <-> intensity v / IMAGE_LEVELS
 
@@ -124,7 +108,7 @@ def write_shard(
         raise StoreError(
             f"{path}: label must be uint8 of shape {image.shape}, got {label.dtype} {label.shape}"
         )
-    with atomic_path(path) as tmp:
+    with atomic_path(path, point="shard") as tmp:
         with create_h5(tmp) as f:
             f.create_dataset("image", data=image, chunks=_chunks(image.shape), **compression())
             if label is not None:
@@ -158,23 +142,3 @@ def read_shard(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict[st
 def levels_to_intensity(levels: np.ndarray) -> np.ndarray:
     """uint8 levels -> float32 normalised intensity in [0, 1]."""
     return levels.astype(np.float32) * np.float32(1.0 / IMAGE_LEVELS)
-
-
-def read_catalog(store: str | Path) -> dict[str, Any]:
-    """The store's catalog; a clear error when the store or catalog is missing."""
-    path = Path(store) / CATALOG_NAME
-    if not path.is_file():
-        raise StoreError(f"{store}: not a preprocessed store (no {CATALOG_NAME}); run `pancreas preprocess`")
-    try:
-        catalog = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise StoreError(f"{path}: unreadable catalog ({err})") from None
-    if catalog.get("schema_version") != SCHEMA_VERSION:
-        raise StoreError(
-            f"{path}: schema version {catalog.get('schema_version')} but this code reads {SCHEMA_VERSION}"
-        )
-    return catalog
-
-
-def write_catalog(store: str | Path, catalog: dict[str, Any]) -> None:
-    write_json_atomic(Path(store) / CATALOG_NAME, catalog)

@@ -6,19 +6,13 @@ displacements and the same entry seed always rebuilds the same bytes.
 
 ``build_augmented_shard`` is the unit of work a Dask worker runs: it opens the case
 shard itself (handles are never shipped), deforms every augmented entry of the case and
-writes ``STORE/index/augmented/<case_id>.h5`` atomically. Layout of that shard:
-
-* ``image``, ``label``: uint8 (n_entries, dz, dy, dx), one chunk per patch, Blosc-LZ4;
-  entry ``i`` is what the manifest's variant ``augmented/<case_id>.h5:i`` names.
-* attributes: ``case_id``, ``fingerprint`` (of the case's inputs, the entries and the
-  elastic config: a shard whose fingerprint matches is reused), ``starts_zyx``
-  (n, 3), ``seeds`` (n,), ``config`` (JSON of the elastic config).
+writes ``STORE/index/augmented/<case_id>.h5`` with the contract's writer
+(``dataset.contract.augmented``, where its layout is documented).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import elasticdeform
@@ -26,10 +20,10 @@ import h5py
 import numpy as np
 
 from dataset.index.config import ElasticConfig
-from dataset.common.files import atomic_path
+from dataset.contract.augmented import write_augmented_shard
 from dataset.index.grid import Zyx
 from dataset.contract.reader import read_box
-from dataset.contract.store import IMAGE_LEVELS, StoreError, compression, create_h5, shard_path
+from dataset.contract.store import IMAGE_LEVELS, StoreError, shard_path
 
 AUGMENT_VERSION = 1  # bump when the deformation code changes its output
 
@@ -78,17 +72,6 @@ def augment_patch(image_ds: h5py.Dataset, label_ds: h5py.Dataset, entry: Augment
     return apply(read_box(image_ds, start, size), read_box(label_ds, start, size), params, config, margin=m)
 
 
-def shard_fingerprint_matches(path: Path, fingerprint: str) -> bool:
-    """Whether an existing augmented shard was built from the same inputs."""
-    if not path.is_file():
-        return False
-    try:
-        with h5py.File(path, "r") as f:
-            return f.attrs.get("fingerprint") == fingerprint and "image" in f and "label" in f
-    except OSError:
-        return False
-
-
 def build_augmented_shard(store: str, case_id: str, entries: Sequence[AugmentEntry],
                           config: ElasticConfig, out_path: str, fingerprint: str) -> dict[str, Any]:
     """Compute and write one case's augmented shard (runs inside a worker process)."""
@@ -101,15 +84,9 @@ def build_augmented_shard(store: str, case_id: str, entries: Sequence[AugmentEnt
     size = entries[0].size_zyx if entries else (1, 1, 1)
     images = np.stack([p[0] for p in patches]) if patches else np.zeros((0, *size), np.uint8)
     labels = np.stack([p[1] for p in patches]) if patches else np.zeros((0, *size), np.uint8)
-    chunks = (1, *size) if patches else None
-    with atomic_path(out_path) as tmp:
-        with create_h5(tmp) as f:
-            f.create_dataset("image", data=images, chunks=chunks, **compression())
-            f.create_dataset("label", data=labels, chunks=chunks, **compression())
-            f.attrs["case_id"] = case_id
-            f.attrs["fingerprint"] = fingerprint
-            f.attrs["starts_zyx"] = np.asarray([e.start_zyx for e in entries], np.int64).reshape(-1, 3)
-            f.attrs["seeds"] = np.asarray([e.seed for e in entries], np.int64)
-            f.attrs["config"] = json.dumps(asdict(config))
-            f.attrs["augment_version"] = AUGMENT_VERSION
+    write_augmented_shard(out_path, images, labels, {
+        "case_id": case_id, "fingerprint": fingerprint,
+        "starts_zyx": np.asarray([e.start_zyx for e in entries], np.int64).reshape(-1, 3),
+        "seeds": np.asarray([e.seed for e in entries], np.int64),
+        "config": json.dumps(asdict(config)), "augment_version": AUGMENT_VERSION})
     return {"case_id": case_id, "entries": len(entries)}

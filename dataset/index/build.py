@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,72 +26,40 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset.index import balance
-from dataset.index.augment import AUGMENT_VERSION, AugmentEntry, build_augmented_shard, shard_fingerprint_matches
+from dataset.contract.augmented import augmented_shard_matches
+from dataset.index.augment import AUGMENT_VERSION, AugmentEntry, build_augmented_shard
 from dataset.index.classify import class_counts, is_foreground
 from dataset.index.config import IndexConfig
 from dataset.common.configio import to_dict
-from dataset.common.files import fingerprint_json, remove_stale_temporaries, write_json_atomic
+from dataset.common.runner import run_cases
+from dataset.common.files import exclusive_lock, fingerprint_json, remove_stale_temporaries
 from dataset.index.grid import grid_starts
+from dataset.contract.catalog import CatalogRecord, read_catalog
+from dataset.contract.fingerprints import store_fingerprint
+from dataset.contract.index import (
+    IndexSummary,
+    Split,
+    commit_index,
+    manifest_path,
+    previous_summary,
+    uncommit_index,
+    write_split,
+)
 from dataset.contract.manifest import AUGMENTED_DIR, INDEX_DIR, index_fingerprint, parse_variant, write_manifest
 from dataset.common.seeds import derive_seed
 from dataset.index.split import split_cases, usable_cases
-from dataset.contract.store import StoreError, read_catalog, shard_path
+from dataset.contract.store import StoreError, shard_path
 
 log = logging.getLogger(__name__)
 
 INDEX_VERSION = 1  # bump when the index's content changes for the same inputs
-SUMMARY_NAME = "summary.json"
-
-
-@dataclass
-class IndexSummary:
-    """What ``build_index`` did; also the content of ``summary.json``."""
-
-    store: str
-    index_dir: str
-    train_cases: int = 0
-    val_cases: int = 0
-    skipped_cases: dict[str, str] = field(default_factory=dict)  # failed preprocessing: id -> reason
-    cases_without_foreground: list[str] = field(default_factory=list)
-    train_entries: int = 0
-    train_foreground_entries: int = 0
-    train_background_entries: int = 0
-    train_augmented_entries: int = 0
-    train_with_replacement: int = 0
-    train_centred_entries: int = 0
-    val_entries: int = 0
-    val_foreground_entries: int = 0
-    val_background_entries: int = 0
-    padded_patches: int = 0
-    augmented_shards: list[str] = field(default_factory=list)
-    augmented_built: int = 0
-    augmented_reused: int = 0
-    unchanged: bool = False
-    store_fingerprint: str = ""
-    config_fingerprint: str = ""
-    index_fingerprint: str = ""  # of train.csv + val.csv (dataset.contract.manifest.index_fingerprint)
-    classify_seconds_per_case: float = 0.0
-    seconds: float = 0.0
-    config: dict[str, Any] = field(default_factory=dict)
-    per_case: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def store_fingerprint(catalog: dict[str, Any]) -> str:
-    """Fingerprint of what the index depends on in the store: ids, status, inputs, config."""
-    cases = catalog.get("cases") or {}
-    parts = [(cid, r.get("status"), bool(r.get("has_label")), r.get("input_fingerprint"),
-              r.get("config_fingerprint")) for cid, r in sorted(cases.items())]
-    return fingerprint_json([catalog.get("config_fingerprint"), parts])
 
 
 def config_fingerprint(config: IndexConfig) -> str:
     return fingerprint_json([INDEX_VERSION, AUGMENT_VERSION, to_dict(config)])
 
 
-def read_label(store: Path, case_id: str, record: dict[str, Any]) -> np.ndarray:
+def read_label(store: Path, case_id: str, record: CatalogRecord) -> np.ndarray:
     """A case's whole label volume; a clear error naming the case when it cannot be used."""
     path = shard_path(store, case_id)
     if not path.is_file():
@@ -103,8 +71,8 @@ def read_label(store: Path, case_id: str, record: dict[str, Any]) -> np.ndarray:
             label = f["label"][...]
     except (OSError, KeyError) as err:
         raise StoreError(f"case {case_id}: shard {path} is unreadable ({err}); rerun `pancreas preprocess`") from None
-    expected = record.get("shape_zyx")
-    if expected is not None and list(label.shape) != list(expected):
+    expected = record.shape_zyx
+    if expected is not None and tuple(label.shape) != tuple(expected):
         raise StoreError(f"case {case_id}: shard {path} has shape {label.shape} but the catalog says {expected}")
     return label
 
@@ -117,22 +85,6 @@ def grid_rows(case_id: str, label: np.ndarray, patch_zyx, config: IndexConfig) -
     return balance.patch_rows(case_id, label.shape, starts, patch_zyx, n_p, n_t, fg)
 
 
-def _previous_summary(index_dir: Path) -> dict[str, Any] | None:
-    import json
-
-    try:
-        return json.loads((index_dir / SUMMARY_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _is_current(prev: dict[str, Any] | None, store_fp: str, config_fp: str, index_dir: Path) -> bool:
-    if not prev or prev.get("store_fingerprint") != store_fp or prev.get("config_fingerprint") != config_fp:
-        return False
-    needed = ["split.json", "train.csv", "val.csv"] + list(prev.get("augmented_shards", []))
-    return all((index_dir / name).is_file() for name in needed)
-
-
 def build_index(store: str | Path, config: IndexConfig | None = None, workers: int | None = None,
                 scheduler: str | None = None, progress: bool = True) -> IndexSummary:
     """Build (or confirm) the patch index of ``store``.
@@ -142,12 +94,20 @@ def build_index(store: str | Path, config: IndexConfig | None = None, workers: i
     """
     t0 = time.perf_counter()
     store = Path(store)
-    config = config or IndexConfig()
-    catalog = read_catalog(store)
+    if config is None:
+        config = IndexConfig()
+    elif not isinstance(config, IndexConfig):
+        raise TypeError(f"config must be an IndexConfig, got {type(config).__name__}")
+    catalog = read_catalog(store)  # validated (config and catalog) before anything is touched
     index_dir = store / INDEX_DIR
-    for folder in (index_dir, index_dir / AUGMENTED_DIR):
-        for path in remove_stale_temporaries(folder):
-            log.info("removed %s left by an interrupted run", path)
+    with exclusive_lock(store):
+        for folder in (index_dir, index_dir / AUGMENTED_DIR):
+            for path in remove_stale_temporaries(folder):
+                log.info("removed %s left by an interrupted run", path)
+        return _build(store, index_dir, catalog, config, workers, scheduler, progress, t0)
+
+
+def _build(store, index_dir, catalog, config, workers, scheduler, progress, t0) -> IndexSummary:
     usable, failed = usable_cases(catalog)
     if not usable:
         raise StoreError(f"{store}: no labelled, preprocessed case in the catalog; nothing to index")
@@ -155,31 +115,32 @@ def build_index(store: str | Path, config: IndexConfig | None = None, workers: i
     summary = IndexSummary(store=str(store), index_dir=str(index_dir), skipped_cases=dict(failed),
                            store_fingerprint=store_fingerprint(catalog), config_fingerprint=config_fingerprint(config),
                            config=to_dict(config))
-    prev = _previous_summary(index_dir)
-    if _is_current(prev, summary.store_fingerprint, summary.config_fingerprint, index_dir):
-        done = IndexSummary(**{k: v for k, v in prev.items() if k in IndexSummary.__dataclass_fields__})
-        done.unchanged, done.augmented_built = True, 0
-        done.augmented_reused, done.seconds = len(done.augmented_shards), time.perf_counter() - t0
+    prev = previous_summary(store)
+    if (prev and prev.store_fingerprint == summary.store_fingerprint
+            and prev.config_fingerprint == summary.config_fingerprint and prev.files_present(index_dir)):
+        prev.unchanged, prev.augmented_built = True, 0
+        prev.augmented_reused, prev.seconds = len(prev.augmented_shards), time.perf_counter() - t0
         log.info("index of %s is up to date; nothing to do", store)
-        return done
+        return prev
 
-    records = catalog["cases"]
+    records = catalog.cases
+    # Classify everything in memory first: a bad label volume fails here, before the
+    # committed index is touched.
+    train_rows, val_rows, jobs, classify_s = _classify_all(store, records, train_ids, val_ids, config, summary, progress)
+    summary.classify_seconds_per_case = classify_s / max(1, len(train_ids) + len(val_ids))
     # The index is committed by summary.json, written last: remove it before anything
     # changes, so a run killed half-way leaves an index the trainer refuses, never old
     # manifests whose variants point into new augmented shards.
-    (index_dir / SUMMARY_NAME).unlink(missing_ok=True)
-    train_rows, val_rows, jobs, classify_s = _classify_all(store, records, train_ids, val_ids, config, summary, progress)
-    summary.classify_seconds_per_case = classify_s / max(1, len(train_ids) + len(val_ids))
+    uncommit_index(store)
     _run_augmentation(store, index_dir, jobs, config, summary, workers, scheduler, progress)
 
-    write_json_atomic(index_dir / "split.json", {"seed": config.seed, "val_fraction": config.val_fraction,
-                                                 "max_cases": config.max_cases, "train": train_ids,
-                                                 "val": val_ids, "skipped": dict(failed)})
-    write_manifest(index_dir / "train.csv", train_rows)
-    write_manifest(index_dir / "val.csv", val_rows)
+    write_split(store, Split(seed=config.seed, val_fraction=config.val_fraction, max_cases=config.max_cases,
+                             train=tuple(train_ids), val=tuple(val_ids), skipped=dict(failed)))
+    write_manifest(manifest_path(store, "train"), train_rows)
+    write_manifest(manifest_path(store, "val"), val_rows)
     summary.index_fingerprint = index_fingerprint(store)
     summary.seconds = time.perf_counter() - t0
-    write_json_atomic(index_dir / SUMMARY_NAME, summary.to_dict())
+    commit_index(store, summary)
     _remove_unused_shards(index_dir, summary.augmented_shards)
     return summary
 
@@ -239,7 +200,7 @@ def _augment_job(case_id, augmented, record, config) -> tuple[list[AugmentEntry]
     entries = [AugmentEntry((r["z0"], r["y0"], r["x0"]), (r["dz"], r["dy"], r["dx"]),
                             derive_seed(config.seed, "elastic", case_id, (r["z0"], r["y0"], r["x0"]), r["copy"]))
                for r in augmented]
-    fingerprint = fingerprint_json([AUGMENT_VERSION, record.get("input_fingerprint"), record.get("config_fingerprint"),
+    fingerprint = fingerprint_json([AUGMENT_VERSION, record.input_fingerprint, record.config_fingerprint,
                                     to_dict(config.elastic), [asdict(e) for e in entries]])
     return entries, fingerprint
 
@@ -265,37 +226,25 @@ def _run_augmentation(store: Path, index_dir: Path, jobs, config: IndexConfig, s
     aug_dir = index_dir / AUGMENTED_DIR
     wanted = {case_id: aug_dir / f"{case_id}.h5" for case_id in jobs}
     summary.augmented_shards = [f"{AUGMENTED_DIR}/{cid}.h5" for cid in sorted(jobs)]
-    todo = [cid for cid in sorted(jobs) if not shard_fingerprint_matches(wanted[cid], jobs[cid][1])]
+    todo = [cid for cid in sorted(jobs) if not augmented_shard_matches(wanted[cid], jobs[cid][1])]
     summary.augmented_reused = len(jobs) - len(todo)
     if not todo:
         return
-    args = [(str(store), cid, jobs[cid][0], config.elastic, str(wanted[cid]), jobs[cid][1]) for cid in todo]
-    bar = tqdm(total=len(todo), desc="augment", unit="case", disable=not progress)
-    try:
-        if workers == 0 and not scheduler:
-            for a in args:
-                build_augmented_shard(*a)
-                bar.update()
-        else:
-            _augment_with_dask(args, workers, scheduler, bar)
-    finally:
-        bar.close()
-    summary.augmented_built = len(todo)
-
-
-def _augment_with_dask(args, workers, scheduler, bar) -> None:
-    from distributed import as_completed
-
-    from dataset.common.runner import dask_client
-
-    errors = []
-    with dask_client(workers=workers, scheduler=scheduler) as client:
-        futures = [client.submit(build_augmented_shard, *a, pure=False) for a in args]
-        for future in as_completed(futures):
-            try:
-                future.result()
-            except Exception as err:  # noqa: BLE001 - finish the other cases, then report
-                errors.append(err)
+    errors: list[str] = []
+    with tqdm(total=len(todo), desc="augment", unit="case", disable=not progress) as bar:
+        for case_id, _result, error in run_cases(_augment_case, todo, (str(store), jobs, config.elastic, str(aug_dir)),
+                                                 name="augment", workers=workers, scheduler=scheduler):
+            if error:
+                log.error("case %s: augmentation failed: %s", case_id, error)
+                errors.append(f"{case_id}: {error}")
             bar.update()
-    if errors:
-        raise errors[0]
+    summary.augmented_built = len(todo) - len(errors)
+    if errors:  # the manifests name every augmented shard: the index cannot be committed without them
+        raise StoreError(f"augmentation failed for {len(errors)} case(s), index not committed (the others are kept "
+                         f"for the rerun): {'; '.join(errors)}")
+
+
+def _augment_case(case_id: str, store: str, jobs, elastic, aug_dir: str) -> dict[str, Any]:
+    """One case's augmented shard (runs in a Dask worker)."""
+    entries, fingerprint = jobs[case_id]
+    return build_augmented_shard(store, case_id, entries, elastic, str(Path(aug_dir) / f"{case_id}.h5"), fingerprint)

@@ -3,10 +3,17 @@
 Patch sizes are written (x, y, z) like every size a user reads in a viewer or a paper
 (the seed project's 128x128x64); ``*_zyx`` properties give numpy's order, which is
 the only order the code uses.
+
+The U-Net depth is not here: it is set once, in ``configs/train.yaml`` (``model.depth``),
+and ``pancreas train`` refuses index patches its model cannot take (the index only cuts
+patches; it builds no model). A YAML that still has ``model_depth`` is refused with a
+message saying where the key went, rather than accepted and ignored: a value that
+silently stops doing anything is how two files drift apart.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 @dataclass(frozen=True)
@@ -41,13 +48,17 @@ class ElasticConfig:
 class IndexConfig:
     """Split, patch grid, balancing and augmentation of the patch index."""
 
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "model_depth": "the U-Net depth is set only in train.yaml's model.depth, and `pancreas train` "
+                       "checks the index's patch sizes against it; delete model_depth from this file",
+    }
+
     seed: int = 0
     val_fraction: float = 0.2                 # share of labelled cases for validation
     max_cases: int | None = None              # use only this many labelled cases (seed project: 150)
     train_patch_xyz: tuple[int, int, int] = (128, 128, 64)
     val_patch_xyz: tuple[int, int, int] = (256, 256, 64)
     overlap: float = 0.0                      # fraction of a patch shared by grid neighbours
-    model_depth: int = 4                      # poolings of the default U-Net: patches divisible by 2^depth
     min_foreground_voxels: int = 1            # pancreas + tumour voxels that make a patch foreground
     require_tumour: bool = False              # foreground also needs >= 1 tumour voxel
     foreground_copies: int = 2                # entries per foreground patch: stored + (copies-1) augmented
@@ -62,18 +73,10 @@ class IndexConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.max_cases is not None and self.max_cases < 2:
             raise ValueError(f"max_cases must be >= 2 (or null for all), got {self.max_cases}")
-        step = 2**self.model_depth
-        if self.model_depth < 0:
-            raise ValueError(f"model_depth must be >= 0, got {self.model_depth}")
         for name in ("train_patch_xyz", "val_patch_xyz"):
             size = tuple(getattr(self, name))
             if len(size) != 3 or any(s < 1 for s in size):
                 raise ValueError(f"{name} must be three positive sizes (x, y, z), got {size}")
-            if any(s % step for s in size):
-                raise ValueError(
-                    f"{name} {size} is not divisible by 2^model_depth = {step} on every axis "
-                    f"(model_depth {self.model_depth})"
-                )
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.min_foreground_voxels < 1:

@@ -2,33 +2,31 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
-
 from dataset.common.seeds import derive_seed
+from dataset.contract.catalog import Catalog
 from dataset.contract.store import StoreError
 
 log = logging.getLogger(__name__)
 
 
-def usable_cases(catalog: dict[str, Any]) -> tuple[list[str], list[tuple[str, str]]]:
+def usable_cases(catalog: Catalog) -> tuple[list[str], list[tuple[str, str]]]:
     """Sorted ids of labelled, preprocessed cases, and (id, error) of failed ones.
 
     Unlabelled (test) cases are not part of the index; failed cases are skipped with a
     warning so one bad scan never blocks the rest.
     """
-    cases = catalog.get("cases") or {}
     usable, failed = [], []
-    for case_id in sorted(cases):
-        record = cases[case_id]
-        status = record.get("status")
+    for case_id in sorted(catalog.cases):
+        record = catalog.cases[case_id]
+        status = record.status
         if status == "done":
-            if record.get("has_label"):
+            if record.has_label:
                 usable.append(case_id)
             continue
-        if status != "failed" and not record.get("has_label"):
+        if status != "failed" and not record.has_label:
             continue  # an unlabelled (test) case is never indexed
         if status == "failed":
-            reason = str(record.get("error") or "no reason recorded")
+            reason = str(record.error or "no reason recorded")
             log.warning("skipping case %s: preprocessing failed (%s)", case_id, reason)
         else:  # e.g. "pending": a preprocessing run was killed before this case was done
             reason = f"not preprocessed (status {status!r}); rerun `pancreas preprocess`"

@@ -10,14 +10,14 @@ tests check orientation handling by comparing physical positions.
 Positions and sizes below are those of a reference adult, relative to the body centre
 at the level of the pancreas. ``Anatomy.inplane_scale`` shrinks the in-plane layout
 (for small test volumes); the pancreas and tumour radii are floored so the organ stays
-thick enough (>= ``min_pancreas_radius_mm``) to survive resampling.
+thick enough (>= ``min_pancreas_radius_mm``) to survive resampling. Scanner blur and
+noise are added afterwards (``pancreas.synthetic.noise``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 AIR_HU = -1000.0
 
@@ -136,21 +136,9 @@ def tumour_centre(anat: Anatomy) -> tuple[tuple[float, float, float], float]:
     return (float(xt), float(yc) + anat.tumour_offset[0] * r, z), r
 
 
-def render_phantom(x_mm: np.ndarray, y_mm: np.ndarray, z_mm: np.ndarray,
-                   anat: Anatomy) -> tuple[np.ndarray, np.ndarray]:
-    """Noise-free HU (float32) and label (uint8: 0, 1 pancreas, 2 tumour) at LPS points.
-
-    ``x_mm``, ``y_mm``, ``z_mm`` broadcast to the output shape; for an axis-aligned grid
-    each varies along one axis only (see ``pancreas.synthetic.msd.grid_coordinates``), which
-    keeps in-plane organs two-dimensional and lets 3D organs be cropped to their box.
-    """
-    cx, cy, cz = anat.centre_mm
-    x, y, z = x_mm - cx, y_mm - cy, z_mm - cz
-    shape = np.broadcast_shapes(x.shape, y.shape, z.shape)
+def _paint_body(hu: np.ndarray, x, y, z, anat: Anatomy) -> None:
+    """Subcutaneous fat, the muscle wall and the visceral fill inside it."""
     s = anat.inplane_scale
-    hu = np.full(shape, AIR_HU, dtype=np.float32)
-    label = np.zeros(shape, dtype=np.uint8)
-
     ax, ay = (v * s for v in anat.body_semi_axes_mm)
     wobble = 1.0 + 0.03 * np.sin(z / 70.0)  # the waist changes a little along z
     fat_t = max(anat.fat_thickness_mm * s, 2.0)
@@ -159,35 +147,48 @@ def render_phantom(x_mm: np.ndarray, y_mm: np.ndarray, z_mm: np.ndarray,
     _paint(hu, _ellipse(x, y, 0.0, 0.0, ax - fat_t, ay - fat_t), anat.muscle_hu)
     _paint(hu, _ellipse(x, y, 0.0, 0.0, ax - fat_t - mus_t, ay - fat_t - mus_t), anat.visceral_hu)
 
-    # posterior midline: paraspinal muscles, vertebral body with a dense rim, spinous process
+
+def _paint_spine(hu: np.ndarray, x, y, anat: Anatomy) -> None:
+    """Posterior midline: paraspinal muscles, vertebral body with a dense rim, spinous process."""
+    s = anat.inplane_scale
     for side in (-1.0, 1.0):
         _paint(hu, _ellipse(x, y, side * 30 * s, 80 * s, 22 * s, 17 * s), anat.muscle_hu)
     _paint(hu, _ellipse(x, y, 0.0, 48 * s, 19 * s, 16 * s), anat.bone_hu + 150.0)
     _paint(hu, _ellipse(x, y, 0.0, 48 * s, 15 * s, 12 * s), anat.bone_hu - 100.0)
     _paint(hu, _ellipse(x, y, 0.0, 78 * s, 5 * s, 16 * s), anat.bone_hu)
 
-    coords = (x, y, z)
 
-    def organ(centre, semi, value, inner=None, inner_value=None):
-        c = (centre[0] * s, centre[1] * s, centre[2])
-        a = (semi[0] * s, semi[1] * s, semi[2])
-        box = _box(coords, [c[i] - a[i] for i in range(3)], [c[i] + a[i] for i in range(3)])
-        sx, sy, sz = (_sub(v, box) for v in coords)
-        sub = hu[box]
-        _paint(sub, _ellipsoid(sx, sy, sz, c, a), value)
-        if inner is not None:
-            _paint(sub, _ellipsoid(sx, sy, sz, c, tuple(v * inner for v in a)), inner_value)
+def _paint_organ(hu: np.ndarray, coords, s: float, centre, semi, value: float,
+                 inner: float | None = None, inner_value: float | None = None) -> None:
+    """An ellipsoid organ (in-plane reference mm scaled by ``s``), cropped to its box;
+    ``inner`` paints a core of that relative size (the kidney medulla)."""
+    c = (centre[0] * s, centre[1] * s, centre[2])
+    a = (semi[0] * s, semi[1] * s, semi[2])
+    box = _box(coords, [c[i] - a[i] for i in range(3)], [c[i] + a[i] for i in range(3)])
+    sx, sy, sz = (_sub(v, box) for v in coords)
+    sub = hu[box]
+    _paint(sub, _ellipsoid(sx, sy, sz, c, a), value)
+    if inner is not None:
+        _paint(sub, _ellipsoid(sx, sy, sz, c, tuple(v * inner for v in a)), inner_value)
 
-    organ((-85.0, -5.0, 40.0), (75.0, 85.0, 130.0), anat.liver_hu)        # liver, patient right
-    organ((100.0, 40.0, 50.0), (32.0, 48.0, 70.0), anat.spleen_hu)        # spleen, left posterior
-    for side in (-1.0, 1.0):                                              # kidneys
-        organ((side * 68.0, 55.0, -20.0), (24.0, 30.0, 55.0), anat.kidney_cortex_hu,
-              inner=0.65, inner_value=anat.kidney_medulla_hu)
+
+def _paint_organs(hu: np.ndarray, coords, anat: Anatomy) -> None:
+    """Liver, spleen and kidneys (3D), then the in-plane vessels and the duodenum."""
+    x, y, _ = coords
+    s = anat.inplane_scale
+    _paint_organ(hu, coords, s, (-85.0, -5.0, 40.0), (75.0, 85.0, 130.0), anat.liver_hu)   # liver, patient right
+    _paint_organ(hu, coords, s, (100.0, 40.0, 50.0), (32.0, 48.0, 70.0), anat.spleen_hu)   # spleen, left posterior
+    for side in (-1.0, 1.0):                                                                 # kidneys
+        _paint_organ(hu, coords, s, (side * 68.0, 55.0, -20.0), (24.0, 30.0, 55.0), anat.kidney_cortex_hu,
+                     inner=0.65, inner_value=anat.kidney_medulla_hu)
     _paint(hu, _ellipse(x, y, 14 * s, 26 * s, 11 * s, 11 * s), anat.aorta_hu)   # anterior-left of spine
     _paint(hu, _ellipse(x, y, -24 * s, 26 * s, 12 * s, 10 * s), anat.ivc_hu)
     _paint(hu, _ellipse(x, y, -72 * s, 0.0, 11 * s, 13 * s), anat.duodenum_hu)  # beside the head
 
-    # pancreas: crop to its box, then tumour inside it
+
+def _pancreas_box(coords, anat: Anatomy) -> tuple[slice, ...]:
+    """Index box that holds the whole pancreas tube (its bend, tilt and lean included)."""
+    s = anat.inplane_scale
     x0, x1 = (v * s for v in anat.pancreas_x_range_mm)
     r_max = max(max(anat.pancreas_radii_mm) * s, anat.min_pancreas_radius_mm)
     zt = abs(anat.pancreas_z_tilt) * (x1 - x0)  # bounds |z centre| along the tube
@@ -195,41 +196,50 @@ def render_phantom(x_mm: np.ndarray, y_mm: np.ndarray, z_mm: np.ndarray,
     lean = abs(anat.pancreas_yz_shear) * (2 * zt + r_max)
     y_lo = anat.pancreas_body_y_mm * s - r_max - lean
     y_hi = (anat.pancreas_body_y_mm + max(anat.pancreas_tail_rise_mm, 0.0)) * s + r_max + lean
-    box = _box(coords, [x0 - r_max, y_lo, z_lo], [x1 + r_max, y_hi, z_hi])
+    return _box(coords, [x0 - r_max, y_lo, z_lo], [x1 + r_max, y_hi, z_hi])
+
+
+def _paint_tumour(hu: np.ndarray, label: np.ndarray, coords, panc: np.ndarray, anat: Anatomy) -> None:
+    """The tumour ellipsoid, only where it lies inside the pancreas mask ``panc``.
+
+    ``hu``, ``label``, ``coords`` and ``panc`` are all cropped to the pancreas box.
+    """
+    (tx, ty, tz), _ = tumour_centre(anat)
+    a = anat.tumour_semi_axes_mm
+    tbox = _box(coords, [tx - a[0], ty - a[1], tz - a[2]], [tx + a[0], ty + a[1], tz + a[2]])
+    tx_, ty_, tz_ = (_sub(v, tbox) for v in coords)
+    tum = np.broadcast_to(_ellipsoid(tx_, ty_, tz_, (tx, ty, tz), a), panc[tbox].shape) & panc[tbox]
+    _paint(hu[tbox], tum, anat.tumour_hu)
+    label[tbox][tum] = 2
+
+
+def _paint_pancreas(hu: np.ndarray, label: np.ndarray, coords, anat: Anatomy) -> None:
+    """Pancreas (label 1), cropped to its box, then the tumour inside it (label 2)."""
+    box = _pancreas_box(coords, anat)
     sx, sy, sz = (_sub(v, box) for v in coords)
     panc = np.broadcast_to(_pancreas_mask(sx, sy, sz, anat), hu[box].shape)
     _paint(hu[box], panc, anat.pancreas_hu)
     label[box][panc] = 1
     if anat.has_tumour:
-        (tx, ty, tz), _ = tumour_centre(anat)
-        a = anat.tumour_semi_axes_mm
-        tbox = _box((sx, sy, sz), [tx - a[0], ty - a[1], tz - a[2]], [tx + a[0], ty + a[1], tz + a[2]])
-        tx_, ty_, tz_ = (_sub(v, tbox) for v in (sx, sy, sz))
-        tum = np.broadcast_to(_ellipsoid(tx_, ty_, tz_, (tx, ty, tz), a), panc[tbox].shape) & panc[tbox]
-        _paint(hu[box][tbox], tum, anat.tumour_hu)
-        label[box][tbox][tum] = 2
-    return hu, label
+        _paint_tumour(hu[box], label[box], (sx, sy, sz), panc, anat)
 
 
-def smoothing_noise_gain(sigma_vox: tuple[float, ...]) -> float:
-    """Factor by which Gaussian smoothing with ``sigma_vox`` shrinks white-noise SD."""
-    gain = 1.0
-    for sg in sigma_vox:
-        if sg > 0:
-            delta = np.zeros(41)
-            delta[20] = 1.0
-            w = ndimage.gaussian_filter1d(delta, sg, mode="constant")
-            gain *= float(np.sqrt(np.sum(w ** 2)))
-    return gain
+def render_phantom(x_mm: np.ndarray, y_mm: np.ndarray, z_mm: np.ndarray,
+                   anat: Anatomy) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free HU (float32) and label (uint8: 0, 1 pancreas, 2 tumour) at LPS points.
 
-
-def add_ct_noise(hu: np.ndarray, noise_sd_hu: float, sigma_vox: tuple[float, float, float],
-                 rng: np.random.Generator) -> np.ndarray:
-    """Slightly blur (partial volume) and add correlated Gaussian noise of SD ``noise_sd_hu``.
-
-    The noise is drawn white, scaled up by the smoothing gain and blurred with the image,
-    so the final noise SD is about ``noise_sd_hu`` with a CT-like grain.
+    ``x_mm``, ``y_mm``, ``z_mm`` broadcast to the output shape; for an axis-aligned grid
+    each varies along one axis only (see ``pancreas.synthetic.params.grid_coordinates``), which
+    keeps in-plane organs two-dimensional and lets 3D organs be cropped to their box.
+    Later blocks paint over earlier ones, so their order is the anatomy's layering.
     """
-    gain = smoothing_noise_gain(sigma_vox)
-    noisy = hu + rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(noise_sd_hu / gain)
-    return ndimage.gaussian_filter(noisy, sigma_vox, mode="nearest", truncate=3.0).astype(np.float32)
+    cx, cy, cz = anat.centre_mm
+    x, y, z = x_mm - cx, y_mm - cy, z_mm - cz
+    shape = np.broadcast_shapes(x.shape, y.shape, z.shape)
+    hu = np.full(shape, AIR_HU, dtype=np.float32)
+    label = np.zeros(shape, dtype=np.uint8)
+    _paint_body(hu, x, y, z, anat)
+    _paint_spine(hu, x, y, anat)
+    _paint_organs(hu, (x, y, z), anat)
+    _paint_pancreas(hu, label, (x, y, z), anat)
+    return hu, label

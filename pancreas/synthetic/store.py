@@ -7,12 +7,12 @@ nor the preprocessing stage.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from dataset.common.files import fingerprint_json
-from dataset.contract.store import SCHEMA_VERSION, shard_path, write_catalog, write_shard
+from dataset.contract.catalog import Catalog, CatalogRecord, write_catalog
+from dataset.contract.store import shard_path, write_shard
 
 
 def blob_label(shape_zyx: tuple[int, int, int], centre_zyx, radii_zyx, tumour_radius: float = 0.0) -> np.ndarray:
@@ -35,7 +35,7 @@ def image_for(label: np.ndarray, seed: int) -> np.ndarray:
 
 
 def write_case(store: str | Path, case_id: str, label: np.ndarray, seed: int = 0,
-               image: np.ndarray | None = None) -> dict[str, Any]:
+               image: np.ndarray | None = None) -> CatalogRecord:
     """Write one labelled shard; return its catalog record."""
     image = image_for(label, seed) if image is None else image
     counts = [int((label == k).sum()) for k in range(3)]
@@ -43,25 +43,23 @@ def write_case(store: str | Path, case_id: str, label: np.ndarray, seed: int = 0
     write_shard(shard_path(store, case_id), image, label,
                 {"case_id": case_id, "input_fingerprint": fp, "config_fingerprint": "synthetic",
                  "label_counts": np.asarray(counts, np.int64)})
-    return {"split": "training", "shard": f"cases/{case_id}.h5", "status": "done", "error": None,
-            "shape_zyx": list(label.shape), "has_label": True, "label_counts": counts,
-            "input_fingerprint": fp, "config_fingerprint": "synthetic", "seconds": 0.0}
+    return CatalogRecord.new(case_id, "training", True, status="done", shape_zyx=tuple(label.shape),
+                             label_counts=tuple(counts), input_fingerprint=fp, config_fingerprint="synthetic")
 
 
-def failed_record(case_id: str, error: str = "synthetic failure") -> dict[str, Any]:
-    return {"split": "training", "shard": f"cases/{case_id}.h5", "status": "failed", "error": error,
-            "shape_zyx": None, "has_label": True, "label_counts": None,
-            "input_fingerprint": "x", "config_fingerprint": "synthetic", "seconds": 0.0}
+def failed_record(case_id: str, error: str = "synthetic failure") -> CatalogRecord:
+    return CatalogRecord.new(case_id, "training", True, status="failed", error=error, input_fingerprint="x",
+                             config_fingerprint="synthetic")
 
 
-def write_catalog_for(store: str | Path, records: dict[str, dict[str, Any]]) -> None:
-    write_catalog(store, {"schema_version": SCHEMA_VERSION,
-                          "dataset": {"root": "synthetic", "name": "synthetic",
-                                      "labels": {"0": "background", "1": "pancreas", "2": "tumour"}},
-                          "config": {}, "config_fingerprint": "synthetic", "cases": records})
+def write_catalog_for(store: str | Path, records: dict[str, CatalogRecord]) -> None:
+    """The catalog of a synthetic store, written by the contract's own writer."""
+    write_catalog(store, Catalog(dataset={"root": "synthetic", "name": "synthetic",
+                                          "labels": {"0": "background", "1": "pancreas", "2": "tumour"}},
+                                 config={}, config_fingerprint="synthetic", cases=dict(records)))
 
 
-def make_store(store: str | Path, labels: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+def make_store(store: str | Path, labels: dict[str, np.ndarray]) -> dict[str, CatalogRecord]:
     """A store with one labelled case per entry of ``labels`` (sorted ids, seeds 0, 1, ...)."""
     records = {cid: write_case(store, cid, labels[cid], seed=i) for i, cid in enumerate(sorted(labels))}
     write_catalog_for(store, records)

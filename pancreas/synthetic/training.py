@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from dataset.index.balance import make_row
 from dataset.index.grid import grid_boxes, grid_starts, is_padded
+from dataset.contract.index import manifest_path
 from dataset.contract.manifest import INDEX_DIR, write_manifest
 from pancreas.synthetic.store import blob_label, write_case, write_catalog_for
 
@@ -31,14 +33,14 @@ def synthetic_case(shape_zyx: tuple[int, int, int], seed: int) -> tuple[np.ndarr
 
 
 def _row(case_id: str, start, size, label: np.ndarray, seed: int, kind: str) -> dict[str, Any]:
+    """A manifest row built by the indexer's own row builder, with exact counts."""
     sl = tuple(slice(max(s, 0), max(s + d, 0)) for s, d in zip(start, size))
     box = label[sl]
     n_p, n_t = int((box == 1).sum()), int((box == 2).sum())
-    padded = is_padded(tuple(start), tuple(size), label.shape)
-    return {"case_id": case_id, "z0": start[0], "y0": start[1], "x0": start[2],
-            "dz": size[0], "dy": size[1], "dx": size[2], "n_pancreas": n_p, "n_tumour": n_t,
-            "foreground": int(n_p + n_t > 0), "padded": int(padded), "variant": "", "seed": seed,
-            "kind": kind}
+    row = make_row(case_id, tuple(start), tuple(size), n_p, n_t, n_p + n_t > 0,
+                   is_padded(tuple(start), tuple(size), label.shape), kind=kind)
+    row["seed"] = seed
+    return row
 
 
 def make_synthetic_store(
@@ -74,20 +76,19 @@ def make_synthetic_store(
                 start = [int(rng.integers(min(0, e - d), max(e - d, 0) + 1)) for e, d in zip(shape_zyx, train_patch_zyx)]
             train.append(_row(case_id, start, train_patch_zyx, label, int(rng.integers(2**31)), "grid"))
     write_catalog_for(store, records)
-    write_manifest(Path(store) / INDEX_DIR / "train.csv", train)
-    write_manifest(Path(store) / INDEX_DIR / "val.csv", val)
+    write_manifest(manifest_path(store, "train"), train)
+    write_manifest(manifest_path(store, "val"), val)
     write_index_summary(store)
     return train, val
 
 
 def write_index_summary(store: str | Path) -> None:
-    """The ``summary.json`` that commits an index (what ``pancreas index`` writes last)."""
-    from dataset.common.files import write_json_atomic
-    from dataset.index.build import SUMMARY_NAME, store_fingerprint
+    """Commit the index with the contract's own ``summary.json`` writer (what ``pancreas index`` writes last)."""
+    from dataset.contract.catalog import read_catalog
+    from dataset.contract.fingerprints import store_fingerprint
+    from dataset.contract.index import IndexSummary, commit_index
     from dataset.contract.manifest import index_fingerprint
-    from dataset.contract.store import read_catalog
 
-    write_json_atomic(Path(store) / INDEX_DIR / SUMMARY_NAME, {
-        "store_fingerprint": store_fingerprint(read_catalog(store)),
-        "index_fingerprint": index_fingerprint(store),
-    })
+    commit_index(store, IndexSummary(store=str(store), index_dir=str(Path(store) / INDEX_DIR),
+                                     store_fingerprint=store_fingerprint(read_catalog(store)),
+                                     index_fingerprint=index_fingerprint(store)))

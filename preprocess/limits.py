@@ -1,0 +1,150 @@
+"""Refuse absurd geometry and cases too big for the worker, before memory is spent.
+
+Everything here works on header numbers (ITK's x, y, z order, mm) and returns why a case
+is refused, or None; the caller names the file. A NIfTI header whose units say
+micrometres gave 0.0008 mm voxels and a 1x1x1 shard marked done; one in metres gave
+800 mm voxels and asked ITK for a 1.6 TB grid, which failed with an allocation error
+naming nothing. Both now stop at ``geometry_problem``.
+
+Memory: ``case_bytes`` estimates a case's peak from its voxel counts. Reading the input
+dominates (DESIGN-NOTES: a 512x512x751 case, 197 M voxels in and 71 M at 1 mm, peaked at
+1.68 GB in a worker; the estimate says 1.58 GB plus the worker's own memory; on a
+512x512x300 int16 case it said 629 MB and 631 MB was measured). A case above what the
+worker can still spend fails with one line instead of getting the worker killed, which
+on a rerun would happen again.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from preprocess.config import GeometryLimits
+
+FLOAT32_BYTES = 4
+# Per resampled voxel: float32 image 4, uint8 label 1, stored levels 1 and label copy 1
+# (at most: the crop only shrinks them), body mask on the 2x-subsampled grid about 0.6.
+RESAMPLED_BYTES_WITH_LABEL = 8
+RESAMPLED_BYTES = 6
+DASK_TERMINATE = 0.95  # fraction of its memory limit at which Dask's nanny kills a worker (default)
+AXES = "xyz"
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{float(v):g}" for v in values) + ")"
+
+
+def resampled_size(size: Sequence[int], spacing: Sequence[float], direction: Sequence[float],
+                   target_spacing_mm: Sequence[float]) -> tuple[int, int, int]:
+    """Voxels of ``geometry.edge_aligned_grid`` computed from header numbers alone.
+
+    The box around the scan's outer edges is ``sum_j |D_ij| * n_j * s_j`` wide along
+    physical axis i; the grid has ``max(1, round-half-up(width / target))`` voxels. (The
+    pipeline builds the real grid with ITK; the two can differ by one voxel at an exact
+    .5, which does not matter for a limit.)
+    """
+    d = np.abs(np.asarray(direction, dtype=np.float64).reshape(3, 3))
+    width = d @ (np.asarray(size, dtype=np.float64) * np.asarray(spacing, dtype=np.float64))
+    return tuple(int(max(1, math.floor(w / t + 0.5))) for w, t in zip(width, target_spacing_mm))
+
+
+def geometry_problem(size: Sequence[int], spacing: Sequence[float], direction: Sequence[float],
+                     target_spacing_mm: Sequence[float], limits: GeometryLimits) -> str | None:
+    """Why a scan's header geometry is not a sane CT (one line naming the number and the limit)."""
+    for axis, s in zip(AXES, spacing):
+        if not (math.isfinite(s) and s >= limits.min_spacing_mm):
+            return (f"voxel spacing {s:g} mm along {axis} is below limits.min_spacing_mm {limits.min_spacing_mm:g} "
+                    f"(spacing {_fmt(spacing)} mm; header units micrometres?)")
+        if s > limits.max_spacing_mm:
+            return (f"voxel spacing {s:g} mm along {axis} is above limits.max_spacing_mm {limits.max_spacing_mm:g} "
+                    f"(spacing {_fmt(spacing)} mm; header units metres?)")
+    for axis, n, s in zip(AXES, size, spacing):
+        if n * s > limits.max_extent_mm:
+            return (f"scan extent {n * s:g} mm along {axis} ({n} voxels x {s:g} mm) is above "
+                    f"limits.max_extent_mm {limits.max_extent_mm:g}")
+    grid = resampled_size(size, spacing, direction, target_spacing_mm)
+    count = math.prod(grid)
+    if count > limits.max_resampled_voxels:
+        return (f"resampled grid {'x'.join(map(str, grid))} = {count:,} voxels at {_fmt(target_spacing_mm)} mm "
+                f"is above limits.max_resampled_voxels {limits.max_resampled_voxels:,}")
+    return None
+
+
+def _itemsize(dtype: str) -> int:
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:
+        return 8  # a type numpy does not name: assume the widest
+
+
+def case_bytes(input_voxels: int, resampled_voxels: int, image_dtype: str, label_dtype: str | None) -> int:
+    """Estimated peak bytes of one case (``label_dtype`` None: no label), the largest of:
+
+    * reading the image: ITK's NIfTI reader holds the stored voxels twice, plus the
+      float32 image when the stored type is another (measured: int16 8 bytes a voxel,
+      float32 8, int32 12, float64 20);
+    * reading the label: the float32 image, the label twice as stored, its uint8 cast;
+    * resampling and the intensity steps: the float32 image and uint8 label on the input
+      grid, plus the resampled arrays (``RESAMPLED_BYTES*``).
+    """
+    item = _itemsize(image_dtype)
+    read = input_voxels * (2 * item + (0 if image_dtype == "float32" else FLOAT32_BYTES))
+    if label_dtype is None:
+        return max(read, input_voxels * FLOAT32_BYTES + resampled_voxels * RESAMPLED_BYTES)
+    cast = 0 if label_dtype == "uint8" else 1
+    label = input_voxels * (FLOAT32_BYTES + 2 * _itemsize(label_dtype) + cast)
+    process = input_voxels * (FLOAT32_BYTES + 1) + resampled_voxels * RESAMPLED_BYTES_WITH_LABEL
+    return max(read, label, process)
+
+
+def _dask_worker_limit() -> int | None:
+    """The memory limit of the Dask worker running this task (None: not in a worker, or no limit)."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:
+        return None
+    return getattr(getattr(worker, "memory_manager", None), "memory_limit", None) or None
+
+
+def _terminate_fraction() -> float:
+    import dask
+
+    fraction = dask.config.get("distributed.worker.memory.terminate", DASK_TERMINATE)
+    return float(fraction) if fraction else 1.0
+
+
+def memory_budget_bytes() -> int | None:
+    """Bytes this process can still spend on a case; None when unknown.
+
+    In a Dask worker: its memory limit times the fraction at which the nanny kills it,
+    minus what the worker holds now (imports, caches). Elsewhere (``--workers 0``,
+    ``pancreas predict``): the machine's available memory.
+    """
+    try:
+        import psutil
+    except ImportError:
+        return None
+    limit = _dask_worker_limit()
+    if limit is not None:
+        return int(limit * _terminate_fraction()) - psutil.Process().memory_info().rss
+    return int(psutil.virtual_memory().available)
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if abs(n) >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def memory_problem(needed: int, budget: int | None, input_size: Sequence[int],
+                   grid: Sequence[int]) -> str | None:
+    """Why a case cannot be done in ``budget`` bytes (one line with both numbers), else None."""
+    if budget is None or needed <= budget:
+        return None
+    return (f"needs about {_bytes(needed)} of memory (input {'x'.join(map(str, input_size))}, resampled "
+            f"{'x'.join(map(str, grid))} voxels) but this worker can spend {_bytes(max(budget, 0))}; "
+            "run with fewer --workers or on a machine with more memory")

@@ -1,0 +1,81 @@
+"""``PRED_DIR/predictions.json`` (dataset.contract.predictions): the bytes of the format
+before it was typed, the round trip, ownership and damaged files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dataset.contract.predictions import (
+    PredictionRecord, Predictions, PredictionsError, label_name, probabilities_name, read_predictions,
+    write_predictions,
+)
+
+CONFIG = {"window_zyx": [32, 64, 64], "overlap": 0.5, "batch_size": 2, "gaussian_sigma_scale": 0.125,
+          "mirror_axes": [], "largest_component": "off", "save_probabilities": False, "checkpoint": "best"}
+
+
+def legacy_bytes() -> bytes:
+    """What predict wrote before the typed contract, built the way it built it."""
+    manifest = {"cases": {}}
+    manifest.update(run="/runs/r1", settings_fingerprint="s1", config=CONFIG)
+    manifest["cases"]["pancreas_010"] = {
+        "input": "data/imagesTs/pancreas_010.nii.gz", "input_fingerprint": "f10", "settings_fingerprint": "s1",
+        "status": "done", "error": None, "output": "out/pancreas_010.nii.gz", "shape_zyx": [40, 96, 96],
+        "seconds": {k: round(v, 3) for k, v in {"preprocess": 0.12345, "model": 1.0, "stitch": 0.0004,
+                                                 "export": 2.5}.items()},
+    }
+    manifest["cases"]["broken"] = {
+        "input": "data/imagesTs/broken.nii.gz", "input_fingerprint": None, "settings_fingerprint": "s1",
+        "status": "failed", "error": "data/imagesTs/broken.nii.gz: cannot read", "output": None,
+        "shape_zyx": None, "seconds": {},
+    }
+    return (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode()
+
+
+def typed() -> Predictions:
+    record = Predictions(run="/runs/r1", settings_fingerprint="s1", config=CONFIG)
+    record = record.with_case("pancreas_010", PredictionRecord(
+        "data/imagesTs/pancreas_010.nii.gz", "f10", "s1", "done", None, "out/pancreas_010.nii.gz", (40, 96, 96),
+        {"preprocess": 0.12345, "model": 1.0, "stitch": 0.0004, "export": 2.5}))
+    return record.with_case("broken", PredictionRecord(
+        "data/imagesTs/broken.nii.gz", None, "s1", "failed", "data/imagesTs/broken.nii.gz: cannot read"))
+
+
+def test_same_bytes_as_before_and_round_trip(tmp_path: Path):
+    write_predictions(tmp_path, typed())
+    assert (tmp_path / "predictions.json").read_bytes() == legacy_bytes()
+    back = read_predictions(tmp_path)
+    assert back.to_dict() == typed().to_dict()
+    assert back.cases["pancreas_010"].shape_zyx == (40, 96, 96) and back.cases["pancreas_010"].done
+    write_predictions(tmp_path, back)  # read and written again: the same file
+    assert (tmp_path / "predictions.json").read_bytes() == legacy_bytes()
+
+
+def test_a_case_keeps_its_place_when_redone():
+    record = typed().with_case("pancreas_010", PredictionRecord("x.nii.gz", "f11", "s2"))
+    assert list(record.cases) == ["pancreas_010", "broken"] and record.cases["pancreas_010"].status == "pending"
+
+
+def test_owns_the_files_of_listed_cases_only():
+    record = typed()
+    assert record.owns(label_name("broken")) and record.owns(probabilities_name("pancreas_010"))
+    assert not record.owns("pancreas_011.nii.gz") and not record.owns("predictions.json")
+
+
+def test_no_record_is_none(tmp_path: Path):
+    assert read_predictions(tmp_path) is None
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{not json", "unreadable predictions record"),
+    ('{"name": "Pancreas"}', "not a predictions record"),
+    ('{"cases": {"a": {"input": "a.nii.gz", "status": "weird"}}}', "case a: status 'weird'"),
+    ('{"cases": {"a": {"input": "a.nii.gz", "status": "done", "colour": 1}}}', "case a: not a prediction record"),
+])
+def test_damaged_record_is_one_line_naming_the_file(tmp_path: Path, text: str, message: str):
+    (tmp_path / "predictions.json").write_text(text)
+    with pytest.raises(PredictionsError, match=message) as info:
+        read_predictions(tmp_path)
+    assert str(info.value).startswith(str(tmp_path / "predictions.json")) and "\n" not in str(info.value)

@@ -1,0 +1,157 @@
+"""Checkpoints and ``state.json`` committed together, once per epoch.
+
+The protocol (``dataset.contract.run`` documents the files): at the end of epoch ``g``
+
+1. ``checkpoints/best.<g>.keras`` when the validation pancreas Dice improved
+   (crash points ``checkpoint-best:written``, ``checkpoint-best:renamed``);
+2. ``checkpoints/last.<g>.keras`` (``checkpoint-last:written``, ``checkpoint-last:renamed``);
+3. ``state.json`` with ``generation = g``: the commit (``state:written``, ``state:renamed``);
+4. the generation files renamed onto ``best.keras`` and ``last.keras``
+   (``checkpoint-best:published``, ``checkpoint-last:published``).
+
+``settle_checkpoints`` finishes step 4 or undoes steps 1-2 of an epoch that never
+committed (``checkpoint-stale:removed``); a resume runs it before loading anything, so a
+kill at any of these points resumes exactly the committed epoch. ``load_for_resume``
+then checks the loaded optimizer's step count against ``state.json``'s ``iterations``:
+a disagreement (only possible in a run folder written before this protocol, or edited
+by hand) is refused with one line, never trained on. An epoch whose loss is not finite
+commits nothing: the last good checkpoint and state stay.
+
+Why renames and not copies or links: at rest the folder holds only ``best.keras`` and
+``last.keras`` (the paths ``predict`` loads), an epoch costs no more disk than one extra
+checkpoint while it commits, and nothing depends on the filesystem supporting links.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import keras
+
+from dataset.common.files import atomic_path, commit_point, fsync_path
+from dataset.contract.run import (
+    CHECKPOINTS_DIR,
+    STATE_NAME,
+    RunError,
+    RunState,
+    checkpoint_path,
+    generation_files,
+    generation_path,
+    write_state,
+)
+
+log = logging.getLogger(__name__)
+
+BEST_MONITOR = "val_dice_pancreas"
+
+
+def save_model_atomic(model: keras.Model, path: Path, point: str | None = None) -> None:
+    """``model.save`` to a temporary ``.keras`` name next to ``path``, then rename (durably)."""
+    with atomic_path(path, ending=".keras", point=point) as tmp:
+        model.save(tmp)
+
+
+def _committed_generation(kind: str, state: RunState | None) -> int | None:
+    if state is None:
+        return None
+    return state.generation if kind == "last" else state.best_epoch
+
+
+def settle_checkpoints(run_dir: Path, state: RunState | None) -> None:
+    """Publish the generation files ``state`` committed; delete those it did not (see the module docstring)."""
+    for kind, generation, path in generation_files(run_dir):
+        if generation == _committed_generation(kind, state):
+            os.replace(path, checkpoint_path(run_dir, kind))
+            fsync_path(path.parent)
+            commit_point(f"checkpoint-{kind}:published")
+        else:
+            log.info("%s: removing %s, written for an epoch that was never committed", run_dir, path.name)
+            path.unlink()
+            fsync_path(path.parent)
+            commit_point("checkpoint-stale:removed")
+
+
+def check_resumable(run_dir: Path, state: RunState | None) -> None:
+    """The checkpoints a committed state names must be there (after ``settle_checkpoints``)."""
+    if state is None or state.epoch == 0:
+        return
+    for kind, epoch in (("last", state.epoch), ("best", state.best_epoch)):
+        if epoch is not None and not checkpoint_path(run_dir, kind).is_file():
+            raise RunError(f"{run_dir}: {STATE_NAME} records the {kind} checkpoint of epoch {epoch} but there is "
+                           f"no {CHECKPOINTS_DIR}/{kind}.keras; cannot resume")
+
+
+def load_for_resume(run_dir: Path, state: RunState) -> keras.Model:
+    """``last.keras`` with its optimizer, checked to be the epoch ``state`` committed."""
+    path = checkpoint_path(run_dir, "last")
+    model = keras.models.load_model(path)
+    steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    if steps != state.iterations:
+        raise RunError(
+            f"{path}: holds the model after optimizer step {steps} but {STATE_NAME} committed epoch "
+            f"{state.epoch} at step {state.iterations}; the checkpoint and state disagree, so the run cannot "
+            "be resumed exactly: start a new run"
+        )
+    model.optimizer.learning_rate = float(state.learning_rate)
+    log.info("resuming %s at epoch %d (lr %g, optimizer step %d)", run_dir, state.epoch, state.learning_rate, steps)
+    return model
+
+
+def _finite(logs: dict[str, Any], keys: Sequence[str]) -> bool:
+    return all(math.isfinite(float(logs[k])) for k in keys if k in logs and logs[k] is not None)
+
+
+def _floats(logs: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in logs.items()}
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """The only writer of ``checkpoints/`` and ``state.json``: one commit per epoch."""
+
+    def __init__(self, run_dir: Path, state: RunState, stateful_callbacks: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.state = state
+        self.stateful_callbacks = stateful_callbacks or {}  # name -> callback with .state()
+        self.stopped_on_nan = False
+
+    @property
+    def best_path(self) -> Path:
+        return checkpoint_path(self.run_dir, "best")
+
+    @property
+    def last_path(self) -> Path:
+        return checkpoint_path(self.run_dir, "last")
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        logs = dict(logs or {})
+        if not _finite(logs, ("loss", "val_loss")):
+            self.stopped_on_nan = True
+            self.model.stop_training = True
+            log.error("epoch %d: loss is not finite; stopping, keeping the checkpoint of epoch %s",
+                      epoch + 1, self.state.epoch)
+            return
+        generation, state = epoch + 1, self.state
+        current = logs.get(BEST_MONITOR)
+        if current is not None and (state.best_value is None or float(current) > state.best_value):
+            save_model_atomic(self.model, generation_path(self.run_dir, "best", generation), "checkpoint-best")
+            state = dataclasses.replace(state, best_value=float(current), best_epoch=generation,
+                                        best_logs=_floats(logs))
+        save_model_atomic(self.model, generation_path(self.run_dir, "last", generation), "checkpoint-last")
+        optimizer = self.model.optimizer
+        state = dataclasses.replace(
+            state,
+            epoch=generation,
+            learning_rate=float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+            iterations=int(keras.ops.convert_to_numpy(optimizer.iterations)),
+            last_logs=_floats(logs),
+            callbacks={name: cb.state() for name, cb in self.stateful_callbacks.items()},
+            generation=generation,
+        )
+        write_state(self.run_dir, state)  # the commit
+        self.state = state
+        settle_checkpoints(self.run_dir, state)

@@ -1,0 +1,187 @@
+"""The fit itself: model (fresh or resumed), datasets, callbacks, ``model.fit``, its summary.
+
+Runs inside ``training.run.train``, which holds the run folder's lock and has prepared
+the folder; ``RunCheckpoint`` (``training.checkpoints``) commits each epoch.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from dataset.contract.reader import PatchReader
+from dataset.contract.run import HISTORY_NAME, LOGS_DIR, RunState
+from training.callbacks import (
+    BEST_MONITOR,
+    EpochScalars,
+    ImageSummaries,
+    ResumableEarlyStopping,
+    ResumableReduceLROnPlateau,
+)
+from training.checkpoints import RunCheckpoint, load_for_resume
+from training.config import TrainConfig
+from training.distribute import build_compiled_model, make_strategy
+from training.inputs import RunInputs
+from training.pipeline import training_dataset, validation_dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSummary:
+    """What a finished (or stopped) run reports."""
+
+    run_dir: Path
+    initial_epoch: int
+    epochs_completed: int
+    best_epoch: int | None
+    best_val_dice: dict[str, float]
+    last_val_dice: dict[str, float]
+    stopped: str  # completed | early_stopping | nan
+    learning_rate: float
+    best_checkpoint: Path
+    last_checkpoint: Path
+    log_dir: Path
+    replicas: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def choose_image_samples(
+    store: Path, rows: list[dict[str, Any]], count: int, seed: int
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """A fixed set of foreground patches (stored, unaugmented) for TensorBoard images."""
+    candidates = [i for i, r in enumerate(rows) if int(r.get("foreground", 0)) and not r.get("variant")]
+    if not candidates or count == 0:
+        return []
+    picks = np.random.default_rng(seed).choice(len(candidates), size=min(count, len(candidates)), replace=False)
+    reader = PatchReader(store)
+    out = []
+    for k in sorted(int(p) for p in picks):
+        row = rows[candidates[k]]
+        image, label = reader.read(row)
+        out.append((f"{row['case_id']}_{row['z0']}_{row['y0']}_{row['x0']}", image, label))
+    reader.close()
+    return out
+
+
+def pad_for_replicas(rows: list[dict[str, Any]], batch_size: int, replicas: int) -> list[dict[str, Any]]:
+    """Repeat the first rows so the last validation batch is whole.
+
+    With several replicas a partial last batch leaves some replica an empty batch, which
+    Keras' distributed evaluation cannot take (AddN of shapes [1, ...] and [0, ...]). At
+    most ``global_batch - 1`` patches are counted twice; on one replica nothing changes.
+    """
+    global_batch = batch_size * replicas
+    if replicas <= 1 or len(rows) % global_batch == 0:
+        return list(rows)
+    extra = global_batch - len(rows) % global_batch
+    log.warning("validation: %d patches repeated so %d replicas get whole batches", extra, replicas)
+    return list(rows) + [rows[i % len(rows)] for i in range(extra)]
+
+
+def _scheduler_callbacks(config: TrainConfig, state: RunState) -> dict[str, keras.callbacks.Callback]:
+    """Callbacks whose counters ``state.json`` keeps, restored from it."""
+    saved = state.callbacks or {}
+    stateful: dict[str, keras.callbacks.Callback] = {"reduce_lr": ResumableReduceLROnPlateau(
+        initial_state=saved.get("reduce_lr"), monitor="val_loss", mode="min", factor=config.lr_factor,
+        patience=config.lr_patience, min_lr=config.min_learning_rate, verbose=1,
+    )}
+    if config.early_stopping_patience > 0:
+        stateful["early_stopping"] = ResumableEarlyStopping(
+            initial_state=saved.get("early_stopping"), monitor=BEST_MONITOR, mode="max",
+            patience=config.early_stopping_patience, verbose=1,
+        )
+    return stateful
+
+
+def _callbacks(run_dir: Path, config: TrainConfig, inputs: RunInputs, state: RunState,
+               stateful: dict[str, keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
+    """In this order: schedulers update their counters before ``RunCheckpoint`` commits them."""
+    samples = {
+        "train": choose_image_samples(inputs.store, inputs.train_rows, config.image_patches, config.seed),
+        "validation": choose_image_samples(inputs.store, inputs.val_rows, config.image_patches, config.seed),
+    }
+    return [
+        keras.callbacks.TerminateOnNaN(),
+        *stateful.values(),
+        ImageSummaries(run_dir / LOGS_DIR, samples),
+        EpochScalars(run_dir / LOGS_DIR),
+        keras.callbacks.CSVLogger(str(run_dir / HISTORY_NAME), append=state.epoch > 0),
+        RunCheckpoint(run_dir, state, stateful),
+    ]
+
+
+def _datasets(inputs: RunInputs, config: TrainConfig, replicas: int, initial_epoch: int):
+    """(training stream skipping the batches already seen, validation set, validation steps)."""
+    train_ds = training_dataset(inputs.store, inputs.train_rows, config, config.batch_size * replicas,
+                                skip_batches=initial_epoch * config.steps_per_epoch)
+    val_rows = pad_for_replicas(inputs.val_rows, config.val_batch_size, replicas)
+    val_ds = validation_dataset(inputs.store, val_rows, config.val_batch_size * replicas, config.input_threads)
+    return train_ds, val_ds, math.ceil(len(val_rows) / (config.val_batch_size * replicas))
+
+
+def fit(run_dir: Path, config: TrainConfig, inputs: RunInputs, state: RunState | None) -> TrainSummary:
+    """Build or resume the model and train it from ``state``'s epoch to ``config.epochs``."""
+    keras.utils.set_random_seed(config.seed)
+    state = state or RunState()
+    strategy = make_strategy(config.strategy)
+    replicas = strategy.num_replicas_in_sync
+    with strategy.scope():
+        model = load_for_resume(run_dir, state) if state.epoch > 0 else build_compiled_model(config)
+    train_ds, val_ds, validation_steps = _datasets(inputs, config, replicas, state.epoch)
+    stateful = _scheduler_callbacks(config, state)
+    callbacks = _callbacks(run_dir, config, inputs, state, stateful)
+    history = model.fit(
+        train_ds,
+        epochs=config.epochs,
+        initial_epoch=state.epoch,
+        steps_per_epoch=config.steps_per_epoch,
+        validation_data=val_ds,
+        validation_steps=validation_steps,
+        callbacks=callbacks,
+        shuffle=False,  # the stream is shuffled by the pipeline
+        verbose=1 if sys.stderr.isatty() else 2,
+    )
+    return _summary(run_dir, config, state.epoch, callbacks[-1], stateful, model, history, replicas)
+
+
+def _summary(run_dir: Path, config: TrainConfig, initial_epoch: int, checkpoint: RunCheckpoint,
+             stateful: dict[str, Any], model: keras.Model, history: keras.callbacks.History,
+             replicas: int) -> TrainSummary:
+    final = checkpoint.state
+    early = stateful.get("early_stopping")
+    stopped = "nan" if checkpoint.stopped_on_nan or model.stop_training and _nan_in(history) else (
+        "early_stopping" if early is not None and early.stopped_epoch > 0 else "completed")
+    return TrainSummary(
+        run_dir=run_dir,
+        initial_epoch=initial_epoch,
+        epochs_completed=final.epoch,
+        best_epoch=final.best_epoch,
+        best_val_dice=_dice_of(final.best_logs),
+        last_val_dice=_dice_of(final.last_logs),
+        stopped=stopped,
+        learning_rate=float(final.learning_rate if final.learning_rate is not None else config.learning_rate),
+        best_checkpoint=checkpoint.best_path,
+        last_checkpoint=checkpoint.last_path,
+        log_dir=run_dir / LOGS_DIR,
+        replicas=replicas,
+    )
+
+
+def _dice_of(logs: Any) -> dict[str, float]:
+    logs = logs or {}
+    return {name: float(logs[f"val_dice_{name}"]) for name in ("pancreas", "tumour") if f"val_dice_{name}" in logs}
+
+
+def _nan_in(history: keras.callbacks.History) -> bool:
+    losses = history.history.get("loss", [])
+    return bool(losses) and not math.isfinite(float(losses[-1]))
+
+
+__all__ = ["TrainSummary", "choose_image_samples", "fit", "pad_for_replicas"]

@@ -1,0 +1,124 @@
+"""The run folder's lifecycle: lock it, check it can take this run, prepare it, find the state to resume.
+
+``open_run_dir`` holds ``exclusive_lock(RUN_DIR)`` for the whole run, so a second
+``pancreas train`` on the same RUN_DIR fails at once naming the first. Everything that
+can refuse a run happens before anything is written, and only the lock holder sweeps
+leftovers (temporaries, uncommitted checkpoint generations).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+from pathlib import Path
+from typing import Iterator
+
+from dataset.common.configio import ConfigError, to_dict
+from dataset.common.files import LOCK_NAME, TMP_SUFFIX, atomic_path, exclusive_lock, remove_stale_temporaries
+from dataset.contract.fingerprints import check_fingerprint
+from dataset.contract.run import (
+    CHECKPOINTS_DIR,
+    CONFIG_NAME,
+    FINGERPRINTS_NAME,
+    HISTORY_NAME,
+    RunError,
+    RunState,
+    holds_run,
+    read_fingerprints,
+    read_run_config,
+    read_state,
+    run_files_present,
+    write_fingerprints,
+    write_input_contract,
+    write_run_config,
+)
+from training.checkpoints import check_resumable, settle_checkpoints
+from training.config import TrainConfig
+from training.inputs import RunInputs, input_contract
+
+log = logging.getLogger(__name__)
+
+RESUMABLE_CHANGES = frozenset({"epochs", "early_stopping_patience", "image_patches"})
+NEW_RUN = "resume on the same store and index or start a new run"
+
+
+def _nothing_to_resume(run_dir: Path) -> RunError:
+    return RunError(f"{run_dir}: holds no run to resume (no {CONFIG_NAME}); drop --resume to start a new run here")
+
+
+@contextlib.contextmanager
+def open_run_dir(run_dir: Path, resume: bool) -> Iterator[Path]:
+    """Hold RUN_DIR's lock for the block, creating the folder only for a new run."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir}: exists and is not a folder")
+    if resume and not run_dir.is_dir():
+        raise _nothing_to_resume(run_dir)
+    with exclusive_lock(run_dir) as locked:
+        yield locked
+
+
+def check_run_dir(run_dir: Path, config: TrainConfig, inputs: RunInputs, resume: bool) -> RunState | None:
+    """The committed state to resume from (``None``: start at epoch 0); raise if the folder is unusable."""
+    existing = run_files_present(run_dir)
+    if not resume:
+        if existing:
+            raise RunError(f"{run_dir}: holds another run ({', '.join(existing)}); pass --resume to continue it "
+                           "or choose another --out")
+        if run_dir.is_dir() and any(p.name != LOCK_NAME and TMP_SUFFIX not in p.name for p in run_dir.iterdir()):
+            # e.g. the store itself (our lock file and a killed start's temporaries do not count)
+            raise RunError(f"{run_dir}: exists and is not empty; choose a new --out for the run")
+        return None
+    if not holds_run(run_dir):
+        if existing:
+            raise RunError(f"{run_dir}: has {', '.join(existing)} but no {CONFIG_NAME}; cannot resume")
+        raise _nothing_to_resume(run_dir)
+    _check_same_config(run_dir, config)
+    if (run_dir / FINGERPRINTS_NAME).is_file():
+        old, now = read_fingerprints(run_dir), inputs.fingerprints
+        for key in ("store_fingerprint", "index_fingerprint"):
+            check_fingerprint(key.replace("_", " "), getattr(old, key), getattr(now, key), run_dir, inputs.store,
+                              NEW_RUN)
+    return read_state(run_dir)
+
+
+def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
+    saved, now = read_run_config(run_dir), to_dict(config)
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise ConfigError(
+            f"{run_dir}: cannot resume with a different config ({', '.join(changed)} changed; "
+            f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change)"
+        )
+
+
+def prepare_run_dir(run_dir: Path, config: TrainConfig, inputs: RunInputs, state: RunState | None) -> None:
+    """Sweep what a killed run left, settle its checkpoints, write the run's hand-over files.
+
+    Call with the lock held and after ``check_run_dir``.
+    """
+    remove_stale_temporaries(run_dir)
+    remove_stale_temporaries(run_dir / CHECKPOINTS_DIR)
+    settle_checkpoints(run_dir, state)
+    check_resumable(run_dir, state)
+    truncate_history(run_dir / HISTORY_NAME, state.epoch if state else 0)
+    write_run_config(run_dir, to_dict(config))
+    if not (run_dir / FINGERPRINTS_NAME).is_file():
+        write_fingerprints(run_dir, inputs.fingerprints)
+    write_input_contract(run_dir, input_contract(inputs, config))
+
+
+def truncate_history(path: Path, epochs_done: int) -> None:
+    """Keep the history rows of committed epochs only (a kill may leave one more)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    col = header.index("epoch") if "epoch" in header else 0
+    kept = [r for r in body if r and int(float(r[col])) < epochs_done]
+    if len(kept) != len(body):
+        with atomic_path(path, point="history") as tmp:
+            with open(tmp, "w", newline="") as fh:
+                csv.writer(fh, lineterminator="\n").writerows([header, *kept])
