@@ -24,11 +24,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# bench/predict.py: the full-size case for the plain scenario only (one model, unmirrored:
+# the README's per-stage figures, a minute or two on a CPU), then all four scenarios
+# (mirroring, ensembles) on a small case (the README's table, under a minute). Its default,
+# all four at full size, takes 15-40 minutes on a CPU: run `$(PY) bench/predict.py` for that.
 bench: $(STAMP)
 	$(PY) bench/preprocess.py --cases 8
 	$(PY) bench/index.py
 	$(PY) bench/pipeline.py
-	$(PY) bench/predict.py
+	$(PY) bench/predict.py --scenarios plain
+	$(PY) bench/predict.py --small
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

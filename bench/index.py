@@ -26,9 +26,9 @@ import numpy as np  # noqa: E402
 
 from dataset.index.config import IndexConfig  # noqa: E402
 from dataset.index.build import build_index, grid_rows, read_label  # noqa: E402
-from dataset.contract.manifest import read_manifest  # noqa: E402
+from dataset.contract.manifest import manifest_path, read_manifest  # noqa: E402
 from dataset.contract.reader import PatchReader  # noqa: E402
-from dataset.contract.store import read_catalog  # noqa: E402
+from dataset.contract.catalog import read_catalog  # noqa: E402
 from pancreas.synthetic.store import blob_label, make_store  # noqa: E402
 
 
@@ -73,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         make_store(store, synthetic_labels(args.cases, tuple(args.shape)))
         print(f"wrote {args.cases} synthetic cases of {tuple(args.shape)} (z, y, x) in {time.perf_counter() - t:.1f} s")
 
-    config = IndexConfig(val_fraction=0.25 if args.cases >= 4 else 0.5)
+    config = IndexConfig(folds=1, val_fraction=0.25 if args.cases >= 4 else 0.5)  # one split: the read rates need one manifest
     catalog = read_catalog(store)
     read_s, classify_s = [], []
-    for case_id in sorted(catalog["cases"]):
+    for case_id in sorted(catalog.cases):
         t = time.perf_counter()
-        label = read_label(store, case_id, catalog["cases"][case_id])
+        label = read_label(store, case_id, catalog.cases[case_id])
         t1 = time.perf_counter()
         grid_rows(case_id, label, config.train_patch_zyx, config)
         read_s.append(t1 - t)
@@ -88,11 +88,12 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.perf_counter()
     s = build_index(store, config, workers=args.workers, progress=False)
-    print(f"build_index: {time.perf_counter() - t:.1f} s ({s.train_entries} train entries, "
-          f"{s.train_augmented_entries} augmented, {s.augmented_built} shards built); "
+    fold = s.per_fold[0]
+    print(f"build_index: {time.perf_counter() - t:.1f} s ({fold.train_entries} train entries, "
+          f"{fold.train_augmented_entries} augmented, {s.augmented_built} shards built); "
           f"classification inside: {s.classify_seconds_per_case:.3f} s/case")
 
-    rows = read_manifest(store / "index" / "train.csv")
+    rows = read_manifest(manifest_path(store, "train", 0))
     with PatchReader(store) as reader:
         stored = [r for r in rows if not r["variant"]]
         for name, subset in (("the whole manifest (its mix)", rows),

@@ -1,4 +1,4 @@
-"""``pancreas evaluate``: Dice and HD95 per case and region, a JSON report and a table.
+"""``pancreas evaluate``: Dice, NSD and HD95 per case and region, a JSON report and a table.
 
 Two ways in: two folders of label maps paired by case name (``evaluate_dirs``), or a
 training run plus its store (``evaluate_run``): the run's validation cases (from the
@@ -13,7 +13,7 @@ themselves. ``evaluate_run`` holds the prediction folder's lock while it predict
 
 Reads only hand-over files (``dataset.contract``): never the index stage or training code.
 
-The metrics and their conventions (absent regions, undefined HD95) are in
+The metrics and their conventions (absent regions, undefined HD95, NSD tolerances) are in
 ``inference.metrics``. A prediction whose grid (size, spacing, origin, direction)
 differs from its truth is an error for that case, never silently resampled.
 """
@@ -38,7 +38,7 @@ from dataset.contract.predictions import PROBABILITIES_SUFFIX, label_name
 from dataset.contract.run import InputContract
 from dataset.contract.store import StoreError, read_shard_attrs, shard_path
 from inference.config import PredictConfig
-from inference.metrics import REGIONS, score_case, summarise
+from inference.metrics import NSD_TOLERANCE_MM, REGIONS, score_case, summarise
 
 log = logging.getLogger(__name__)
 REPORT_KEYS = ("cases", "summary")  # what an existing --out file must hold to be replaced
@@ -70,7 +70,7 @@ def _read_labels(path: Path, what: str, case_id: str):
     return image, array.astype(np.uint8, copy=False)
 
 
-def evaluate_pair(pair: CasePair) -> dict[str, dict[str, Any]]:
+def evaluate_pair(pair: CasePair, nsd_tolerance_mm: dict[str, float] = NSD_TOLERANCE_MM) -> dict[str, dict[str, Any]]:
     """Scores of one case; EvaluationError naming the case on unreadable files or a grid mismatch."""
     from preprocess.output import spacing_zyx
     from preprocess.io import grid_mismatch
@@ -80,20 +80,22 @@ def evaluate_pair(pair: CasePair) -> dict[str, dict[str, Any]]:
     mismatch = grid_mismatch(truth_image, pred_image)
     if mismatch:
         raise EvaluationError(f"{pair.case_id}: prediction {pair.prediction} does not match its truth's grid: {mismatch}")
-    return score_case(pred, truth, spacing_zyx(truth_image))
+    return score_case(pred, truth, spacing_zyx(truth_image), nsd_tolerance_mm=nsd_tolerance_mm)
 
 
-def evaluate_pairs(pairs: Sequence[CasePair], progress: bool = True) -> dict[str, Any]:
+def evaluate_pairs(pairs: Sequence[CasePair], progress: bool = True,
+                   nsd_tolerance_mm: dict[str, float] = NSD_TOLERANCE_MM) -> dict[str, Any]:
     """The report for ``pairs``: cases, summary, and errors for cases that could not be scored."""
     cases: dict[str, Any] = {}
     errors: dict[str, str] = {}
     for pair in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
         try:
-            cases[pair.case_id] = evaluate_pair(pair)
+            cases[pair.case_id] = evaluate_pair(pair, nsd_tolerance_mm)
         except EvaluationError as err:
             log.error("%s", err)
             errors[pair.case_id] = str(err)
-    return {"cases": cases, "summary": summarise(cases), "errors": errors, "regions": {k: list(v) for k, v in REGIONS.items()}}
+    return {"cases": cases, "summary": summarise(cases), "errors": errors, "regions": {k: list(v) for k, v in REGIONS.items()},
+            "nsd_tolerance_mm": dict(nsd_tolerance_mm)}
 
 
 def _label_files(folder: Path) -> dict[str, Path]:
@@ -103,7 +105,8 @@ def _label_files(folder: Path) -> dict[str, Path]:
             if p.is_file() and is_image_name(p.name) and not p.name.endswith(PROBABILITIES_SUFFIX)}
 
 
-def evaluate_dirs(pred_dir: str | Path, truth_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+def evaluate_dirs(pred_dir: str | Path, truth_dir: str | Path, progress: bool = True,
+                  nsd_tolerance_mm: dict[str, float] = NSD_TOLERANCE_MM) -> dict[str, Any]:
     """Pair ``<case>.nii.gz`` files of two folders; cases without a prediction are listed and fail the run."""
     if Path(pred_dir).resolve() == Path(truth_dir).resolve():
         raise EvaluationError(f"--pred {pred_dir} is the --truth folder {truth_dir}: the labels would score themselves")
@@ -111,7 +114,7 @@ def evaluate_dirs(pred_dir: str | Path, truth_dir: str | Path, progress: bool = 
     if not truths:
         raise EvaluationError(f"{truth_dir}: no NIfTI label files")
     pairs = [CasePair(c, preds[c], truths[c]) for c in sorted(truths) if c in preds]
-    report = evaluate_pairs(pairs, progress)
+    report = evaluate_pairs(pairs, progress, nsd_tolerance_mm)
     report["missing_predictions"] = sorted(set(truths) - set(preds))
     report["predictions_without_truth"] = sorted(set(preds) - set(truths))
     for case_id in report["missing_predictions"]:
@@ -119,13 +122,13 @@ def evaluate_dirs(pred_dir: str | Path, truth_dir: str | Path, progress: bool = 
     return report
 
 
-def validation_cases(store: str | Path) -> list[tuple[str, Path, Path]]:
-    """(case id, source image, source label) of the validation split, from the store."""
+def validation_cases(store: str | Path, fold: int = 0) -> list[tuple[str, Path, Path]]:
+    """(case id, source image, source label) of fold ``fold``'s validation cases, from the store."""
     store = Path(store)
     catalog = read_catalog(store)
-    check_index(store, catalog)  # the split is committed and still matches the store
+    check_index(store, catalog, fold)  # the split is committed, still matches the store, and has the fold
     out = []
-    for case_id in read_split(store).val:
+    for case_id in read_split(store).fold(fold).val:
         if case_id not in catalog.cases:
             raise StoreError(f"{index_dir(store)}: validation case {case_id} is not in the catalog")
         attrs = read_shard_attrs(shard_path(store, case_id))
@@ -165,8 +168,9 @@ def evaluate_run(
     from inference.predict import CaseInput, PredictError, predict_cases
     from inference.safety import check_output
 
-    check_run_matches_store(read_input_contract(run_dir, error=PredictError), store, run_dir)
-    cases = validation_cases(store)
+    contract = read_input_contract(run_dir, error=PredictError)
+    check_run_matches_store(contract, store, run_dir)
+    cases = validation_cases(store, contract.fold or 0)  # the fold the run trained on holds its validation cases
     pred_dir = Path(pred_dir) if pred_dir is not None else Path(run_dir) / "validation_predictions"
     check_output(pred_dir, protected_folders(store, cases), [c for c, _, _ in cases], config.save_probabilities,
                  "--pred-out")  # before the lock file is made: a refused run leaves the folder as it was
@@ -175,7 +179,7 @@ def evaluate_run(
                                 predict_fn=predict_fn, progress=progress, out_flag="--pred-out")
         failed = {r.case_id: r.error for r in summary.failed}
         pairs = [CasePair(c, pred_dir / label_name(c), label) for c, _, label in cases if c not in failed]
-        report = evaluate_pairs(pairs, progress)
+        report = evaluate_pairs(pairs, progress, config.nsd_tolerance_mm)
     report["errors"].update({c: f"prediction failed: {e}" for c, e in failed.items()})
     report["missing_predictions"] = sorted(failed)
     report["run"] = str(Path(run_dir).resolve())

@@ -16,6 +16,14 @@ Each CT goes through ``preprocess.pipeline.preprocess_image`` with the preproces
 config recorded in the run's ``input_contract.json`` (``dataset.contract.run``): the very
 code path of ``pancreas preprocess``, so training and inference cannot disagree.
 
+Several runs make an ensemble: their softmax is averaged (``inference.volume``), after
+each model's own test-time mirroring (by default along the axes its trainer flipped);
+their contracts must agree on what changes the input or output (``inference.settings``).
+A post-processing decision (``PredictConfig.postprocessing``, ``--postprocessing FILE``)
+is applied to the label map on the scan's grid (``inference.postprocess.apply_postprocessing``),
+the grid of the label maps ``evaluate --cv`` chose it on; the config's ``largest_component``
+(off by default, exclusive with a decision) acts on the stored grid, before restoring.
+
 Safe to point at real data: the output folder may not be, or lie inside, a folder the
 inputs come from, and predict replaces only files its own ``predictions.json`` lists; a
 refused run leaves the folder as it was. It holds the output folder's lock for the whole
@@ -43,22 +51,24 @@ from tqdm import tqdm
 
 from dataset.common.configio import to_dict
 from dataset.common.files import exclusive_lock, fingerprint_file, remove_stale_temporaries
+from dataset.contract.postprocessing import PostprocessingDecision
 from dataset.contract.predictions import (
     PredictionRecord, Predictions, label_name, probabilities_name, read_predictions, write_predictions,
 )
 from inference.config import PredictConfig
 from inference.inputs import CaseInput, PredictError, discover_inputs, gather_inputs, input_folders
+from inference.postprocess import apply_postprocessing, keep_largest_component
 from inference.results import CaseResult, PredictSummary
 from inference.safety import check_output, check_owned
-from inference.settings import RunSettings, load_predict_fn, load_run, resolve_config
-from inference.volume import PredictFn, argmax_labels, keep_largest_component, predict_volume
+from inference.settings import RunSettings, load_predict_fns, load_runs, resolve_config
+from inference.volume import PredictFn, argmax_labels, predict_volume
 
 log = logging.getLogger(__name__)
 
 # discover_inputs and resolve_config are imported from here by the tests and other modules
 __all__ = [
-    "CaseInput", "CaseResult", "PredictError", "PredictSummary", "argmax_labels", "discover_inputs",
-    "keep_largest_component", "predict_case", "predict_cases", "predict_volume", "resolve_config",
+    "CaseInput", "CaseResult", "PredictError", "PredictSummary", "apply_postprocessing", "argmax_labels",
+    "discover_inputs", "keep_largest_component", "predict_case", "predict_cases", "predict_volume", "resolve_config",
 ]
 
 
@@ -66,15 +76,21 @@ __all__ = [
 
 def predict_case(
     case: CaseInput,
-    predict_fn: PredictFn,
+    predict_fn: PredictFn | Sequence[PredictFn],
     config: PredictConfig,
     preprocess_config,
     out_dir: Path,
     *,
     n_classes: int | None = None,
+    mirror_axes: Sequence[Sequence[int]] | None = None,
+    postprocessing: PostprocessingDecision | None = None,
     progress: bool = True,
 ) -> CaseResult:
-    """Predict one CT and write ``out_dir/<case>.nii.gz`` (uint8, the scan's exact grid)."""
+    """Predict one CT and write ``out_dir/<case>.nii.gz`` (uint8, the scan's exact grid).
+
+    ``predict_fn``: one model or an ensemble's list; ``mirror_axes``: each model's (default
+    ``config.mirror_axes``); ``postprocessing``: the decision, applied on the scan's grid.
+    """
     from preprocess.io import read_image
     from preprocess.pipeline import preprocess_image
 
@@ -86,29 +102,33 @@ def predict_case(
     result.seconds["preprocess"] = time.perf_counter() - t
 
     timings: dict[str, float] = {}
-    probs = predict_volume(pre.levels, predict_fn, config, progress=progress, timings=timings)
+    probs = predict_volume(pre.levels, predict_fn, config, mirror_axes=mirror_axes, progress=progress,
+                           timings=timings)
     if n_classes is not None and probs.shape[0] != n_classes:
         raise PredictError(f"model gives {probs.shape[0]} classes, the run's contract says {n_classes}")
     result.n_windows = int(timings["windows"])
     result.seconds["model"], result.seconds["stitch"] = timings["model"], timings["stitch"]
 
     t = time.perf_counter()
-    result.output = str(_write_case(case.case_id, probs, pre, image, config, out_dir))
+    result.output = str(_write_case(case.case_id, probs, pre, image, config, out_dir, postprocessing))
     result.seconds["export"] = time.perf_counter() - t
     return result
 
 
-def _write_case(case_id: str, probs: np.ndarray, pre, image, config: PredictConfig, out_dir: Path) -> Path:
+def _write_case(case_id: str, probs: np.ndarray, pre, image, config: PredictConfig, out_dir: Path,
+                postprocessing: PostprocessingDecision | None = None) -> Path:
     """Labels (and the optional probabilities) back on the scan's grid, written atomically."""
     from preprocess.geometry import restore_to_original
     from preprocess.io import grid_mismatch
-    from preprocess.output import compose, copy_geometry, write_image_atomic
+    from preprocess.output import compose, copy_geometry, image_array, labels_image, write_image_atomic
 
     labels = keep_largest_component(argmax_labels(probs), config.largest_component)
     restored = restore_to_original(labels, pre.attrs, "nearest", 0)
     mismatch = grid_mismatch(image, restored)
     if mismatch:
         raise PredictError(f"restored label map is not on the scan's grid: {mismatch}")
+    if postprocessing is not None:  # on the scan's grid: where `evaluate --cv` chose it, on the label maps
+        restored = labels_image(apply_postprocessing(image_array(restored), postprocessing), image)
     out_path = out_dir / label_name(case_id)
     write_image_atomic(copy_geometry(restored, image), out_path)
     if config.save_probabilities:
@@ -150,7 +170,7 @@ def plan_run(out: Path, run: RunSettings, cases: Sequence[CaseInput], overwrite:
     """Read the folder's record, decide what to predict, check it replaces only its own files,
     and list those cases as pending before any of their files is written."""
     previous = read_predictions(out)
-    record = Predictions(run=str(run.run_dir.resolve()), settings_fingerprint=run.fingerprint,
+    record = Predictions(run=run.runs_text, settings_fingerprint=run.fingerprint,
                          config=to_dict(run.config), cases=previous.cases if previous else {})
     fps = {c.case_id: _input_fingerprint(c.path) for c in cases}
     todo = tuple(c for c in cases if overwrite or not _up_to_date(record, c, fps[c.case_id], out))
@@ -172,12 +192,12 @@ def _record_of(case: CaseInput, result: CaseResult, input_fp: str | None, settin
 
 # ----------------------------------------------------------------------------- many cases
 
-def _predict_or_report(case: CaseInput, predict_fn: PredictFn, run: RunSettings, out: Path,
+def _predict_or_report(case: CaseInput, predict_fns: Sequence[PredictFn], run: RunSettings, out: Path,
                        progress: bool) -> CaseResult:
     """One case; any failure becomes the case's one-line error (it must not stop the others)."""
     try:
-        return predict_case(case, predict_fn, run.config, run.preprocess, out,
-                            n_classes=int(run.contract.n_classes), progress=progress)
+        return predict_case(case, predict_fns, run.config, run.preprocess, out, n_classes=int(run.contract.n_classes),
+                            mirror_axes=run.mirror_axes, postprocessing=run.postprocessing, progress=progress)
     except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
         log.debug("case %s failed", case.case_id, exc_info=True)
         text = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -187,8 +207,8 @@ def _predict_or_report(case: CaseInput, predict_fn: PredictFn, run: RunSettings,
         return CaseResult(case.case_id, str(case.path), error=text)
 
 
-def _predict_all(cases: Sequence[CaseInput], plan: Plan, predict_fn: PredictFn | None, run: RunSettings,
-                 out: Path, progress: bool) -> list[CaseResult]:
+def _predict_all(cases: Sequence[CaseInput], plan: Plan, predict_fns: Sequence[PredictFn] | None,
+                 run: RunSettings, out: Path, progress: bool) -> list[CaseResult]:
     """Predict the planned cases in input order, committing each one's record as it ends."""
     todo = {c.case_id for c in plan.todo}
     record, results = plan.record, []
@@ -196,7 +216,7 @@ def _predict_all(cases: Sequence[CaseInput], plan: Plan, predict_fn: PredictFn |
         if case.case_id not in todo:
             results.append(CaseResult(case.case_id, str(case.path), str(out / label_name(case.case_id)), skipped=True))
             continue
-        result = _predict_or_report(case, predict_fn, run, out, progress)
+        result = _predict_or_report(case, predict_fns, run, out, progress)
         entry = _record_of(case, result, plan.input_fingerprints[case.case_id], run.fingerprint)
         record = record.with_case(case.case_id, entry)
         write_predictions(out, record)
@@ -205,25 +225,28 @@ def _predict_all(cases: Sequence[CaseInput], plan: Plan, predict_fn: PredictFn |
 
 
 def predict_cases(
-    run_dir: str | Path,
+    run_dirs: str | Path | Sequence[str | Path],
     inputs: str | Path | Sequence[CaseInput],
     out_dir: str | Path,
     config: PredictConfig = PredictConfig(),
     *,
-    predict_fn: PredictFn | None = None,
+    predict_fn: PredictFn | Sequence[PredictFn] | None = None,
     overwrite: bool = False,
     progress: bool = True,
     out_flag: str = "--out",
 ) -> PredictSummary:
     """Predict every input case into ``out_dir``; resumable, failures reported per case.
 
-    ``predict_fn`` replaces the run's Keras checkpoint (tests, other backends). Up-to-date
-    outputs (same input fingerprint, model, contract and config, recorded in
+    ``run_dirs``: one training run, or several (an ensemble: the mean of their softmax;
+    their contracts must agree, ``inference.settings``). ``predict_fn``: one model callable
+    per run in place of its Keras checkpoint (tests, other backends). Up-to-date outputs
+    (same input fingerprint, models, contracts, config and post-processing, recorded in
     ``out_dir/predictions.json``) are skipped unless ``overwrite``. ``out_flag`` names the
     option that chose ``out_dir`` in refusals (``evaluate --run`` passes ``--pred-out``).
     """
     t0 = time.perf_counter()
-    run = load_run(run_dir, config, predict_fn)
+    run = load_runs(run_dirs, config, predict_fn)
+    predict_fns = None if predict_fn is None else [predict_fn] if callable(predict_fn) else list(predict_fn)
     cases = gather_inputs(inputs)
     out = Path(out_dir)
     protected = [("input folder", f) for f in input_folders(inputs, cases)]
@@ -232,7 +255,7 @@ def predict_cases(
     with exclusive_lock(out):
         remove_stale_temporaries(out)
         plan = plan_run(out, run, cases, overwrite, out_flag)
-        if plan.todo and predict_fn is None:
-            predict_fn = load_predict_fn(run.run_dir, run.config.checkpoint)  # a missing model stops the run
-        results = _predict_all(cases, plan, predict_fn, run, out, progress)
+        if plan.todo and predict_fns is None:
+            predict_fns = load_predict_fns(run.run_dirs, run.config.checkpoint)  # a missing model stops the run
+        results = _predict_all(cases, plan, predict_fns, run, out, progress)
     return PredictSummary(out, results, time.perf_counter() - t0)

@@ -1,17 +1,23 @@
-"""One stored-grid volume in, class probabilities and a cleaned label map out: pure numpy.
+"""One stored-grid volume in, class probabilities and a label map out: pure numpy.
 
-``predict_volume`` runs a model callable (``PredictFn``) over the sliding-window grid of
-``inference.sliding`` and stitches the windows; ``argmax_labels`` and
-``keep_largest_component`` turn the probabilities into labels. No files, no TensorFlow:
-the tests drive these with fake models and compare against brute force.
+``predict_volume`` runs one model callable (``PredictFn``), or several (an ensemble),
+over the sliding-window grid of ``inference.sliding`` and stitches the windows;
+``argmax_labels`` turns the probabilities into labels (the connected-component clean-up
+is ``inference.postprocess``). No files, no TensorFlow: the tests drive these with fake
+models and compare against brute force.
+
+An ensemble is averaged window by window, before stitching: each model's softmax is
+first averaged over its own mirror combinations (test-time mirroring), then the models
+are averaged with equal weights. Stitching is linear (a Gaussian-weighted sum divided by
+the summed weights), so this equals averaging the models' stitched volumes, while
+keeping one set of stitching buffers and extracting each window once.
 """
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
-from scipy import ndimage
 from tqdm import tqdm
 
 from dataset.contract.store import levels_to_intensity
@@ -23,8 +29,11 @@ PredictFn = Callable[[np.ndarray], np.ndarray]  # (N, z, y, x, 1) float32 -> (N,
 ARGMAX_SLAB_Z = 16  # z-slices per argmax step: bounds the temporaries
 
 
-def _predict_batch(x: np.ndarray, predict_fn: PredictFn, flips: list) -> np.ndarray:
-    """Mean model output over the mirror combinations, flipped back."""
+Model = tuple[PredictFn, list[tuple[int, ...]]]  # a model and its mirror combinations
+
+
+def _mirrored_mean(x: np.ndarray, predict_fn: PredictFn, flips: list[tuple[int, ...]]) -> np.ndarray:
+    """One model's mean output over its mirror combinations, flipped back (a new array)."""
     total = None
     for axes in flips:
         spatial = tuple(a + 1 for a in axes)
@@ -40,22 +49,55 @@ def _predict_batch(x: np.ndarray, predict_fn: PredictFn, flips: list) -> np.ndar
     return total
 
 
+def _predict_batch(x: np.ndarray, models: Sequence[Model]) -> np.ndarray:
+    """Equal-weight mean over the models of each model's mirrored mean."""
+    total = None
+    for predict_fn, flips in models:
+        y = _mirrored_mean(x, predict_fn, flips)
+        if total is not None and y.shape != total.shape:
+            raise PredictError(f"the ensemble's models disagree on the output shape: {total.shape} vs {y.shape}")
+        total = y if total is None else total + y
+    if len(models) > 1:
+        total /= len(models)
+    return total
+
+
+def ensemble_models(predict_fn: PredictFn | Sequence[PredictFn], config: PredictConfig,
+                    mirror_axes: Sequence[Sequence[int]] | None = None) -> list[Model]:
+    """Each model with its mirror combinations (``mirror_axes[i]``, default ``config.mirror_axes``)."""
+    fns = [predict_fn] if callable(predict_fn) else list(predict_fn)
+    if not fns:
+        raise PredictError("no model to predict with")
+    if mirror_axes is None:
+        if config.mirror_axes is None:
+            raise PredictError("config.mirror_axes is None: resolve it from the run's contract first")
+        mirror_axes = [config.mirror_axes] * len(fns)
+    if len(mirror_axes) != len(fns):
+        raise PredictError(f"{len(fns)} models but {len(mirror_axes)} sets of mirror axes")
+    return [(fn, mirror_combinations(axes)) for fn, axes in zip(fns, mirror_axes)]
+
+
 def predict_volume(
     levels_zyx: np.ndarray,
-    predict_fn: PredictFn,
+    predict_fn: PredictFn | Sequence[PredictFn],
     config: PredictConfig,
     *,
+    mirror_axes: Sequence[Sequence[int]] | None = None,
     progress: bool = True,
     timings: dict[str, float] | None = None,
 ) -> np.ndarray:
     """Class probabilities (C, z, y, x) float32 for a stored-grid uint8 volume.
 
-    ``predict_fn(batch)`` maps (N, z, y, x, 1) float32 intensities to (N, z, y, x, C). It
-    sees the windows of ``window_grid(padded shape, window, overlap)`` in that order,
-    ``batch_size`` at a time, each batch once per mirror combination (unflipped first): a
-    fake model can rely on this order to answer per window. A volume smaller than the window
-    is padded at the end (level 0) and the result cropped back. ``timings`` receives seconds
-    spent in the model ("model") and everything else ("stitch").
+    ``predict_fn(batch)`` maps (N, z, y, x, 1) float32 intensities to (N, z, y, x, C); a
+    list of them is an ensemble (module docstring). ``mirror_axes[i]`` are model i's
+    mirror axes (default: ``config.mirror_axes`` for every model, which must then be
+    resolved, not ``None``). The models see the windows of ``window_grid(padded shape,
+    window, overlap)`` in that order, ``batch_size`` at a time; each batch goes to each
+    model in list order, once per mirror combination of that model (unflipped first): a
+    fake model can rely on this order to answer per window. A volume smaller than the
+    window is padded at the end (level 0) and the result cropped back. ``timings`` receives
+    seconds spent in the models ("model"), everything else ("stitch") and the number of
+    model passes over a window ("windows").
     """
     if config.window_zyx is None:
         raise PredictError("config.window_zyx is None: resolve it from the run's contract first")
@@ -65,14 +107,14 @@ def predict_volume(
     window = tuple(config.window_zyx)
     padded, shape = pad_to_window(levels_zyx, window, 0)
     grid = window_grid(padded.shape, window, config.overlap)
-    flips = mirror_combinations(config.mirror_axes)
+    models = ensemble_models(predict_fn, config, mirror_axes)
     stitcher: Stitcher | None = None
     model_seconds = 0.0
     with tqdm(total=len(grid), desc="windows", unit="win", leave=False, disable=not progress) as bar:
         for starts in batches(grid, config.batch_size):
             x = levels_to_intensity(extract_windows(padded, starts, window))[..., None]
             t = time.perf_counter()
-            probs = _predict_batch(x, predict_fn, flips)
+            probs = _predict_batch(x, models)
             model_seconds += time.perf_counter() - t
             if stitcher is None:
                 stitcher = Stitcher(probs.shape[-1], padded.shape, window, config.gaussian_sigma_scale)
@@ -84,7 +126,7 @@ def predict_volume(
     if timings is not None:
         timings["model"] = model_seconds
         timings["stitch"] = time.perf_counter() - t_start - model_seconds
-        timings["windows"] = len(grid) * len(flips)
+        timings["windows"] = len(grid) * sum(len(flips) for _, flips in models)
     return result
 
 
@@ -104,32 +146,4 @@ def argmax_labels(probs_czyx: np.ndarray) -> np.ndarray:
             better = slab[c] > best
             labels[better] = c
             np.maximum(best, slab[c], out=best)
-    return out
-
-
-def _largest(mask: np.ndarray) -> np.ndarray:
-    components, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if n <= 1:
-        return mask
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    return components == int(np.argmax(sizes))
-
-
-def keep_largest_component(labels: np.ndarray, mode: str) -> np.ndarray:
-    """Remove all but the largest 26-connected component ("foreground": of all non-zero
-    labels together, so a tumour touching the gland survives; "per_class": of each label)."""
-    if mode == "off":
-        return labels
-    out = labels.copy()
-    if mode == "foreground":
-        mask = labels > 0
-        out[mask & ~_largest(mask)] = 0
-    elif mode == "per_class":
-        for value in np.unique(labels):
-            if value:
-                mask = labels == value
-                out[mask & ~_largest(mask)] = 0
-    else:
-        raise PredictError(f"unknown largest_component mode {mode!r}")
     return out

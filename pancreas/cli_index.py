@@ -1,8 +1,9 @@
-"""``pancreas index``: split cases, classify grid patches, write balanced manifests and
-cache the elastically deformed foreground copies under STORE/index/."""
+"""``pancreas index``: split cases into K cross-validation folds, classify grid patches, write
+balanced manifests per fold and cache the elastically deformed foreground copies under STORE/index/."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -11,6 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--store", required=True, help="preprocessed store (from `pancreas preprocess`)")
     parser.add_argument("--config", default=None,
                         help="index config YAML (default: built-in defaults = configs/dataset.yaml)")
+    parser.add_argument("--folds", type=int, default=None, metavar="K",
+                        help="cross-validation folds by case (default: the config's folds, 5); "
+                             "1: a single val_fraction split")
     parser.add_argument("--workers", type=int, default=None,
                         help="Dask worker processes for augmentation (default: all cores; 0: no Dask)")
     parser.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (tcp://host:8786)")
@@ -27,7 +31,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.folds is not None and args.folds < 1:
+        raise ValueError(f"{args.store}: --folds must be >= 1, got {args.folds}")
     config = load_config(IndexConfig, args.config)
+    if args.folds is not None:
+        config = dataclasses.replace(config, folds=args.folds)
     if not args.verbose:
         quiet_dask_logs()
     s = build_index(args.store, config, workers=args.workers, scheduler=args.scheduler,
@@ -38,24 +46,34 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_summary(s) -> list[str]:
-    """Readable lines of an IndexSummary."""
+    """Readable lines of an IndexSummary: the whole index, then one line per fold."""
     if s.unchanged:
         head = [f"index of {s.store} is up to date (store {s.store_fingerprint}, config {s.config_fingerprint}); nothing to do"]
     else:
         head = [f"indexed {s.store} in {s.seconds:.1f} s "
                 f"(classification {s.classify_seconds_per_case * 1000:.0f} ms per case)"]
+    kind = "a single split" if s.folds == 1 else f"{s.folds} cross-validation folds"
     lines = head + [
-        f"  split        {s.train_cases} train / {s.val_cases} validation cases"
+        f"  split        {s.cases} cases ({s.tumour_cases} with tumour) in {kind}"
         + (f"; skipped (preprocessing failed): {', '.join(s.skipped_cases)}" if s.skipped_cases else ""),
-        f"  train        {s.train_entries} entries: {s.train_foreground_entries} foreground "
-        f"({s.train_augmented_entries} augmented, {s.train_centred_entries} centred), "
-        f"{s.train_background_entries} background ({s.train_with_replacement} drawn with replacement)",
-        f"  validation   {s.val_entries} patches: {s.val_foreground_entries} foreground, "
-        f"{s.val_background_entries} background",
+    ]
+    for k, c in enumerate(s.per_fold):
+        lines += [
+            f"  fold {k}       {c.train_cases} train / {c.val_cases} validation cases "
+            f"({c.val_tumour_cases} with tumour)",
+            f"    train      {c.train_entries} entries: {c.train_foreground_entries} foreground "
+            f"({c.train_augmented_entries} augmented, {c.train_centred_entries} centred), "
+            f"{c.train_background_entries} background ({c.train_with_replacement} drawn with replacement)",
+            f"    validation {c.val_entries} patches: {c.val_foreground_entries} foreground, "
+            f"{c.val_background_entries} background",
+        ]
+    lines += [
         f"  padded       {s.padded_patches} grid patches extend past their volume",
-        f"  augmented    {len(s.augmented_shards)} shards: {s.augmented_built} built, {s.augmented_reused} reused",
+        f"  augmented    {len(s.augmented_shards)} shards (one per case, shared by the folds): "
+        f"{s.augmented_built} built, {s.augmented_reused} reused",
     ]
     if s.cases_without_foreground:
         lines.append(f"  no foreground: {', '.join(s.cases_without_foreground)} (background entries only)")
-    lines.append(f"  wrote        {s.index_dir}/{{train.csv, val.csv, split.json, summary.json, augmented/}}")
+    lines.append(f"  wrote        {s.index_dir}/{{split.json, fold_0..{s.folds - 1}/{{train,val}}.csv, "
+                 "augmented/, summary.json}")
     return lines

@@ -1,4 +1,4 @@
-"""``pancreas predict``: segment CTs with a trained run; label maps on each scan's own grid."""
+"""``pancreas predict``: segment CTs with a trained run, or an ensemble of runs; label maps on each scan's own grid."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +7,9 @@ import argparse
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser("predict", help="segment CTs (NIfTI file/folder, MSD folder or DICOM series)",
                             description=__doc__)
-    parser.add_argument("--model", required=True, metavar="RUN_DIR",
-                        help="training run folder (input_contract.json + checkpoints/)")
+    parser.add_argument("--model", required=True, nargs="+", metavar="RUN_DIR",
+                        help="training run folder (input_contract.json + checkpoints/); several: an ensemble "
+                             "(the mean of their softmax; their input contracts must agree)")
     parser.add_argument("--input", required=True, metavar="PATH",
                         help="a .nii/.nii.gz file, a folder of them, an MSD task folder (its test cases) "
                              "or a DICOM series folder")
@@ -17,6 +18,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                              "only files its DIR/predictions.json lists")
     parser.add_argument("--config", default=None,
                         help="inference YAML (default: the defaults, as in configs/predict.yaml)")
+    parser.add_argument("--no-mirror", action="store_true",
+                        help="no test-time mirroring (default: along the axes each run's trainer flipped)")
+    parser.add_argument("--postprocessing", default=None, metavar="FILE",
+                        help="postprocessing.json of `pancreas evaluate --cv` (chosen on the runs' store): "
+                             "which regions keep only their largest connected component")
     parser.add_argument("--overwrite", action="store_true", help="predict again even if up to date")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
@@ -24,11 +30,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from dataset.common.configio import load_config
     from inference.config import PredictConfig
     from inference.predict import predict_cases
 
     config = load_config(PredictConfig, args.config)
+    if args.no_mirror:
+        config = dataclasses.replace(config, mirror_axes=())
+    if args.postprocessing is not None:
+        config = dataclasses.replace(config, postprocessing=args.postprocessing)
     summary = predict_cases(args.model, args.input, args.out, config, overwrite=args.overwrite,
                             progress=not args.no_progress)
     print(summary.table())

@@ -9,9 +9,13 @@ from pathlib import Path
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train the U-Net",
-        description="Train the 3D U-Net on a store's patch index (STORE/index/train.csv, val.csv).",
+        description="Train the 3D U-Net on one fold of a store's patch index (STORE/index/fold_<k>/train.csv, "
+                    "val.csv). Folds are independent runs: train them side by side, each into its own --out.",
     )
     parser.add_argument("--store", required=True, type=Path, help="preprocessed store with index/")
+    parser.add_argument("--fold", type=int, default=0, metavar="K",
+                        help="the index fold to train on, 0..folds-1 (default 0); recorded in the run, and "
+                             "--resume must name the same fold")
     parser.add_argument("--config", type=Path, default=None,
                         help="training YAML (default: the built-in defaults, which configs/train.yaml repeats)")
     parser.add_argument("--out", type=Path,
@@ -42,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from training.run import run_dir_summary_lines, train
 
     try:
-        summary = train(args.store, args.out, config, resume=args.resume)
+        summary = train(args.store, args.out, config, resume=args.resume, fold=args.fold)
     except LockedError as err:  # another run holds --out: one line, exit 2 like every user error
         print(f"pancreas train: error: {err}", file=sys.stderr)
         return 2
@@ -54,11 +58,12 @@ def _profile(args: argparse.Namespace, config) -> int:
     from training.run import profile_input, read_run_inputs, synthetic_step_time
 
     if args.profile_input:
-        result = profile_input(args.store, config, batches=args.steps)
-        print(f"pancreas train: input pipeline alone: {result['patches_per_s']:.1f} augmented patches/s "
-              f"({result['patches']} patches of {tuple(result['patch_size_zyx'])} in {result['seconds']:.1f} s)")
+        result = profile_input(args.store, config, batches=args.steps, fold=args.fold)
+        print(f"pancreas train: input pipeline alone on fold {args.fold}: {result['patches_per_s']:.1f} augmented "
+              f"patches/s ({result['patches']} patches of {tuple(result['patch_size_zyx'])} in "
+              f"{result['seconds']:.1f} s)")
     else:
-        patch = read_run_inputs(args.store, config).patch_size_zyx
+        patch = read_run_inputs(args.store, config, args.fold).patch_size_zyx
         result = synthetic_step_time(config, patch, steps=args.steps)
         print(f"pancreas train: model alone on in-memory batches: {result['seconds_per_step']:.3f} s/step "
               f"({result['patches_per_s']:.1f} patches/s, batch {config.batch_size}, patch {patch})")

@@ -132,7 +132,7 @@ def test_index_survives_a_kill_at_every_commit_point(data, tmp_path):
     base = tmp_path / "base"
     assert cli(["preprocess", "--data", str(data), "--out", str(base), "--workers", "0"]).returncode == 0
     config = tmp_path / "index.yaml"
-    config.write_text("train_patch_xyz: [32, 32, 16]\nval_patch_xyz: [32, 32, 16]\n"
+    config.write_text("train_patch_xyz: [32, 32, 16]\nval_patch_xyz: [32, 32, 16]\nfolds: 2\n"  # 3 cases
                       "elastic:\n  control_points: 3\n  sigma_voxels: 2.0\n")
 
     def inputs(work: Path) -> None:
@@ -179,7 +179,7 @@ def test_full_disk_gives_one_line_no_partial_file_and_keeps_earlier_results(data
         assert (store / "cases" / f"{case_id}.h5").stat().st_mtime_ns == mtime
 
     config = tmp_path / "index.yaml"
-    config.write_text("train_patch_xyz: [32, 32, 16]\nval_patch_xyz: [32, 32, 16]\n")
+    config.write_text("train_patch_xyz: [32, 32, 16]\nval_patch_xyz: [32, 32, 16]\nfolds: 2\n")
     index = ["index", "--store", str(store), "--config", str(config), "--workers", "0"]
     full = cli(index, **{ENOSPC_ENV: "manifest:written#1"})
     assert full.returncode == 2 and "No space left on device" in full.stderr

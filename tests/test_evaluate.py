@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from dataset.common.files import LockedError
 from dataset.contract.catalog import Catalog, CatalogRecord, write_catalog
 from dataset.contract.fingerprints import store_fingerprint
-from dataset.contract.index import IndexSummary, Split, commit_index, write_split
+from dataset.contract.index import Fold, IndexSummary, Split, commit_index, manifest_path, write_split
 from dataset.contract.manifest import index_fingerprint, write_manifest
 from dataset.contract.store import StoreError
 from inference.evaluate import (
@@ -65,10 +65,11 @@ def test_scores_hand_checked(folders):
     pred, truth = folders
     report = evaluate_dirs(pred, truth, progress=False)
     cases = report["cases"]
-    assert cases["a"]["pancreas"] == {"dice": 1.0, "hd95_mm": 0.0, "status": "both"}
+    assert cases["a"]["pancreas"] == {"dice": 1.0, "nsd": 1.0, "hd95_mm": 0.0, "status": "both"}
     assert cases["b"]["pancreas"]["dice"] == pytest.approx(0.5)   # half of the 4 slices overlap
     assert cases["b"]["pancreas"]["hd95_mm"] == pytest.approx(6.0)  # 2 slices of 3 mm (see test_inference_metrics)
-    assert cases["c"]["tumour"] == {"dice": None, "hd95_mm": None, "status": "absent"}
+    assert cases["c"]["tumour"] == {"dice": None, "nsd": None, "hd95_mm": None, "status": "absent"}
+    assert report["nsd_tolerance_mm"] == {"pancreas": 5.0, "pancreas_label1": 5.0, "tumour": 2.0}
     tumour = report["summary"]["tumour"]["dice"]
     assert tumour["n"] == 2 and tumour["n_absent"] == 1
     assert report["summary"]["pancreas"]["dice"]["mean"] == pytest.approx(2.5 / 3)
@@ -96,7 +97,7 @@ def test_cli_writes_report_and_fails_on_missing_prediction(folders, tmp_path: Pa
     out = tmp_path / "report.json"
     assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(out), "--no-progress"]) == 0
     report = json.loads(out.read_text())
-    assert set(report["cases"]["b"]) == {"pancreas", "tumour"}
+    assert set(report["cases"]["b"]) == {"pancreas", "pancreas_label1", "tumour"}
     assert set(report["summary"]["pancreas"]["hd95_mm"]) >= {"mean", "median", "n"}
     write_labels(truth / "f.nii.gz", gland())
     assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--no-progress"]) == 1
@@ -123,9 +124,9 @@ def trained(tmp_path_factory) -> tuple[Path, Path, Path, list[str]]:
         catalog = catalog.with_case(p.name, CatalogRecord.new(p.name, "training", True, status="done"))
     write_catalog(store, catalog)
     val = [params[1].name, params[2].name]
-    write_split(store, Split(seed=0, val_fraction=0.5, max_cases=None, train=(params[0].name,), val=tuple(val)))
-    for name in ("train.csv", "val.csv"):
-        write_manifest(store / "index" / name, [])
+    write_split(store, Split(seed=0, val_fraction=0.5, max_cases=None, folds=(Fold((params[0].name,), tuple(val)),)))
+    for split in ("train", "val"):
+        write_manifest(manifest_path(store, split, 0), [])
     commit_index(store, IndexSummary(str(store), str(store / "index"), store_fingerprint=store_fingerprint(catalog),
                                      index_fingerprint=index_fingerprint(store)))
     run = root / "run"

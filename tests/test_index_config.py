@@ -39,6 +39,7 @@ def test_old_model_depth_key_says_where_it_moved(tmp_path):
 
 
 @pytest.mark.parametrize("data,message", [
+    ({"folds": 0}, "folds must be an integer >= 1, got 0"),
     ({"val_fraction": 0.0}, "val_fraction must be in"),
     ({"val_fraction": 1.0}, "val_fraction must be in"),
     ({"foreground_copies": 0}, "foreground_copies"),

@@ -1,10 +1,17 @@
-"""Dice and HD95 against hand-computed small cases and brute force."""
+"""Dice, NSD and HD95 per region against hand-computed small cases and brute force.
+
+NSD itself is checked against DeepMind's library in test_inference_surface.py.
+"""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from inference.metrics import dice, hd95, region_status, score_case, summarise, surface
+from dataset.common.configio import ConfigError, from_dict
+from inference.config import PredictConfig
+from inference.metrics import (
+    NSD_TOLERANCE_MM, REGIONS, dice, hd95, region_status, score_case, summarise, surface,
+)
 
 
 def cube(shape, start, size):
@@ -101,22 +108,108 @@ def test_score_case_regions_and_statuses():
     pred = truth.copy()
     pred[pred == 2] = 1                            # tumour missed, whole gland right
     scores = score_case(pred, truth, (1, 1, 1))
-    assert scores["pancreas"] == {"dice": 1.0, "hd95_mm": 0.0, "status": "both"}
-    assert scores["tumour"] == {"dice": 0.0, "hd95_mm": None, "status": "missed"}
+    assert scores["pancreas"] == {"dice": 1.0, "nsd": 1.0, "hd95_mm": 0.0, "status": "both"}
+    assert scores["tumour"] == {"dice": 0.0, "nsd": 0.0, "hd95_mm": None, "status": "missed"}
     no_tumour = score_case(pred, pred, (1, 1, 1))["tumour"]
-    assert no_tumour == {"dice": None, "hd95_mm": None, "status": "absent"}
+    assert no_tumour == {"dice": None, "nsd": None, "hd95_mm": None, "status": "absent"}
     assert region_status(pred == 2, truth == 0) == "missed"
+
+
+def test_three_regions_on_a_case_with_both_labels():
+    """Truth: a 4x4x4 gland (label 1) holding a 2x2x2 tumour (label 2). The prediction gets
+    the gland right but calls half the tumour pancreas and adds one tumour voxel outside.
+
+    pancreas (1+2): prediction and truth cover the same 64 voxels: Dice 1.
+    pancreas_label1: truth 56 voxels; prediction 56 + 4 (tumour called pancreas) - 1 (the
+    corner now tumour) = 59; overlap 55: Dice 110/115.
+    tumour: truth 8, prediction 4 + 1 = 5, overlap 4: Dice 8/13.
+    """
+    truth = np.zeros((8, 8, 8), np.uint8)
+    truth[2:6, 2:6, 2:6] = 1
+    truth[3:5, 3:5, 3:5] = 2
+    pred = truth.copy()
+    pred[3, 3:5, 3:5] = 1          # half the tumour called pancreas
+    pred[2, 2, 2] = 2              # a tumour voxel in the gland's corner
+    scores = score_case(pred, truth, (2.5, 0.8, 0.8))
+    assert list(scores) == ["pancreas", "pancreas_label1", "tumour"]
+    assert scores["pancreas"]["dice"] == 1.0 and scores["pancreas"]["nsd"] == 1.0
+    assert scores["pancreas"]["hd95_mm"] == 0.0
+    assert scores["pancreas_label1"]["dice"] == pytest.approx(110 / 115)
+    assert scores["tumour"]["dice"] == pytest.approx(8 / 13)
+    # NSD at the default tolerances: every label-1 error lies within 5 mm of the truth's
+    # surface; the true tumour's lower face is a 2.5 mm slice from the predicted one (> 2 mm).
+    assert scores["pancreas_label1"]["nsd"] == 1.0
+    assert 0.0 < scores["tumour"]["nsd"] < 1.0
+    assert {s["status"] for s in scores.values()} == {"both"}
+    assert REGIONS == {"pancreas": (1, 2), "pancreas_label1": (1,), "tumour": (2,)}
+
+
+def test_each_region_uses_its_own_tolerance():
+    truth = np.zeros((12, 10, 10), np.uint8)
+    truth[2:6, 3:7, 3:7] = 2
+    pred = np.zeros_like(truth)
+    pred[4:8, 3:7, 3:7] = 2        # tumour 2 slices of 3 mm off
+    tight = {**NSD_TOLERANCE_MM, "tumour": 1.0}
+    loose = {**NSD_TOLERANCE_MM, "tumour": 6.0}
+    spacing = (3.0, 0.8, 0.8)
+    assert score_case(pred, truth, spacing, nsd_tolerance_mm=tight)["tumour"]["nsd"] < 1.0
+    assert score_case(pred, truth, spacing, nsd_tolerance_mm=loose)["tumour"]["nsd"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no NSD tolerance for region"):
+        score_case(pred, truth, spacing, nsd_tolerance_mm={"tumour": 2.0})
 
 
 def test_summarise_excludes_absent_and_counts_them():
     cases = {
-        "a": {"tumour": {"dice": 0.5, "hd95_mm": 4.0, "status": "both"}},
-        "b": {"tumour": {"dice": None, "hd95_mm": None, "status": "absent"}},
-        "c": {"tumour": {"dice": 0.0, "hd95_mm": None, "status": "missed"}},
-        "d": {"tumour": {"dice": 1.0, "hd95_mm": 2.0, "status": "both"}},
+        "a": {"tumour": {"dice": 0.5, "nsd": 0.6, "hd95_mm": 4.0, "status": "both"}},
+        "b": {"tumour": {"dice": None, "nsd": None, "hd95_mm": None, "status": "absent"}},
+        "c": {"tumour": {"dice": 0.0, "nsd": 0.0, "hd95_mm": None, "status": "missed"}},
+        "d": {"tumour": {"dice": 1.0, "nsd": 0.9, "hd95_mm": 2.0, "status": "both"}},
     }
     s = summarise(cases, ["tumour"])["tumour"]
+    assert list(s) == ["dice", "nsd", "hd95_mm"]
     assert s["dice"] == {"mean": 0.5, "median": 0.5, "n": 3, "n_absent": 1, "n_undefined": 0}
+    assert s["nsd"] == {"mean": pytest.approx(0.5), "median": 0.6, "n": 3, "n_absent": 1, "n_undefined": 0}
     assert s["hd95_mm"] == {"mean": 3.0, "median": 3.0, "n": 2, "n_absent": 1, "n_undefined": 1}
     empty = summarise({"b": cases["b"]}, ["tumour"])["tumour"]["dice"]
     assert empty == {"mean": None, "median": None, "n": 0, "n_absent": 1, "n_undefined": 0}
+
+
+def test_summarise_every_region_of_scored_cases():
+    truth = np.zeros((8, 8, 8), np.uint8)
+    truth[2:6, 2:6, 2:6] = 1
+    truth[3:5, 3:5, 3:5] = 2
+    no_tumour = np.where(truth == 2, 1, truth).astype(np.uint8)
+    cases = {"perfect": score_case(truth, truth, (1, 1, 1)), "tumour_missed": score_case(no_tumour, truth, (1, 1, 1))}
+    summary = summarise(cases)
+    assert list(summary) == list(REGIONS)
+    assert summary["pancreas"]["nsd"] == {"mean": 1.0, "median": 1.0, "n": 2, "n_absent": 0, "n_undefined": 0}
+    assert summary["tumour"]["nsd"] == {"mean": 0.5, "median": 0.5, "n": 2, "n_absent": 0, "n_undefined": 0}
+    assert summary["tumour"]["hd95_mm"]["n_undefined"] == 1
+    assert summary["pancreas_label1"]["dice"]["n"] == 2
+
+
+def test_summarise_reads_a_report_written_before_nsd():
+    old = {"a": {"tumour": {"dice": 0.5, "hd95_mm": 4.0, "status": "both"}}}
+    assert summarise(old, ["tumour"])["tumour"]["nsd"] == {
+        "mean": None, "median": None, "n": 0, "n_absent": 0, "n_undefined": 1}
+
+
+def test_nsd_tolerance_config_default_and_checks():
+    assert PredictConfig().nsd_tolerance_mm == NSD_TOLERANCE_MM
+    assert set(NSD_TOLERANCE_MM) == set(REGIONS)
+    config = from_dict(PredictConfig, {"nsd_tolerance_mm": {"pancreas": 2, "pancreas_label1": 2, "tumour": 1}})
+    assert config.nsd_tolerance_mm == {"pancreas": 2.0, "pancreas_label1": 2.0, "tumour": 1.0}
+    assert all(isinstance(v, float) for v in config.nsd_tolerance_mm.values())
+
+
+@pytest.mark.parametrize("value,match", [
+    ({"pancreas": 5.0, "tumour": 2.0}, "every region"),
+    ({**NSD_TOLERANCE_MM, "liver": 5.0}, "every region"),
+    ({**NSD_TOLERANCE_MM, "tumour": -1.0}, ">= 0"),
+    ({**NSD_TOLERANCE_MM, "tumour": True}, ">= 0"),
+    ({**NSD_TOLERANCE_MM, "tumour": "2 mm"}, ">= 0"),
+    (2.0, "mapping"),
+])
+def test_bad_nsd_tolerances_are_refused(value, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(PredictConfig, {"nsd_tolerance_mm": value})

@@ -80,7 +80,8 @@ def test_flips_reach_the_model_and_are_undone():
         p = np.broadcast_to(first[..., None], (*batch.shape[:4], 1))
         return np.concatenate([p, 1 - p], axis=-1)
 
-    plain = predict_volume(levels, first_slice_model, PredictConfig(window_zyx=(16, 8, 8)), progress=False)
+    plain = predict_volume(levels, first_slice_model, PredictConfig(window_zyx=(16, 8, 8), mirror_axes=()),
+                           progress=False)
     mirrored = predict_volume(levels, first_slice_model, PredictConfig(window_zyx=(16, 8, 8), mirror_axes=(0,)), progress=False)
     assert np.allclose(plain[0], 0.0)
     assert np.allclose(mirrored[0], 150 / 255 / 2, atol=1e-6)
@@ -88,7 +89,7 @@ def test_flips_reach_the_model_and_are_undone():
 
 def test_stitching_memory_stays_within_a_few_volumes():
     levels = np.zeros((48, 96, 96), np.uint8)
-    config = PredictConfig(window_zyx=(16, 32, 32), batch_size=2)
+    config = PredictConfig(window_zyx=(16, 32, 32), batch_size=2, mirror_axes=())
     tracemalloc.start()
     predict_volume(levels, pointwise_model, config, progress=False)
     _, peak = tracemalloc.get_traced_memory()
@@ -99,7 +100,8 @@ def test_stitching_memory_stays_within_a_few_volumes():
 
 def test_model_with_wrong_output_shape_is_reported():
     with pytest.raises(PredictError, match="model returned shape"):
-        predict_volume(np.zeros((8, 8, 8), np.uint8), lambda b: b[:, :4], PredictConfig(window_zyx=(8, 8, 8)), progress=False)
+        predict_volume(np.zeros((8, 8, 8), np.uint8), lambda b: b[:, :4], PredictConfig(window_zyx=(8, 8, 8),
+                       mirror_axes=()), progress=False)
 
 
 def test_resolve_config_checks_divisibility():
@@ -220,6 +222,20 @@ def test_bad_case_is_reported_others_written_and_rerun_skips(msd: Path, tmp_path
     again = predict_cases(run, folder, out, PredictConfig(save_probabilities=True),
                           predict_fn=pointwise_model, progress=False)
     assert again.n_skipped == 1 and len(again.failed) == 1  # the good case is up to date
+
+
+def test_an_evaluation_only_setting_keeps_predictions_up_to_date(msd: Path, tmp_path: Path):
+    """The NSD tolerance changes the score, not the label maps: no case is predicted again."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    case = dataset_params(N_TRAIN, seed=0, n_test=1)[0]
+    (folder / case.filename).write_bytes((msd / "imagesTr" / case.filename).read_bytes())
+    run, out = write_run(tmp_path / "run", window=(32, 64, 64)), tmp_path / "out"
+    assert predict_cases(run, folder, out, PredictConfig(), predict_fn=pointwise_model, progress=False).n_skipped == 0
+    looser = PredictConfig(nsd_tolerance_mm={"pancreas": 9.0, "pancreas_label1": 9.0, "tumour": 4.0})
+    assert predict_cases(run, folder, out, looser, predict_fn=pointwise_model, progress=False).n_skipped == 1
+    other = PredictConfig(overlap=0.25)  # a prediction setting still predicts again
+    assert predict_cases(run, folder, out, other, predict_fn=pointwise_model, progress=False).n_skipped == 0
 
 
 def test_missing_contract_is_a_clear_error(tmp_path: Path):

@@ -8,7 +8,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from dataset.contract.manifest import write_manifest  # noqa: E402
+from dataset.contract.manifest import manifest_path, write_manifest  # noqa: E402
 from dataset.contract.reader import PatchReader  # noqa: E402
 from pancreas.synthetic.store import write_case, write_catalog_for  # noqa: E402
 from training.config import AugmentConfig, TrainConfig  # noqa: E402
@@ -44,7 +44,7 @@ def threshold_store(tmp_path_factory):
     rows = [{"case_id": "c", "z0": 0, "y0": 0, "x0": 0, "dz": PATCH[0], "dy": PATCH[1], "dx": PATCH[2],
              "n_pancreas": int((label == 1).sum()), "n_tumour": int((label == 2).sum()),
              "foreground": 1, "padded": 0, "seed": s} for s in range(6)]
-    write_manifest(root / "index" / "train.csv", rows)
+    write_manifest(manifest_path(root, "train", 0), rows)
     return root, image, label
 
 

@@ -20,7 +20,7 @@ import yaml
 pytest.importorskip("tensorflow")
 
 from dataset.common.configio import ConfigError, to_dict  # noqa: E402
-from dataset.contract.manifest import write_manifest  # noqa: E402
+from dataset.contract.manifest import manifest_path, write_manifest  # noqa: E402
 from dataset.contract.store import StoreError  # noqa: E402
 from training.config import LossConfig, ModelConfig, TrainConfig  # noqa: E402
 from pancreas.synthetic.training import make_synthetic_store  # noqa: E402
@@ -119,7 +119,7 @@ def test_bad_inputs_leave_the_run_untouched(store, tmp_path):
 
     empty = tmp_path / "empty_index"
     make_synthetic_store(empty, n_cases=2, shape_zyx=(16, 32, 32), patches_per_case=2)
-    write_manifest(empty / "index" / "val.csv", [])
+    write_manifest(manifest_path(empty, "val", 0), [])
     with pytest.raises(ValueError, match="val manifest has no rows"):
         train(empty, tmp_path / "r2", TINY)
     assert not (tmp_path / "r2").exists()
@@ -141,8 +141,8 @@ def test_with_the_real_indexer_and_stale_index(tmp_path):
         records[f"c{i}"] = write_case(store, f"c{i}", label, seed=i, image=image)
     write_catalog_for(store, records)
     index = build_index(store, IndexConfig(train_patch_xyz=(32, 32, 16), val_patch_xyz=(48, 48, 16),
-                                           val_fraction=0.3), workers=0, progress=False)
-    assert index.train_augmented_entries > 0
+                                           val_fraction=0.3, folds=2), workers=0, progress=False)
+    assert index.per_fold[0].train_augmented_entries > 0  # trains on fold 0
     config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "steps_per_epoch": 2})
     summary = train(store, tmp_path / "run", config)
     assert summary.epochs_completed == 1
@@ -309,8 +309,8 @@ def test_incomplete_or_edited_index_is_refused(tmp_path):
 
     store = tmp_path / "store"
     make_synthetic_store(store, n_cases=2, shape_zyx=(16, 32, 32), patches_per_case=2)
-    rows = read_manifest(store / "index" / "train.csv")
-    write_manifest(store / "index" / "train.csv", rows[:-1])
+    rows = read_manifest(manifest_path(store, "train", 0))
+    write_manifest(manifest_path(store, "train", 0), rows[:-1])
     with pytest.raises(StoreError, match="was built on index fingerprint .* the manifests were edited"):
         train(store, tmp_path / "r1", TINY)
     (store / "index" / "summary.json").unlink()

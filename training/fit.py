@@ -49,6 +49,8 @@ class TrainSummary:
     last_checkpoint: Path
     log_dir: Path
     replicas: int = 1
+    fold: int = 0  # the index fold trained on, of n_folds
+    n_folds: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -148,10 +150,10 @@ def fit(run_dir: Path, config: TrainConfig, inputs: RunInputs, state: RunState |
         shuffle=False,  # the stream is shuffled by the pipeline
         verbose=1 if sys.stderr.isatty() else 2,
     )
-    return _summary(run_dir, config, state.epoch, callbacks[-1], stateful, model, history, replicas)
+    return _summary(run_dir, config, inputs, state.epoch, callbacks[-1], stateful, model, history, replicas)
 
 
-def _summary(run_dir: Path, config: TrainConfig, initial_epoch: int, checkpoint: RunCheckpoint,
+def _summary(run_dir: Path, config: TrainConfig, inputs: RunInputs, initial_epoch: int, checkpoint: RunCheckpoint,
              stateful: dict[str, Any], model: keras.Model, history: keras.callbacks.History,
              replicas: int) -> TrainSummary:
     final = checkpoint.state
@@ -171,6 +173,8 @@ def _summary(run_dir: Path, config: TrainConfig, initial_epoch: int, checkpoint:
         last_checkpoint=checkpoint.last_path,
         log_dir=run_dir / LOGS_DIR,
         replicas=replicas,
+        fold=inputs.fold,
+        n_folds=inputs.n_folds,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from dataset.contract.catalog import Catalog, read_catalog
 from dataset.contract.fingerprints import store_fingerprint
-from dataset.contract.index import REINDEX, check_index
+from dataset.contract.index import REINDEX, check_index, read_index_summary
 from dataset.contract.manifest import index_fingerprint
 from dataset.contract.run import MODEL_INPUT, MODEL_OUTPUT, InputContract, RunFingerprints
 from dataset.contract.store import LABEL_NAMES, StoreError
@@ -32,6 +32,8 @@ class RunInputs:
     patch_size_zyx: tuple[int, int, int]
     val_patch_size_zyx: tuple[int, int, int]
     fingerprints: RunFingerprints
+    fold: int = 0  # the index fold whose manifests these are
+    n_folds: int = 1  # K of the committed index
 
 
 def check_cases(rows: list[dict[str, Any]], catalog: Catalog, what: str) -> None:
@@ -43,25 +45,34 @@ def check_cases(rows: list[dict[str, Any]], catalog: Catalog, what: str) -> None
             raise StoreError(f"{what} manifest names case {case_id}, which {reason}; {REINDEX}")
 
 
-def read_run_inputs(store: str | Path, config: TrainConfig) -> RunInputs:
-    """Catalog, committed index and manifests, checked against each other and the model."""
+def read_run_inputs(store: str | Path, config: TrainConfig, fold: int = 0) -> RunInputs:
+    """Catalog, committed index and fold ``fold``'s manifests, checked against each other and the model."""
     store = Path(store)
     if not store.is_dir():
         raise StoreError(f"{store}: store not found")
     catalog = read_catalog(store)
-    train_rows, val_rows = load_rows(store, "train"), load_rows(store, "val")
+    _refuse_missing_fold(store, catalog, fold)
+    train_rows, val_rows = load_rows(store, "train", fold), load_rows(store, "val", fold)
     check_cases(train_rows, catalog, "training")
     check_cases(val_rows, catalog, "validation")
     patch = check_patch_size(patch_size_of(train_rows, "training"), config.model.depth, "training")
     val_patch = check_patch_size(patch_size_of(val_rows, "validation"), config.model.depth, "validation")
-    summary = check_index(store, catalog)
+    summary = check_index(store, catalog, fold)
     fingerprints = RunFingerprints(
         store_fingerprint=store_fingerprint(catalog),
         index_fingerprint=index_fingerprint(store),
         preprocess_fingerprint=catalog.config_fingerprint,
         index_config_fingerprint=summary.config_fingerprint,
     )
-    return RunInputs(store, catalog, train_rows, val_rows, tuple(patch), tuple(val_patch), fingerprints)
+    return RunInputs(store, catalog, train_rows, val_rows, tuple(patch), tuple(val_patch), fingerprints,
+                     fold=fold, n_folds=summary.folds)
+
+
+def _refuse_missing_fold(store: Path, catalog: Catalog, fold: int) -> None:
+    """A fold the committed index lacks gets ``check_index``'s one line (the store, its K,
+    ``--fold``) before its manifests, which do not exist, are read."""
+    if fold not in range(read_index_summary(store).folds):
+        check_index(store, catalog, fold)
 
 
 def input_contract(inputs: RunInputs, config: TrainConfig) -> InputContract:
@@ -78,4 +89,9 @@ def input_contract(inputs: RunInputs, config: TrainConfig) -> InputContract:
         preprocess_fingerprint=inputs.fingerprints.preprocess_fingerprint,
         store_fingerprint=inputs.fingerprints.store_fingerprint,
         index_fingerprint=inputs.fingerprints.index_fingerprint,
+        # predict mirrors along these axes by default (test-time augmentation, as nnU-Net)
+        flip_augment={"flip_axes": list(config.augment.flip_axes),
+                      "flip_probability": float(config.augment.flip_probability)},
+        fold=inputs.fold,  # evaluate --run scores this fold's validation cases
+        n_folds=inputs.n_folds,
     )

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import tensorflow as tf
 
-from dataset.contract.manifest import INDEX_DIR, read_manifest
+from dataset.contract.manifest import manifest_path, read_manifest
 from dataset.contract.reader import PatchReader
 from dataset.contract.store import IMAGE_LEVELS
 from training.config import AugmentConfig, TrainConfig
@@ -45,13 +45,9 @@ AUTOTUNE = tf.data.AUTOTUNE
 _EPOCH_MIX = 1_000_003
 
 
-def manifest_path(store: str | Path, split: str) -> Path:
-    return Path(store) / INDEX_DIR / f"{split}.csv"
-
-
-def load_rows(store: str | Path, split: str) -> list[dict[str, Any]]:
-    """Rows of ``STORE/index/<split>.csv``; an empty manifest is an error."""
-    path = manifest_path(store, split)
+def load_rows(store: str | Path, split: str, fold: int = 0) -> list[dict[str, Any]]:
+    """Rows of ``STORE/index/fold_<fold>/<split>.csv``; an empty manifest is an error."""
+    path = manifest_path(store, split, fold)
     rows = read_manifest(path)
     if not rows:
         raise ValueError(f"{path}: the {split} manifest has no rows; rerun `pancreas index`")

@@ -18,9 +18,9 @@ from training.model import N_CLASSES
 from training.pipeline import measure_patches_per_second, training_dataset
 
 
-def profile_input(store: str | Path, config: TrainConfig, batches: int = 20) -> dict[str, float]:
-    """The training pipeline alone (no model): augmented patches per second."""
-    inputs = read_run_inputs(store, config)
+def profile_input(store: str | Path, config: TrainConfig, batches: int = 20, fold: int = 0) -> dict[str, float]:
+    """The training pipeline alone (no model) on fold ``fold``'s manifest: augmented patches per second."""
+    inputs = read_run_inputs(store, config, fold)
     ds = training_dataset(inputs.store, inputs.train_rows, config)
     result = measure_patches_per_second(ds, batches)
     result["patch_size_zyx"] = list(inputs.patch_size_zyx)

@@ -1,4 +1,8 @@
-"""A training run: ``train(store, run_dir, config, resume) -> TrainSummary``.
+"""A training run: ``train(store, run_dir, config, resume, fold) -> TrainSummary``.
+
+It trains on fold ``fold`` of the store's index (``STORE/index/fold_<fold>/``) and
+records the fold in ``input_contract.json``; folds are independent runs, each into its
+own RUN_DIR, so they may train side by side on one read-only store.
 
 RUN_DIR layout (the files and their fields: ``dataset.contract.run``)::
 
@@ -33,10 +37,11 @@ from training.profile import profile_input, synthetic_step_time
 from training.rundir import RESUMABLE_CHANGES, check_run_dir, open_run_dir, prepare_run_dir
 
 
-def train(store: str | Path, run_dir: str | Path, config: TrainConfig, resume: bool = False) -> TrainSummary:
-    """Train (or continue, ``resume``) a U-Net on a store's index; see the module docstring."""
+def train(store: str | Path, run_dir: str | Path, config: TrainConfig, resume: bool = False,
+          fold: int = 0) -> TrainSummary:
+    """Train (or continue, ``resume``) a U-Net on fold ``fold`` of a store's index; see the module docstring."""
     run_dir = Path(run_dir)
-    inputs = read_run_inputs(store, config)
+    inputs = read_run_inputs(store, config, fold)
     with open_run_dir(run_dir, resume):
         state = check_run_dir(run_dir, config, inputs, resume)
         prepare_run_dir(run_dir, config, inputs, state)
@@ -50,7 +55,8 @@ def run_dir_summary_lines(summary: TrainSummary) -> list[str]:
         return ", ".join(f"{k} {v:.3f}" for k, v in d.items()) or "n/a"
 
     return [
-        f"epochs: {summary.initial_epoch} -> {summary.epochs_completed} ({summary.stopped}) on {summary.replicas} replica(s)",
+        f"epochs: {summary.initial_epoch} -> {summary.epochs_completed} ({summary.stopped}) on fold {summary.fold} "
+        f"(of {summary.n_folds}), {summary.replicas} replica(s)",
         f"best val Dice (epoch {summary.best_epoch}): {fmt(summary.best_val_dice)}",
         f"last val Dice: {fmt(summary.last_val_dice)}; learning rate {summary.learning_rate:g}",
         f"checkpoints: {summary.best_checkpoint} (best), {summary.last_checkpoint} (last)",

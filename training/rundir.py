@@ -21,10 +21,12 @@ from dataset.contract.run import (
     CONFIG_NAME,
     FINGERPRINTS_NAME,
     HISTORY_NAME,
+    INPUT_CONTRACT_NAME,
     RunError,
     RunState,
     holds_run,
     read_fingerprints,
+    read_input_contract,
     read_run_config,
     read_state,
     run_files_present,
@@ -73,6 +75,7 @@ def check_run_dir(run_dir: Path, config: TrainConfig, inputs: RunInputs, resume:
             raise RunError(f"{run_dir}: has {', '.join(existing)} but no {CONFIG_NAME}; cannot resume")
         raise _nothing_to_resume(run_dir)
     _check_same_config(run_dir, config)
+    _check_same_fold(run_dir, inputs.fold)
     if (run_dir / FINGERPRINTS_NAME).is_file():
         old, now = read_fingerprints(run_dir), inputs.fingerprints
         for key in ("store_fingerprint", "index_fingerprint"):
@@ -89,6 +92,20 @@ def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
             f"{run_dir}: cannot resume with a different config ({', '.join(changed)} changed; "
             f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change)"
         )
+
+
+def _check_same_fold(run_dir: Path, fold: int) -> None:
+    """A run continues on the fold it started on (a run from before folds counts as fold 0).
+
+    The index fingerprint covers every fold's manifests, so only the recorded fold tells
+    another fold's resume apart; a run killed before its contract was written trained nothing.
+    """
+    if not (run_dir / INPUT_CONTRACT_NAME).is_file():
+        return
+    recorded = read_input_contract(run_dir).fold or 0
+    if recorded != fold:
+        raise RunError(f"{run_dir}: the run trains fold {recorded}; cannot resume it with --fold {fold} "
+                       f"(pass --fold {recorded}, or train fold {fold} into another --out)")
 
 
 def prepare_run_dir(run_dir: Path, config: TrainConfig, inputs: RunInputs, state: RunState | None) -> None:

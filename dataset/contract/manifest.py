@@ -1,5 +1,10 @@
 """Patch manifests: the CSV contract between ``pancreas index`` and the trainer.
 
+One pair per cross-validation fold ``k`` (0..K-1, K = ``folds`` in ``summary.json``):
+``STORE/index/fold_<k>/train.csv`` and ``STORE/index/fold_<k>/val.csv``
+(``manifest_path``). A case's rows are the same in every fold that trains (or
+validates) on it; only which cases a fold lists differs.
+
 One row per training or validation entry. A row names a patch box in a case's stored
 grid (numpy order z, y, x; the start may be negative or the box may run past the
 volume: the reader pads, image with level 0 and label with 0) and, for augmented
@@ -45,6 +50,35 @@ REQUIRED_COLUMNS = MANIFEST_COLUMNS[:13]  # what every reader may rely on
 
 INDEX_DIR = "index"  # under STORE
 AUGMENTED_DIR = "augmented"  # under STORE/index
+FOLD_PREFIX = "fold_"  # STORE/index/fold_<k>/
+SPLITS = ("train", "val")
+MANIFEST_NAMES = ("train.csv", "val.csv")  # in each fold folder
+
+
+def fold_dir(store: str | Path, fold: int) -> Path:
+    """``STORE/index/fold_<fold>``."""
+    return Path(store) / INDEX_DIR / f"{FOLD_PREFIX}{fold}"
+
+
+def manifest_path(store: str | Path, split: str, fold: int) -> Path:
+    """``STORE/index/fold_<fold>/<split>.csv`` for split "train" or "val"."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown manifest {split!r}; expected one of {', '.join(SPLITS)}")
+    if isinstance(fold, bool) or not isinstance(fold, int) or fold < 0:
+        raise ValueError(f"fold must be an integer >= 0, got {fold!r}")
+    return fold_dir(store, fold) / MANIFEST_NAMES[SPLITS.index(split)]
+
+
+def manifest_folds(store: str | Path) -> int:
+    """How many folds hold manifests: fold_0, fold_1, ... up to the first with neither file.
+
+    ``pancreas index`` removes the manifests of folds beyond K before it commits, so on a
+    committed index this is K.
+    """
+    k = 0
+    while any((fold_dir(store, k) / name).exists() for name in MANIFEST_NAMES):
+        k += 1
+    return k
 
 
 def variant_ref(case_id: str, entry: int) -> str:
@@ -118,15 +152,19 @@ def _parse(raw: dict[str, str], path: Path, line: int) -> dict[str, Any]:
 
 
 def index_fingerprint(store: str | Path) -> str:
-    """Hash of the two manifests' bytes (small: one line per patch). ``summary.json``
-    records it, runs record it, and both are compared before training or evaluating."""
+    """Hash of every fold's two manifests, in fold order (small: one line per patch).
+
+    ``summary.json`` records it, runs record it, and both are compared before training
+    or evaluating: editing, adding or removing any fold's manifest changes it.
+    """
     import hashlib
 
     digest = hashlib.sha256()
-    for split in ("train", "val"):
-        path = Path(store) / INDEX_DIR / f"{split}.csv"
-        try:
-            digest.update(path.read_bytes())
-        except OSError:
-            raise StoreError(f"{path}: missing; run `pancreas index`") from None
+    for fold in range(max(1, manifest_folds(store))):
+        for split in SPLITS:
+            path = manifest_path(store, split, fold)
+            try:
+                digest.update(path.read_bytes())
+            except OSError:
+                raise StoreError(f"{path}: missing; run `pancreas index`") from None
     return digest.hexdigest()[:16]

@@ -14,8 +14,10 @@ Top-level fields (``Predictions``, in this order):
 
 ====================  ==========================================================================
 cases                 {case id: record}, in the order cases were first predicted
-run                   absolute path of the training run of the latest run of predict
+run                   absolute path of the training run of the latest run of predict (an
+                      ensemble: the runs' paths joined by ``os.pathsep``)
 settings_fingerprint  fingerprint of input contract + resolved config + model file of that run
+                      (an ensemble: of every run), and the post-processing decision
 config                the resolved ``PredictConfig`` of that run (a mapping)
 ====================  ==========================================================================
 

@@ -11,7 +11,7 @@ fingerprints.json    ``RunFingerprints``: store_fingerprint, index_fingerprint, 
 input_contract.json  ``InputContract``: patch_size_zyx, val_patch_size_zyx,      train (start)  predict, evaluate --run
                      n_classes, label_names, model_depth, input, output,
                      preprocess, preprocess_fingerprint, store_fingerprint,
-                     index_fingerprint
+                     index_fingerprint, [flip_augment], [fold, n_folds]
 state.json           ``RunState``: epoch, best_value, best_epoch, best_logs,     train (every   train --resume
                      learning_rate, iterations, last_logs, callbacks, generation epoch, last)
 checkpoints/         best.keras (best validation pancreas Dice), last.keras      train (every   predict, train --resume
@@ -23,6 +23,17 @@ history.csv, logs/   one row per epoch (cut back to state.json on resume);      
 ``InputContract``'s optional fields (all but ``val_patch_size_zyx``, ``n_classes``,
 ``model_depth``, ``preprocess``) are left out of the file when unknown, so a contract
 read and written again is the same JSON.
+
+``flip_augment`` (``{"flip_axes": [1, 2], "flip_probability": 0.5}``: the training
+config's ``augment.flip_axes`` and ``augment.flip_probability``) says along which axes
+the model saw mirrored patches; flips were on when the axes are non-empty and the
+probability is above 0. Predict mirrors along those axes by default
+(``InputContract.mirror_axes``). Runs trained before it was recorded lack it.
+
+``fold`` and ``n_folds``: the index fold the run trained on (``pancreas train --fold``)
+and how many the index had; ``evaluate --run`` scores that fold's validation cases and
+``evaluate --cv`` checks that the k-th run given is fold k. Runs trained before folds
+existed lack them and count as fold 0.
 
 **Checkpoint commit** (steps and crash points: ``training.checkpoints``). At the end of
 epoch ``g`` the trainer writes ``checkpoints/best.<g>.keras`` (when the best value
@@ -179,6 +190,9 @@ class InputContract:
     preprocess_fingerprint: str | None = None
     store_fingerprint: str | None = None
     index_fingerprint: str | None = None
+    flip_augment: Mapping[str, Any] | None = None  # {"flip_axes": [...], "flip_probability": p}
+    fold: int | None = None  # the index fold the run trained on (its validation cases are that fold's)
+    n_folds: int | None = None  # how many folds the index had
 
     REQUIRED = ("val_patch_size_zyx", "n_classes", "model_depth", "preprocess")
 
@@ -187,6 +201,15 @@ class InputContract:
         """The recorded store, index and preprocess fingerprints (those that are known)."""
         keys = ("store_fingerprint", "index_fingerprint", "preprocess_fingerprint")
         return {k: getattr(self, k) for k in keys if getattr(self, k)}
+
+    @property
+    def mirror_axes(self) -> tuple[int, ...] | None:
+        """The axes the trainer flipped (``()``: flips were off); ``None``: not recorded."""
+        if self.flip_augment is None:
+            return None
+        if float(self.flip_augment["flip_probability"]) <= 0:
+            return ()
+        return tuple(int(a) for a in self.flip_augment["flip_axes"])
 
     def to_dict(self) -> dict[str, Any]:
         """The file's JSON: every known field in the table's order, unknown optional ones left out."""
@@ -207,7 +230,22 @@ class InputContract:
             values["n_classes"], values["model_depth"] = int(values["n_classes"]), int(values["model_depth"])
         except (TypeError, ValueError) as err:
             raise error(f"{where}: unreadable input contract ({err})") from None
+        if values.get("flip_augment") is not None:
+            values["flip_augment"] = _flip_augment(values["flip_augment"], where, error)
         return cls(**values)
+
+
+def _flip_augment(value: Any, where: str | Path, error: type[Exception]) -> dict[str, Any]:
+    """``flip_augment`` checked: distinct axes among 0, 1, 2 and a probability in [0, 1]."""
+    wrong = f"{where}: 'flip_augment' must be {{\"flip_axes\": [axes among 0, 1, 2], \"flip_probability\": p}}"
+    if not isinstance(value, Mapping) or set(value) != {"flip_axes", "flip_probability"}:
+        raise error(f"{wrong}, got {value!r}")
+    axes, probability = value["flip_axes"], value["flip_probability"]
+    if (not isinstance(axes, (list, tuple)) or any(isinstance(a, bool) or a not in (0, 1, 2) for a in axes)
+            or len(set(axes)) != len(axes) or isinstance(probability, bool)
+            or not isinstance(probability, (int, float)) or not 0 <= probability <= 1):
+        raise error(f"{wrong}, got {dict(value)!r}")
+    return {"flip_axes": [int(a) for a in axes], "flip_probability": float(probability)}
 
 
 def write_input_contract(run_dir: str | Path, contract: InputContract) -> None:

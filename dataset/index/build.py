@@ -1,12 +1,17 @@
-"""``pancreas index``: split, patch grid, balanced manifests and cached augmentation.
+"""``pancreas index``: K-fold split, patch grid, balanced manifests and cached augmentation.
 
 Reads the store's catalog and label volumes (never the images, except for the
 augmented patches), writes under ``STORE/index/``::
 
-    split.json            {"seed", "train": [...], "val": [...], "skipped": {...}}
-    train.csv, val.csv    patch manifests (dataset.contract.manifest)
-    augmented/<case>.h5   elastically deformed foreground copies (dataset.index.augment)
-    summary.json          counts, fingerprints of the store and config (written last)
+    split.json                    {"seed", "folds": [{"train": [...], "val": [...]}, ...], "skipped": {...}}
+    fold_<k>/train.csv, val.csv   patch manifests of fold k (dataset.contract.manifest)
+    augmented/<case>.h5           elastically deformed foreground copies (dataset.index.augment)
+    summary.json                  counts per fold, fingerprints of the store and config (written last)
+
+A case's rows are computed once, from the case and the config alone: its training
+entries (balanced, with their augmented variants) and its validation grid. Each fold's
+manifests list the rows of its cases, so K folds cost one augmentation per case, and
+changing K rewrites only the manifests and the split.
 
 Everything is validated and classified in memory before the first write, so bad
 input leaves nothing partial; every file is written atomically. A rerun with the
@@ -32,11 +37,13 @@ from dataset.index.classify import class_counts, is_foreground
 from dataset.index.config import IndexConfig
 from dataset.common.configio import to_dict
 from dataset.common.runner import run_cases
-from dataset.common.files import exclusive_lock, fingerprint_json, remove_stale_temporaries
+from dataset.common.files import exclusive_lock, fingerprint_json, fsync_path, remove_stale_temporaries
 from dataset.index.grid import grid_starts
 from dataset.contract.catalog import CatalogRecord, read_catalog
 from dataset.contract.fingerprints import store_fingerprint
 from dataset.contract.index import (
+    LEGACY_MANIFEST_NAMES,
+    FoldCounts,
     IndexSummary,
     Split,
     commit_index,
@@ -45,14 +52,23 @@ from dataset.contract.index import (
     uncommit_index,
     write_split,
 )
-from dataset.contract.manifest import AUGMENTED_DIR, INDEX_DIR, index_fingerprint, parse_variant, write_manifest
+from dataset.contract.manifest import (
+    AUGMENTED_DIR,
+    FOLD_PREFIX,
+    INDEX_DIR,
+    MANIFEST_NAMES,
+    index_fingerprint,
+    parse_variant,
+    write_manifest,
+)
 from dataset.common.seeds import derive_seed
-from dataset.index.split import split_cases, usable_cases
+from dataset.index.split import has_tumour, make_folds, usable_cases
 from dataset.contract.store import StoreError, shard_path
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 1  # bump when the index's content changes for the same inputs
+INDEX_VERSION = 2  # bump when the index's content changes for the same inputs (2: K-fold manifests)
+Rows = list[dict[str, Any]]
 
 
 def config_fingerprint(config: IndexConfig) -> str:
@@ -101,7 +117,7 @@ def build_index(store: str | Path, config: IndexConfig | None = None, workers: i
     catalog = read_catalog(store)  # validated (config and catalog) before anything is touched
     index_dir = store / INDEX_DIR
     with exclusive_lock(store):
-        for folder in (index_dir, index_dir / AUGMENTED_DIR):
+        for folder in (index_dir, index_dir / AUGMENTED_DIR, *sorted(index_dir.glob(f"{FOLD_PREFIX}*"))):
             for path in remove_stale_temporaries(folder):
                 log.info("removed %s left by an interrupted run", path)
         return _build(store, index_dir, catalog, config, workers, scheduler, progress, t0)
@@ -111,8 +127,12 @@ def _build(store, index_dir, catalog, config, workers, scheduler, progress, t0) 
     usable, failed = usable_cases(catalog)
     if not usable:
         raise StoreError(f"{store}: no labelled, preprocessed case in the catalog; nothing to index")
-    train_ids, val_ids = split_cases(usable, config.val_fraction, config.seed, config.max_cases)
-    summary = IndexSummary(store=str(store), index_dir=str(index_dir), skipped_cases=dict(failed),
+    records = catalog.cases
+    tumour = {c for c in usable if has_tumour(records[c])}
+    folds = make_folds(store, usable, tumour, config.folds, config.val_fraction, config.seed, config.max_cases)
+    split = Split(seed=config.seed, val_fraction=config.val_fraction, max_cases=config.max_cases, folds=folds,
+                  skipped=dict(failed))
+    summary = IndexSummary(store=str(store), index_dir=str(index_dir), folds=len(folds), skipped_cases=dict(failed),
                            store_fingerprint=store_fingerprint(catalog), config_fingerprint=config_fingerprint(config),
                            config=to_dict(config))
     prev = previous_summary(store)
@@ -120,79 +140,130 @@ def _build(store, index_dir, catalog, config, workers, scheduler, progress, t0) 
             and prev.config_fingerprint == summary.config_fingerprint and prev.files_present(index_dir)):
         prev.unchanged, prev.augmented_built = True, 0
         prev.augmented_reused, prev.seconds = len(prev.augmented_shards), time.perf_counter() - t0
+        _tidy(index_dir, prev)
         log.info("index of %s is up to date; nothing to do", store)
         return prev
 
-    records = catalog.cases
     # Classify everything in memory first: a bad label volume fails here, before the
     # committed index is touched.
-    train_rows, val_rows, jobs, classify_s = _classify_all(store, records, train_ids, val_ids, config, summary, progress)
-    summary.classify_seconds_per_case = classify_s / max(1, len(train_ids) + len(val_ids))
+    rows, jobs, classify_s = _classify_all(store, records, split, tumour, config, summary, progress)
+    summary.classify_seconds_per_case = classify_s / max(1, len(rows))
+    manifests = [(_fold_rows(rows, fold.train, "train"), _fold_rows(rows, fold.val, "val")) for fold in folds]
+    summary.per_fold = [_count(train, val, fold, tumour) for (train, val), fold in zip(manifests, folds)]
     # The index is committed by summary.json, written last: remove it before anything
     # changes, so a run killed half-way leaves an index the trainer refuses, never old
     # manifests whose variants point into new augmented shards.
     uncommit_index(store)
     _run_augmentation(store, index_dir, jobs, config, summary, workers, scheduler, progress)
 
-    write_split(store, Split(seed=config.seed, val_fraction=config.val_fraction, max_cases=config.max_cases,
-                             train=tuple(train_ids), val=tuple(val_ids), skipped=dict(failed)))
-    write_manifest(manifest_path(store, "train"), train_rows)
-    write_manifest(manifest_path(store, "val"), val_rows)
+    write_split(store, split)
+    _remove_folds_from(index_dir, len(folds))  # before the fingerprint: it covers every fold folder there is
+    for k, (train, val) in enumerate(manifests):
+        write_manifest(manifest_path(store, "train", k), train)
+        write_manifest(manifest_path(store, "val", k), val)
     summary.index_fingerprint = index_fingerprint(store)
     summary.seconds = time.perf_counter() - t0
     commit_index(store, summary)
-    _remove_unused_shards(index_dir, summary.augmented_shards)
+    _tidy(index_dir, summary)
     return summary
 
 
-def _remove_unused_shards(index_dir: Path, used: list[str]) -> None:
-    """Delete augmented shards the new manifest no longer names (after it is in place)."""
-    keep = {index_dir / rel for rel in used}
+def _fold_rows(rows: dict[str, dict[str, Rows]], cases, split: str) -> Rows:
+    """One fold's manifest: the rows of its cases, in case order (the same rows in every fold)."""
+    return [row for case_id in cases for row in rows[case_id][split]]
+
+
+def _remove_folds_from(index_dir: Path, first: int) -> None:
+    """Delete the manifests of folds ``first``.. (an index built with more folds), and their
+    folders when empty; only manifest names. Durably: ``index_fingerprint`` counts every
+    fold folder with a manifest, so one that came back after a power cut would make the
+    committed index look edited."""
+    for folder in sorted(index_dir.glob(f"{FOLD_PREFIX}*")):
+        number = folder.name[len(FOLD_PREFIX):]
+        if not (folder.is_dir() and number.isdigit() and int(number) >= first):
+            continue
+        for name in MANIFEST_NAMES:
+            if (folder / name).is_file():
+                log.info("removing %s (fold %s is no longer in the index)", folder / name, number)
+                (folder / name).unlink()
+                fsync_path(folder)
+        if not any(folder.iterdir()):
+            folder.rmdir()
+            fsync_path(index_dir)
+
+
+def _tidy(index_dir: Path, summary: IndexSummary) -> None:
+    """After the commit: delete augmented shards the manifests no longer name, manifests of
+    folds beyond K, and the single-split manifests ``index/train.csv``, ``val.csv`` of an
+    index from before folds. Also run on a no-op, for a run killed before it tidied."""
+    _remove_folds_from(index_dir, summary.folds)
+    keep = {index_dir / rel for rel in summary.augmented_shards}
     for stale in sorted(set((index_dir / AUGMENTED_DIR).glob("*.h5")) - keep):
         log.info("removing augmented shard %s (no longer in the index)", stale)
         stale.unlink()
+    for name in LEGACY_MANIFEST_NAMES:
+        if (index_dir / name).is_file():
+            log.info("removing %s (an index from before cross-validation folds)", index_dir / name)
+            (index_dir / name).unlink()
 
 
-def _classify_all(store, records, train_ids, val_ids, config, summary, progress):
-    """Rows of both splits plus the augmentation jobs; reads labels only."""
-    train_rows: list[dict[str, Any]] = []
-    val_rows: list[dict[str, Any]] = []
+def val_rows(case_id: str, label: np.ndarray, config: IndexConfig) -> Rows:
+    """A case's validation rows (every grid patch), the same in whichever fold validates it."""
+    rows = grid_rows(case_id, label, config.val_patch_zyx, config)
+    balance.assign_seeds(rows, config.seed)
+    return rows
+
+
+def train_rows(case_id: str, label: np.ndarray, config: IndexConfig) -> tuple[Rows, Rows, balance.CaseBalance]:
+    """(grid rows, balanced training entries, what balancing did) of a case: the same entries,
+    augmented variants included, in every fold that trains on it."""
+    grid = grid_rows(case_id, label, config.train_patch_zyx, config)
+    entries, stats = balance.balance_case(case_id, grid, config)
+    entries.extend(balance.centred_rows(case_id, label, config.train_patch_zyx, config))
+    balance.assign_seeds(entries, config.seed)
+    return grid, entries, stats
+
+
+def _classify_all(store, records, split: Split, tumour, config, summary, progress):
+    """Each case's rows ({"train": [...], "val": [...]}, whichever some fold needs) and the
+    augmentation jobs; reads labels only."""
+    training = {c for fold in split.folds for c in fold.train}
+    validating = {c: k for k, fold in enumerate(split.folds) for c in fold.val}
+    rows: dict[str, dict[str, Rows]] = {}
     jobs: dict[str, tuple[list[AugmentEntry], str]] = {}
     seconds = 0.0
-    cases = [(c, "train") for c in train_ids] + [(c, "val") for c in val_ids]
-    for case_id, split in tqdm(cases, desc="classify", unit="case", disable=not progress):
+    for case_id in tqdm(sorted(training | set(validating)), desc="classify", unit="case", disable=not progress):
         label = read_label(store, case_id, records[case_id])
+        info: dict[str, Any] = {"val_fold": validating.get(case_id), "tumour": case_id in tumour}
+        rows[case_id] = {"train": [], "val": []}
         t = time.perf_counter()
-        if split == "val":
-            rows = grid_rows(case_id, label, config.val_patch_zyx, config)
-            seconds += time.perf_counter() - t
-            balance.assign_seeds(rows, config.seed)
-            val_rows.extend(rows)
-            n_fg = sum(r["foreground"] for r in rows)
-            summary.per_case[case_id] = {"split": "val", "patches": len(rows), "foreground_patches": n_fg}
-            if n_fg == 0:
-                summary.cases_without_foreground.append(case_id)
-                log.warning("validation case %s has no foreground patch", case_id)
-            continue
-        rows = grid_rows(case_id, label, config.train_patch_zyx, config)
+        if case_id in validating:
+            rows[case_id]["val"] = val = val_rows(case_id, label, config)
+            info["val"] = {"patches": len(val), "foreground_patches": sum(r["foreground"] for r in val)}
+            summary.padded_patches += sum(r["padded"] for r in val)
+        if case_id in training:
+            grid, rows[case_id]["train"], stats = train_rows(case_id, label, config)
+            info["train"] = {"patches": len(grid), **asdict(stats)}
+            summary.padded_patches += sum(r["padded"] for r in grid)
+            _warn_unbalanced(case_id, stats)
+            augmented = [r for r in rows[case_id]["train"] if r["variant"]]
+            if augmented:
+                jobs[case_id] = _augment_job(case_id, augmented, records[case_id], config)
         seconds += time.perf_counter() - t
-        entries, stats = balance.balance_case(case_id, rows, config)
-        entries.extend(balance.centred_rows(case_id, label, config.train_patch_zyx, config))
-        balance.assign_seeds(entries, config.seed)
-        train_rows.extend(entries)
-        if stats.foreground_patches == 0:
+        if any(info[part]["foreground_patches"] == 0 for part in ("train", "val") if part in info):
             summary.cases_without_foreground.append(case_id)
-            log.warning("case %s has no foreground patch: %d background entries only",
-                        case_id, stats.background_entries)
-        if stats.background_short:
-            log.warning("case %s has no background patch: %d background entries missing",
-                        case_id, stats.background_short)
-        summary.per_case[case_id] = {"split": "train", "patches": len(rows), **asdict(stats)}
-        augmented = [r for r in entries if r["variant"]]
-        if augmented:
-            jobs[case_id] = _augment_job(case_id, augmented, records[case_id], config)
-    _count(summary, train_rows, val_rows, len(train_ids), len(val_ids))
-    return train_rows, val_rows, jobs, seconds
+            log.warning("case %s has no foreground patch", case_id)
+        summary.per_case[case_id] = info
+    summary.cases, summary.tumour_cases = len(rows), len(tumour & set(rows))
+    return rows, jobs, seconds
+
+
+def _warn_unbalanced(case_id: str, stats: balance.CaseBalance) -> None:
+    if stats.foreground_patches == 0:
+        log.warning("case %s: %d background training entries only", case_id, stats.background_entries)
+    if stats.background_short:
+        log.warning("case %s has no background patch: %d background entries missing",
+                    case_id, stats.background_short)
 
 
 def _augment_job(case_id, augmented, record, config) -> tuple[list[AugmentEntry], str]:
@@ -205,19 +276,18 @@ def _augment_job(case_id, augmented, record, config) -> tuple[list[AugmentEntry]
     return entries, fingerprint
 
 
-def _count(summary: IndexSummary, train_rows, val_rows, n_train: int, n_val: int) -> None:
-    summary.train_cases, summary.val_cases = n_train, n_val
-    summary.train_entries = len(train_rows)
-    summary.train_foreground_entries = sum(r["foreground"] for r in train_rows)
-    summary.train_background_entries = summary.train_entries - summary.train_foreground_entries
-    summary.train_augmented_entries = sum(bool(r["variant"]) for r in train_rows)
-    summary.train_with_replacement = sum(r["with_replacement"] for r in train_rows)
-    summary.train_centred_entries = sum(r["kind"] == "centred" for r in train_rows)
-    summary.val_entries = len(val_rows)
-    summary.val_foreground_entries = sum(r["foreground"] for r in val_rows)
-    summary.val_background_entries = summary.val_entries - summary.val_foreground_entries
-    grid = [r for r in train_rows if r["copy"] == 0 and r["kind"] == "grid"] + val_rows
-    summary.padded_patches = sum(r["padded"] for r in grid)
+def _count(train_rows: Rows, val_rows: Rows, fold, tumour: set[str]) -> FoldCounts:
+    """One fold's counts for the summary."""
+    fg = sum(r["foreground"] for r in train_rows)
+    val_fg = sum(r["foreground"] for r in val_rows)
+    return FoldCounts(
+        train_cases=len(fold.train), val_cases=len(fold.val), val_tumour_cases=len(tumour & set(fold.val)),
+        train_entries=len(train_rows), train_foreground_entries=fg, train_background_entries=len(train_rows) - fg,
+        train_augmented_entries=sum(bool(r["variant"]) for r in train_rows),
+        train_with_replacement=sum(r["with_replacement"] for r in train_rows),
+        train_centred_entries=sum(r["kind"] == "centred" for r in train_rows),
+        val_entries=len(val_rows), val_foreground_entries=val_fg, val_background_entries=len(val_rows) - val_fg,
+    )
 
 
 def _run_augmentation(store: Path, index_dir: Path, jobs, config: IndexConfig, summary: IndexSummary,

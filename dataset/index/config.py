@@ -54,7 +54,8 @@ class IndexConfig:
     }
 
     seed: int = 0
-    val_fraction: float = 0.2                 # share of labelled cases for validation
+    folds: int = 5                            # K-fold cross-validation by case (1: one val_fraction split)
+    val_fraction: float = 0.2                 # share of labelled cases for validation when folds is 1
     max_cases: int | None = None              # use only this many labelled cases (seed project: 150)
     train_patch_xyz: tuple[int, int, int] = (128, 128, 64)
     val_patch_xyz: tuple[int, int, int] = (256, 256, 64)
@@ -69,6 +70,8 @@ class IndexConfig:
     elastic: ElasticConfig = ElasticConfig()
 
     def __post_init__(self) -> None:
+        if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 1:
+            raise ValueError(f"folds must be an integer >= 1, got {self.folds!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.max_cases is not None and self.max_cases < 2:

@@ -1,8 +1,9 @@
 """A small learnable synthetic store with manifests, for trainer tests and benchmarks.
 
-Writes shards and the catalog with ``pancreas.synthetic.store`` (the store contract itself) and
-manifests with ``dataset.contract.manifest.write_manifest``, so the trainer can be exercised
-without the preprocessing stage or the indexer. Images are levels correlated with the
+Writes shards and the catalog with ``pancreas.synthetic.store`` (the store contract itself), a
+one-fold split and fold 0's manifests with ``dataset.contract`` (``write_split``,
+``write_manifest``), so the trainer can be exercised without the preprocessing stage or the
+indexer. Images are levels correlated with the
 label (background darker than pancreas, tumour brightest, plus noise), so a tiny U-Net
 learns them in a few epochs. Imports no TensorFlow.
 """
@@ -15,7 +16,7 @@ import numpy as np
 
 from dataset.index.balance import make_row
 from dataset.index.grid import grid_boxes, grid_starts, is_padded
-from dataset.contract.index import manifest_path
+from dataset.contract.index import Fold, Split, manifest_path, write_split
 from dataset.contract.manifest import INDEX_DIR, write_manifest
 from pancreas.synthetic.store import blob_label, write_case, write_catalog_for
 
@@ -53,7 +54,8 @@ def make_synthetic_store(
     patches_per_case: int = 8,
     seed: int = 0,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Write cases, catalog and ``index/train.csv`` / ``index/val.csv``; return the rows.
+    """Write cases, catalog, ``index/split.json`` (one fold) and ``index/fold_0/{train,val}.csv``;
+    return the rows.
 
     Training rows: half centred on a random foreground voxel, half anywhere. Validation
     rows: a grid over each validation case.
@@ -76,8 +78,11 @@ def make_synthetic_store(
                 start = [int(rng.integers(min(0, e - d), max(e - d, 0) + 1)) for e, d in zip(shape_zyx, train_patch_zyx)]
             train.append(_row(case_id, start, train_patch_zyx, label, int(rng.integers(2**31)), "grid"))
     write_catalog_for(store, records)
-    write_manifest(manifest_path(store, "train"), train)
-    write_manifest(manifest_path(store, "val"), val)
+    ids = sorted(records)
+    write_split(store, Split(seed=seed, val_fraction=n_val_cases / n_cases, max_cases=None,
+                             folds=(Fold(tuple(ids[:n_cases - n_val_cases]), tuple(ids[n_cases - n_val_cases:])),)))
+    write_manifest(manifest_path(store, "train", 0), train)
+    write_manifest(manifest_path(store, "val", 0), val)
     write_index_summary(store)
     return train, val
 
@@ -89,6 +94,8 @@ def write_index_summary(store: str | Path) -> None:
     from dataset.contract.index import IndexSummary, commit_index
     from dataset.contract.manifest import index_fingerprint
 
-    commit_index(store, IndexSummary(store=str(store), index_dir=str(Path(store) / INDEX_DIR),
-                                     store_fingerprint=store_fingerprint(read_catalog(store)),
+    catalog = read_catalog(store)
+    commit_index(store, IndexSummary(store=str(store), index_dir=str(Path(store) / INDEX_DIR), folds=1,
+                                     cases=sum(r.has_label for r in catalog.cases.values()),
+                                     store_fingerprint=store_fingerprint(catalog),
                                      index_fingerprint=index_fingerprint(store)))

@@ -1,0 +1,31 @@
+"""The trainer records its flip augmentation in the run's input contract; predict mirrors along it."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from dataset.contract.run import RunFingerprints, read_input_contract, write_input_contract  # noqa: E402
+from training.config import AugmentConfig, TrainConfig  # noqa: E402
+from training.inputs import RunInputs, input_contract  # noqa: E402
+
+
+def inputs() -> RunInputs:
+    return RunInputs(store=Path("store"), catalog=SimpleNamespace(config={}), train_rows=[], val_rows=[],
+                     patch_size_zyx=(16, 32, 32), val_patch_size_zyx=(16, 48, 48),
+                     fingerprints=RunFingerprints("s", "i", "p"))
+
+
+@pytest.mark.parametrize("augment,recorded,mirror", [
+    (AugmentConfig(), {"flip_axes": [1, 2], "flip_probability": 0.5}, (1, 2)),
+    (AugmentConfig(flip_axes=(0, 2), flip_probability=0.3), {"flip_axes": [0, 2], "flip_probability": 0.3}, (0, 2)),
+    (AugmentConfig(flip_probability=0.0), {"flip_axes": [1, 2], "flip_probability": 0.0}, ()),
+])
+def test_input_contract_records_the_flips(tmp_path: Path, augment, recorded, mirror):
+    contract = input_contract(inputs(), TrainConfig(augment=augment))
+    write_input_contract(tmp_path, contract)
+    back = read_input_contract(tmp_path)
+    assert back.to_dict()["flip_augment"] == recorded and back.mirror_axes == mirror
