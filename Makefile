@@ -2,12 +2,15 @@
 # Both create .venv/ on first use. elasticdeform 0.5.1's wheel is built against
 # NumPy 1 and fails to import beside NumPy 2, so it is compiled from source
 # against the NumPy installed here (no build isolation: its setup.py imports numpy).
+# On a Linux machine with an NVIDIA GPU (driver installed, `nvidia-smi` works), run
+# `make install-gpu` once: the same install plus NVIDIA's CUDA and cuDNN wheels
+# (tensorflow[and-cuda]); `pancreas env` then lists the GPUs TensorFlow sees.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install install-gpu demo test bench clean
 
 install: $(STAMP)
 
@@ -17,6 +20,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-binary elasticdeform --no-build-isolation elasticdeform==0.5.1
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+install-gpu: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[gpu,test]'
+	$(VENV)/bin/pancreas env
 
 demo: $(STAMP)
 	$(VENV)/bin/pancreas demo --out demo-output

@@ -159,10 +159,11 @@ def _fetch_once(url: str, part: Path, state: dict, config: DownloadConfig, bar: 
         raise ConnectionError(f"connection closed after {size} of {total} bytes")
 
 
-def _fetch_with_retries(url: str, part: Path, state: dict, config: DownloadConfig) -> None:
+def _fetch_with_retries(url: str, part: Path, state: dict, config: DownloadConfig, progress: bool = True) -> None:
     """``_fetch_once`` until complete; ``config.retries`` failures in a row without new bytes end it."""
     failures, most = 0, _size(part)
-    with tqdm(desc=f"download {part.name.removesuffix('.part')}", unit="B", unit_scale=True, unit_divisor=1024) as bar:
+    with tqdm(desc=f"download {part.name.removesuffix('.part')}", unit="B", unit_scale=True, unit_divisor=1024,
+              disable=not progress) as bar:
         while True:
             try:
                 _fetch_once(url, part, state, config, bar)
@@ -190,7 +191,7 @@ def _mismatch_error(dest: Path, bad: Path, got: str, md5: str) -> DownloadError:
     )
 
 
-def download_file(url: str, dest: Path, md5: str, config: DownloadConfig) -> int:
+def download_file(url: str, dest: Path, md5: str, config: DownloadConfig, progress: bool = True) -> int:
     """Download ``url`` to ``dest`` via ``dest.part`` (resumable), verify md5; bytes fetched.
 
     A mismatch renames the part to ``dest.md5-mismatch`` (see the module docstring).
@@ -201,7 +202,7 @@ def download_file(url: str, dest: Path, md5: str, config: DownloadConfig) -> int
     if start:
         log.info("resuming %s from byte %d", dest.name, start)
     state = {"md5": _md5_of(part)}
-    _fetch_with_retries(url, part, state, config)
+    _fetch_with_retries(url, part, state, config, progress)
     got = state["md5"].hexdigest()
     fsync_path(part)
     if got != md5:
@@ -222,7 +223,7 @@ def _read_marker(path: Path) -> dict | None:
         return None
 
 
-def _verified_archive(config: DownloadConfig, archive: Path) -> int:
+def _verified_archive(config: DownloadConfig, archive: Path, progress: bool = True) -> int:
     """Make sure ``archive`` is there with the right md5; the bytes downloaded for it."""
     if archive.is_file():
         log.info("verifying existing %s", archive)
@@ -236,10 +237,10 @@ def _verified_archive(config: DownloadConfig, archive: Path) -> int:
     if bad.is_file():
         log.warning("%s (%.1f GB) is an earlier download that failed its md5 check; delete it when you no "
                     "longer need it", bad, bad.stat().st_size / 1e9)
-    return download_file(config.url, archive, config.md5, config)
+    return download_file(config.url, archive, config.md5, config, progress)
 
 
-def download_dataset(config: DownloadConfig, out_dir: str | Path | None = None) -> DownloadSummary:
+def download_dataset(config: DownloadConfig, out_dir: str | Path | None = None, progress: bool = True) -> DownloadSummary:
     """`pancreas download`: fetch (resuming), verify, extract; skips work already done.
 
     Holds the folder's lock throughout (``LockedError`` at once if another run has it).
@@ -256,7 +257,7 @@ def download_dataset(config: DownloadConfig, out_dir: str | Path | None = None) 
             log.info("%s already downloaded and extracted into %s", name, out)
             dataset_dir = Path(done["dataset_dir"]) if done.get("dataset_dir") else None
             return DownloadSummary(archive, dataset_dir, 0, 0, 0, time.perf_counter() - t0, already_done=True)
-        fetched = _verified_archive(config, archive)
+        fetched = _verified_archive(config, archive, progress)
         extracted, skipped, dataset_dir = extract_archive(archive, out)
         write_json_atomic(marker, {"url": config.url, "md5": config.md5, "members": extracted,
                                    "dataset_dir": str(dataset_dir) if dataset_dir else None})

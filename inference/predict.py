@@ -96,7 +96,7 @@ def predict_case(
 
     result = CaseResult(case.case_id, str(case.path))
     t = time.perf_counter()
-    image, _dtype = read_image(case.path)
+    image, _dtype = read_image(case.path, case.series_uid)
     pre = preprocess_image(image, None, preprocess_config)
     result.shape_zyx = tuple(int(s) for s in pre.levels.shape)
     result.seconds["preprocess"] = time.perf_counter() - t
@@ -176,7 +176,7 @@ def plan_run(out: Path, run: RunSettings, cases: Sequence[CaseInput], overwrite:
     todo = tuple(c for c in cases if overwrite or not _up_to_date(record, c, fps[c.case_id], out))
     check_owned(out, previous, [c.case_id for c in todo], run.config.save_probabilities, flag)
     for case in todo:
-        record = record.with_case(case.case_id, PredictionRecord(str(case.path), fps[case.case_id], run.fingerprint))
+        record = record.with_case(case.case_id, PredictionRecord(case.source, fps[case.case_id], run.fingerprint))
     if todo:
         write_predictions(out, record)
     return Plan(record, fps, todo)
@@ -184,7 +184,7 @@ def plan_run(out: Path, run: RunSettings, cases: Sequence[CaseInput], overwrite:
 
 def _record_of(case: CaseInput, result: CaseResult, input_fp: str | None, settings_fp: str) -> PredictionRecord:
     return PredictionRecord(
-        input=str(case.path), input_fingerprint=input_fp, settings_fingerprint=settings_fp,
+        input=case.source, input_fingerprint=input_fp, settings_fingerprint=settings_fp,
         status="failed" if result.error else "done", error=result.error, output=result.output,
         shape_zyx=result.shape_zyx, seconds=result.seconds,
     )

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from dataset.common.configio import ConfigError, check_patch_fits_depth, from_dict, to_dict
+from dataset.common.configio import ConfigError, check_patch_fits_depth, flatten_mapping, from_dict, to_dict
 from dataset.common.files import fingerprint_file, fingerprint_json
 from dataset.contract.fingerprints import check_fingerprint
 from dataset.contract.postprocessing import PostprocessingDecision, PostprocessingError, read_postprocessing
@@ -133,15 +133,6 @@ def model_fingerprint(run_dir: Path, config: PredictConfig, predict_fn: PredictF
 
 # ----------------------------------------------------------------------------- the ensemble
 
-def _flatten(value: Any, prefix: str) -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}.{key}"))
-        return out
-    return {prefix: value}
-
-
 def _agreed_keys(contract: InputContract, preprocess_config, window: tuple[int, ...], explicit_window: bool
                  ) -> dict[str, Any]:
     """What an ensemble's members must share (module docstring), as flat ``key: value``."""
@@ -154,7 +145,7 @@ def _agreed_keys(contract: InputContract, preprocess_config, window: tuple[int, 
         keys["label_names"] = list(names)
     if not explicit_window:  # a window set in the config is the same for every member
         keys["val_patch_size_zyx (the sliding window)"] = list(window)
-    keys.update(_flatten(to_dict(preprocess_config), "preprocess"))
+    keys.update(flatten_mapping(to_dict(preprocess_config), "preprocess"))
     return keys
 
 

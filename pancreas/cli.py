@@ -14,16 +14,21 @@ import os
 import logging
 import sys
 
+from pancreas import package_version
+from pancreas.cli_options import add_logging_options
+
 # subcommand -> module that implements it
 COMMANDS = {
     "synth": "pancreas.cli_synth",
     "preprocess": "pancreas.cli_preprocess",
     "index": "pancreas.cli_index",
     "train": "pancreas.cli_train",
+    "export": "pancreas.cli_export",
     "predict": "pancreas.cli_predict",
     "evaluate": "pancreas.cli_evaluate",
     "download": "pancreas.cli_download",
     "demo": "pancreas.cli_demo",
+    "env": "pancreas.cli_env",
 }
 
 # top-level packages of this project: a missing one is a bug, not a missing dependency
@@ -36,16 +41,19 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         description="Segment the pancreas and pancreatic tumours in abdominal CT (MSD Task07): "
                     "synth/download -> preprocess -> index -> train -> predict -> evaluate.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    add_logging_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    wanted = [a for a in argv if a in COMMANDS][:1] or list(COMMANDS)
+    # the named command; every one for the top-level --help (it lists their help); none for --version
+    wanted = [a for a in argv if a in COMMANDS][:1] or (list(COMMANDS) if {"-h", "--help"} & set(argv) else [])
     for name in COMMANDS:
         if name in wanted:
             importlib.import_module(COMMANDS[name]).add_parser(sub)
         else:
             sub.add_parser(name, help=f"see `pancreas {name} --help`")
-    for command in sub.choices.values():  # module docstrings are reST; a terminal wants plain text
-        if command.description:
+    for command in sub.choices.values():
+        add_logging_options(command, default=argparse.SUPPRESS)  # -v/-q after the command too
+        if command.description:  # module docstrings are reST; a terminal wants plain text
             command.description = command.description.replace("``", "")
     return parser
 
@@ -60,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as err:
         return _missing_dependency(err, "pancreas")
     args = parser.parse_args(argv)
+    if args.verbose and args.quiet:
+        parser.error("-v/--verbose and -q/--quiet exclude each other")
+    if args.quiet and hasattr(args, "no_progress"):
+        args.no_progress = True
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
@@ -74,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - one line for known user errors
         from dataset.common.configio import ConfigError
         from dataset.common.files import LockedError
+        from dataset.common.imports import DependencyError
         from dataset.contract.store import StoreError
 
-        if isinstance(err, (ConfigError, StoreError, OSError, ValueError, LockedError)):
+        if isinstance(err, (ConfigError, StoreError, OSError, ValueError, LockedError, DependencyError)):
             print(f"pancreas {args.command}: error: {err}", file=sys.stderr)
             return 2
         raise

@@ -5,6 +5,8 @@ import argparse
 import dataclasses
 import sys
 
+from pancreas.cli_options import add_no_progress_option, add_set_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser("download", help="download and extract MSD Task07_Pancreas (about 11.5 GB)",
@@ -15,6 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--md5", default=None, help="expected md5 (with a different archive)")
     parser.add_argument("--config", default=None,
                         help="download YAML (default: the defaults, as in configs/download.yaml)")
+    add_set_option(parser)
+    add_no_progress_option(parser, "no progress bar")
     parser.set_defaults(run=run)
     return parser
 
@@ -25,11 +29,11 @@ def run(args: argparse.Namespace) -> int:
     from inference.config import DownloadConfig
     from inference.download import DownloadError, download_dataset
 
-    config = load_config(DownloadConfig, args.config)
+    config = load_config(DownloadConfig, args.config, args.overrides)
     changes = {k: v for k, v in (("url", args.url), ("md5", args.md5)) if v is not None}
     config = dataclasses.replace(config, **changes)
     try:
-        summary = download_dataset(config, args.out)
+        summary = download_dataset(config, args.out, progress=not args.no_progress)
     except (DownloadError, LockedError) as err:  # one line, exit 2 like every user error
         print(f"pancreas download: error: {err}", file=sys.stderr)
         return 2

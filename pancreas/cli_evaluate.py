@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from pancreas.cli_options import add_set_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser("evaluate", help="score label maps against the truth (Dice, NSD, HD95)",
@@ -21,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--config", default=None,
                         help="predict/evaluate YAML: inference settings for --run, NSD tolerances for both "
                              "(default: configs/predict.yaml defaults)")
+    add_set_option(parser)
     parser.add_argument("--pred-out", default=None, metavar="DIR",
                         help="where --run writes its predictions (default RUN_DIR/validation_predictions); "
                              "outside the dataset, its truth and the store")
@@ -42,11 +45,11 @@ def run(args: argparse.Namespace) -> int:
     if args.cv:
         if args.pred or args.truth or args.run_dir or not args.store or not args.out:
             raise ValueError("--cv takes --store STORE and --out CV_DIR (and not --pred/--truth/--run)")
-        return run_cv(args, load_config(PredictConfig, args.config))
+        return run_cv(args, load_config(PredictConfig, args.config, args.overrides))
     by_dirs, by_run = bool(args.pred or args.truth), bool(args.run_dir or args.store)
     if by_dirs == by_run or (by_dirs and not (args.pred and args.truth)) or (by_run and not (args.run_dir and args.store)):
         raise ValueError("give either --pred DIR --truth DIR, or --run RUN_DIR --store STORE, or --cv RUN_DIR ... --store STORE")
-    config = load_config(PredictConfig, args.config)
+    config = load_config(PredictConfig, args.config, args.overrides)
     if by_dirs:
         report = evaluate_dirs(args.pred, args.truth, progress=not args.no_progress,
                                nsd_tolerance_mm=config.nsd_tolerance_mm)

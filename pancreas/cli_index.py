@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from pancreas.cli_options import add_set_option, required_group
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser("index", help="build patch manifests and cached augmented patches",
                             description=__doc__)
-    parser.add_argument("--store", required=True, help="preprocessed store (from `pancreas preprocess`)")
+    required_group(parser).add_argument("--store", required=True, help="preprocessed store (from `pancreas preprocess`)")
     parser.add_argument("--config", default=None,
                         help="index config YAML (default: built-in defaults = configs/dataset.yaml)")
+    add_set_option(parser)
     parser.add_argument("--folds", type=int, default=None, metavar="K",
                         help="cross-validation folds by case (default: the config's folds, 5); "
                              "1: a single val_fraction split")
@@ -33,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.folds is not None and args.folds < 1:
         raise ValueError(f"{args.store}: --folds must be >= 1, got {args.folds}")
-    config = load_config(IndexConfig, args.config)
+    config = load_config(IndexConfig, args.config, args.overrides)
     if args.folds is not None:
         config = dataclasses.replace(config, folds=args.folds)
     if not args.verbose:

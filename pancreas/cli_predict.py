@@ -3,21 +3,25 @@ from __future__ import annotations
 
 import argparse
 
+from pancreas.cli_options import add_set_option, required_group
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser("predict", help="segment CTs (NIfTI file/folder, MSD folder or DICOM series)",
                             description=__doc__)
-    parser.add_argument("--model", required=True, nargs="+", metavar="RUN_DIR",
+    required = required_group(parser)
+    required.add_argument("--model", required=True, nargs="+", metavar="RUN_DIR",
                         help="training run folder (input_contract.json + checkpoints/); several: an ensemble "
                              "(the mean of their softmax; their input contracts must agree)")
-    parser.add_argument("--input", required=True, metavar="PATH",
+    required.add_argument("--input", required=True, metavar="PATH",
                         help="a .nii/.nii.gz file, a folder of them, an MSD task folder (its test cases) "
                              "or a DICOM series folder")
-    parser.add_argument("--out", required=True, metavar="DIR",
+    required.add_argument("--out", required=True, metavar="DIR",
                         help="folder for <case>.nii.gz label maps, outside the input's folder; predict replaces "
                              "only files its DIR/predictions.json lists")
     parser.add_argument("--config", default=None,
                         help="inference YAML (default: the defaults, as in configs/predict.yaml)")
+    add_set_option(parser)
     parser.add_argument("--no-mirror", action="store_true",
                         help="no test-time mirroring (default: along the axes each run's trainer flipped)")
     parser.add_argument("--postprocessing", default=None, metavar="FILE",
@@ -36,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from inference.config import PredictConfig
     from inference.predict import predict_cases
 
-    config = load_config(PredictConfig, args.config)
+    config = load_config(PredictConfig, args.config, args.overrides)
     if args.no_mirror:
         config = dataclasses.replace(config, mirror_axes=())
     if args.postprocessing is not None:

@@ -4,14 +4,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pancreas.cli_options import add_set_option, required_group
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser("preprocess", help="resample, crop, window and equalise CTs into a store",
                             description=__doc__)
-    parser.add_argument("--data", required=True, help="MSD task folder with dataset.json")
-    parser.add_argument("--out", required=True, help="store folder to write (catalog.json + cases/)")
+    required = required_group(parser)
+    required.add_argument("--data", required=True, help="MSD task folder with dataset.json")
+    required.add_argument("--out", required=True, help="store folder to write (catalog.json + cases/)")
     parser.add_argument("--config", default=None,
                         help="preprocessing YAML (default: the defaults, as in configs/preprocess.yaml)")
+    add_set_option(parser)
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default: CPU count; 0: run in this process, no Dask)")
     parser.add_argument("--scheduler", default=None,
@@ -35,14 +39,15 @@ def format_summary(summary) -> str:
 def run(args: argparse.Namespace) -> int:
     from dataset.common.files import LockedError
     from dataset.common.runner import quiet_dask_logs
-    from preprocess.config import load_preprocess_config
+    from dataset.common.configio import load_config
+    from preprocess.config import PreprocessConfig
     from preprocess.driver import run_preprocess
 
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if not getattr(args, "verbose", False):
         quiet_dask_logs()
-    config = load_preprocess_config(args.config)
+    config = load_config(PreprocessConfig, args.config, args.overrides)
     try:
         summary = run_preprocess(args.data, args.out, config, workers=args.workers,
                                  scheduler=args.scheduler, progress=not args.no_progress)

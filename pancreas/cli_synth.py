@@ -1,13 +1,15 @@
-"""``pancreas synth``: write a synthetic dataset in the MSD Task07_Pancreas layout."""
+"""``pancreas synth``: write a synthetic dataset in the MSD Task07_Pancreas layout (or nnU-Net v2's)."""
 from __future__ import annotations
 
 import argparse
+
+from pancreas.cli_options import add_no_progress_option, required_group
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser("synth", help="write synthetic CT phantoms in the MSD Task07 layout",
                             description=__doc__)
-    parser.add_argument("--out", required=True,
+    required_group(parser).add_argument("--out", required=True,
                         help="dataset folder to write (e.g. data/Task07_Synth): new, or an earlier synth output; "
                              "files synth did not write are never replaced")
     parser.add_argument("--cases", type=int, default=8, help="labelled training cases (default 8)")
@@ -16,26 +18,34 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--size", choices=("small", "full"), default="small",
                         help="small: ~64-128 px in-plane, 20-60 slices (tests); full: 512x512x~100")
+    parser.add_argument("--layout", choices=("msd", "nnunet"), default="msd",
+                        help="msd: MSD Task07 (default); nnunet: nnU-Net v2 raw dataset (imagesTr/<case>_0000.nii.gz, "
+                             "a v2 dataset.json without case lists)")
+    add_no_progress_option(parser)
     parser.set_defaults(run=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    from pancreas.synthetic.marker import case_file_names
     from pancreas.synthetic.msd import dataset_params, make_dataset
 
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    out = make_dataset(args.out, args.cases, seed=args.seed, size=args.size, n_test=args.test)
+    out = make_dataset(args.out, args.cases, seed=args.seed, size=args.size, n_test=args.test, layout=args.layout,
+                       progress=not args.no_progress)
     params = dataset_params(args.cases, args.seed, args.size, args.test)
     n_train = args.cases
     print(f"wrote {n_train} training + {len(params) - n_train} test cases ({args.size}, seed {args.seed}) "
           f"to {out.resolve()}")
-    print(f"{'case':<21}{'split':<7}{'size (x,y,z)':<17}{'spacing mm':<18}{'orient':<7}{'dtype':<20}tumour")
+    width = 21 if args.layout == "msd" else 25
+    print(f"{'case':<{width}}{'split':<7}{'size (x,y,z)':<17}{'spacing mm':<18}{'orient':<7}{'dtype':<20}tumour")
     for i, p in enumerate(params):
         size = "x".join(str(v) for v in p.grid_size)
         spacing = "x".join(f"{v:.2f}" for v in p.spacing_mm)
         dtype = p.dtype + (f" {p.scl_slope:g}/{p.scl_inter:g}" if p.dtype == "int16_scaled" else "")
         split = "train" if i < n_train else "test"
-        print(f"{p.filename:<21}{split:<7}{size:<17}{spacing:<18}{p.orientation:<7}{dtype:<20}"
+        image = case_file_names(p, args.layout)[0]
+        print(f"{image:<{width}}{split:<7}{size:<17}{spacing:<18}{p.orientation:<7}{dtype:<20}"
               f"{'yes' if p.anatomy.has_tumour else 'no'}")
     return 0

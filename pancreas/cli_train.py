@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pancreas.cli_options import add_no_progress_option, add_set_option, required_group
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -12,32 +14,46 @@ def add_parser(subparsers) -> None:
         description="Train the 3D U-Net on one fold of a store's patch index (STORE/index/fold_<k>/train.csv, "
                     "val.csv). Folds are independent runs: train them side by side, each into its own --out.",
     )
-    parser.add_argument("--store", required=True, type=Path, help="preprocessed store with index/")
+    required_group(parser).add_argument("--store", required=True, type=Path, help="preprocessed store with index/")
     parser.add_argument("--fold", type=int, default=0, metavar="K",
                         help="the index fold to train on, 0..folds-1 (default 0); recorded in the run, and "
                              "--resume must name the same fold")
     parser.add_argument("--config", type=Path, default=None,
                         help="training YAML (default: the built-in defaults, which configs/train.yaml repeats)")
+    add_set_option(parser)
     parser.add_argument("--out", type=Path,
                         help="run folder (checkpoints, logs, history); locked while the run lasts")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last completed epoch (refused if --out holds no run)")
+    parser.add_argument("--init-from", type=Path, default=None, metavar="RUN_DIR|MODEL.keras",
+                        help="fine-tune: start a new run from these weights (RUN_DIR: its last.keras; or a .keras "
+                             "file, e.g. RUN_DIR/checkpoints/best.keras) with a fresh optimiser at epoch 0; the "
+                             "preprocessing and model shape must match (not with --resume)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--profile-input", action="store_true",
                       help="run the input pipeline alone and report patches/s (writes nothing)")
     mode.add_argument("--synthetic-input", action="store_true",
                       help="run the model on random in-memory batches and report step time (writes nothing)")
+    parser.add_argument("--require-gpu", action="store_true",
+                        help="stop at once (exit 2, nothing written) when TensorFlow sees no GPU")
     parser.add_argument("--steps", type=int, default=20,
                         help="batches timed by --profile-input / --synthetic-input (default 20)")
+    add_no_progress_option(parser, "one line per epoch instead of Keras' progress bar")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.config import load_train_config
+    from dataset.common.configio import load_config
+    from training.config import TrainConfig
 
-    config = load_train_config(args.config)
+    config = load_config(TrainConfig, args.config, args.overrides)
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    from training.distribute import check_execution, execution_line, log_plan_warnings
+
+    plan = check_execution(config, require_gpu=args.require_gpu)  # before any work: nothing read or written yet
+    print(f"pancreas train: {execution_line(plan)}", flush=True)
+    log_plan_warnings(plan)
     if args.profile_input or args.synthetic_input:
         return _profile(args, config)
     if args.out is None:
@@ -46,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from training.run import run_dir_summary_lines, train
 
     try:
-        summary = train(args.store, args.out, config, resume=args.resume, fold=args.fold)
+        summary = train(args.store, args.out, config, resume=args.resume, fold=args.fold, init_from=args.init_from,
+                        progress=not args.no_progress)
     except LockedError as err:  # another run holds --out: one line, exit 2 like every user error
         print(f"pancreas train: error: {err}", file=sys.stderr)
         return 2

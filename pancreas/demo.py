@@ -160,7 +160,8 @@ def _train_and_score(paths: dict[str, Path], configs: DemoConfigs, progress: boo
     from training.run import train
 
     with _timed(seconds, "train"):
-        train(paths["store"], paths["run"], configs.train, resume=holds_run(paths["run"]))  # continue a killed demo
+        train(paths["store"], paths["run"], configs.train, resume=holds_run(paths["run"]),  # continue a killed demo
+              progress=progress)
     with _timed(seconds, "predict"):
         predicted = predict_cases(paths["run"], paths["data"], paths["predictions"], configs.predict,
                                   progress=progress)

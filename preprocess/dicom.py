@@ -93,7 +93,7 @@ def find_series(root: str | Path) -> list[DicomSeries]:
     """Every DICOM series in ``root`` and the folders below it, in folder order, then UID order."""
     found: dict[str, list[Path]] = {}
     for folder in _folders(Path(root)):
-        for uid in series_ids(folder):
+        for uid in sorted(series_ids(folder)):
             found.setdefault(uid, []).append(folder)
     series = []
     for uid, folders in found.items():

@@ -1,6 +1,10 @@
 """Images in: reading and validating one case's files with SimpleITK (NIfTI, compressed
 or not, or a DICOM series folder).
 
+A DICOM folder holding one series is read as it is; a folder holding several needs the
+SeriesInstanceUID of the one to read (``series_uid``; ``preprocess.dicom.find_series``
+lists them), and the series may then also lie in folders below it.
+
 Every problem raises ``InputError`` with one line naming the file and what is wrong, so
 the driver can report it and carry on with the other cases. The byte-level NIfTI checks
 ITK cannot make (truncation, stored NaN) are ``preprocess.nifti``; writing images is
@@ -18,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from preprocess import nifti
+from preprocess.dicom import series_files, series_ids
 
 PIXEL_NAMES = {
     sitk.sitkUInt8: "uint8", sitk.sitkInt8: "int8", sitk.sitkUInt16: "uint16",
@@ -75,42 +80,60 @@ def read_image_info(path: str | Path) -> ImageInfo:
                      tuple(reader.GetDirection()), reader.GetNumberOfComponents(), dtype)
 
 
-def _dicom_files(folder: Path) -> list[str]:
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+def _dicom_files(folder: Path, series_uid: str | None = None) -> list[str]:
+    """The files of the folder's one series, or of series ``series_uid`` in it or below it.
+
+    A given series is looked for below the folder too when it has sub-folders (a series
+    spread over several folders is read from their common one, ``preprocess.dicom``).
+    """
+    if series_uid is not None:
+        below = any(child.is_dir() and not child.name.startswith(".") for child in folder.iterdir())
+        files = series_files(folder, series_uid, recursive=below)
+        if not files:
+            raise InputError(f"{folder}: holds no DICOM series {series_uid}")
+        return list(files)
+    ids = series_ids(folder)
     if not ids:
         raise InputError(f"{folder}: folder holds no DICOM series")
     if len(ids) > 1:
-        raise InputError(f"{folder}: folder holds {len(ids)} DICOM series; give one series per folder")
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+        raise InputError(f"{folder}: folder holds {len(ids)} DICOM series ({', '.join(sorted(ids))}); give one "
+                         "series per folder (`pancreas predict` reads each series of a folder as its own case)")
+    return list(series_files(folder, ids[0]))
 
 
-def _read(path: Path, pixel_type: int) -> tuple[sitk.Image, str]:
+def _read(path: Path, pixel_type: int, series_uid: str | None = None) -> tuple[sitk.Image, str]:
     """Read a file or DICOM folder after checking it is a scalar 3D image."""
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    if series_uid is not None and not path.is_dir():
+        raise InputError(f"{path}: DICOM series {series_uid} was asked for, but this is not a folder")
+    where = f"{path} (series {series_uid})" if series_uid is not None else str(path)
     try:
-        files = _dicom_files(path) if path.is_dir() else [str(path)]
+        files = _dicom_files(path, series_uid) if path.is_dir() else [str(path)]
         info = read_image_info(files[0])
         dimension = 3 if path.is_dir() else len(info.size)
         if dimension != 3:
-            raise InputError(f"{path}: image is {dimension}D; expected a 3D volume")
+            raise InputError(f"{where}: image is {dimension}D; expected a 3D volume")
         if info.components != 1:
-            raise InputError(f"{path}: {info.components} components per voxel; expected a scalar image")
+            raise InputError(f"{where}: {info.components} components per voxel; expected a scalar image")
         truncated = nifti.truncation(path)
         if truncated:
-            raise InputError(f"{path}: {truncated}")
+            raise InputError(f"{where}: {truncated}")
         image = sitk.ReadImage(files if len(files) > 1 else files[0], pixel_type)
     except RuntimeError as err:
-        raise InputError(f"{path}: cannot read ({itk_message(err)})") from None
+        raise InputError(f"{where}: cannot read ({itk_message(err)})") from None
     if image.GetDimension() != 3:
-        raise InputError(f"{path}: image is {image.GetDimension()}D; expected a 3D volume")
+        raise InputError(f"{where}: image is {image.GetDimension()}D; expected a 3D volume")
     return image, info.dtype
 
 
-def read_image(path: str | Path) -> tuple[sitk.Image, str]:
-    """CT as float32 HU (NIfTI scl_slope/scl_inter and DICOM rescale applied) + dtype on disk."""
+def read_image(path: str | Path, series_uid: str | None = None) -> tuple[sitk.Image, str]:
+    """CT as float32 HU (NIfTI scl_slope/scl_inter and DICOM rescale applied) + dtype on disk.
+
+    ``series_uid``: for a DICOM folder, the series to read (required when it holds several).
+    """
     path = Path(path)
-    image, dtype = _read(path, sitk.sitkFloat32)
+    image, dtype = _read(path, sitk.sitkFloat32, series_uid)
     values = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(values).all() or (
         nifti.may_hide_non_finite(values, path, dtype) and nifti.has_non_finite(path, dtype)
@@ -187,10 +210,14 @@ def _as_uint8_on(label: sitk.Image, image: sitk.Image) -> sitk.Image:
 
 
 def read_case(
-    image_path: str | Path, label_path: str | Path | None, allowed_labels: tuple[int, ...]
+    image_path: str | Path, label_path: str | Path | None, allowed_labels: tuple[int, ...],
+    series_uid: str | None = None,
 ) -> tuple[sitk.Image, str, sitk.Image | None]:
-    """Read and validate one case: (float32 HU image, dtype on disk, uint8 label or None)."""
-    image, dtype = read_image(image_path)
+    """Read and validate one case: (float32 HU image, dtype on disk, uint8 label or None).
+
+    ``series_uid``: the image's DICOM series, when its folder holds several.
+    """
+    image, dtype = read_image(image_path, series_uid)
     if label_path is None:
         return image, dtype, None
     label = validated_label(read_label(label_path), image, allowed_labels, str(label_path))

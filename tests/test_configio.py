@@ -108,3 +108,80 @@ def test_patches_that_do_not_fit_quote_size_depth_and_factor(patch_zyx, depth, b
         f"validation patch size {bad} (z, y, x) cannot go through a U-Net of depth 3: every edge must be "
         "a positive multiple of 8, since the U-Net halves it 3 times (2**3 = 8)"
     )
+
+
+# --- `--set KEY=VALUE` overrides (load_config's third argument) ----------------------------
+
+
+def test_overrides_apply_on_top_of_the_file_in_order(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 7\nmodel:\n  depth: 4\n  base_filters: 32\n")
+    config = load_config(TrainConfig, path, ["model.depth=3", "augment.flip_axes=[1, 2]", "epochs=5", "epochs=6"])
+    assert config == from_dict(TrainConfig, {"epochs": 6, "model": {"depth": 3, "base_filters": 32},
+                                             "augment": {"flip_axes": [1, 2]}})
+
+
+def test_overrides_apply_on_top_of_the_defaults():
+    config = load_config(PreprocessConfig, None, ["window_hu=[-100, 200]", "equalize=false"])
+    assert config == from_dict(PreprocessConfig, {"window_hu": [-100, 200], "equalize": False})
+    assert config.window_hu == (-100.0, 200.0)  # typed like the YAML: ints into floats, a list into a tuple
+
+
+def test_a_mapping_given_for_a_section_merges_key_by_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  base_filters: 32\n")
+    assert load_config(TrainConfig, path, ["model={depth: 3}"]).model == from_dict(
+        TrainConfig, {"model": {"depth": 3, "base_filters": 32}}).model
+
+
+def test_an_entry_of_a_mapping_field_keeps_the_others():
+    from inference.config import PredictConfig
+
+    assert load_config(PredictConfig, None, ["nsd_tolerance_mm.tumour=2"]).nsd_tolerance_mm == {
+        **PredictConfig().nsd_tolerance_mm, "tumour": 2.0}
+
+
+@pytest.mark.parametrize("text,value", [
+    ("learning_rate=1e-4", 1e-4),     # PyYAML alone reads 1e-4 as a string
+    ("learning_rate=2.5E+3", 2500.0),
+    ("learning_rate=0.01", 0.01),
+    ("learning_rate=3", 3.0),
+])
+def test_exponent_without_a_dot_is_a_float(text, value):
+    assert load_config(TrainConfig, None, [text]).learning_rate == value
+
+
+def test_exponent_without_a_dot_is_a_float_in_files_too(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 1e-4\n")
+    assert load_config(TrainConfig, path).learning_rate == 1e-4
+
+
+@pytest.mark.parametrize("cls,overrides,expected", [
+    (TrainConfig, ["model.dpeth=3"], "--set model: unknown key(s) dpeth; allowed: base_filters, depth"),
+    (TrainConfig, ["epoch=3"], "--set: unknown key(s) epoch; allowed: augment, batch_size, "),
+    (TrainConfig, ["model.depth=abc"], "--set model.depth: expected int, got 'abc'"),
+    (TrainConfig, ["model.depth=true"], "--set model.depth: expected int, got True"),
+    (TrainConfig, ["model.depth=9"], "--set model: model.depth must be in 1..6, got 9"),
+    (TrainConfig, ["model=3"], "--set model: expected a mapping (keys: base_filters, depth), got 3"),
+    (TrainConfig, ["epochs.x=1"], "--set epochs: expected int, got {'x': 1}"),
+    (TrainConfig, ["augment.flip_axes=[1, x]"], "--set augment.flip_axes[1]: expected int, got 'x'"),
+    (PreprocessConfig, ["window_hu=abc"], "--set window_hu: expected a list, got 'abc'"),
+    (PreprocessConfig, ["window_hu=[1,"], "--set window_hu: value '[1,' is not valid YAML"),
+    (PreprocessConfig, ["window_hu"], "--set 'window_hu': expected KEY=VALUE with a dotted KEY"),
+    (PreprocessConfig, ["model..depth=3"], "--set 'model..depth=3': expected KEY=VALUE"),
+    (PreprocessConfig, ["=3"], "--set '=3': expected KEY=VALUE"),
+    (IndexConfig, ["model_depth=4"], "--set model_depth: this key moved: "),
+])
+def test_bad_overrides_are_one_line_naming_the_key(cls, overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(cls, None, overrides)
+    message = str(err.value)
+    assert message.startswith(expected) and "\n" not in message, message
+
+
+def test_the_file_is_checked_on_its_own_before_the_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: many\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml\.epochs: expected int, got 'many'"):
+        load_config(TrainConfig, path, ["epochs=3"])

@@ -10,7 +10,8 @@ import dataset.contract as contract
 
 ROOT = Path(__file__).resolve().parents[1]
 HANDOVER_NAMES = {"catalog.json", "split.json", "summary.json", "train.csv", "val.csv", "input_contract.json",
-                  "state.json", "fingerprints.json", "predictions.json", "postprocessing.json"}
+                  "state.json", "fingerprints.json", "predictions.json", "postprocessing.json",
+                  "environment.json"}
 
 
 def table_rows() -> list[tuple[str, str]]:
@@ -19,7 +20,7 @@ def table_rows() -> list[tuple[str, str]]:
 
 def test_every_row_names_a_contract_module_that_defines_the_file():
     rows = table_rows()
-    assert len(rows) == 13
+    assert len(rows) == 14
     for path, module_name in rows:
         module = importlib.import_module(f"dataset.contract.{module_name}")
         source = Path(module.__file__).read_text()

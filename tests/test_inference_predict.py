@@ -186,7 +186,8 @@ def test_discover_inputs(msd: Path, tmp_path: Path):
     dicom = tmp_path / "series_7"
     dicom.mkdir()
     (dicom / "IM0001").write_bytes(b"not really dicom")
-    assert discover_inputs(dicom) == [CaseInput("series_7", dicom)]
+    with pytest.raises(PredictError, match="no NIfTI file, dataset.json or readable DICOM series"):
+        discover_inputs(dicom)  # tests/test_dicom_series.py: real series
     with pytest.raises(FileNotFoundError, match="nothing_here"):
         discover_inputs(tmp_path / "nothing_here")
     with pytest.raises(PredictError, match="not a NIfTI"):
@@ -301,9 +302,11 @@ def test_dicom_series_is_predicted_on_its_own_grid(msd: Path, tmp_path: Path):
 
 @pytest.mark.parametrize("given,workdir", [(".", "series_7"), ("..", "series_7/sub")])
 def test_dicom_folder_given_as_dot_is_named_by_its_own_name(tmp_path: Path, monkeypatch, given, workdir):
+    import SimpleITK as sitk
+
     dicom = tmp_path / "series_7"
-    (dicom / "sub").mkdir(parents=True)
-    (dicom / "IM0001").write_bytes(b"not really dicom")
+    write_dicom_series(sitk.Image([4, 3, 2], sitk.sitkInt16), dicom)
+    (dicom / "sub").mkdir()
     monkeypatch.chdir(tmp_path / workdir)
     assert discover_inputs(given) == [CaseInput("series_7", Path(given))]
 

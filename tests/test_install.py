@@ -23,7 +23,8 @@ def test_console_script_lists_every_stage():
     exe = shutil.which("pancreas") or str(Path(sys.executable).with_name("pancreas"))
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     listed = re.findall(r"^    (\w+) +\S", out, flags=re.MULTILINE)  # the COMMAND list, not the description
-    assert listed == ["synth", "preprocess", "index", "train", "predict", "evaluate", "download", "demo"], out
+    assert listed == ["synth", "preprocess", "index", "train", "export", "predict", "evaluate", "download", "demo",
+                      "env"], out
 
 
 # per subcommand: text only its own parser prints (its own options and their help)
@@ -36,6 +37,8 @@ OWN_HELP = {
     "evaluate": "--pred-out DIR",
     "download": "--md5 MD5",
     "demo": "folder for everything (default demo-output/)",
+    "export": "--checkpoint {best,last}",
+    "env": "what this machine gives the pipeline",
 }
 
 
@@ -103,3 +106,63 @@ def test_every_command_help_is_plain_text():
         command = parser._subparsers._group_actions[0].choices[name]
         text = command.format_help()
         assert "``" not in text and f"pancreas {name}" in text, text
+
+
+# --- `pip install .` without make: elasticdeform's NumPy-1 wheel beside NumPy 2 ----------------
+
+NUMPY_PAGE = "\nA module that was compiled using NumPy 1.x cannot be run in\nNumPy 2.x as it may crash.\nTraceback ...\n"
+
+
+class _BrokenWheel:
+    """A meta-path finder whose ``elasticdeform`` fails like the PyPI wheel beside NumPy 2:
+    NumPy writes its page (with a traceback) to stderr, then the import fails."""
+
+    def find_spec(self, name, path=None, target=None):
+        import importlib.util
+
+        return importlib.util.spec_from_loader(name, self) if name == "elasticdeform" else None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        sys.stderr.write(NUMPY_PAGE)
+        raise ImportError("numpy.core.multiarray failed to import")
+
+
+@pytest.fixture
+def broken_elasticdeform(monkeypatch):
+    monkeypatch.setattr(sys, "meta_path", [_BrokenWheel(), *sys.meta_path])
+    for name in ("elasticdeform", "dataset.index.augment", "dataset.index.build"):  # imported afresh
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+def test_elasticdeform_built_against_numpy1_gives_the_command_that_fixes_it(broken_elasticdeform, capsys):
+    from dataset.common.imports import DependencyError, import_elasticdeform
+
+    with pytest.raises(DependencyError) as err:
+        import_elasticdeform()
+    message = str(err.value)
+    assert "\n" not in message and "numpy.core.multiarray failed to import" in message, message
+    pip = f"{sys.executable} -m pip install"
+    assert message.endswith(f"{pip} setuptools wheel && {pip} --force-reinstall --no-deps --no-binary elasticdeform "
+                            "--no-build-isolation elasticdeform==0.5.1"), message
+    assert capsys.readouterr().err == ""  # NumPy's page is swallowed
+
+
+def test_elasticdeform_not_installed_gives_the_same_command(monkeypatch):
+    from dataset.common.imports import DependencyError, elasticdeform_fix_command, import_elasticdeform
+
+    monkeypatch.setitem(sys.modules, "elasticdeform", None)  # "import elasticdeform" -> ModuleNotFoundError
+    with pytest.raises(DependencyError, match="^elasticdeform is not installed; ") as err:
+        import_elasticdeform()
+    assert str(err.value).endswith(elasticdeform_fix_command())
+
+
+def test_pancreas_index_with_a_broken_elasticdeform_prints_one_line(broken_elasticdeform, tmp_path, capsys):
+    from pancreas.cli import main
+
+    assert main(["index", "--store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pancreas index: error: elasticdeform cannot be imported"), err
+    assert "--no-binary elasticdeform --no-build-isolation elasticdeform==0.5.1\n" in err

@@ -119,7 +119,7 @@ def test_commit_points_of_an_epoch_in_order(store, config_file, tmp_path):
     points = [line.split("#")[0] for line in log.read_text().split()]
     assert points == [
         "run-config:written", "run-config:renamed", "run-fingerprints:written", "run-fingerprints:renamed",
-        "input-contract:written", "input-contract:renamed",
+        "input-contract:written", "input-contract:renamed", "run-environment:written", "run-environment:renamed",
         "checkpoint-best:written", "checkpoint-best:renamed", "checkpoint-last:written", "checkpoint-last:renamed",
         "state:written", "state:renamed", "checkpoint-best:published", "checkpoint-last:published",
     ]

@@ -46,10 +46,10 @@ def fold_1_run(two_fold_store, tmp_path_factory) -> tuple[Path, set[str], set[st
 
     seen = {}
 
-    def spy(run_dir, config, inputs, state):
+    def spy(run_dir, config, inputs, state, *args, **kwargs):
         seen["train"] = {r["case_id"] for r in inputs.train_rows}
         seen["val"] = {r["case_id"] for r in inputs.val_rows}
-        return fit(run_dir, config, inputs, state)
+        return fit(run_dir, config, inputs, state, *args, **kwargs)
 
     run_dir = tmp_path_factory.mktemp("runs") / "fold_1"
     with pytest.MonkeyPatch.context() as mp:

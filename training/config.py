@@ -19,6 +19,7 @@ LOSSES = ("generalized_dice", "cross_entropy", "dice_cross_entropy")
 REDUCTIONS = ("batch", "sample")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "mirrored", "multiworker", "none")
+JIT_COMPILE = ("auto", True, False)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,8 @@ class TrainConfig:
     early_stopping_patience: int = 0  # epochs without val pancreas Dice gain; 0 = off
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
     strategy: str = "auto"  # auto | mirrored | multiworker | none
+    jit_compile: bool | str = "auto"  # XLA: auto (on with a GPU, no strategy, not deterministic) | true | false
+    deterministic: bool = False  # tf.config.experimental.enable_op_determinism(): reproducible GPU runs, slower
     image_patches: int = 2  # fixed patches per split drawn to TensorBoard each epoch
     input_threads: int = 0  # tf.data thread pool; 0 = auto: half the CPU cores, at least 1
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -124,6 +127,13 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.jit_compile not in JIT_COMPILE or not isinstance(self.jit_compile, (bool, str)):
+            raise ValueError(f"jit_compile must be auto, true or false, got {self.jit_compile!r}")
+        if self.jit_compile is True and self.deterministic:
+            # Keras turns XLA off under op determinism, and the U-Net's GPU max-pool gradient
+            # has no deterministic XLA kernel (keras-team/keras#20315)
+            raise ValueError("jit_compile: true cannot be combined with deterministic: true (XLA has no "
+                             "deterministic GPU max-pool gradient); use jit_compile: auto or false")
 
 
 def load_train_config(path: str | Path | None) -> TrainConfig:

@@ -1,17 +1,146 @@
-"""Distribution strategy, mixed precision and the compiled model they wrap."""
+"""Distribution strategy, mixed precision, XLA, determinism and the compiled model they wrap.
+
+``plan_execution`` decides, from the config and the visible devices alone (no strategy is
+built and nothing is written), what a run will execute on; ``pancreas train`` prints it as
+one line before any work and refuses ``--require-gpu`` on a machine without a GPU.
+
+XLA (``jit_compile``): ``auto`` turns it on only where it helps and works: a GPU is visible,
+there is no distribution strategy (XLA under ``MirroredStrategy`` fails at the first step
+with "Trying to access resource ... located in device"; tested here on two logical CPUs,
+keras-team/keras#19005, which is why Keras' own ``auto`` turns it off there too), and
+``deterministic`` is false (the U-Net's max-pool gradient has no deterministic XLA kernel on
+GPUs, keras-team/keras#20315). An explicit ``true`` under a strategy is refused up front.
+"""
 from __future__ import annotations
 
 import contextlib
+import logging
+from dataclasses import asdict, dataclass
 from typing import Iterator
 
 import keras
 import tensorflow as tf
 
 from dataset.common.configio import ConfigError
+from training import environment
 from training.config import TrainConfig
+from training.environment import Gpu, describe_devices
 from training.losses import make_loss
 from training.metrics import dice_metrics
 from training.model import N_CLASSES, build_unet
+
+log = logging.getLogger(__name__)
+STRATEGY_CLASS = {"mirrored": "MirroredStrategy", "multiworker": "MultiWorkerMirroredStrategy"}
+
+
+class NoGpuError(ValueError):
+    """``--require-gpu`` on a machine where TensorFlow sees no GPU."""
+
+
+def distributed(strategy: str, n_gpus: int) -> str | None:
+    """The ``tf.distribute`` strategy ``make_strategy`` builds for this name, or ``None`` (default strategy)."""
+    if strategy == "none" or (strategy == "auto" and n_gpus < 2):
+        return None
+    return STRATEGY_CLASS.get(strategy, "MirroredStrategy")
+
+
+def resolve_jit_compile(setting: bool | str, n_gpus: int, strategy: str | None, deterministic: bool) -> bool:
+    """``auto``: on with a GPU, no distribution strategy and no op determinism (module docstring)."""
+    if setting == "auto":
+        return n_gpus > 0 and strategy is None and not deterministic
+    if setting and strategy is not None:
+        raise ConfigError(f"jit_compile: true cannot run under {strategy} (XLA fails with tf.distribute, "
+                          "keras-team/keras#19005); use jit_compile: auto or false, or strategy: none")
+    return bool(setting)
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """What a run executes on, resolved on this machine; ``environment.json`` records it."""
+
+    gpus: tuple[Gpu, ...]
+    precision: str
+    strategy: str  # the config's name
+    distribution: str | None  # the tf.distribute class, None: default strategy
+    replicas: int | None  # None: multiworker (known once TF_CONFIG's cluster is joined)
+    jit_compile: bool
+    jit_setting: bool | str
+    deterministic: bool
+
+    def to_dict(self) -> dict[str, object]:
+        """Everything but the GPUs (``environment.json`` lists those beside it)."""
+        data = asdict(self)
+        del data["gpus"]
+        return data
+
+
+def plan_execution(config: TrainConfig, gpus: list[Gpu] | None = None) -> ExecutionPlan:
+    """Resolve devices, strategy, replicas and XLA for ``config`` on this machine (builds nothing)."""
+    gpus = environment.visible_gpus() if gpus is None else gpus
+    strategy = distributed(config.strategy, len(gpus))
+    return ExecutionPlan(
+        gpus=tuple(gpus), precision=config.precision, strategy=config.strategy, distribution=strategy,
+        replicas=_replicas(config.strategy, strategy, len(gpus)),
+        jit_compile=resolve_jit_compile(config.jit_compile, len(gpus), strategy, config.deterministic),
+        jit_setting=config.jit_compile, deterministic=config.deterministic,
+    )
+
+
+def _replicas(name: str, strategy: str | None, n_gpus: int) -> int | None:
+    if strategy is None:
+        return 1
+    if name == "multiworker":
+        return None
+    return n_gpus or len(tf.config.list_logical_devices("CPU"))  # mirrored on a CPU host: every logical CPU
+
+
+def execution_line(plan: ExecutionPlan) -> str:
+    """The one line ``pancreas train`` prints before any work."""
+    strategy = "default strategy" if plan.distribution is None else plan.distribution
+    replicas = "replicas set by TF_CONFIG's cluster" if plan.replicas is None else f"{plan.replicas} replica(s)"
+    jit = "on" if plan.jit_compile else "off"
+    return (f"devices {describe_devices(list(plan.gpus))}; precision {plan.precision}; strategy {plan.strategy}: "
+            f"{strategy}, {replicas}; XLA {jit} (jit_compile {str(plan.jit_setting).lower()}); "
+            f"deterministic {'on' if plan.deterministic else 'off'}")
+
+
+def plan_warnings(plan: ExecutionPlan) -> list[str]:
+    """What the config asks for that this machine cannot give as meant (no GPU visible)."""
+    if plan.gpus:
+        return []
+    found = []
+    if plan.precision == "mixed_bfloat16":
+        found.append("precision mixed_bfloat16 but no GPU is visible: it runs on the CPU, faster than float32 only "
+                     "on CPUs with AVX-512 BF16 or AMX")
+    if plan.strategy in STRATEGY_CLASS:
+        replicas = "each worker trains on its CPU" if plan.replicas is None else (
+            f"its {plan.replicas} replica(s) are CPU devices")
+        found.append(f"strategy {plan.strategy} asks for several GPUs but none is visible: {replicas}")
+    return found
+
+
+def check_execution(config: TrainConfig, require_gpu: bool = False) -> ExecutionPlan:
+    """The run's plan on this machine, or one line saying why it cannot run here.
+
+    ``mixed_float16`` without a GPU is refused rather than warned about: TensorFlow has no
+    float16 CPU kernel for MaxPool3D, so the U-Net's first step fails ("No OpKernel was
+    registered to support Op 'MaxPool3D' ... T=DT_HALF", measured with TensorFlow 2.21).
+    """
+    plan = plan_execution(config)
+    if require_gpu and not plan.gpus:
+        raise NoGpuError("--require-gpu: TensorFlow sees no GPU (check nvidia-smi and CUDA_VISIBLE_DEVICES; the GPU "
+                         "build needs `make install-gpu`; `pancreas env` lists what TensorFlow sees)")
+    if plan.precision == "mixed_float16" and not plan.gpus:
+        raise ConfigError("precision mixed_float16 needs a GPU and none is visible: TensorFlow has no float16 CPU "
+                          "kernel for the U-Net's MaxPool3D, so the first step would fail; use precision: float32 "
+                          "(or mixed_bfloat16) here")
+    return plan
+
+
+def log_plan_warnings(plan: ExecutionPlan) -> None:
+    """Each of ``plan_warnings`` as a logging WARNING (Python logging: TF_CPP_MIN_LOG_LEVEL does not hide it)."""
+    for warning in plan_warnings(plan):
+        log.warning(warning)
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -39,13 +168,42 @@ def precision_policy(name: str) -> Iterator[None]:
         keras.mixed_precision.set_global_policy(previous)
 
 
+@contextlib.contextmanager
+def op_determinism(enabled: bool, seed: int) -> Iterator[None]:
+    """``enable_op_determinism`` for the block when ``enabled`` (seeds set first: seedless random ops
+    raise under it), then back to how it was, so one run's setting does not leak into the next."""
+    from tensorflow.python.framework import config as tf_config  # no public reader or undo in TF 2.21
+
+    was_enabled = tf_config.is_op_determinism_enabled()
+    if enabled:
+        keras.utils.set_random_seed(seed)
+        tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if enabled and not was_enabled:
+            tf_config.disable_op_determinism()
+
+
+@contextlib.contextmanager
+def execution_settings(config: TrainConfig) -> Iterator[None]:
+    """The run's precision policy and op determinism, for the block."""
+    with precision_policy(config.precision), op_determinism(config.deterministic, config.seed):
+        yield
+
+
+def jit_compile_for(config: TrainConfig) -> bool:
+    """Whether this machine compiles ``config``'s model with XLA (``plan_execution``)."""
+    return plan_execution(config).jit_compile
+
+
 def build_compiled_model(config: TrainConfig) -> keras.Model:
-    """A fresh U-Net compiled with the run's optimizer, loss and Dice metrics."""
+    """A fresh U-Net compiled with the run's optimizer, loss, Dice metrics and XLA setting."""
     model = build_unet(config.model.depth, config.model.base_filters, N_CLASSES)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss=make_loss(config.loss),
         metrics=dice_metrics(),
-        jit_compile=False,
+        jit_compile=jit_compile_for(config),
     )
     return model

@@ -1,4 +1,4 @@
-"""The fit itself: model (fresh or resumed), datasets, callbacks, ``model.fit``, its summary.
+"""The fit itself: model (fresh, resumed or fine-tuned), datasets, callbacks, ``model.fit``, its summary.
 
 Runs inside ``training.run.train``, which holds the run folder's lock and has prepared
 the folder; ``RunCheckpoint`` (``training.checkpoints``) commits each epoch.
@@ -26,7 +26,8 @@ from training.callbacks import (
 )
 from training.checkpoints import RunCheckpoint, load_for_resume
 from training.config import TrainConfig
-from training.distribute import build_compiled_model, make_strategy
+from training.distribute import build_compiled_model, jit_compile_for, make_strategy
+from training.finetune import InitWeights, apply_init_weights
 from training.inputs import RunInputs
 from training.pipeline import training_dataset, validation_dataset
 
@@ -128,14 +129,30 @@ def _datasets(inputs: RunInputs, config: TrainConfig, replicas: int, initial_epo
     return train_ds, val_ds, math.ceil(len(val_rows) / (config.val_batch_size * replicas))
 
 
-def fit(run_dir: Path, config: TrainConfig, inputs: RunInputs, state: RunState | None) -> TrainSummary:
-    """Build or resume the model and train it from ``state``'s epoch to ``config.epochs``."""
+def _model(run_dir: Path, config: TrainConfig, state: RunState, init: InitWeights | None) -> keras.Model:
+    """The committed epoch's model (resume), else a fresh one, holding ``init``'s weights when fine-tuning.
+
+    A fine-tuned model gets a new optimizer (step 0, the config's learning rate): only the
+    weights come from the source, so the schedule starts over on the new data.
+    """
+    if state.epoch > 0:
+        return load_for_resume(run_dir, state)
+    model = build_compiled_model(config)
+    if init is not None:
+        apply_init_weights(model, init)
+    return model
+
+
+def fit(run_dir: Path, config: TrainConfig, inputs: RunInputs, state: RunState | None,
+        init: InitWeights | None = None, progress: bool = True) -> TrainSummary:
+    """Build, fine-tune (``init``) or resume the model and train it from ``state``'s epoch to ``config.epochs``."""
     keras.utils.set_random_seed(config.seed)
     state = state or RunState()
     strategy = make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     with strategy.scope():
-        model = load_for_resume(run_dir, state) if state.epoch > 0 else build_compiled_model(config)
+        model = _model(run_dir, config, state, init)
+        model.jit_compile = jit_compile_for(config)  # this machine's XLA setting, also over a resumed checkpoint's
     train_ds, val_ds, validation_steps = _datasets(inputs, config, replicas, state.epoch)
     stateful = _scheduler_callbacks(config, state)
     callbacks = _callbacks(run_dir, config, inputs, state, stateful)
@@ -148,9 +165,12 @@ def fit(run_dir: Path, config: TrainConfig, inputs: RunInputs, state: RunState |
         validation_steps=validation_steps,
         callbacks=callbacks,
         shuffle=False,  # the stream is shuffled by the pipeline
-        verbose=1 if sys.stderr.isatty() else 2,
+        verbose=1 if progress and sys.stderr.isatty() else 2,  # progress: Keras' bar, else a line per epoch
     )
-    return _summary(run_dir, config, inputs, state.epoch, callbacks[-1], stateful, model, history, replicas)
+    summary = _summary(run_dir, config, inputs, state.epoch, callbacks[-1], stateful, model, history, replicas)
+    if init is not None:
+        summary.extra["init_from"] = dict(init.record)
+    return summary
 
 
 def _summary(run_dir: Path, config: TrainConfig, inputs: RunInputs, initial_epoch: int, checkpoint: RunCheckpoint,

@@ -11,6 +11,7 @@ RUN_DIR layout (the files and their fields: ``dataset.contract.run``)::
     input_contract.json    what a model of this run expects (inference checks it)
     state.json             the commit record of the last completed epoch
     history.csv            one row per epoch (CSVLogger; cut back and appended on resume)
+    environment.json       every start's software, devices and resolved XLA/strategy (training.environment)
     checkpoints/best.keras best validation pancreas Dice
     checkpoints/last.keras end of the last completed epoch (with optimiser state)
     logs/                  TensorBoard: train/ validation/ scalars, images/
@@ -28,9 +29,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataset.contract.run import HISTORY_NAME
+from dataset.contract.run import HISTORY_NAME, RunError
 from training.config import TrainConfig
-from training.distribute import build_compiled_model, make_strategy, precision_policy
+from training.distribute import (build_compiled_model, check_execution, execution_settings, make_strategy,
+                                 precision_policy)
+from training.finetune import INIT_WITH_RESUME, load_init_weights, recorded_init_weights
 from training.fit import TrainSummary, choose_image_samples, fit, pad_for_replicas
 from training.inputs import RunInputs, input_contract, read_run_inputs
 from training.profile import profile_input, synthetic_step_time
@@ -38,15 +41,22 @@ from training.rundir import RESUMABLE_CHANGES, check_run_dir, open_run_dir, prep
 
 
 def train(store: str | Path, run_dir: str | Path, config: TrainConfig, resume: bool = False,
-          fold: int = 0) -> TrainSummary:
-    """Train (or continue, ``resume``) a U-Net on fold ``fold`` of a store's index; see the module docstring."""
+          fold: int = 0, init_from: str | Path | None = None, progress: bool = True) -> TrainSummary:
+    """Train (or continue, ``resume``; or fine-tune from ``init_from``, ``training.finetune``) a U-Net
+    on fold ``fold`` of a store's index; see the module docstring."""
     run_dir = Path(run_dir)
+    check_execution(config)  # a precision or XLA setting this machine cannot run: refused before anything is written
+    if init_from is not None and resume:
+        raise RunError(INIT_WITH_RESUME)
     inputs = read_run_inputs(store, config, fold)
+    init = load_init_weights(init_from, config, inputs) if init_from is not None else None
     with open_run_dir(run_dir, resume):
         state = check_run_dir(run_dir, config, inputs, resume)
-        prepare_run_dir(run_dir, config, inputs, state)
-        with precision_policy(config.precision):
-            return fit(run_dir, config, inputs, state)
+        if resume and (state is None or state.epoch == 0):
+            init = recorded_init_weights(run_dir, config, inputs)
+        prepare_run_dir(run_dir, config, inputs, state, init.record if init else None)
+        with execution_settings(config):  # precision policy and, when deterministic, op determinism
+            return fit(run_dir, config, inputs, state, init, progress)
 
 
 def run_dir_summary_lines(summary: TrainSummary) -> list[str]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 from dataset.common.configio import ConfigError, to_dict
 from dataset.common.files import LOCK_NAME, TMP_SUFFIX, atomic_path, exclusive_lock, remove_stale_temporaries
@@ -25,22 +26,30 @@ from dataset.contract.run import (
     RunError,
     RunState,
     holds_run,
+    read_environment,
     read_fingerprints,
     read_input_contract,
     read_run_config,
     read_state,
     run_files_present,
+    write_environment,
     write_fingerprints,
     write_input_contract,
     write_run_config,
 )
 from training.checkpoints import check_resumable, settle_checkpoints
 from training.config import TrainConfig
+from training.distribute import plan_execution
+from training.environment import collect_environment
 from training.inputs import RunInputs, input_contract
 
 log = logging.getLogger(__name__)
 
-RESUMABLE_CHANGES = frozenset({"epochs", "early_stopping_patience", "image_patches"})
+# jit_compile and deterministic choose how the same steps execute (XLA fusion, kernel algorithms), not
+# what is trained: model, optimizer, data order and augmentation draws stay the same. A resume may
+# move a run to another machine anyway (CPU -> GPU, where auto resolves differently), which the
+# config cannot pin; environment.json records every start, so the change stays visible.
+RESUMABLE_CHANGES = frozenset({"epochs", "early_stopping_patience", "image_patches", "jit_compile", "deterministic"})
 NEW_RUN = "resume on the same store and index or start a new run"
 
 
@@ -81,6 +90,7 @@ def check_run_dir(run_dir: Path, config: TrainConfig, inputs: RunInputs, resume:
         for key in ("store_fingerprint", "index_fingerprint"):
             check_fingerprint(key.replace("_", " "), getattr(old, key), getattr(now, key), run_dir, inputs.store,
                               NEW_RUN)
+    read_environment(run_dir)  # appended to at the start: an unreadable one is refused before anything is written
     return read_state(run_dir)
 
 
@@ -108,10 +118,12 @@ def _check_same_fold(run_dir: Path, fold: int) -> None:
                        f"(pass --fold {recorded}, or train fold {fold} into another --out)")
 
 
-def prepare_run_dir(run_dir: Path, config: TrainConfig, inputs: RunInputs, state: RunState | None) -> None:
+def prepare_run_dir(run_dir: Path, config: TrainConfig, inputs: RunInputs, state: RunState | None,
+                    init_from: Mapping[str, Any] | None = None) -> None:
     """Sweep what a killed run left, settle its checkpoints, write the run's hand-over files.
 
-    Call with the lock held and after ``check_run_dir``.
+    Call with the lock held and after ``check_run_dir``. ``init_from``: a fine-tuning run's
+    source (``training.finetune``), recorded in the fingerprints the first start writes.
     """
     remove_stale_temporaries(run_dir)
     remove_stale_temporaries(run_dir / CHECKPOINTS_DIR)
@@ -120,8 +132,18 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, inputs: RunInputs, state
     truncate_history(run_dir / HISTORY_NAME, state.epoch if state else 0)
     write_run_config(run_dir, to_dict(config))
     if not (run_dir / FINGERPRINTS_NAME).is_file():
-        write_fingerprints(run_dir, inputs.fingerprints)
+        write_fingerprints(run_dir, dataclasses.replace(inputs.fingerprints, init_from=init_from))
     write_input_contract(run_dir, input_contract(inputs, config))
+    record_start(run_dir, config, state.epoch if state else 0)
+
+
+def record_start(run_dir: Path, config: TrainConfig, epoch: int) -> None:
+    """Append this start's software, hardware and resolved execution to ``environment.json``.
+
+    Written after ``config.json``, so a kill before it still leaves a run ``--resume`` continues.
+    """
+    start = collect_environment(epoch, plan_execution(config).to_dict())
+    write_environment(run_dir, [*read_environment(run_dir), start])
 
 
 def truncate_history(path: Path, epochs_done: int) -> None:

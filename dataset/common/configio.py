@@ -7,11 +7,16 @@ misspelt key that is silently ignored is the most common way a run ends up using
 default the user thought they had changed. Every value is checked against its field's
 type before any stage runs (a nested section must be a mapping of its own keys, ``true``
 is not a number), and each error is one line naming the file, the dotted key and the value.
+
+``--set KEY=VALUE`` on the command line changes one value on top of the file (or the
+defaults): the value is read as YAML and goes through the same checks, so a misspelt key
+or a wrong type is refused the same way, named ``--set model.depth`` instead of the file.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -27,6 +32,30 @@ class ConfigError(ValueError):
 
 
 SCALARS = (bool, int, float, str)
+# how errors in command-line overrides are named: "--set model.depth: expected int, got 'x'"
+OVERRIDE = "--set"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, except that ``1e-4`` is a float (PyYAML wants ``1.0e-4``).
+
+    Without this, ``learning_rate: 1e-4`` or ``--set learning_rate=1e-4`` would be refused
+    as "expected float, got '1e-4'", which reads like a bug of ours.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _child(where: str, key: Any) -> str:
+    """The name of ``key`` inside ``where``: ``c.yaml.model.depth``, or ``--set model.depth``."""
+    if where == OVERRIDE:
+        return f"{where} {key}"
+    return f"{where}.{key}"
 
 
 def _convert(value: Any, annotation: Any, where: str) -> Any:
@@ -108,7 +137,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
     moved = getattr(cls, "MOVED_KEYS", {})
     for key in data:
         if key in moved:
-            raise ConfigError(f"{where}.{key}: this key moved: {moved[key]} (this file says {data[key]!r})")
+            said = "given" if where.startswith(OVERRIDE) else "this file says"
+            raise ConfigError(f"{_child(where, key)}: this key moved: {moved[key]} ({said} {data[key]!r})")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(str(k) for k in set(data) - names)
@@ -116,20 +146,36 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
         raise ConfigError(
             f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}"
         )
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    kwargs = {k: _convert(v, hints[k], _child(where, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from err
 
 
-def load_config(cls: type[T], path: str | Path | None) -> T:
-    """Load ``path`` (YAML) into ``cls``; ``None`` gives the defaults."""
-    if path is None:
-        return cls()
-    path = Path(path)
+def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] = ()) -> T:
+    """Load ``path`` (YAML) into ``cls``, then apply ``overrides`` (``KEY=VALUE`` strings from
+    ``--set``, dotted keys for sections, in order); ``None`` starts from the defaults.
+
+    The file is checked on its own first, so its errors name the file; the overrides are
+    then merged into the resolved config (every key, defaults included, so
+    ``--set nsd_tolerance_mm.tumour=2`` keeps the other regions) and the result is checked
+    again, naming the ``--set`` key.
+    """
+    data = _read_yaml(Path(path)) if path is not None else None
+    config = from_dict(cls, data, where=str(path) if path is not None else "config")
+    if not overrides:
+        return config
+    merged = to_dict(config)
+    for text in overrides:
+        keys, value = parse_override(text)
+        merged = _merge(merged, keys, value)
+    return from_dict(cls, merged, where=OVERRIDE)
+
+
+def _read_yaml(path: Path) -> Any:
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_Loader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as err:
@@ -137,7 +183,40 @@ def load_config(cls: type[T], path: str | Path | None) -> T:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{where}: not valid YAML ({problem})") from None
-    return from_dict(cls, data, where=str(path))
+
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """``"model.depth=3"`` -> ``(("model", "depth"), 3)``; the value is read as YAML
+    (``[1, 2]`` a list, ``true`` a flag, ``null`` none, an empty value none)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not _KEY.fullmatch(key):
+        raise ConfigError(f"{OVERRIDE} {text!r}: expected KEY=VALUE with a dotted KEY (e.g. model.depth=3)")
+    try:
+        value = yaml.load(raw, Loader=_Loader)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{OVERRIDE} {key}: value {raw!r} is not valid YAML ({problem})") from None
+    return tuple(key.split(".")), value
+
+
+def _merge(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """A copy of ``data`` with ``value`` at ``keys``; a mapping given for a section is merged
+    into it key by key (``--set model={depth: 3}`` keeps the file's ``model.base_filters``)."""
+    out = dict(data)
+    head, rest = keys[0], keys[1:]
+    current = out.get(head)
+    if rest:
+        out[head] = _merge(current if isinstance(current, dict) else {}, rest, value)
+    elif isinstance(current, dict) and isinstance(value, dict):
+        for key, item in value.items():
+            out[head] = _merge(out[head], (key,), item)
+    else:
+        out[head] = value
+    return out
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -159,3 +238,14 @@ def check_patch_fits_depth(patch_zyx: Sequence[int], depth: int, what: str) -> t
             f"must be a positive multiple of {factor}, since the U-Net halves it {depth} times (2**{depth} = {factor})"
         )
     return size
+
+
+def flatten_mapping(value: Any, prefix: str) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"<prefix>.a.b": 1}`` (tuples as lists), to compare two configs key by key
+    and name the key that differs (an ensemble's or a fine-tuning source's preprocessing)."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten_mapping(item, f"{prefix}.{key}"))
+        return out
+    return {prefix: list(value) if isinstance(value, tuple) else value}

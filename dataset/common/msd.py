@@ -7,6 +7,13 @@ outside it, through ``..`` or a symbolic link, is refused. macOS ``._*``
 files and anything that is not a NIfTI file (or a DICOM series folder) are ignored, both
 when listed and when ``dataset.json`` has no list and the folders are scanned. Whether a
 listed file exists is checked per case later, so one missing file fails one case only.
+
+An nnU-Net v2 raw dataset is read too (``dataset.common.nnunet``: its ``dataset.json``
+has ``channel_names``/``file_ending`` and labels as name -> value, and lists no cases):
+its folders are scanned for ``<case>_0000<file_ending>`` images, the channel suffix is
+dropped from the case id, and the label is ``labelsTr/<case><file_ending>``. Either way
+``labels`` comes out as MSD's ``{"0": "background", ...}`` and a single CT channel is
+required (``modality`` or ``channel_names``).
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dataset.common.files import inside
+from dataset.common.nnunet import check_single_ct_channel, is_v2, labels_by_value, split_channel
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +49,9 @@ class MsdCase:
 class MsdDataset:
     root: Path
     name: str
-    labels: dict[str, str]  # {"0": "background", ...} as declared
+    labels: dict[str, str]  # {"0": "background", ...} as declared (nnU-Net v2's name -> value turned round)
     cases: tuple[MsdCase, ...]
+    layout: str = "msd"  # "msd" | "nnunet" (v2)
 
     @property
     def label_values(self) -> tuple[int, ...]:
@@ -135,24 +144,75 @@ def _scanned_cases(root: Path) -> list[MsdCase]:
     return cases
 
 
+def _v2_images(root: Path, folder: Path, ending: str) -> list[tuple[str, Path]]:
+    """(case id, image) of an nnU-Net v2 image folder; a file without ``_0000`` is refused."""
+    found = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if is_ignored(path.name) or not path.name.endswith(ending):
+            continue
+        parts = split_channel(path.name[: -len(ending)])
+        if parts is None:
+            raise MsdDatasetError(f"{path}: no channel suffix; nnU-Net v2 images are named <case>_0000{ending}")
+        if parts[1] != 0:
+            raise MsdDatasetError(f"{path}: channel {parts[1]:04d} of case {parts[0]!r}; this pipeline reads a "
+                                  f"single CT channel (_0000)")
+        found.append((parts[0], _resolve_scanned(root, path)))
+    return found
+
+
+def _v2_cases(root: Path, meta: dict[str, Any], meta_path: Path) -> list[MsdCase]:
+    """Cases of an nnU-Net v2 raw dataset: its folders scanned, channel suffixes dropped."""
+    if "dataset" in meta:
+        raise MsdDatasetError(f"{meta_path}: 'dataset' (nnU-Net's explicit file list) is not supported; put the "
+                              "files in imagesTr/, labelsTr/ and imagesTs/")
+    ending = meta.get("file_ending", ".nii.gz")
+    if ending not in NIFTI_SUFFIXES:
+        raise MsdDatasetError(f"{meta_path}: 'file_ending' {ending!r} is not one of {list(NIFTI_SUFFIXES)}; "
+                              "this pipeline reads NIfTI (or DICOM with `pancreas predict`)")
+    if "training" in meta or "test" in meta:
+        log.warning("%s: nnU-Net v2 dataset.json: its 'training'/'test' lists are ignored, the folders are "
+                    "scanned", meta_path)
+    cases = []
+    for split, (images, labels) in SPLIT_FOLDERS.items():
+        for case_id, image in _v2_images(root, root / images, ending):
+            label = _resolve_scanned(root, root / labels / f"{case_id}{ending}") if labels else None
+            cases.append(MsdCase(case_id, split, image, label))
+    declared = meta.get("numTraining")
+    n_training = sum(c.split == "training" for c in cases)
+    if isinstance(declared, int) and declared != n_training:
+        raise MsdDatasetError(f"{meta_path}: 'numTraining' is {declared} but {root / 'imagesTr'} holds "
+                              f"{n_training} case(s); correct numTraining or the folder")
+    return cases
+
+
+def _labels(meta: dict[str, Any], meta_path: Path, v2: bool) -> dict[str, str]:
+    """Declared labels as ``{"0": "background", ...}``, after checking the single CT channel."""
+    try:
+        check_single_ct_channel(meta.get("channel_names" if v2 else "modality"),
+                                "channel_names" if v2 else "modality")
+        return labels_by_value(meta.get("labels") or {"0": "background"})
+    except ValueError as err:
+        raise MsdDatasetError(f"{meta_path}: {err}") from None
+
+
 def load_msd_dataset(folder: str | Path) -> MsdDataset:
-    """Parse ``folder/dataset.json`` into cases (training with labels, test without)."""
+    """Parse ``folder/dataset.json`` (MSD or nnU-Net v2) into cases (training with labels, test without)."""
     root = Path(folder).resolve()
     meta_path = root / DATASET_JSON
     if not meta_path.is_file():
-        raise MsdDatasetError(f"{root}: no {DATASET_JSON}; expected an MSD task folder")
+        raise MsdDatasetError(f"{root}: no {DATASET_JSON}; expected an MSD task folder or an nnU-Net v2 raw dataset")
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise MsdDatasetError(f"{meta_path}: not valid JSON ({err})") from None
     if not isinstance(meta, dict):
         raise MsdDatasetError(f"{meta_path}: expected a JSON object")
-    labels = meta.get("labels") or {"0": "background"}
-    if not isinstance(labels, dict) or not all(str(k).isdigit() for k in labels):
-        raise MsdDatasetError(f"{meta_path}: 'labels' must map integer values to names, got {labels!r}")
-    labels = {str(k): str(v) for k, v in labels.items()}
-    listed = "training" in meta or "test" in meta
-    cases = _listed_cases(root, meta) if listed else _scanned_cases(root)
+    v2 = is_v2(meta)
+    labels = _labels(meta, meta_path, v2)
+    if v2:
+        cases = _v2_cases(root, meta, meta_path)
+    else:
+        cases = _listed_cases(root, meta) if "training" in meta or "test" in meta else _scanned_cases(root)
     seen: dict[str, MsdCase] = {}
     for case in cases:
         if case.case_id in seen:
@@ -160,4 +220,4 @@ def load_msd_dataset(folder: str | Path) -> MsdDataset:
                 f"{meta_path}: case id {case.case_id!r} appears twice ({seen[case.case_id].image}, {case.image})"
             )
         seen[case.case_id] = case
-    return MsdDataset(root, str(meta.get("name", root.name)), labels, tuple(cases))
+    return MsdDataset(root, str(meta.get("name", root.name)), labels, tuple(cases), "nnunet" if v2 else "msd")

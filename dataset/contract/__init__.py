@@ -21,6 +21,7 @@ RUN_DIR/fingerprints.json                  run             pancreas train       
 RUN_DIR/input_contract.json                run             pancreas train          predict, evaluate --run
 RUN_DIR/state.json                         run             pancreas train (last)   train --resume
 RUN_DIR/checkpoints/{best,last}            run             pancreas train          predict, train --resume
+RUN_DIR/environment.json                   run             pancreas train          people (what a run ran on)
 PRED_DIR/predictions.json                  predictions     pancreas predict        predict (resume, ownership of outputs)
 CV_DIR/postprocessing.json                 postprocessing  pancreas evaluate --cv  predict --postprocessing
 =========================================  ==============  ======================  =======================================

@@ -24,7 +24,8 @@ config                the resolved ``PredictConfig`` of that run (a mapping)
 Record fields (``PredictionRecord``, in this order):
 
 ====================  ==========================================================================
-input                 the CT file or DICOM folder the case was read from (as given)
+input                 the CT file or DICOM folder the case was read from (as given); one series of
+                      a folder holding several: ``FOLDER (DICOM series UID)``
 input_fingerprint     ``fingerprint_file`` of the input, taken when the case was planned | null
 settings_fingerprint  the settings fingerprint the case was predicted with
 status                "done" | "failed" | "pending" (planned, not finished: a killed run)

@@ -7,7 +7,8 @@ file                 fields (in this order)                                     
 ==================== =========================================================== ============== ======================
 config.json          ``TrainConfig`` as a mapping (``dataset.common.configio``)  train (start)  train --resume
 fingerprints.json    ``RunFingerprints``: store_fingerprint, index_fingerprint,  train (first   train --resume
-                     preprocess_fingerprint, [index_config_fingerprint]          start only)
+                     preprocess_fingerprint, [index_config_fingerprint],         start only)
+                     [init_from]
 input_contract.json  ``InputContract``: patch_size_zyx, val_patch_size_zyx,      train (start)  predict, evaluate --run
                      n_classes, label_names, model_depth, input, output,
                      preprocess, preprocess_fingerprint, store_fingerprint,
@@ -18,6 +19,9 @@ checkpoints/         best.keras (best validation pancreas Dice), last.keras     
                      (last committed epoch, with optimizer state)                epoch)
 history.csv, logs/   one row per epoch (cut back to state.json on resume);       train          people, TensorBoard
                      TensorBoard events
+environment.json     ``{"starts": [EnvironmentRecord, ...]}``, one per start:    train (every   people
+                     epoch, started_utc, git_commit, platform, packages, gpus,   start, after
+                     cuda_build, cpu_threads, checks, execution                  config.json)
 ==================== =========================================================== ============== ======================
 
 ``InputContract``'s optional fields (all but ``val_patch_size_zyx``, ``n_classes``,
@@ -30,10 +34,28 @@ the model saw mirrored patches; flips were on when the axes are non-empty and th
 probability is above 0. Predict mirrors along those axes by default
 (``InputContract.mirror_axes``). Runs trained before it was recorded lack it.
 
+``init_from`` (``pancreas train --init-from``, ``training.finetune``): where a fine-tuning
+run's weights came from, ``{"path": the .keras file (absolute), "run_dir": its run or null,
+"checkpoint": "last" | "best" | null (a bare model), "store_fingerprint": the store the
+source was trained on or null, "model_fingerprint": the file's}``; absent for a run that
+started from random weights. A resume before the first committed epoch starts from it again.
+
 ``fold`` and ``n_folds``: the index fold the run trained on (``pancreas train --fold``)
 and how many the index had; ``evaluate --run`` scores that fold's validation cases and
 ``evaluate --cv`` checks that the k-th run given is fold k. Runs trained before folds
 existed lack them and count as fold 0.
+
+``environment.json`` lists every start of the run (a new run, then each ``--resume``), so
+a run moved from one machine to another says so: ``epoch`` is the epoch that start began
+at; ``packages`` maps python, tensorflow, keras, numpy, SimpleITK, h5py, hdf5, hdf5plugin,
+dask, elasticdeform (and nvidia-cudnn-cu12, the pip CUDA libraries) to versions (``null``:
+not installed); ``gpus`` lists ``{name, description, compute_capability}`` (empty: CPU
+only); ``cuda_build`` is ``{cuda, cudnn}`` as TensorFlow reports its build; ``checks`` maps
+packages, blosc and elasticdeform to ``"ok"`` or what failed; ``execution`` is what the
+trainer resolved on that machine (precision, strategy, replicas, jit_compile, deterministic);
+``git_commit`` is ``null`` when the code was not run from a git checkout. Nothing reads it
+back to decide anything: a resume on other hardware or software is allowed (see
+``training.rundir.RESUMABLE_CHANGES``), and this file is how one finds out afterwards.
 
 **Checkpoint commit** (steps and crash points: ``training.checkpoints``). At the end of
 epoch ``g`` the trainer writes ``checkpoints/best.<g>.keras`` (when the best value
@@ -60,10 +82,11 @@ FINGERPRINTS_NAME = "fingerprints.json"
 INPUT_CONTRACT_NAME = "input_contract.json"
 STATE_NAME = "state.json"
 HISTORY_NAME = "history.csv"
+ENVIRONMENT_NAME = "environment.json"
 CHECKPOINTS_DIR = "checkpoints"
 LOGS_DIR = "logs"
 RUN_FILES = (CONFIG_NAME, STATE_NAME, INPUT_CONTRACT_NAME, FINGERPRINTS_NAME, HISTORY_NAME, CHECKPOINTS_DIR,
-             LOGS_DIR)
+             LOGS_DIR, ENVIRONMENT_NAME)
 MODEL_INPUT = "(N, z, y, x, 1) float32 in [0, 1] = stored uint8 level / 255"
 MODEL_OUTPUT = "(N, z, y, x, 3) float32 softmax"
 _GENERATION_FILE = re.compile(r"^(best|last)\.(\d+)\.keras$")
@@ -154,11 +177,14 @@ class RunFingerprints:
     index_fingerprint: str
     preprocess_fingerprint: str = ""
     index_config_fingerprint: str = ""  # left out of the file when empty
+    init_from: Mapping[str, Any] | None = None  # fine-tuning: the weights it started from; left out when None
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         if not data["index_config_fingerprint"]:
             del data["index_config_fingerprint"]
+        if data["init_from"] is None:
+            del data["init_from"]
         return data
 
 
@@ -171,7 +197,10 @@ def read_fingerprints(run_dir: str | Path, error: type[Exception] = RunError) ->
     path, data = _read(run_dir, FINGERPRINTS_NAME, "run fingerprints record", error)
     names = tuple(f.name for f in dataclasses.fields(RunFingerprints))
     _check_keys(path, data, names, names[:2], "run fingerprints record", error)
-    return RunFingerprints(**{k: str(v) for k, v in data.items()})
+    init_from = data.get("init_from")
+    if init_from is not None and not (isinstance(init_from, Mapping) and isinstance(init_from.get("path"), str)):
+        raise error(f"{path}: 'init_from' must be a mapping with the 'path' the run started from, got {init_from!r}")
+    return RunFingerprints(**{k: v if k == "init_from" else str(v) for k, v in data.items()})
 
 
 # ---------------------------------------------------------------------------- input_contract.json
@@ -259,6 +288,53 @@ def read_input_contract(run_dir: str | Path, error: type[Exception] = RunError) 
     return InputContract.from_dict(data, path, error)
 
 
+# ---------------------------------------------------------------------------- environment.json
+@dataclass(frozen=True, kw_only=True)
+class EnvironmentRecord:
+    """One start of the run: the software and hardware it ran with (``training.environment``)."""
+
+    epoch: int  # the epoch this start began at (0: a new run)
+    started_utc: str
+    git_commit: str | None
+    platform: str
+    packages: Mapping[str, str | None]
+    gpus: list[Mapping[str, Any]]
+    cuda_build: Mapping[str, str | None]
+    cpu_threads: int
+    checks: Mapping[str, str]
+    execution: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str | Path, error: type[Exception] = RunError) -> "EnvironmentRecord":
+        if not isinstance(data, Mapping):
+            raise error(f"{where}: each start must be a JSON object, got {data!r}")
+        names = tuple(f.name for f in dataclasses.fields(cls))
+        _check_keys(Path(where), data, names, names[:-1], "environment record", error)
+        try:
+            return cls(**{**data, "epoch": int(data["epoch"]), "cpu_threads": int(data["cpu_threads"])})
+        except (TypeError, ValueError) as err:
+            raise error(f"{where}: unreadable environment record ({err})") from None
+
+
+def write_environment(run_dir: str | Path, starts: list[EnvironmentRecord]) -> None:
+    """Every start so far, the newest last (crash point ``run-environment``)."""
+    write_json_atomic(Path(run_dir) / ENVIRONMENT_NAME, {"starts": [s.to_dict() for s in starts]},
+                      point="run-environment")
+
+
+def read_environment(run_dir: str | Path, error: type[Exception] = RunError) -> list[EnvironmentRecord]:
+    """The run's starts, oldest first; empty when the file is missing (a run from before it existed)."""
+    if not (Path(run_dir) / ENVIRONMENT_NAME).is_file():
+        return []
+    path, data = _read(run_dir, ENVIRONMENT_NAME, "environment record", error)
+    if set(data) != {"starts"} or not isinstance(data["starts"], list):
+        raise error(f"{path}: not the environment record this code reads (expected {{\"starts\": [...]}})")
+    return [EnvironmentRecord.from_dict(item, path, error) for item in data["starts"]]
+
+
 # ---------------------------------------------------------------------------- state.json
 @dataclass(frozen=True)
 class RunState:
@@ -305,9 +381,10 @@ def read_state(run_dir: str | Path, error: type[Exception] = RunError) -> RunSta
 
 
 __all__ = [
-    "CHECKPOINTS_DIR", "CONFIG_NAME", "FINGERPRINTS_NAME", "HISTORY_NAME", "INPUT_CONTRACT_NAME",
-    "InputContract", "LOGS_DIR", "MODEL_INPUT", "MODEL_OUTPUT", "RUN_FILES", "RunError", "RunFingerprints",
+    "CHECKPOINTS_DIR", "CONFIG_NAME", "ENVIRONMENT_NAME", "EnvironmentRecord", "FINGERPRINTS_NAME", "HISTORY_NAME",
+    "INPUT_CONTRACT_NAME", "InputContract", "LOGS_DIR", "MODEL_INPUT", "MODEL_OUTPUT", "RUN_FILES", "RunError", "RunFingerprints",
     "RunState", "STATE_NAME", "checkpoint_path", "generation_files", "generation_path", "holds_run",
-    "read_fingerprints", "read_input_contract", "read_run_config", "read_state", "run_files_present",
-    "write_fingerprints", "write_input_contract", "write_run_config", "write_state",
+    "read_environment", "read_fingerprints", "read_input_contract", "read_run_config", "read_state",
+    "run_files_present", "write_environment", "write_fingerprints", "write_input_contract", "write_run_config",
+    "write_state",
 ]

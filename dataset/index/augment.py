@@ -15,10 +15,10 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-import elasticdeform
 import h5py
 import numpy as np
 
+from dataset.common.imports import import_elasticdeform
 from dataset.index.config import ElasticConfig
 from dataset.contract.augmented import write_augmented_shard
 from dataset.index.grid import Zyx
@@ -26,6 +26,8 @@ from dataset.contract.reader import read_box
 from dataset.contract.store import IMAGE_LEVELS, StoreError, shard_path
 
 AUGMENT_VERSION = 1  # bump when the deformation code changes its output
+
+elasticdeform = import_elasticdeform()  # one line with the fix if its wheel was built against NumPy 1
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,32 @@ SYNTH_DESCRIPTION = "Synthetic pancreas and tumour CT phantoms"
 SYNTH_FILE_NAME = re.compile(r"pancreas_\d{3,}\.nii(\.gz)?")
 
 
-def planned_files(params: list[CaseParams], n_cases: int) -> set[str]:
+LAYOUTS = ("msd", "nnunet")
+NNUNET_ENDING = ".nii.gz"  # nnU-Net v2 has one file_ending per dataset: the uncompressed cases are gzipped there
+
+
+def case_file_names(params: CaseParams, layout: str = "msd") -> tuple[str, str]:
+    """(image, label) file names of a case: MSD ``x.nii[.gz]`` twice, nnU-Net v2 ``x_0000.nii.gz`` and ``x.nii.gz``."""
+    if layout == "nnunet":
+        return f"{params.name}_0000{NNUNET_ENDING}", f"{params.name}{NNUNET_ENDING}"
+    return params.filename, params.filename
+
+
+def planned_files(params: list[CaseParams], n_cases: int, layout: str = "msd") -> set[str]:
     """Every file ``make_dataset`` writes for ``params`` (training first), relative to the folder."""
     files = {"dataset.json", *(f"{folder}/{JUNK_NAME}" for folder in SPLIT_DIRS["training"])}
     for i, p in enumerate(params):
-        files |= {f"{folder}/{p.filename}" for folder in SPLIT_DIRS["training" if i < n_cases else "test"]}
+        images, labels = SPLIT_DIRS["training" if i < n_cases else "test"]
+        image, label = case_file_names(p, layout)
+        files |= {f"{images}/{image}", f"{labels}/{label}"}
     return files
+
+
+def stale_case_files(out: Path, planned: set[str], listed: set[str]) -> list[Path]:
+    """Case files an earlier synth run wrote (``listed``) that this run does not write (``planned``)."""
+    folders = {folder for split in SPLIT_DIRS.values() for folder in split}
+    return [out / rel for rel in sorted(listed - planned)
+            if rel.split("/")[0] in folders and (out / rel).is_file() and not (out / rel).is_symlink()]
 
 
 def read_synth_marker(out: Path) -> set[str]:

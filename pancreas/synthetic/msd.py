@@ -7,6 +7,13 @@ one addition of ours: ``labelsTs/`` holds the truth of the test cases (not liste
 Like the real archive, ``imagesTr/`` and ``labelsTr/`` also hold a macOS
 ``._pancreas_001.nii.gz`` junk file, so loaders are tested against it.
 
+``layout="nnunet"`` writes the same cases as an nnU-Net v2 raw dataset instead: a v2
+``dataset.json`` (``channel_names``, labels as name -> value, ``numTraining``,
+``file_ending``, no case lists), images ``imagesTr/pancreas_001_0000.nii.gz``, labels
+``labelsTr/pancreas_001.nii.gz``, every file gzipped (v2 has one file ending); the
+voxels and headers are those of the MSD layout. Since v2 readers scan the folders, a
+rerun in this layout removes the case files of an earlier synth run it does not write.
+
 The pieces, one concern each:
 
 * ``pancreas.synthetic.params``: what each case draws (``CaseParams``), from
@@ -29,8 +36,8 @@ from tqdm import tqdm
 
 from dataset.common.files import atomic_path, exclusive_lock, remove_stale_temporaries, write_json_atomic
 from pancreas.synthetic.marker import (
-    JUNK_NAME, SPLIT_DIRS, SYNTH_DESCRIPTION, SYNTH_REFERENCE, check_not_replacing, planned_files, synth_files,
-    write_synth_marker,
+    JUNK_NAME, LAYOUTS, NNUNET_ENDING, SPLIT_DIRS, SYNTH_DESCRIPTION, SYNTH_REFERENCE, case_file_names,
+    check_not_replacing, planned_files, stale_case_files, synth_files, write_synth_marker,
 )
 from pancreas.synthetic.nifti import stored_array, to_image, write_nifti
 from pancreas.synthetic.noise import add_ct_noise
@@ -62,13 +69,15 @@ def make_case(index: int, seed: int = 0, size: str = "small") -> tuple[sitk.Imag
     return to_image(hu, params), to_image(label, params)
 
 
-def write_case(folder_images: Path, folder_labels: Path, index: int, seed: int, size: str) -> CaseParams:
+def write_case(folder_images: Path, folder_labels: Path, index: int, seed: int, size: str,
+               layout: str = "msd") -> CaseParams:
     """Render case ``index`` and write its image and label; return its parameters."""
     params = draw_case_params(index, seed, size)
     hu, label = render_case(params)
-    write_nifti(folder_images / params.filename, to_image(stored_array(hu, params), params),
+    image_name, label_name = case_file_names(params, layout)
+    write_nifti(folder_images / image_name, to_image(stored_array(hu, params), params),
                 params.scl_slope, params.scl_inter)
-    write_nifti(folder_labels / params.filename, to_image(label, params))
+    write_nifti(folder_labels / label_name, to_image(label, params))
     return params
 
 
@@ -100,10 +109,30 @@ def dataset_json(train: list[CaseParams], test: list[CaseParams], seed: int, siz
     }
 
 
-def _prepare_output(out: Path, planned: set[str]) -> dict[str, Path]:
-    """Under the lock: check again, sweep our temporaries, list the files about to be written."""
+def nnunet_dataset_json(train: list[CaseParams], seed: int, size: str) -> dict:
+    """The nnU-Net v2 ``dataset.json``: no case lists (v2 scans the folders), labels as name -> value."""
+    return {
+        "name": "Pancreas",
+        "description": f"{SYNTH_DESCRIPTION} (seed {seed}, size {size}), in the nnU-Net v2 raw layout",
+        "reference": SYNTH_REFERENCE,
+        "licence": "CC-BY-SA 4.0",
+        "release": "1.0",
+        "channel_names": {"0": "CT"},
+        "labels": {name: int(value) for value, name in LABELS.items()},
+        "numTraining": len(train),
+        "file_ending": NNUNET_ENDING,
+    }
+
+
+def _prepare_output(out: Path, planned: set[str], layout: str = "msd") -> dict[str, Path]:
+    """Under the lock: check again, sweep our temporaries, list the files about to be written
+    (nnU-Net layout: and remove synth's own case files this run does not write)."""
     listed = synth_files(out)
     check_not_replacing(out, planned, listed)
+    if layout == "nnunet":
+        for stale in stale_case_files(out, planned, listed):
+            log.info("removing %s, written by an earlier synth run (an nnU-Net folder scan would find it)", stale)
+            stale.unlink()
     folders = {k: out / k for split in SPLIT_DIRS.values() for k in split}
     remove_stale_temporaries(out)
     for f in folders.values():
@@ -114,8 +143,10 @@ def _prepare_output(out: Path, planned: set[str]) -> dict[str, Path]:
 
 
 def make_dataset(out_dir: str | Path, n_cases: int, seed: int = 0, size: str = "small",
-                 n_test: int | None = None, progress: bool = True) -> Path:
+                 n_test: int | None = None, progress: bool = True, layout: str = "msd") -> Path:
     """Write ``n_cases`` labelled and ``n_test`` (default max(1, n_cases // 4)) test cases.
+
+    ``layout``: "msd" (MSD Task07) or "nnunet" (nnU-Net v2 raw dataset); see the module docstring.
 
     Test case j is case index ``n_cases + j``. ``dataset.json`` is written last, so a
     folder with one is complete. Returns ``out_dir``. Refuses (ValueError) to replace a
@@ -128,20 +159,23 @@ def make_dataset(out_dir: str | Path, n_cases: int, seed: int = 0, size: str = "
         raise ValueError(f"--test must be >= 0, got {n_test}")
     if size not in SIZES:
         raise ValueError(f"size {size!r} is not one of {SIZES}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {LAYOUTS}")
     out = Path(out_dir)
-    planned = planned_files(dataset_params(n_cases, seed, size, n_test), n_cases)
+    planned = planned_files(dataset_params(n_cases, seed, size, n_test), n_cases, layout)
     check_not_replacing(out, planned, synth_files(out))  # before the lock file is made there
     with exclusive_lock(out):
-        folders = _prepare_output(out, planned)
+        folders = _prepare_output(out, planned, layout)
         train, test = [], []
         for i in tqdm(range(n_cases + n_test), desc="synth", unit="case", disable=not progress):
             if i < n_cases:
-                train.append(write_case(folders["imagesTr"], folders["labelsTr"], i, seed, size))
+                train.append(write_case(folders["imagesTr"], folders["labelsTr"], i, seed, size, layout))
             else:
-                test.append(write_case(folders["imagesTs"], folders["labelsTs"], i, seed, size))
+                test.append(write_case(folders["imagesTs"], folders["labelsTs"], i, seed, size, layout))
         for key in SPLIT_DIRS["training"]:
             _write_junk(folders[key], seed)
-        write_json_atomic(out / "dataset.json", dataset_json(train, test, seed, size), keep_identical=True)
+        meta = dataset_json(train, test, seed, size) if layout == "msd" else nnunet_dataset_json(train, seed, size)
+        write_json_atomic(out / "dataset.json", meta, keep_identical=True)
     log.info("wrote %d training and %d test cases to %s", len(train), len(test), out)
     return out
 

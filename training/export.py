@@ -1,0 +1,232 @@
+"""``pancreas export``: a training run's model as a TensorFlow SavedModel, for serving.
+
+``export_run(RUN_DIR, DIR, checkpoint)`` writes::
+
+    DIR/saved_model.pb, variables/, assets/, fingerprint.pb   the SavedModel (Keras 3 ``model.export``)
+    DIR/input_contract.json   the run's contract: the preprocessing a server must apply first
+    DIR/README.txt            how to call it
+    DIR/export.json           what was exported (run, checkpoint, model fingerprint, signature)
+
+The serving signature (``serving_default``, also the ``serve`` function) takes
+``image``: float32 ``(batch, z, y, x, 1)`` and returns ``output_0``: float32
+``(batch, z, y, x, 3)`` class probabilities (softmax). Batch and spatial sizes are left
+dynamic where the model's input is (this project's U-Net takes any edge that is a multiple
+of ``2**depth``); a model built for one size keeps that size. The SavedModel is the
+network only: the preprocessing, the sliding window, its Gaussian weighting, mirroring and
+putting the labels back onto the scan's grid are what ``pancreas predict`` adds.
+
+The default checkpoint is ``best``, as for ``pancreas predict``: the served model is the
+one predict would use.
+
+Atomic: the export is built in a temporary folder next to DIR
+(``.<DIR>.export-<random>.pancreas-tmp``), fsynced, and renamed onto DIR; an earlier export in DIR
+is moved aside first and deleted after. A kill leaves the old export or the new one, or,
+between the two renames, neither (rerun the export); the next export sweeps the
+temporaries. DIR's lock is held throughout and carried into the new folder (a hard link
+to the same lock file), so a second export into DIR stops at once. A DIR that exists, is
+not empty and holds no ``export.json`` is refused before anything is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dataset.common.files import (
+    LOCK_NAME,
+    TMP_SUFFIX,
+    exclusive_lock,
+    fingerprint_file,
+    fsync_path,
+    write_json_atomic,
+)
+from dataset.contract.run import (
+    INPUT_CONTRACT_NAME,
+    InputContract,
+    RunError,
+    checkpoint_path,
+    read_input_contract,
+    write_input_contract,
+)
+
+log = logging.getLogger(__name__)
+
+EXPORT_RECORD = "export.json"
+README_NAME = "README.txt"
+CHECKPOINTS = ("best", "last")
+SIGNATURE = "serving_default"
+INPUT_KEY = "image"  # the U-Net's input layer name (training.model.build_unet)
+OUTPUT_KEY = "output_0"  # Keras' name for a single-output model's result
+
+
+class ExportError(ValueError):
+    """An export that cannot be written where asked; the message names the folder."""
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What ``export_run`` wrote."""
+
+    out: Path
+    run_dir: Path
+    checkpoint: str
+    model_path: Path
+    input_shape: tuple[int | None, ...]  # the signature's input; None: dynamic
+    spatial_multiple: int  # each spatial edge must be a multiple of this (2**depth)
+    replaced: bool  # an earlier export was replaced
+
+
+# ----------------------------------------------------------------------------- the output folder
+def holds_export(out: Path) -> bool:
+    """Whether ``out`` may receive an export: missing, empty (but for our lock) or an earlier export.
+
+    Returns True for an earlier export; raises ``ExportError`` for anything else.
+    """
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a folder; choose another --out")
+    if (out / EXPORT_RECORD).is_file():
+        return True
+    if any(p.name != LOCK_NAME for p in out.iterdir()):
+        raise ExportError(f"{out}: exists, is not empty and is not an earlier `pancreas export` "
+                          f"(no {EXPORT_RECORD}); choose another --out")
+    return False
+
+
+def _temporaries(out: Path) -> list[Path]:
+    """Folders an earlier, killed export of ``out`` left next to it: exactly the names ``_temp_dir``
+    makes (8 random characters), so another export's (``out.v2``) are never taken for ours."""
+    name = re.compile(rf"^\.{re.escape(out.name)}\.export-[a-z0-9_]{{8}}{re.escape(TMP_SUFFIX)}$")
+    return [p for p in out.parent.iterdir() if name.match(p.name) and p.is_dir() and not p.is_symlink()]
+
+
+def _temp_dir(out: Path) -> Path:
+    """An empty folder next to ``out``, with ordinary permissions (mkdtemp makes 0700: a server could not read it)."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", suffix=TMP_SUFFIX, dir=out.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)
+    return folder
+
+
+def _fsync_tree(folder: Path) -> None:
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            fsync_path(Path(root) / name)
+        fsync_path(root)
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Rename ``new`` onto ``out`` (which holds our lock file and maybe an earlier export)."""
+    try:  # the lock we hold moves with the folder: a second export sees it locked throughout
+        os.link(out / LOCK_NAME, new / LOCK_NAME)
+    except OSError as err:  # a filesystem without hard links: the next run makes a new lock file
+        log.debug("%s: cannot link the lock file into the new export (%s)", out, err)
+    aside = _temp_dir(out)
+    os.replace(out, aside)  # onto an empty folder: allowed by rename(2)
+    os.replace(new, out)
+    fsync_path(out.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- the files
+def readme_text(contract: InputContract, summary: ExportSummary) -> str:
+    """README.txt: how to call the SavedModel, with this export's sizes."""
+    m = summary.spatial_multiple
+    shape = ", ".join("None" if d is None else str(d) for d in summary.input_shape)
+    window = ", ".join(str(v) for v in contract.val_patch_size_zyx)
+    return f"""\
+3D U-Net for pancreas (1) and tumour (2) segmentation in CT, exported by `pancreas export`
+from {summary.run_dir} (checkpoints/{summary.checkpoint}.keras).
+
+Signature {SIGNATURE!r} (and the function `serve`):
+  input  {INPUT_KEY!r}: float32, shape ({shape}) = (batch, z, y, x, 1)
+         each spatial edge a multiple of {m} (2**depth); the training window was ({window})
+  output {OUTPUT_KEY!r}: float32, shape (batch, z, y, x, 3): probabilities of background, pancreas, tumour
+
+Python:
+  import numpy as np, tensorflow as tf
+  model = tf.saved_model.load("{summary.out}")
+  window = np.zeros((1, {window}, 1), np.float32)          # preprocessed, see below
+  probabilities = model.serve(window).numpy()            # or:
+  probabilities = model.signatures["{SIGNATURE}"]({INPUT_KEY}=tf.constant(window))["{OUTPUT_KEY}"]
+
+TensorFlow Serving: copy this folder to MODEL_BASE/1/ and POST
+  {{"instances": [<z x y x x x 1 nested list>]}} to /v1/models/<name>:predict
+
+The input must be preprocessed exactly as in training: {INPUT_CONTRACT_NAME} (beside this file)
+records the preprocessing config ("preprocess": spacing, HU window, equalisation, crop) and
+the input scaling ({contract.input or "stored uint8 level / 255"}). The SavedModel is the
+network only: a whole scan needs the sliding window, the argmax and the mapping back to the
+scan's grid that `pancreas predict --model RUN_DIR` does.
+"""
+
+
+def _export_record(summary: ExportSummary) -> dict[str, Any]:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "run_dir": str(summary.run_dir.resolve()),
+        "checkpoint": summary.checkpoint,
+        "model_fingerprint": fingerprint_file(summary.model_path),
+        "signature": {"name": SIGNATURE, "input": INPUT_KEY, "output": OUTPUT_KEY,
+                      "input_shape": list(summary.input_shape), "spatial_multiple": summary.spatial_multiple},
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+
+
+def _write_export(folder: Path, contract: InputContract, summary: ExportSummary) -> ExportSummary:
+    """The SavedModel and its three files into ``folder`` (empty); the signature's input shape."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.saving.load_model(summary.model_path, compile=False)
+    shape = (None, *model.inputs[0].shape[1:])  # batch always dynamic; spatial as the model allows
+    model.export(str(folder), format="tf_saved_model", verbose=False,
+                 input_signature=[tf.TensorSpec(shape, tf.float32, name=INPUT_KEY)])
+    summary = dataclasses.replace(summary, input_shape=tuple(shape))
+    write_input_contract(folder, contract)
+    (folder / README_NAME).write_text(readme_text(contract, summary))
+    write_json_atomic(folder / EXPORT_RECORD, _export_record(summary), point="export-record")
+    return summary
+
+
+def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "best") -> ExportSummary:
+    """Export RUN_DIR's ``checkpoint`` model into ``out`` as a SavedModel (see the module docstring)."""
+    run_dir, out = Path(run_dir), Path(out)
+    if checkpoint not in CHECKPOINTS:
+        raise ExportError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
+    contract = read_input_contract(run_dir)
+    model_path = checkpoint_path(run_dir, checkpoint)
+    if not model_path.is_file():
+        raise RunError(f"{run_dir}: no checkpoint {model_path.name} in checkpoints/ (no epoch completed yet?)")
+    holds_export(out)  # refuse before writing anything, not even the lock file
+    with exclusive_lock(out):
+        replaced = holds_export(out)
+        for stale in _temporaries(out):
+            log.info("%s: removing %s, left by an export that was killed", out, stale.name)
+            shutil.rmtree(stale, ignore_errors=True)
+        summary = ExportSummary(out, run_dir, checkpoint, model_path, (), 2 ** int(contract.model_depth), replaced)
+        folder = _temp_dir(out)
+        try:
+            summary = _write_export(folder, contract, summary)
+            _fsync_tree(folder)
+            _swap_in(folder, out)
+        finally:
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+    log.info("%s: exported %s (%s)", out, model_path, "replacing the earlier export" if replaced else "new")
+    return summary
+
+
+__all__ = ["CHECKPOINTS", "EXPORT_RECORD", "ExportError", "ExportSummary", "README_NAME", "export_run",
+           "holds_export", "readme_text"]

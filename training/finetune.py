@@ -1,0 +1,237 @@
+"""Fine-tuning: start a new run from the weights of another run or of a bare ``.keras`` model.
+
+``pancreas train --init-from SOURCE`` builds the configured U-Net, copies SOURCE's weights
+into it and trains from epoch 0 with a fresh optimiser (step 0, the config's learning rate
+and a new ReduceLROnPlateau schedule) on the given store. SOURCE is
+
+* ``RUN_DIR``: its ``checkpoints/last.keras``;
+* ``RUN_DIR/checkpoints/best.keras`` (or ``last.keras``): that checkpoint, still checked
+  against its run's input contract;
+* any other ``MODEL.keras``: a bare model, whose preprocessing cannot be checked (warning).
+
+Why ``last`` by default: ``best`` was chosen on the *source* store's validation cases,
+which say little about the new data, while ``last`` is the end of the schedule the source
+run completed (resume continues ``last`` too). Pass the path of ``best.keras`` to start
+from the best epoch instead.
+
+What must agree, so the weights mean the same thing on the new store (the first
+disagreement is one line naming the key and both values, before anything is written):
+the preprocessing config (every key but ``limits``, which only decides which cases are
+accepted: spacing, HU window, equalisation, crop, ...) of the source's input contract and
+of the new store's catalog, and the model's input description; from the model itself:
+``model.depth``, ``model.base_filters``, ``n_classes`` and the input channels (1). The
+preprocessing *fingerprint* is not compared: it includes library versions, which differ
+between a laptop and a GPU box without changing the config. The patch sizes and flips may
+differ (the U-Net is fully convolutional).
+
+The run records where it started in ``fingerprints.json`` (``init_from``, written once
+when the run starts, like the store fingerprints: ``dataset.contract.run``), so a
+``--resume`` of a run killed before its first epoch committed starts from the same
+weights again (and refuses if that file has changed since). One gap: a kill between
+``config.json`` and ``fingerprints.json`` (the first two files a start writes) leaves a
+run that cannot know it was a fine-tuning run, so its ``--resume`` starts from random
+weights; it has trained nothing, so delete that folder and start again.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import keras
+import numpy as np
+
+from dataset.common.configio import flatten_mapping
+from dataset.common.files import fingerprint_file
+from dataset.contract.catalog import catalog_path
+from dataset.contract.run import (
+    CHECKPOINTS_DIR,
+    FINGERPRINTS_NAME,
+    INPUT_CONTRACT_NAME,
+    MODEL_INPUT,
+    InputContract,
+    RunError,
+    checkpoint_path,
+    holds_run,
+    read_fingerprints,
+    read_input_contract,
+)
+from training.config import TrainConfig
+from training.inputs import RunInputs
+from training.model import N_CLASSES
+
+log = logging.getLogger(__name__)
+
+INIT_WITH_RESUME = ("--init-from starts a new run from other weights and --resume continues RUN_DIR's own "
+                    "checkpoint: pass only one of them")
+UNCHECKED_PREPROCESS = "limits"  # decides which cases are accepted, never what an accepted case stores
+_POOL = re.compile(r"^enc(\d+)_pool$")
+
+
+@dataclass(frozen=True)
+class InitSource:
+    """Where the weights come from: the ``.keras`` file, and its run when it has one."""
+
+    model_path: Path
+    run_dir: Path | None = None  # None: a bare model, its preprocessing unknown
+    checkpoint: str | None = None  # "last" | "best" for a run's checkpoint
+
+
+@dataclass(frozen=True)
+class InitWeights:
+    """The source's weights by layer name, checked against the config and store, and its record."""
+
+    source: InitSource
+    weights: dict[str, list[np.ndarray]]
+    record: dict[str, Any]  # fingerprints.json's init_from
+
+
+# ----------------------------------------------------------------------------- pure checks
+def resolve_init_source(path: str | Path) -> InitSource:
+    """RUN_DIR -> its last checkpoint; a run's ``checkpoints/<kind>.keras`` keeps its run; else a bare model."""
+    path = Path(path)
+    if path.is_dir():
+        if not holds_run(path):
+            raise RunError(f"--init-from {path}: not a training run folder (no run config) and not a .keras model")
+        model = checkpoint_path(path, "last")
+        if not model.is_file():
+            raise RunError(f"--init-from {path}: the run has no {CHECKPOINTS_DIR}/{model.name} yet (no epoch "
+                           "completed); wait for one, or name a .keras file")
+        return InitSource(model.resolve(), path.resolve(), "last")
+    if path.suffix != ".keras" or not path.is_file():
+        raise RunError(f"--init-from {path}: no such run folder or .keras model")
+    run_dir = path.resolve().parent.parent
+    if path.parent.name == CHECKPOINTS_DIR and path.stem in ("best", "last") and holds_run(run_dir):
+        return InitSource(path.resolve(), run_dir, path.stem)
+    return InitSource(path.resolve())
+
+
+def preprocess_differences(source: Mapping[str, Any], store: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, source value, store value)`` for every preprocessing key that changes the model's input."""
+    mine = {k: v for k, v in source.items() if k != UNCHECKED_PREPROCESS}
+    theirs = {k: v for k, v in store.items() if k != UNCHECKED_PREPROCESS}
+    a, b = flatten_mapping(mine, "preprocess"), flatten_mapping(theirs, "preprocess")
+    missing = "(not recorded)"
+    return [(k, a.get(k, missing), b.get(k, missing)) for k in [*a, *(k for k in b if k not in a)]
+            if a.get(k, missing) != b.get(k, missing)]
+
+
+def check_preprocess(source: InitSource, contract: InputContract, inputs: RunInputs) -> None:
+    """The source run's preprocessing and input must be the new store's (module docstring)."""
+    where = source.run_dir / INPUT_CONTRACT_NAME
+    if contract.input and contract.input != MODEL_INPUT:
+        raise RunError(f"--init-from {source.run_dir}: its model takes input {contract.input!r} ({where}) but "
+                       f"this code feeds {MODEL_INPUT!r}; cannot fine-tune it")
+    differences = preprocess_differences(contract.preprocess, inputs.catalog.config)
+    if differences:
+        key, theirs, ours = differences[0]
+        raise RunError(f"--init-from {source.run_dir}: the input contracts differ in {key} ({theirs!r} in {where} "
+                       f"vs {ours!r} in {catalog_path(inputs.store)}); fine-tuning needs a store preprocessed "
+                       "with the source run's preprocessing config")
+
+
+def architecture_of(model: keras.Model, where: str | Path) -> dict[str, int]:
+    """``model.depth``, ``model.base_filters``, ``n_classes``, input channels of a ``build_unet`` model."""
+    names = {layer.name for layer in model.layers}
+    if "enc0_conv1" not in names or "head_conv" not in names:
+        raise RunError(f"--init-from {where}: not a U-Net built by this project (no layer enc0_conv1/head_conv); "
+                       "cannot copy its weights")
+    return {
+        "model.depth": sum(1 for n in names if _POOL.match(n)),
+        "model.base_filters": int(model.get_layer("enc0_conv1").filters),
+        "n_classes": int(model.outputs[0].shape[-1]),
+        "input channels": int(model.inputs[0].shape[-1]),
+    }
+
+
+def expected_architecture(config: TrainConfig) -> dict[str, int]:
+    """What the configured run builds (``training.model.build_unet``)."""
+    return {"model.depth": config.model.depth, "model.base_filters": config.model.base_filters,
+            "n_classes": N_CLASSES, "input channels": 1}
+
+
+def check_architecture(found: Mapping[str, int], config: TrainConfig, where: str | Path) -> None:
+    """One line naming the first key on which the source model and the config differ."""
+    for key, wanted in expected_architecture(config).items():
+        if found[key] != wanted:
+            fix = f"set {key}: {found[key]} in the training config" if key.startswith("model.") else \
+                "start from a model of this project's U-Net"
+            raise RunError(f"--init-from {where}: {key} differs (the source model has {found[key]}, the training "
+                           f"config builds {wanted}); {fix}")
+
+
+# ----------------------------------------------------------------------------- loading
+def init_record(source: InitSource, contract: InputContract | None) -> dict[str, Any]:
+    """``fingerprints.json``'s ``init_from``: the file, its run, and what it was trained on."""
+    return {
+        "path": str(source.model_path),
+        "run_dir": str(source.run_dir) if source.run_dir else None,
+        "checkpoint": source.checkpoint,
+        "store_fingerprint": contract.store_fingerprint if contract else None,
+        "model_fingerprint": fingerprint_file(source.model_path),
+    }
+
+
+def _load_weights(source: InitSource, config: TrainConfig) -> dict[str, list[np.ndarray]]:
+    try:
+        model = keras.saving.load_model(source.model_path, compile=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is one line
+        raise RunError(f"--init-from {source.model_path}: cannot load the model ({type(err).__name__}: "
+                       f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    check_architecture(architecture_of(model, source.model_path), config, source.model_path)
+    return {layer.name: [np.array(w) for w in layer.get_weights()] for layer in model.layers if layer.weights}
+
+
+def load_init_weights(path: str | Path, config: TrainConfig, inputs: RunInputs) -> InitWeights:
+    """Resolve ``--init-from``, check it against the store and config, read its weights; writes nothing."""
+    source = resolve_init_source(path)
+    contract = None
+    if source.run_dir is not None:
+        contract = read_input_contract(source.run_dir)
+        check_preprocess(source, contract, inputs)
+    else:
+        log.warning("--init-from %s: a bare model without its run folder: its preprocessing could not be "
+                    "checked; make sure %s was preprocessed like the model's training data", path, inputs.store)
+    weights = _load_weights(source, config)
+    return InitWeights(source, weights, init_record(source, contract))
+
+
+def recorded_init_weights(run_dir: Path, config: TrainConfig, inputs: RunInputs) -> InitWeights | None:
+    """The weights a fine-tuning run started from, for a resume before its first committed epoch."""
+    if not (run_dir / FINGERPRINTS_NAME).is_file():
+        return None  # a plain run (or one killed before it wrote its fingerprints: see the module docstring)
+    record = read_fingerprints(run_dir).init_from
+    if not record:
+        return None
+    path = Path(record["path"])
+    now = fingerprint_file(path) if path.is_file() else "missing"
+    if now != record.get("model_fingerprint"):
+        raise RunError(f"{run_dir}: started from {path}, which has changed or is gone since (fingerprint "
+                       f"{record.get('model_fingerprint')} then, {now} now); start a new run with --init-from "
+                       "into another --out")
+    return load_init_weights(path, config, inputs)
+
+
+def apply_init_weights(model: keras.Model, init: InitWeights) -> None:
+    """Copy the source's weights into the freshly built model, layer by layer (names and shapes checked)."""
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        weights = init.weights.get(layer.name)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if weights is None or [w.shape for w in weights] != shapes:
+            found = None if weights is None else [w.shape for w in weights]
+            raise RunError(f"--init-from {init.source.model_path}: layer {layer.name} has weights {found} in the "
+                           f"source but {shapes} in the configured model")
+        layer.set_weights(weights)
+    log.info("starting from the weights of %s (%s): fresh optimizer at step 0", init.source.model_path,
+             init.source.checkpoint or "bare model")
+
+
+__all__ = [
+    "INIT_WITH_RESUME", "InitSource", "InitWeights", "apply_init_weights", "architecture_of", "check_architecture",
+    "check_preprocess", "expected_architecture", "init_record", "load_init_weights", "preprocess_differences",
+    "recorded_init_weights", "resolve_init_source",
+]
