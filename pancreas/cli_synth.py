@@ -16,8 +16,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--test", type=int, default=None,
                         help="test cases (default max(1, cases // 4)); their truth goes to labelsTs/")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--size", choices=("small", "full"), default="small",
-                        help="small: ~64-128 px in-plane, 20-60 slices (tests); full: 512x512x~100")
+    parser.add_argument("--size", choices=("small", "full", "msd"), default="small",
+                        help="small: ~64-128 px in-plane, 20-60 slices (tests); full: 512x512x~100; "
+                             "msd: Task07-like grids (512x512, 0.7-5 mm slices, 37-751 slices; pancreas_002 and "
+                             "pancreas_003 have the fewest and the most) and 0.5-6 cm tumours")
     parser.add_argument("--layout", choices=("msd", "nnunet"), default="msd",
                         help="msd: MSD Task07 (default); nnunet: nnU-Net v2 raw dataset (imagesTr/<case>_0000.nii.gz, "
                              "a v2 dataset.json without case lists)")

@@ -29,7 +29,7 @@ def test_console_script_lists_every_stage():
 
 # per subcommand: text only its own parser prints (its own options and their help)
 OWN_HELP = {
-    "synth": "--size {small,full}",
+    "synth": "--size {small,full,msd}",
     "preprocess": "--data DATA",
     "index": "preprocessed store (from `pancreas preprocess`)",
     "train": "--synthetic-input",

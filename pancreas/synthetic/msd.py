@@ -19,6 +19,7 @@ The pieces, one concern each:
 * ``pancreas.synthetic.params``: what each case draws (``CaseParams``), from
   ``default_rng([seed, case_index])``, and the storage cycles (orientations, dtypes,
   the thin case, the uncompressed ones);
+* ``pancreas.synthetic.task07``: the ``size="msd"`` draws (Task07-like grids and tumour sizes);
 * ``pancreas.synthetic.phantom``: the anatomy (pure numpy, physical millimetres);
 * ``pancreas.synthetic.noise``: the scanner's blur and noise on top of it;
 * ``pancreas.synthetic.nifti``: stored dtype and reproducible NIfTI bytes;

@@ -4,7 +4,10 @@ Each case draws its parameters from ``numpy.random.default_rng([seed, case_index
 (adding cases never changes earlier ones); the first cases cycle deterministically
 through storage orientations (LPS, RAS, z-flipped, x/y-swapped) and dtypes (int16,
 int16 with NIfTI scl_slope/scl_inter, float32, int32), case index 3 is thin
-(20 slices of 2 mm) and every sixth case is stored as uncompressed ``.nii``.
+(20 slices of 2 mm; "small" and "full") and every sixth case is stored as uncompressed
+``.nii``. The "msd" profile draws its grid and tumour size like Task07's
+(``pancreas.synthetic.task07``: 512 x 512, 37-751 slices, centimetre tumours) and makes
+case indices 1 and 2 the fewest-slices and the thinnest-longest case.
 
 Pure numpy, nothing rendered or written: ``pancreas.synthetic.msd`` turns these into
 files. The helpers below draw from one generator in a fixed order (extent, placement,
@@ -17,8 +20,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from pancreas.synthetic.phantom import Anatomy
+from pancreas.synthetic.task07 import draw_msd_extent, draw_tumour_semi_axes
 
-SIZES = ("small", "full")
+SIZES = ("small", "full", "msd")
 DTYPES = ("int16", "int16_scaled", "float32", "int32")
 # storage direction matrices (row-major), all describing the same physical patient
 ORIENTATIONS: dict[str, tuple[float, ...]] = {
@@ -108,7 +112,19 @@ def _draw_placement(rng: np.random.Generator, fov_mm: float, n_z: int, thickness
 
 
 def _draw_anatomy(rng: np.random.Generator, centre: np.ndarray, scale: float, size: str) -> Anatomy:
-    """The patient: body shape, tissue HU, pancreas course and tumour."""
+    """The patient: body shape, tissue HU, pancreas course and tumour.
+
+    "msd" then redraws the tumour's size (centimetres, widening the gland where it must);
+    drawn after the rest, so the other profiles' draws are unchanged.
+    """
+    anatomy = _draw_base_anatomy(rng, centre, scale, size)
+    if size == "msd":
+        anatomy = replace(anatomy, tumour_semi_axes_mm=draw_tumour_semi_axes(rng), tumour_widens_gland=True)
+    return anatomy
+
+
+def _draw_base_anatomy(rng: np.random.Generator, centre: np.ndarray, scale: float, size: str) -> Anatomy:
+    """Every profile's anatomy draws, in their fixed order."""
     body = (rng.uniform(180, 195), rng.uniform(132, 148))
     has_tumour = bool(rng.random() < 0.8)
     return Anatomy(
@@ -135,7 +151,7 @@ def _draw_anatomy(rng: np.random.Generator, centre: np.ndarray, scale: float, si
         pancreas_z_tilt=float(rng.uniform(0.05, 0.2)),
         pancreas_yz_shear=float(rng.uniform(-0.3, 0.3)),
         pancreas_radii_mm=(float(rng.uniform(11, 14)), float(rng.uniform(8, 10)), float(rng.uniform(7, 9))),
-        min_pancreas_radius_mm=6.5 if size == "full" else 7.0,
+        min_pancreas_radius_mm=7.0 if size == "small" else 6.5,
         has_tumour=has_tumour,
         tumour_position=float(rng.uniform(0.1, 0.85)),
         tumour_offset=(float(rng.uniform(-0.2, 0.2)), float(rng.uniform(-0.2, 0.2))),
@@ -144,15 +160,25 @@ def _draw_anatomy(rng: np.random.Generator, centre: np.ndarray, scale: float, si
     )
 
 
-def draw_case_params(index: int, seed: int = 0, size: str = "small") -> CaseParams:
-    """Draw one case's parameters from ``default_rng([seed, index])``."""
+def draw_case_params(index: int, seed: int = 0, size: str = "small",
+                     inplane_voxels: int | None = None) -> CaseParams:
+    """Draw one case's parameters from ``default_rng([seed, index])``.
+
+    ``inplane_voxels`` ("msd" only, for tests) renders the same patient and field of view
+    on a coarser in-plane grid instead of 512 x 512.
+    """
     if size not in SIZES:
         raise ValueError(f"size {size!r} is not one of {SIZES}")
     if index < 0 or seed < 0:
         raise ValueError(f"case index {index} and seed {seed} must be >= 0")
+    if inplane_voxels is not None and size != "msd":
+        raise ValueError(f"inplane_voxels applies to size 'msd' only, not {size!r}")
     rng = np.random.default_rng([seed, index])
-    thin = index == THIN_CASE_INDEX
-    inplane, n_xy, thickness, n_z = _draw_extent(rng, size, thin)
+    thin = index == THIN_CASE_INDEX and size != "msd"
+    if size == "msd":
+        inplane, n_xy, thickness, n_z = draw_msd_extent(rng, index, inplane_voxels)
+    else:
+        inplane, n_xy, thickness, n_z = _draw_extent(rng, size, thin)
     fov = n_xy * inplane
     centre, fov_centre = _draw_placement(rng, fov, n_z, thickness, thin)
     orientation = ORIENTATION_CYCLE[index % len(ORIENTATION_CYCLE)]

@@ -60,6 +60,10 @@ class Anatomy:
     tumour_offset: tuple[float, float] = (0.0, 0.0)  # (y, z) in units of the local radius
     tumour_semi_axes_mm: tuple[float, float, float] = (5.0, 4.0, 4.0)
     tumour_hu: float = 35.0
+    # False: tumour only where its ellipsoid lies inside the pancreas tube (no wider than the
+    # gland); True: the whole ellipsoid inside the abdominal cavity, a mass that widens the
+    # gland locally (centimetre tumours of the "msd" profile)
+    tumour_widens_gland: bool = False
 
 
 def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
@@ -213,14 +217,32 @@ def _paint_tumour(hu: np.ndarray, label: np.ndarray, coords, panc: np.ndarray, a
     label[tbox][tum] = 2
 
 
+def _paint_mass(hu: np.ndarray, label: np.ndarray, coords, anat: Anatomy) -> None:
+    """The whole tumour ellipsoid (label 2), cropped to its own box and to the abdominal
+    cavity inside the muscle wall: where it is wider than the gland, it widens it."""
+    (tx, ty, tz), _ = tumour_centre(anat)
+    a = anat.tumour_semi_axes_mm
+    tbox = _box(coords, [tx - a[0], ty - a[1], tz - a[2]], [tx + a[0], ty + a[1], tz + a[2]])
+    sx, sy, sz = (_sub(v, tbox) for v in coords)
+    s = anat.inplane_scale
+    wall = max(anat.fat_thickness_mm * s, 2.0) + max(anat.muscle_thickness_mm * s, 2.0)
+    cavity = _ellipse(sx, sy, 0.0, 0.0, *(v * s - wall for v in anat.body_semi_axes_mm))
+    tum = np.broadcast_to(_ellipsoid(sx, sy, sz, (tx, ty, tz), a) & cavity, hu[tbox].shape)
+    _paint(hu[tbox], tum, anat.tumour_hu)
+    label[tbox][tum] = 2
+
+
 def _paint_pancreas(hu: np.ndarray, label: np.ndarray, coords, anat: Anatomy) -> None:
-    """Pancreas (label 1), cropped to its box, then the tumour inside it (label 2)."""
+    """Pancreas (label 1), cropped to its box, then the tumour (label 2): inside it, or
+    widening it (``Anatomy.tumour_widens_gland``)."""
     box = _pancreas_box(coords, anat)
     sx, sy, sz = (_sub(v, box) for v in coords)
     panc = np.broadcast_to(_pancreas_mask(sx, sy, sz, anat), hu[box].shape)
     _paint(hu[box], panc, anat.pancreas_hu)
     label[box][panc] = 1
-    if anat.has_tumour:
+    if anat.has_tumour and anat.tumour_widens_gland:
+        _paint_mass(hu, label, coords, anat)
+    elif anat.has_tumour:
         _paint_tumour(hu[box], label[box], (sx, sy, sz), panc, anat)
 
 
