@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from inference.metrics import NSD_TOLERANCE_MM, REGIONS
+from inference.regions import NSD_TOLERANCE_MM, REGIONS
 
 LARGEST_COMPONENT_MODES = ("off", "foreground", "per_class")
 CHECKPOINTS = ("best", "last")

@@ -43,13 +43,14 @@ from dataset.contract.fingerprints import store_fingerprint
 from dataset.contract.index import read_split
 from dataset.contract.postprocessing import PostprocessingDecision, write_postprocessing
 from dataset.contract.predictions import label_name
-from dataset.contract.run import read_input_contract
+from dataset.contract.run import checkpoint_path, read_input_contract
 from inference.config import PredictConfig
 from inference.evaluate import (
+    CasePair,
     EvaluationError,
-    _read_labels,
     check_run_matches_store,
     protected_folders,
+    read_pair,
     validation_cases,
 )
 from inference.metrics import REGIONS, dice, region_mask, score_case, summarise
@@ -101,8 +102,26 @@ def check_runs(run_dirs: Sequence[str | Path], store: str | Path) -> list[FoldCa
     return out
 
 
+def check_cv_outputs(cv_dir: Path) -> None:
+    """``report.json``, ``report.csv`` and ``postprocessing.json`` are replaced only when the
+    folder holds an earlier ``evaluate --cv`` report (its ``report.json``), never a user's files."""
+    from dataset.common.files import read_json
+    from dataset.contract.postprocessing import POSTPROCESSING_NAME
+
+    present = [n for n in (REPORT_NAME, CSV_NAME, POSTPROCESSING_NAME) if (cv_dir / n).exists()]
+    if not present:
+        return
+    try:
+        earlier = read_json(cv_dir / REPORT_NAME, "report")
+    except ValueError:
+        earlier = None
+    if not isinstance(earlier, dict) or not {"folds", "case_folds", "cases"} <= set(earlier):
+        raise CrossValidationError(f"--out {cv_dir}: holds {', '.join(present)} not written by `pancreas evaluate --cv`; "
+                                   "choose a new or empty --out folder")
+
+
 # ----------------------------------------------------------------------------- predict
-def predict_folds(folds: list[FoldCases], store: Path, cv_dir: Path, config: PredictConfig,
+def predict_folds(folds: list[FoldCases], cv_dir: Path, config: PredictConfig,
                   predict_fns: Sequence[Callable] | None, progress: bool) -> dict[str, str]:
     """Each fold's validation cases by its own model; returns {case id: error} of failures."""
     from inference.predict import CaseInput, predict_cases
@@ -131,13 +150,12 @@ def _decision(choice: dict[str, bool], fingerprint: str, **extra: Any) -> Postpr
 
 
 def variant_dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, dict[str, float | None]]:
-    """Dice of the gland and tumour regions under each postprocessing variant of one case."""
-    out = {}
-    for name, choice in VARIANTS.items():
-        labels = keep_largest_gland(pred) if choice["pancreas"] else pred  # the order apply_postprocessing uses
-        labels = keep_largest_tumour(labels) if choice["tumour"] else labels
-        out[name] = {r: dice(region_mask(labels, REGIONS[r]), region_mask(truth, REGIONS[r])) for r in CANDIDATES}
-    return out
+    """Dice of the gland and tumour regions under each postprocessing variant of one case
+    (the gland's largest component is found once: a full-scan labelling costs seconds)."""
+    gland = keep_largest_gland(pred)  # the order apply_postprocessing uses: gland, then tumour
+    maps = {"none": pred, "pancreas": gland, "tumour": keep_largest_tumour(pred), "both": keep_largest_tumour(gland)}
+    return {name: {r: dice(region_mask(labels, REGIONS[r]), region_mask(truth, REGIONS[r])) for r in CANDIDATES}
+            for name, labels in maps.items()}
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -146,34 +164,26 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def choose_postprocessing(per_case: Sequence[dict[str, dict[str, float | None]]]) -> tuple[dict[str, bool], dict]:
-    """The gland step first, then the tumour step given it; each kept only if it raises its
-    region's mean Dice over the cases where that Dice is defined (a tie keeps it off)."""
+    """The gland step first, then the tumour step given it. Each is kept only if it raises its
+    region's mean Dice over the cases where that Dice is defined (a tie keeps it off) and
+    lowers no other region's: the gland step also drops tumour voxels outside the largest
+    gland component, so it must not cost tumour Dice (nnU-Net's rule for a foreground step)."""
     choice = {"pancreas": False, "tumour": False}
     scores = {}
     for region in CANDIDATES:
-        without = dict(choice)
-        with_ = {**choice, region: True}
-        name_without = next(n for n, c in VARIANTS.items() if c == without)
-        name_with = next(n for n, c in VARIANTS.items() if c == with_)
-        before = _mean([case[name_without][region] for case in per_case])
-        after = _mean([case[name_with][region] for case in per_case])
-        keep = before is not None and after is not None and after > before
+        name_without = next(n for n, c in VARIANTS.items() if c == choice)
+        name_with = next(n for n, c in VARIANTS.items() if c == {**choice, region: True})
+        means = {r: (_mean([case[name_without][r] for case in per_case]), _mean([case[name_with][r] for case in per_case]))
+                 for r in CANDIDATES}
+        before, after = means[region]
+        others_kept = all(b is None or (a is not None and a >= b) for r, (b, a) in means.items() if r != region)
+        keep = before is not None and after is not None and after > before and others_kept
         choice[region] = keep
         scores[region] = {"mean_dice_without": before, "mean_dice_with": after, "kept": keep,
+                          "other_regions": {r: {"mean_dice_without": b, "mean_dice_with": a}
+                                            for r, (b, a) in means.items() if r != region},
                           "n_cases": sum(case[name_with][region] is not None for case in per_case)}
     return choice, scores
-
-
-def _read_pair(case_id: str, pred_path: Path, truth_path: Path):
-    from preprocess.io import grid_mismatch
-    from preprocess.output import spacing_zyx
-
-    pred_image, pred = _read_labels(pred_path, "prediction", case_id)
-    truth_image, truth = _read_labels(truth_path, "truth", case_id)
-    mismatch = grid_mismatch(truth_image, pred_image)
-    if mismatch:
-        raise EvaluationError(f"{case_id}: prediction {pred_path} does not match its truth's grid: {mismatch}")
-    return pred, truth, spacing_zyx(truth_image)
 
 
 def _pairs(folds: list[FoldCases], cv_dir: Path, failed: dict[str, str]) -> list[tuple[int, str, Path, Path]]:
@@ -187,7 +197,7 @@ def score_pooled(pairs, tolerances, progress: bool):
     cases, dices, errors = {}, [], {}
     for fold, case_id, pred_path, truth_path in tqdm(pairs, desc="score", unit="case", disable=not progress):
         try:
-            pred, truth, spacing = _read_pair(case_id, pred_path, truth_path)
+            pred, truth, spacing = read_pair(CasePair(case_id, pred_path, truth_path))
         except EvaluationError as err:
             log.error("%s", err)
             errors[case_id] = str(err)
@@ -203,7 +213,7 @@ def score_postprocessed(pairs, decision: PostprocessingDecision, tolerances, pro
     for _fold, case_id, pred_path, truth_path in tqdm(pairs, desc="score postprocessed", unit="case",
                                                       disable=not progress):
         try:
-            pred, truth, spacing = _read_pair(case_id, pred_path, truth_path)
+            pred, truth, spacing = read_pair(CasePair(case_id, pred_path, truth_path))
         except EvaluationError:
             continue  # already reported by the first pass
         cases[case_id] = score_case(apply_postprocessing(pred, decision), truth, spacing, nsd_tolerance_mm=tolerances)
@@ -244,9 +254,15 @@ def evaluate_cv(
     folds = check_runs(run_dirs, store)
     all_cases = [c for f in folds for c in f.cases]
     check_output_folder(cv_dir, protected_folders(store, all_cases), "--out")
-    config = dataclasses.replace(config, checkpoint=checkpoint)
+    check_cv_outputs(cv_dir)
+    # the out-of-fold maps are scored raw: a postprocessing from the config would be chosen on top of itself
+    config = dataclasses.replace(config, checkpoint=checkpoint, postprocessing=None, largest_component="off")
+    missing = [] if predict_fns is not None else [
+        str(checkpoint_path(f.run, checkpoint)) for f in folds if not checkpoint_path(f.run, checkpoint).is_file()]
+    if missing:  # before any fold is predicted: a missing fold-4 model must not cost folds 0-3's time
+        raise CrossValidationError(f"--checkpoint {checkpoint}: no {', '.join(missing)}")
     with exclusive_lock(cv_dir):
-        failed = predict_folds(folds, store, cv_dir, config, predict_fns, progress)
+        failed = predict_folds(folds, cv_dir, config, predict_fns, progress)
         pairs = _pairs(folds, cv_dir, failed)
         cases, dices, errors = score_pooled(pairs, config.nsd_tolerance_mm, progress)
         choice, decision_scores = choose_postprocessing(dices)

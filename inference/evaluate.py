@@ -70,8 +70,9 @@ def _read_labels(path: Path, what: str, case_id: str):
     return image, array.astype(np.uint8, copy=False)
 
 
-def evaluate_pair(pair: CasePair, nsd_tolerance_mm: dict[str, float] = NSD_TOLERANCE_MM) -> dict[str, dict[str, Any]]:
-    """Scores of one case; EvaluationError naming the case on unreadable files or a grid mismatch."""
+def read_pair(pair: CasePair) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """(prediction, truth, spacing z, y, x) of one case; EvaluationError naming the case on
+    unreadable files or a grid mismatch (never silently resampled)."""
     from preprocess.output import spacing_zyx
     from preprocess.io import grid_mismatch
 
@@ -80,7 +81,13 @@ def evaluate_pair(pair: CasePair, nsd_tolerance_mm: dict[str, float] = NSD_TOLER
     mismatch = grid_mismatch(truth_image, pred_image)
     if mismatch:
         raise EvaluationError(f"{pair.case_id}: prediction {pair.prediction} does not match its truth's grid: {mismatch}")
-    return score_case(pred, truth, spacing_zyx(truth_image), nsd_tolerance_mm=nsd_tolerance_mm)
+    return pred, truth, spacing_zyx(truth_image)
+
+
+def evaluate_pair(pair: CasePair, nsd_tolerance_mm: dict[str, float] = NSD_TOLERANCE_MM) -> dict[str, dict[str, Any]]:
+    """Scores of one case; EvaluationError naming the case on unreadable files or a grid mismatch."""
+    pred, truth, spacing = read_pair(pair)
+    return score_case(pred, truth, spacing, nsd_tolerance_mm=nsd_tolerance_mm)
 
 
 def evaluate_pairs(pairs: Sequence[CasePair], progress: bool = True,
@@ -187,8 +194,9 @@ def evaluate_run(
     return report
 
 
-def write_report(report: dict[str, Any], path: str | Path) -> None:
-    """Write the report; an existing file is replaced only if it is an earlier report."""
+def check_report_path(path: str | Path) -> None:
+    """An existing ``--out`` file is replaced only if it is an earlier report; checked before
+    any work (a wrong --out must not cost a whole evaluation) and again when writing."""
     path = Path(path)
     if path.exists() or path.is_symlink():
         try:
@@ -198,6 +206,11 @@ def write_report(report: dict[str, Any], path: str | Path) -> None:
         if not isinstance(earlier, dict) or not all(k in earlier for k in REPORT_KEYS):
             raise EvaluationError(f"--out {path}: exists and is not a report of `pancreas evaluate`; "
                                   "choose another --out file")
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> None:
+    """Write the report; an existing file is replaced only if it is an earlier report."""
+    check_report_path(path)
     write_json_atomic(path, report, point="report")
 
 

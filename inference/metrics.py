@@ -29,16 +29,8 @@ from scipy import ndimage
 
 from inference.surface import check_spacing, surface_dice
 
-# Regions scored by `pancreas evaluate`: name -> labels that make up the region.
-# "pancreas" is the whole gland including the tumour (the MSD challenge's convention for
-# the organ score): a tumour voxel is pancreas, and a voxel labelled tumour in one map and
-# pancreas in the other is a tumour error, not also an organ error. "pancreas_label1" is
-# label 1 alone, the per-label score of nnU-Net's published tables (its 0.82 on Task07).
-REGIONS: dict[str, tuple[int, ...]] = {"pancreas": (1, 2), "pancreas_label1": (1,), "tumour": (2,)}
+from inference.regions import NSD_TOLERANCE_MM, REGIONS  # noqa: E402 (the scored regions, numpy-free)
 
-# NSD tolerance (mm) per region: the defaults of PredictConfig.nsd_tolerance_mm and
-# configs/predict.yaml, whose comment and the README say where they come from.
-NSD_TOLERANCE_MM: dict[str, float] = {"pancreas": 5.0, "pancreas_label1": 5.0, "tumour": 2.0}
 METRICS = ("dice", "nsd", "hd95_mm")
 
 _FACES = ndimage.generate_binary_structure(3, 1)

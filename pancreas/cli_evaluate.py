@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inference.evaluate import evaluate_dirs, evaluate_run, report_ok, report_table, write_report
+    from inference.evaluate import check_report_path, evaluate_dirs, evaluate_run, report_ok, report_table, write_report
 
     from dataset.common.configio import load_config
     from inference.config import PredictConfig
@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if by_dirs == by_run or (by_dirs and not (args.pred and args.truth)) or (by_run and not (args.run_dir and args.store)):
         raise ValueError("give either --pred DIR --truth DIR, or --run RUN_DIR --store STORE, or --cv RUN_DIR ... --store STORE")
     config = load_config(PredictConfig, args.config, args.overrides)
+    if args.out:
+        check_report_path(args.out)  # before the work, not after it
     if by_dirs:
         report = evaluate_dirs(args.pred, args.truth, progress=not args.no_progress,
                                nsd_tolerance_mm=config.nsd_tolerance_mm)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pancreas.cli_options import add_set_option, required_group
 
@@ -37,7 +36,6 @@ def format_summary(summary) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataset.common.files import LockedError
     from dataset.common.runner import quiet_dask_logs
     from dataset.common.configio import load_config
     from preprocess.config import PreprocessConfig
@@ -48,11 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if not getattr(args, "verbose", False):
         quiet_dask_logs()
     config = load_config(PreprocessConfig, args.config, args.overrides)
-    try:
-        summary = run_preprocess(args.data, args.out, config, workers=args.workers,
-                                 scheduler=args.scheduler, progress=not args.no_progress)
-    except LockedError as err:  # another run writes this store: one line, like every user error
-        print(f"pancreas preprocess: error: {err}", file=sys.stderr)
-        return 2
+    summary = run_preprocess(args.data, args.out, config, workers=args.workers,  # a held lock: one line (pancreas.cli)
+                             scheduler=args.scheduler, progress=not args.no_progress)
     print(format_summary(summary))
     return 0 if summary.ok else 1

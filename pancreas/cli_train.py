@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from pancreas.cli_options import add_no_progress_option, add_set_option, required_group
@@ -58,15 +57,10 @@ def run(args: argparse.Namespace) -> int:
         return _profile(args, config)
     if args.out is None:
         raise ValueError("--out RUN_DIR is required to train")
-    from dataset.common.files import LockedError
     from training.run import run_dir_summary_lines, train
 
-    try:
-        summary = train(args.store, args.out, config, resume=args.resume, fold=args.fold, init_from=args.init_from,
-                        progress=not args.no_progress)
-    except LockedError as err:  # another run holds --out: one line, exit 2 like every user error
-        print(f"pancreas train: error: {err}", file=sys.stderr)
-        return 2
+    summary = train(args.store, args.out, config, resume=args.resume, fold=args.fold, init_from=args.init_from,
+                    progress=not args.no_progress)  # a held lock is one line from pancreas.cli, like every user error
     print("\n".join(f"pancreas train: {line}" for line in run_dir_summary_lines(summary)))
     return 1 if summary.stopped == "nan" else 0
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +110,15 @@ PREPROCESS_VERSION = 2
 
 
 def library_versions() -> dict[str, str]:
-    """Installed versions of the libraries that compute the stored voxels (resampling, rounding)."""
-    return {name: metadata.version(name) for name in RESULT_LIBRARIES}
+    """Versions of the imported libraries that compute the stored voxels (resampling, rounding).
+
+    Read from the modules themselves, not the installed package metadata: that is the code
+    that runs, and a build without dist-info (a conda or HPC-module SimpleITK) has no metadata.
+    """
+    import numpy
+    import SimpleITK
+
+    return {"SimpleITK": str(SimpleITK.__version__), "numpy": str(numpy.__version__)}
 
 
 def config_fingerprint(config: PreprocessConfig) -> str:

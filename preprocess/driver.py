@@ -16,6 +16,7 @@ run stays on disk (shards are only ever replaced by an atomic rename).
 from __future__ import annotations
 
 import logging
+import socket
 import os
 import time
 from dataclasses import dataclass, field
@@ -77,8 +78,15 @@ def _done(case: MsdCase, shape, counts, input_fp: str, config_fp: str, seconds: 
                    input_fingerprint=input_fp, config_fingerprint=config_fp, seconds=seconds)
 
 
-def process_case(planned: PlannedCase, store: str, config_json: dict, itk_threads: int) -> CatalogRecord:
-    """Dask task: preprocess one case and write its shard; never raises for bad input."""
+def process_case(planned: PlannedCase, store: str, config_json: dict, itk_threads: int,
+                 run_config_fp: str) -> CatalogRecord:
+    """Dask task: preprocess one case and write its shard; never raises for bad input.
+
+    ``run_config_fp``: the driver's config fingerprint. A worker whose SimpleITK or NumPy
+    differs makes another one; its shards would never count as up to date (every rerun
+    would silently redo them), so such a worker fails the case and says why.
+    """
+    from preprocess.config import library_versions
     from preprocess.geometry import set_itk_threads
     from preprocess.io import InputError
     from preprocess.pipeline import preprocess_file, write_case
@@ -86,6 +94,11 @@ def process_case(planned: PlannedCase, store: str, config_json: dict, itk_thread
     t = time.perf_counter()
     case = planned.case
     config = config_from_dict(config_json)
+    if config_fingerprint(config) != run_config_fp:
+        versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
+        return _record(case, error=f"worker {socket.gethostname()} has {versions}, not the versions the run started "
+                                  "with; install the same SimpleITK and NumPy on every Dask worker",
+                       config_fingerprint=run_config_fp)
     set_itk_threads(itk_threads)
     try:
         data = preprocess_file(case.image, case.label, config, planned.inputs.declared_labels, planned.inputs)
@@ -235,7 +248,7 @@ def _run(dataset: MsdDataset, store: Path, config: PreprocessConfig, workers: in
     with tqdm(total=len(dataset.cases), initial=summary.skipped + summary.failed, unit="case",
               desc="preprocess", disable=not progress) as bar:
         bar.set_postfix(done=0, failed=summary.failed, skipped=summary.skipped)
-        args = (str(store), config_to_dict(config), itk_threads)
+        args = (str(store), config_to_dict(config), itk_threads, config_fp)
         catalog = _process(todo, catalog, store, args, summary, workers, scheduler, bar)
     write_catalog(store, catalog.ordered([case.case_id for case in dataset.cases]))
     return summary

@@ -8,7 +8,7 @@ lists them), and the series may then also lie in folders below it.
 Every problem raises ``InputError`` with one line naming the file and what is wrong, so
 the driver can report it and carry on with the other cases. The byte-level NIfTI checks
 ITK cannot make (truncation, stored NaN) are ``preprocess.nifti``; writing images is
-``preprocess.output`` (its names are re-exported here for existing callers). SimpleITK's
+``preprocess.output``. SimpleITK's
 (x, y, z) order appears here and in ``geometry``; everything handed on is either an
 ``sitk.Image`` or a numpy (z, y, x) array.
 """

@@ -73,6 +73,13 @@ def snapshot(folder: Path) -> dict[str, object]:
     return out
 
 
+def identity(path: Path) -> tuple[int, int]:
+    """(inode, mtime): a redone file is renamed into place, so it has a new inode even when a
+    coarse clock gives it the old modification time."""
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
 def temporaries(folder: Path) -> list[Path]:
     return [p for p in folder.rglob(f"*{TMP_SUFFIX}*")]
 
@@ -116,10 +123,10 @@ def test_preprocess_survives_a_kill_at_every_commit_point(data, tmp_path):
             for cid, rec in json.loads(catalog.read_text())["cases"].items():
                 shard = work / "store" / rec["shard"]
                 if rec["status"] == "done" and shard.is_file():
-                    done[cid] = shard.stat().st_mtime_ns
+                    done[cid] = identity(shard)
         if before is not None:
             for cid, mtime in before.items():
-                assert (work / "store" / "cases" / f"{cid}.h5").stat().st_mtime_ns == mtime, f"{cid} was redone"
+                assert identity(work / "store" / "cases" / f"{cid}.h5") == mtime, f"{cid} was redone"
         return done
 
     killed = kill_and_resume(points, lambda work: work.mkdir(), args, lambda w: w / "store", tmp_path,
@@ -147,7 +154,7 @@ def test_index_survives_a_kill_at_every_commit_point(data, tmp_path):
     def committed(work: Path, before):
         """Augmented shards renamed into place before the kill are reused, not rebuilt."""
         aug = work / "store" / "index" / "augmented"
-        now = {p.name: p.stat().st_mtime_ns for p in aug.glob("*.h5")} if aug.is_dir() else {}
+        now = {p.name: identity(p) for p in aug.glob("*.h5")} if aug.is_dir() else {}
         if before is not None:
             for name, mtime in before.items():
                 assert now.get(name) == mtime, f"augmented shard {name} was rebuilt"
@@ -171,12 +178,12 @@ def test_full_disk_gives_one_line_no_partial_file_and_keeps_earlier_results(data
     assert failed_lines, first.stdout + first.stderr
     assert temporaries(store) == []
     catalog = json.loads((store / "catalog.json").read_text())
-    done = {c: (store / r["shard"]).stat().st_mtime_ns for c, r in catalog["cases"].items() if r["status"] == "done"}
+    done = {c: identity(store / r["shard"]) for c, r in catalog["cases"].items() if r["status"] == "done"}
     assert len(done) == len(catalog["cases"]) - 1
     again = cli(["preprocess", "--data", str(data), "--out", str(store), "--workers", "0"])
     assert again.returncode == 0, again.stderr
     for case_id, mtime in done.items():
-        assert (store / "cases" / f"{case_id}.h5").stat().st_mtime_ns == mtime
+        assert identity(store / "cases" / f"{case_id}.h5") == mtime
 
     config = tmp_path / "index.yaml"
     config.write_text("train_patch_xyz: [32, 32, 16]\nval_patch_xyz: [32, 32, 16]\nfolds: 2\n")
@@ -185,7 +192,7 @@ def test_full_disk_gives_one_line_no_partial_file_and_keeps_earlier_results(data
     assert full.returncode == 2 and "No space left on device" in full.stderr
     assert len([line for line in full.stderr.splitlines() if line.strip()]) == 1, full.stderr
     assert temporaries(store) == []
-    shards = {p.name: p.stat().st_mtime_ns for p in (store / "index" / "augmented").glob("*.h5")}
+    shards = {p.name: identity(p) for p in (store / "index" / "augmented").glob("*.h5")}
     assert shards and not (store / "index" / "summary.json").exists()  # not committed, so never trusted
     assert cli(index).returncode == 0
-    assert {p.name: p.stat().st_mtime_ns for p in (store / "index" / "augmented").glob("*.h5")} == shards
+    assert {p.name: identity(p) for p in (store / "index" / "augmented").glob("*.h5")} == shards

@@ -45,6 +45,20 @@ def test_a_stray_blob_is_removed_because_it_lowers_dice():
     assert scores["tumour"]["mean_dice_without"] == pytest.approx(2 * 27 / (27 + 28))
 
 
+def test_the_gland_step_is_not_kept_when_it_costs_tumour_dice():
+    """A true tumour in a second gland island: keeping the largest gland component raises
+    the gland's Dice (a stray blob goes) but deletes that tumour."""
+    truth = gland_with()
+    truth[14:18, 14:18, 14:18] = 2  # a separate tumour island
+    pred = truth.copy()
+    pred[0:5, 14:19, 0:5] = 1  # a stray pancreas blob (125 voxels), apart from both
+    choice, scores = choose_postprocessing([variant_dice(pred, truth)])
+    assert scores["pancreas"]["mean_dice_with"] > scores["pancreas"]["mean_dice_without"]  # the gland alone would gain
+    gland = scores["pancreas"]["other_regions"]["tumour"]
+    assert gland["mean_dice_with"] < gland["mean_dice_without"]
+    assert choice["pancreas"] is False
+
+
 def test_clean_up_is_not_kept_when_it_removes_true_structure():
     truth = gland_with(stray_pancreas=True)  # the truth itself has two gland components
     choice, scores = choose_postprocessing([variant_dice(truth.copy(), truth)])
@@ -160,3 +174,25 @@ def test_cli_needs_store_and_out(two_folds, capsys):
     data, store, runs, folds = two_folds
     assert main(["evaluate", "--cv", str(runs[0]), str(runs[1]), "--store", str(store)]) == 2
     assert "--cv takes --store STORE and --out CV_DIR" in capsys.readouterr().err
+
+
+def test_a_postprocessing_in_the_config_does_not_touch_the_out_of_fold_maps(two_folds, tmp_path):
+    from inference.config import PredictConfig
+
+    data, store, runs, folds = two_folds
+    fns = [everything_is_pancreas, nothing]
+    raw = evaluate_cv(runs, store, tmp_path / "raw", predict_fns=fns, progress=False)
+    cleaned = evaluate_cv(runs, store, tmp_path / "cfg", PredictConfig(largest_component="foreground"),
+                          predict_fns=fns, progress=False)
+    assert cleaned["cases"] == raw["cases"]
+
+
+def test_a_report_the_cv_did_not_write_is_never_replaced(two_folds, tmp_path):
+    data, store, runs, folds = two_folds
+    cv = tmp_path / "mine"
+    cv.mkdir()
+    (cv / "report.csv").write_text("my own table\n")
+    with pytest.raises(CrossValidationError, match=r"holds report.csv not written by `pancreas evaluate --cv`"):
+        evaluate_cv(runs, store, cv, predict_fns=[nothing, nothing], progress=False)
+    assert sorted(p.name for p in cv.iterdir()) == ["report.csv"]
+    assert (cv / "report.csv").read_text() == "my own table\n"

@@ -230,3 +230,15 @@ def test_evaluate_reads_only_hand_over_files():
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'training' or m.startswith('dataset.index')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_foreign_out_file_is_refused_before_any_scoring(folders, tmp_path, monkeypatch, capsys):
+    import inference.evaluate as evaluate_module
+
+    pred, truth = folders
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"my": "notes"}')
+    monkeypatch.setattr(evaluate_module, "evaluate_dirs", lambda *a, **k: pytest.fail("scored before refusing"))
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(mine), "--no-progress"]) == 2
+    assert "is not a report of `pancreas evaluate`" in capsys.readouterr().err
+    assert mine.read_text() == '{"my": "notes"}'

@@ -144,3 +144,20 @@ def test_cli_exports_and_a_locked_folder_fails_at_once(run_dir, tmp_path, capsys
     finally:
         holder.stdin.close()
         holder.wait(60)
+
+
+def test_a_folder_with_an_export_json_of_its_own_or_extra_files_is_not_replaced(tmp_path):
+    from training.export import EXPORT_RECORD, ExportError, holds_export
+
+    other = tmp_path / "other_tool"
+    other.mkdir()
+    (other / EXPORT_RECORD).write_text('{"made_by": "another tool"}')
+    with pytest.raises(ExportError, match="is not ours"):
+        holds_export(other)
+    mine = tmp_path / "served"
+    mine.mkdir()
+    (mine / EXPORT_RECORD).write_text('{"signature": {}, "checkpoint": "best", "model_fingerprint": "x"}')
+    assert holds_export(mine)
+    (mine / "1").mkdir()  # e.g. a TF-Serving version folder a user added beside it
+    with pytest.raises(ExportError, match="also holds 1"):
+        holds_export(mine)

@@ -152,3 +152,15 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_lock_file_that_is_a_link_never_truncates_its_target(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("the only copy")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).symlink_to(target)
+    with pytest.raises(LockedError, match="cannot open its lock file"):
+        with exclusive_lock(out):
+            pass
+    assert target.read_text() == "the only copy"

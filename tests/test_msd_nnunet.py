@@ -192,6 +192,7 @@ def test_preprocess_gives_the_same_shards_from_both_layouts(both_layouts, tmp_pa
             np.testing.assert_array_equal(v2_label, msd_label)
         for key in ("spacing", "origin", "direction", "original_size", "original_spacing", "original_origin",
                     "original_direction", "original_dtype", "crop_start_zyx", "crop_stop_zyx", "label_counts"):
+            assert (key in v2_attrs) == (key in msd_attrs), key  # label_counts: labelled cases only, in both
             if key in msd_attrs:
                 np.testing.assert_array_equal(np.asarray(v2_attrs[key]), np.asarray(msd_attrs[key]), err_msg=key)
         assert v2_attrs["source_image"].endswith(f"{case_id}_0000.nii.gz")

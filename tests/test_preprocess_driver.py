@@ -403,3 +403,23 @@ def test_another_simpleitk_or_numpy_version_redoes_every_case(data, tmp_path, mo
     monkeypatch.setattr(config_module, "library_versions", lambda: {**real, library: "0.0.1"})
     again = run_preprocess(data, store, workers=0, progress=False)
     assert (again.done, again.skipped) == (4, 0)
+
+
+def test_a_worker_with_other_library_versions_fails_its_case_instead_of_redoing_it_forever(tmp_path):
+    """With --scheduler, a worker's SimpleITK/NumPy may differ from the driver's: its shards
+    would carry another config fingerprint and never count as up to date."""
+    from preprocess.config import PreprocessConfig, config_fingerprint, config_to_dict
+    from preprocess.driver import PlannedCase, process_case
+    from preprocess.inputs import take_inputs
+    from dataset.common.msd import load_msd_dataset
+
+    data = make_dataset(tmp_path / "data", 1, seed=2, n_test=0, progress=False)
+    dataset = load_msd_dataset(data)
+    case = dataset.cases[0]
+    planned = PlannedCase(case, take_inputs(case.image, case.label, dataset.label_values))
+    config = PreprocessConfig()
+    record = process_case(planned, str(tmp_path / "store"), config_to_dict(config), 1, "another-fingerprint")
+    assert record.status == "failed" and "install the same SimpleITK and NumPy on every Dask worker" in record.error
+    assert not (tmp_path / "store" / "cases").exists()
+    ok = process_case(planned, str(tmp_path / "store"), config_to_dict(config), 1, config_fingerprint(config))
+    assert ok.status == "done"

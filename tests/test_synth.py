@@ -337,3 +337,16 @@ def test_concurrent_synth_into_the_same_folder_fails_at_once(tmp_path, capsys):
         assert main(["synth", "--out", str(out), "--cases", "1", "--test", "0"]) == 2
         assert f"pancreas synth: error: {out}: in use by pid {pid}" in capsys.readouterr().err
     assert not (out / "dataset.json").exists()
+
+
+def test_stale_file_cleanup_never_follows_a_marker_entry_outside_the_folder(tmp_path):
+    from pancreas.synthetic.marker import stale_case_files
+
+    out = tmp_path / "data"
+    (out / "imagesTr").mkdir(parents=True)
+    victim = tmp_path / "victim.nii.gz"
+    victim.write_text("not synth's")
+    (out / "imagesTr" / "pancreas_009_0000.nii.gz").write_text("synth's own, no longer planned")
+    (out / "imagesTr" / "notes.nii.gz").write_text("a user's file")
+    listed = {"imagesTr/../../victim.nii.gz", "imagesTr/pancreas_009_0000.nii.gz", "imagesTr/notes.nii.gz"}
+    assert stale_case_files(out, set(), listed) == [out / "imagesTr" / "pancreas_009_0000.nii.gz"]

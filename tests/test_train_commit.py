@@ -223,3 +223,15 @@ def test_resume_without_a_run_is_refused(folder, store, config_file, tmp_path, c
     assert "holds no run to resume" in err[0] and "drop --resume" in err[0]
     assert not (run_dir / "config.json").exists() and not (run_dir / "checkpoints").exists()
     assert run_dir.exists() == (folder == "empty")
+
+
+def test_a_foreign_out_folder_is_refused_without_a_lock_file_left_in_it(store, tmp_path):
+    from dataset.contract.run import RunError
+    from training.run import train
+
+    foreign = tmp_path / "Documents"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("mine")
+    with pytest.raises(RunError, match="exists and is not empty"):
+        train(store, foreign, QUICK)
+    assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]

@@ -44,6 +44,7 @@ from dataset.common.files import (
     exclusive_lock,
     fingerprint_file,
     fsync_path,
+    read_json,
     write_json_atomic,
 )
 from dataset.contract.run import (
@@ -60,6 +61,9 @@ log = logging.getLogger(__name__)
 EXPORT_RECORD = "export.json"
 README_NAME = "README.txt"
 CHECKPOINTS = ("best", "last")
+# what an export folder holds (the SavedModel, our three files, the lock): anything else is not ours
+EXPORT_FILES = frozenset({"saved_model.pb", "fingerprint.pb", "variables", "assets", INPUT_CONTRACT_NAME,
+                          README_NAME, EXPORT_RECORD, LOCK_NAME})
 SIGNATURE = "serving_default"
 INPUT_KEY = "image"  # the U-Net's input layer name (training.model.build_unet)
 OUTPUT_KEY = "output_0"  # Keras' name for a single-output model's result
@@ -88,11 +92,22 @@ def holds_export(out: Path) -> bool:
 
     Returns True for an earlier export; raises ``ExportError`` for anything else.
     """
+    if out.is_symlink():
+        raise ExportError(f"{out}: is a symbolic link; give the real folder as --out")
     if not out.exists():
         return False
     if not out.is_dir():
         raise ExportError(f"{out}: exists and is not a folder; choose another --out")
     if (out / EXPORT_RECORD).is_file():
+        try:
+            record = read_json(out / EXPORT_RECORD, "export record")
+        except ValueError:
+            record = None
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES and TMP_SUFFIX not in p.name)
+        if not isinstance(record, dict) or not {"signature", "checkpoint", "model_fingerprint"} <= set(record) or foreign:
+            what = f"also holds {', '.join(foreign)}" if foreign else f"its {EXPORT_RECORD} is not ours"
+            raise ExportError(f"{out}: {what}; an export replaces only an earlier `pancreas export` folder, "
+                              "choose another --out")
         return True
     if any(p.name != LOCK_NAME for p in out.iterdir()):
         raise ExportError(f"{out}: exists, is not empty and is not an earlier `pancreas export` "
@@ -202,7 +217,7 @@ def _write_export(folder: Path, contract: InputContract, summary: ExportSummary)
 
 def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "best") -> ExportSummary:
     """Export RUN_DIR's ``checkpoint`` model into ``out`` as a SavedModel (see the module docstring)."""
-    run_dir, out = Path(run_dir), Path(out)
+    run_dir, out = Path(run_dir), Path(os.path.abspath(out))  # "--out ." names the folder, not "."
     if checkpoint not in CHECKPOINTS:
         raise ExportError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
     contract = read_input_contract(run_dir)

@@ -57,6 +57,11 @@ def _nothing_to_resume(run_dir: Path) -> RunError:
     return RunError(f"{run_dir}: holds no run to resume (no {CONFIG_NAME}); drop --resume to start a new run here")
 
 
+def _foreign_files(run_dir: Path) -> bool:
+    """Whether the folder holds anything but our lock file and a killed start's temporaries."""
+    return any(p.name != LOCK_NAME and TMP_SUFFIX not in p.name for p in run_dir.iterdir())
+
+
 @contextlib.contextmanager
 def open_run_dir(run_dir: Path, resume: bool) -> Iterator[Path]:
     """Hold RUN_DIR's lock for the block, creating the folder only for a new run."""
@@ -64,6 +69,9 @@ def open_run_dir(run_dir: Path, resume: bool) -> Iterator[Path]:
         raise RunError(f"{run_dir}: exists and is not a folder")
     if resume and not run_dir.is_dir():
         raise _nothing_to_resume(run_dir)
+    if not resume and run_dir.is_dir() and not run_files_present(run_dir) and _foreign_files(run_dir):
+        # refused before the lock file is made: a wrong --out (e.g. ~/Documents) is left as it was
+        raise RunError(f"{run_dir}: exists and is not empty; choose a new --out for the run")
     with exclusive_lock(run_dir) as locked:
         yield locked
 
@@ -75,8 +83,7 @@ def check_run_dir(run_dir: Path, config: TrainConfig, inputs: RunInputs, resume:
         if existing:
             raise RunError(f"{run_dir}: holds another run ({', '.join(existing)}); pass --resume to continue it "
                            "or choose another --out")
-        if run_dir.is_dir() and any(p.name != LOCK_NAME and TMP_SUFFIX not in p.name for p in run_dir.iterdir()):
-            # e.g. the store itself (our lock file and a killed start's temporaries do not count)
+        if run_dir.is_dir() and _foreign_files(run_dir):  # e.g. the store itself
             raise RunError(f"{run_dir}: exists and is not empty; choose a new --out for the run")
         return None
     if not holds_run(run_dir):

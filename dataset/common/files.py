@@ -208,7 +208,11 @@ def exclusive_lock(folder: str | Path, create: bool = True) -> Iterator[Path]:
                 os.close(fd)
         return
     lock_file = key / LOCK_NAME
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:  # O_NOFOLLOW: a lock "file" that is a link must never truncate the file it points to
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666 & ~_umask())
+    except OSError as err:
+        raise LockedError(f"{folder}: cannot open its lock file {LOCK_NAME} ({err.strerror or err}); "
+                          "remove it if it is a link") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -30,6 +30,7 @@ SPLIT_DIRS = {"training": ("imagesTr", "labelsTr"), "test": ("imagesTs", "labels
 SYNTH_REFERENCE = "synthetic (pancreas synth)"
 SYNTH_DESCRIPTION = "Synthetic pancreas and tumour CT phantoms"
 SYNTH_FILE_NAME = re.compile(r"pancreas_\d{3,}\.nii(\.gz)?")
+SYNTH_CASE_FILE = re.compile(r"pancreas_\d{3,}(_0000)?\.nii(\.gz)?")  # either layout's image or label
 
 
 LAYOUTS = ("msd", "nnunet")
@@ -55,9 +56,17 @@ def planned_files(params: list[CaseParams], n_cases: int, layout: str = "msd") -
 
 def stale_case_files(out: Path, planned: set[str], listed: set[str]) -> list[Path]:
     """Case files an earlier synth run wrote (``listed``) that this run does not write (``planned``)."""
-    folders = {folder for split in SPLIT_DIRS.values() for folder in split}
-    return [out / rel for rel in sorted(listed - planned)
-            if rel.split("/")[0] in folders and (out / rel).is_file() and not (out / rel).is_symlink()]
+    folders = {folder for split in SPLIT_DIRS.values() for folder in split if folder}
+    stale = []
+    for rel in sorted(listed - planned):
+        parts = rel.split("/")  # only "<split folder>/<a name synth gives>": a marker is data, not trusted paths
+        if (len(parts) != 2 or parts[0] not in folders or (out / parts[0]).is_symlink()
+                or not SYNTH_CASE_FILE.fullmatch(parts[1])):
+            continue
+        path = out / rel
+        if path.is_file() and not path.is_symlink():
+            stale.append(path)
+    return stale
 
 
 def read_synth_marker(out: Path) -> set[str]:
