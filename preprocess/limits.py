@@ -7,9 +7,11 @@ micrometres gave 0.0008 mm voxels and a 1x1x1 shard marked done; one in metres g
 naming nothing. Both now stop at ``geometry_problem``.
 
 Memory: ``case_bytes`` estimates a case's peak from its voxel counts. Reading the input
-dominates (DESIGN-NOTES: a 512x512x751 case, 197 M voxels in and 71 M at 1 mm, peaked at
-1.68 GB in a worker; the estimate says 1.58 GB plus the worker's own memory; on a
-512x512x300 int16 case it said 629 MB and 631 MB was measured). A case above what the
+dominated (DESIGN-NOTES: a 512x512x751 float32 case, 197 M voxels in and 64 M at 1 mm,
+peaked at 1.71 GB in a worker, 1.5 GB of it ITK's two copies of the read); a large NIfTI
+is now read in slabs and each scan-grid image is freed once resampled, and the same case
+peaks at 1.28 GB (the estimate: 1.17 GB plus the worker's own 0.16 GB). On a 512x512x300
+int16 case the estimate said 629 MB and 631 MB was measured. A case above what the
 worker can still spend fails with one line instead of getting the worker killed, which
 on a rerun would happen again.
 """
@@ -30,6 +32,9 @@ RESAMPLED_BYTES_WITH_LABEL = 8
 RESAMPLED_BYTES = 6
 DASK_TERMINATE = 0.95  # fraction of its memory limit at which Dask's nanny kills a worker (default)
 AXES = "xyz"
+# A NIfTI file with more voxels than this is read in z-slabs of at most this many
+# (``preprocess.io.read_file``): 512x512x128, 128 MiB as float32.
+STREAM_SLAB_VOXELS = 1 << 25
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -79,24 +84,39 @@ def _itemsize(dtype: str) -> int:
         return 8  # a type numpy does not name: assume the widest
 
 
-def case_bytes(input_voxels: int, resampled_voxels: int, image_dtype: str, label_dtype: str | None) -> int:
+def _read_bytes(voxels: int, stored: str, cast_to_float32: bool, slab_voxels: int) -> int:
+    """Peak bytes of ``io.read_file``: ITK's NIfTI reader holds what it reads twice as stored,
+    plus the cast when the output type differs (measured whole: int16 as float32 8 bytes a
+    voxel, float32 8, int32 12, float64 20); above ``slab_voxels`` the output is allocated
+    once and only one slab is read at a time."""
+    item = _itemsize(stored)
+    per_read = 2 * item + (FLOAT32_BYTES if cast_to_float32 and stored != "float32" else 0)
+    if voxels <= slab_voxels:
+        return voxels * per_read
+    return voxels * (FLOAT32_BYTES if cast_to_float32 else item) + slab_voxels * per_read
+
+
+def case_bytes(input_voxels: int, resampled_voxels: int, image_dtype: str, label_dtype: str | None,
+               slab_voxels: int = STREAM_SLAB_VOXELS) -> int:
     """Estimated peak bytes of one case (``label_dtype`` None: no label), the largest of:
 
-    * reading the image: ITK's NIfTI reader holds the stored voxels twice, plus the
-      float32 image when the stored type is another (measured: int16 8 bytes a voxel,
-      float32 8, int32 12, float64 20);
-    * reading the label: the float32 image, the label twice as stored, its uint8 cast;
-    * resampling and the intensity steps: the float32 image and uint8 label on the input
-      grid, plus the resampled arrays (``RESAMPLED_BYTES*``).
+    * reading the image (``_read_bytes``, as float32);
+    * reading the label: the float32 image, the label as stored (``_read_bytes``), its
+      uint8 cast;
+    * resampling (``pipeline.preprocess_scan`` drops each scan-grid image once it is
+      resampled): the label with the float32 image and uint8 label still held, then the
+      image with the float32 image and the resampled label (1 byte) held;
+    * the crop and intensity steps on the resampled grid (``RESAMPLED_BYTES*``).
     """
-    item = _itemsize(image_dtype)
-    read = input_voxels * (2 * item + (0 if image_dtype == "float32" else FLOAT32_BYTES))
+    read = _read_bytes(input_voxels, image_dtype, True, slab_voxels)
     if label_dtype is None:
-        return max(read, input_voxels * FLOAT32_BYTES + resampled_voxels * RESAMPLED_BYTES)
-    cast = 0 if label_dtype == "uint8" else 1
-    label = input_voxels * (FLOAT32_BYTES + 2 * _itemsize(label_dtype) + cast)
-    process = input_voxels * (FLOAT32_BYTES + 1) + resampled_voxels * RESAMPLED_BYTES_WITH_LABEL
-    return max(read, label, process)
+        return max(read, input_voxels * FLOAT32_BYTES + resampled_voxels * FLOAT32_BYTES,
+                   resampled_voxels * RESAMPLED_BYTES)
+    cast = 0 if label_dtype == "uint8" else input_voxels
+    label = input_voxels * FLOAT32_BYTES + _read_bytes(input_voxels, label_dtype, False, slab_voxels) + cast
+    resample_label = input_voxels * (FLOAT32_BYTES + 1) + resampled_voxels
+    resample_image = input_voxels * FLOAT32_BYTES + resampled_voxels * (1 + FLOAT32_BYTES)
+    return max(read, label, resample_label, resample_image, resampled_voxels * RESAMPLED_BYTES_WITH_LABEL)
 
 
 def _dask_worker_limit() -> int | None:

@@ -157,4 +157,6 @@ def may_hide_non_finite(values: np.ndarray, path: str | Path, dtype: str) -> boo
         return False
     header = read_header(path)
     candidates = {0.0, header.intercept if header is not None else 0.0}
-    return any(bool((values == np.float32(c)).any()) for c in candidates)
+    step = max(1, (1 << 22) // max(1, int(np.prod(values.shape[1:]))))  # no whole-volume boolean temporary
+    return any(bool((values[z : z + step] == np.float32(c)).any())
+               for c in candidates for z in range(0, values.shape[0], step))

@@ -55,23 +55,44 @@ def crop_box(
     return expand_box(box[0], box[1], config.crop_margin_mm, spacing_zyx, hu_zyx.shape)
 
 
-def _geometry_attrs(image: sitk.Image, grid: Grid, start: tuple[int, ...], stop: tuple[int, ...]) -> dict:
+def _original_attrs(image: sitk.Image) -> dict:
+    """The scan's own grid, as the shard records it (taken before the scan is released)."""
+    return {
+        "original_size": np.asarray(image.GetSize(), dtype=np.int64),
+        "original_spacing": np.asarray(image.GetSpacing(), dtype=np.float64),
+        "original_origin": np.asarray(image.GetOrigin(), dtype=np.float64),
+        "original_direction": np.asarray(image.GetDirection(), dtype=np.float64),
+        "original_dtype": PIXEL_NAMES.get(image.GetPixelID(), image.GetPixelIDTypeAsString()),
+    }
+
+
+def _geometry_attrs(original: dict, grid: Grid, start: tuple[int, ...], stop: tuple[int, ...]) -> dict:
     start_xyz = np.asarray(start[::-1], dtype=np.float64)
     origin = np.asarray(grid.origin) + start_xyz * np.asarray(grid.spacing)
     return {
         "spacing": np.asarray(grid.spacing, dtype=np.float64),
         "origin": origin,
         "direction": np.asarray(IDENTITY_DIRECTION, dtype=np.float64),
-        "original_size": np.asarray(image.GetSize(), dtype=np.int64),
-        "original_spacing": np.asarray(image.GetSpacing(), dtype=np.float64),
-        "original_origin": np.asarray(image.GetOrigin(), dtype=np.float64),
-        "original_direction": np.asarray(image.GetDirection(), dtype=np.float64),
-        "original_dtype": PIXEL_NAMES.get(image.GetPixelID(), image.GetPixelIDTypeAsString()),
+        **original,
         "resampled_size": np.asarray(grid.size, dtype=np.int64),
         "resampled_origin": np.asarray(grid.origin, dtype=np.float64),
         "crop_start_zyx": np.asarray(start, dtype=np.int64),
         "crop_stop_zyx": np.asarray(stop, dtype=np.int64),
     }
+
+
+@dataclass
+class Scan:
+    """A case's images on the scan's own grid, handed over to ``preprocess_scan``.
+
+    ``preprocess_scan`` sets each field to None as soon as it is resampled, so the
+    scan-grid memory is freed mid-case (a caller's ``del`` cannot free what a callee's
+    arguments still hold): for the 512x512x751 float32 case the label goes before the
+    image is resampled and the image (787 MB) before the crop and intensity steps.
+    """
+
+    image: sitk.Image | None
+    label: sitk.Image | None = None
 
 
 def _check_image(image: sitk.Image, label: sitk.Image | None, config: PreprocessConfig) -> None:
@@ -96,18 +117,28 @@ def preprocess_image(
     direction) edge-aligned grid: ITK maps each output voxel through the input's direction,
     so a separate ``DICOMOrient`` copy would cost time and a full-size buffer for the same
     result. Then: body crop, window, equalisation, normalisation (``preprocess.intensity``).
+    ``preprocess_scan`` is the same with the images handed over (freed as it goes).
     """
+    return preprocess_scan(Scan(image, label), config)
+
+
+def preprocess_scan(scan: Scan, config: PreprocessConfig) -> PreprocessedCase:
+    """``preprocess_image`` of a handed-over ``Scan``, whose fields it releases when resampled."""
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    _check_image(image, label, config)
-    hu_image = image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
-    grid = edge_aligned_grid(image, config.target_spacing_mm)
+    _check_image(scan.image, scan.label, config)
+    grid = edge_aligned_grid(scan.image, config.target_spacing_mm)
+    original = _original_attrs(scan.image)
+    resampled_label = None
+    if scan.label is not None:
+        label_u8 = scan.label if scan.label.GetPixelID() == sitk.sitkUInt8 else sitk.Cast(scan.label, sitk.sitkUInt8)
+        scan.label = None
+        resampled_label = resample(label_u8, grid, "nearest", 0)
+        del label_u8
+    hu_image = scan.image if scan.image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(scan.image, sitk.sitkFloat32)
+    scan.image = None
     resampled = resample(hu_image, grid, config.image_interpolation, AIR_HU)
     del hu_image
-    resampled_label = None
-    if label is not None:
-        label_u8 = label if label.GetPixelID() == sitk.sitkUInt8 else sitk.Cast(label, sitk.sitkUInt8)
-        resampled_label = resample(label_u8, grid, "nearest", 0)
     seconds["resample"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -122,7 +153,7 @@ def preprocess_image(
     seconds["intensity"] = time.perf_counter() - t
     del hu, resampled
 
-    attrs = _geometry_attrs(image, grid, start, stop)
+    attrs = _geometry_attrs(original, grid, start, stop)
     attrs["window_hu"] = np.asarray(config.window_hu, dtype=np.float64)
     label_array = None
     if resampled_label is not None:
@@ -188,12 +219,14 @@ def preprocess_file(
             raise
     check_before_reading(image_path, label_path, config)
     image, dtype, label = read_case(image_path, label_path, allowed)
+    scan = Scan(image, label)
+    del image, label  # `scan` holds the only references: preprocess_scan frees them as it goes
     moved = changed_file(inputs)
     if moved:
         raise InputError(f"{moved}: changed while reading (size or modification time differs from when "
                          "the case was planned); the next run redoes it")
     read_seconds = time.perf_counter() - t
-    case = preprocess_image(image, label, config)
+    case = preprocess_scan(scan, config)
     case.seconds = {"read": read_seconds, **case.seconds}
     case.attrs.update(
         original_dtype=dtype,

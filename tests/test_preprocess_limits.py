@@ -15,7 +15,7 @@ from preprocess.config import GeometryLimits, PreprocessConfig, config_fingerpri
 from preprocess.driver import run_preprocess
 from preprocess.geometry import edge_aligned_grid
 from preprocess.io import InputError
-from preprocess.limits import case_bytes, geometry_problem, resampled_size
+from preprocess.limits import STREAM_SLAB_VOXELS, case_bytes, geometry_problem, resampled_size
 from preprocess.pipeline import preprocess_file, preprocess_image
 
 NIFTI_UNITS = {"metres": 1, "millimetres": 2, "micrometres": 3}  # xyzt_units codes, header byte 123
@@ -132,12 +132,16 @@ def test_resampled_size_from_the_header_matches_the_pipeline_grid(direction):
 
 
 def test_case_bytes_by_hand():
-    # DESIGN-NOTES' longest case: 197 M int16 voxels read at 8 bytes each dominate (measured peak 1.68 GB)
-    assert case_bytes(512 * 512 * 751, 367 * 367 * 526, "int16", "uint8") == 512 * 512 * 751 * 8
+    n, slab = 512 * 512 * 751, STREAM_SLAB_VOXELS
+    # the longest case: read in slabs, then the float32 scan (4 bytes) is held while it is
+    # resampled into float32 + uint8 (5 bytes a resampled voxel); its label is gone by then
+    assert case_bytes(n, 367 * 367 * 526, "int16", "uint8") == n * 4 + 367 * 367 * 526 * 5
+    # reading it: the float32 image once plus one slab read at 8 bytes a voxel
+    assert case_bytes(n, 1, "float32", None) == n * 4 + slab * 8
     # a fine target grid: the resampled arrays dominate
-    assert case_bytes(1000, 10**6, "int16", "uint8") == 1000 * 5 + 10**6 * 8
-    assert case_bytes(1000, 10**6, "float32", None) == 1000 * 4 + 10**6 * 6
-    # reading: int16 8, float32 8, int32 12, float64 20 bytes a voxel (measured with ITK 5.4)
+    assert case_bytes(1000, 10**6, "int16", "uint8") == 10**6 * 8
+    assert case_bytes(1000, 10**6, "float32", None) == 10**6 * 6
+    # reading whole: int16 8, float32 8, int32 12, float64 20 bytes a voxel (measured with ITK 5.4)
     assert [case_bytes(10, 1, t, None) // 10 for t in ("int16", "float32", "int32", "float64")] == [8, 8, 12, 20]
     # an int16 label is read twice, then cast to uint8
     assert case_bytes(10, 1, "float32", "int16") == 10 * (4 + 4 + 1)
@@ -145,14 +149,14 @@ def test_case_bytes_by_hand():
 
 def test_case_over_the_memory_budget_fails_before_reading(tmp_path, monkeypatch, no_pixels_read):
     path = write(body((40, 128, 128)), tmp_path / "ct.nii.gz")
-    # 102x102x100 resampled voxels at 6 bytes + 655,360 float32 input voxels = 8,863,840 bytes
-    monkeypatch.setattr(pipeline, "memory_budget_bytes", lambda: 8_800_000)
+    # 655,360 float32 input voxels resampled into 102x102x100 float32 ones: 6,783,040 bytes
+    monkeypatch.setattr(pipeline, "memory_budget_bytes", lambda: 6_700_000)
     with pytest.raises(InputError) as err:
         preprocess_file(path, None, PreprocessConfig())
     assert str(err.value) == (
-        f"{path}: needs about 8.9 MB of memory (input 128x128x40, resampled 102x102x100 voxels) but this worker "
-        "can spend 8.8 MB; run with fewer --workers or on a machine with more memory")
-    monkeypatch.setattr(pipeline, "memory_budget_bytes", lambda: 8_900_000)
+        f"{path}: needs about 6.8 MB of memory (input 128x128x40, resampled 102x102x100 voxels) but this worker "
+        "can spend 6.7 MB; run with fewer --workers or on a machine with more memory")
+    monkeypatch.setattr(pipeline, "memory_budget_bytes", lambda: 6_800_000)
     with pytest.raises(AssertionError, match="voxels were read"):  # it fits: reading starts
         preprocess_file(path, None, PreprocessConfig())
 

@@ -76,7 +76,7 @@ def test_reader_pickles_without_handles(store):
     reader.read_levels(row("case_a", (0, 0, 0), (2, 2, 2)))
     assert reader._files  # a handle is cached
     clone = pickle.loads(pickle.dumps(reader))
-    assert clone._files == {}
+    assert not clone._files
     np.testing.assert_array_equal(clone.read_levels(row("case_a", (0, 0, 0), (2, 2, 2)))[1], label[:2, :2, :2])
     reader.close()
     clone.close()
@@ -149,3 +149,43 @@ def test_background_rows_skip_the_label_read(tmp_path, monkeypatch):
         # rows without counts (other callers) always read the label
         _, lab = reader.read_levels(row("case_b", (4, 8, 8), (4, 8, 8)))
         np.testing.assert_array_equal(lab, lab_fg)
+
+
+def _open_h5_files(folder) -> int:
+    """HDF5 files under ``folder`` this process holds open (from /proc/self/fd)."""
+    import os
+
+    fds = os.listdir("/proc/self/fd")
+    targets = [os.path.realpath(f"/proc/self/fd/{fd}") for fd in fds]
+    return sum(t.startswith(str(folder)) and t.endswith(".h5") for t in targets)
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_stream_over_many_cases_keeps_a_bounded_number_of_files_open(tmp_path, monkeypatch):
+    """At Task07's scale a shuffled stream touches 564 shards; the reader keeps at most
+    MAX_OPEN_FILES open (here 3 of 8), closing the least recently used, with the same bytes."""
+    import dataset.contract.reader as reader_module
+
+    rng = np.random.default_rng(5)
+    labels = {f"case_{i}": rng.integers(0, 3, size=(5, 9, 7), dtype=np.uint8) for i in range(8)}
+    make_store(tmp_path, labels)
+    rows = [row(case, (int(rng.integers(-2, 3)), 0, 1), (4, 6, 6)) for case in labels for _ in range(3)]
+    rng.shuffle(rows)
+    monkeypatch.setattr(reader_module, "MAX_OPEN_FILES", 3)
+    bounded, most_open = PatchReader(tmp_path), 0
+    for r in rows + rows[::-1]:
+        image, label = bounded.read_levels(r)
+        most_open = max(most_open, _open_h5_files(tmp_path))
+        np.testing.assert_array_equal(label, brute_box(labels[r["case_id"]], row_box_start(r), (4, 6, 6)))
+        seed = sorted(labels).index(r["case_id"])  # make_store's seeds: 0, 1, ... in id order
+        expected = brute_box(image_for(labels[r["case_id"]], seed), row_box_start(r), (4, 6, 6))
+        np.testing.assert_array_equal(image, expected)
+    assert most_open == 3 and len(bounded._files) == 3
+    clone = pickle.loads(pickle.dumps(bounded))
+    assert clone.max_open == 3
+    bounded.close()
+    assert _open_h5_files(tmp_path) == 0
+
+
+def row_box_start(r) -> tuple[int, int, int]:
+    return r["z0"], r["y0"], r["x0"]

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 log = logging.getLogger(__name__)
 
-WORKER_MEMORY_LIMIT = 4 << 30  # bytes per local worker process, at most (a 751-slice CT needs ~2 GB)
+WORKER_MEMORY_LIMIT = 4 << 30  # bytes per local worker process, at most (a 751-slice CT peaks at 1.3 GB)
 SCHEDULER_TIMEOUT_S = 30
 
 
