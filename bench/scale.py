@@ -180,7 +180,7 @@ class Stage:
     per_case: dict[str, float] = field(default_factory=dict)
     peaks: list[dict] = field(default_factory=list)  # per worker: {"pid", "peak_mb", "case"}
     notes: list[str] = field(default_factory=list)
-    extra: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, float | str] = field(default_factory=dict)
 
 
 @dataclass
@@ -366,7 +366,7 @@ def run_profile_stage(store: Path, folds: int, patches: int) -> Stage:
     drawn = len({rows[i]["case_id"] for i in draws})
     n_cases = len({r["case_id"] for r in rows})
     stage = Stage("train input", wall, core, peaks=[{"pid": os.getpid(), "peak_mb": status_mb("VmHWM"),
-                                                      "case": "all (this process)"}])
+                                                      "case": "the process"}])
     stage.notes.append(
         f"{rate['patches']} patches of {tuple(int(rows[0][k]) for k in ('dz', 'dy', 'dx'))} in "
         f"{rate['seconds']:.1f} s = {rate['patches_per_s']:.0f} patches/s, {input_thread_count(config.input_threads)} "
@@ -403,6 +403,7 @@ def run_predict_stage(scratch: Path, case: Case, model: str) -> Stage:
     wall, core = time.perf_counter() - t, cpu_seconds() - cpu
     stage = Stage("predict", wall, core, "input", peaks=[{"pid": os.getpid(), "peak_mb": status_mb("VmHWM"),
                                                            "case": case.case_id}])
+    stage.extra["model"] = model
     if summary.failed:
         stage.notes.append(f"FAILED: {summary.table()}")
         return stage
@@ -455,9 +456,11 @@ def table(stages: list[Stage], cases: list[Case], n: int, workers: str) -> str:
         top = s.peaks[0] if s.peaks else None
         peak = f"{top['peak_mb']:.0f} ({top['case']})" if top else "-"
         several = len(s.per_case) > 1
+        # with N <= 20 the first 20 are all N: "-" rather than a copy of the next column
+        first_rate = per_mvox(s, cases, FIRST) if several and len(s.per_case) > FIRST else math.nan
         cells = [f"{s.wall_s:.1f}", f"{s.core_s:.1f}", _num(slope, 3), _num(intercept, 2),
-                 _num(per_mvox(s, cases, FIRST) if several else math.nan, 3), _num(per_mvox(s, cases), 3), peak]
-        label = s.name
+                 _num(first_rate, 3), _num(per_mvox(s, cases), 3), peak]
+        label = s.name + (f", {s.extra['model']} U-Net" if "model" in s.extra else "")
         if s.per_case:
             label += f" (per {s.voxels} Mvox)" if several else f" ({next(iter(s.per_case))} only, per {s.voxels} Mvox)"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")

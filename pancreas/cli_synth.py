@@ -20,6 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="small: ~64-128 px in-plane, 20-60 slices (tests); full: 512x512x~100; "
                              "msd: Task07-like grids (512x512, 0.7-5 mm slices, 37-751 slices; pancreas_002 and "
                              "pancreas_003 have the fewest and the most) and 0.5-6 cm tumours")
+    parser.add_argument("--tumours", choices=("profile", "task07"), default="profile",
+                        help="profile: the size's own tumours (small/full: 4-11 mm; msd: Task07's); task07: "
+                             "Task07's 0.5-6 cm diameters scaled to the phantom's gland (small: about 0.78x)")
     parser.add_argument("--layout", choices=("msd", "nnunet"), default="msd",
                         help="msd: MSD Task07 (default); nnunet: nnU-Net v2 raw dataset (imagesTr/<case>_0000.nii.gz, "
                              "a v2 dataset.json without case lists)")
@@ -35,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     out = make_dataset(args.out, args.cases, seed=args.seed, size=args.size, n_test=args.test, layout=args.layout,
-                       progress=not args.no_progress)
-    params = dataset_params(args.cases, args.seed, args.size, args.test)
+                       progress=not args.no_progress, tumours=args.tumours)
+    params = dataset_params(args.cases, args.seed, args.size, args.test, args.tumours)
     n_train = args.cases
     print(f"wrote {n_train} training + {len(params) - n_train} test cases ({args.size}, seed {args.seed}) "
           f"to {out.resolve()}")

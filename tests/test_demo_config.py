@@ -41,7 +41,7 @@ def test_demo_values():
     assert configs.index.train_patch_xyz == (64, 64, 32) and configs.index.val_patch_xyz == (96, 96, 48)
     assert configs.train.model == ModelConfig(depth=3, base_filters=8)
     assert configs.train.loss == LossConfig(name="dice_cross_entropy")
-    assert (configs.train.epochs, configs.train.steps_per_epoch, configs.train.lr_patience) == (16, 25, 6)
+    assert (configs.train.epochs, configs.train.steps_per_epoch, configs.train.lr_patience) == (48, 25, 6)
     # the index no longer knows the depth: the demo's own two files must agree
     check_patch_fits_depth(configs.index.train_patch_zyx, configs.train.model.depth, "demo training")
     check_patch_fits_depth(configs.index.val_patch_zyx, configs.train.model.depth, "demo validation")

@@ -119,3 +119,41 @@ def test_a_centimetre_tumour_widens_the_gland_with_consistent_labels():
     # the same tumour confined to the tube (the small/full renderer) would be a fraction of it
     _, _, confined_ml = _tumour_voxels_ml(replace(params, anatomy=replace(anat, tumour_widens_gland=False)))
     assert confined_ml < 0.3 * tumour_ml
+
+
+def test_task07_tumours_change_only_the_tumour_of_the_small_and_full_profiles():
+    from pancreas.synthetic.params import gland_scale
+
+    for size in ("small", "full"):
+        for i in range(12):
+            own, task07 = draw_case_params(i, 0, size), draw_case_params(i, 0, size, tumours="task07")
+            assert replace(task07, anatomy=replace(task07.anatomy, tumour_semi_axes_mm=own.anatomy.tumour_semi_axes_mm,
+                                                   tumour_widens_gland=False)) == own
+            assert task07.anatomy.tumour_widens_gland
+            scale = gland_scale(task07.anatomy)
+            assert (0.6 < scale < 0.9) if size == "small" else (0.8 < scale <= 1.2), (size, scale)
+            low, high = TUMOUR_DIAMETER_RANGE_MM
+            assert low * scale - 1e-9 <= _diameter_mm(task07) <= high * scale + 1e-9
+    # msd already draws Task07's tumours: the option changes nothing there
+    assert draw_case_params(4, 0, "msd", tumours="task07") == draw_case_params(4, 0, "msd")
+    with pytest.raises(ValueError, match="tumours 'huge'"):
+        draw_case_params(0, 0, "small", tumours="huge")
+
+
+def test_task07_tumours_are_larger_against_the_gland_and_recorded(tmp_path):
+    import json
+
+    from pancreas.synthetic.msd import make_case, make_dataset
+
+    diameters = {t: [_diameter_mm(p) for p in dataset_params(40, 0, "small", 0, t) if p.anatomy.has_tumour]
+                 for t in ("profile", "task07")}
+    assert np.median(diameters["task07"]) > 1.5 * np.median(diameters["profile"])
+    assert min(diameters["task07"]) < 8.0  # some small ones stay
+    import SimpleITK as sitk
+
+    volumes = {t: (sitk.GetArrayViewFromImage(make_case(5, 0, "small", tumours=t)[1]) == 2).sum()
+               for t in ("profile", "task07")}
+    assert volumes["task07"] > 2 * volumes["profile"] > 0
+    make_dataset(tmp_path / "d", 2, seed=0, size="small", n_test=0, progress=False, tumours="task07")
+    meta = json.loads((tmp_path / "d" / "dataset.json").read_text(encoding="utf-8"))
+    assert "(seed 0, size small, tumours task07)" in meta["description"]

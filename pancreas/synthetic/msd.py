@@ -42,7 +42,7 @@ from pancreas.synthetic.marker import (
 )
 from pancreas.synthetic.nifti import stored_array, to_image, write_nifti
 from pancreas.synthetic.noise import add_ct_noise
-from pancreas.synthetic.params import SIZES, CaseParams, draw_case_params, grid_coordinates
+from pancreas.synthetic.params import SIZES, TUMOURS, CaseParams, draw_case_params, grid_coordinates
 from pancreas.synthetic.phantom import render_phantom
 
 log = logging.getLogger(__name__)
@@ -60,20 +60,21 @@ def render_case(params: CaseParams) -> tuple[np.ndarray, np.ndarray]:
     return hu, label
 
 
-def make_case(index: int, seed: int = 0, size: str = "small") -> tuple[sitk.Image, sitk.Image]:
+def make_case(index: int, seed: int = 0, size: str = "small",
+              tumours: str = "profile") -> tuple[sitk.Image, sitk.Image]:
     """Render case ``index``: (float32 HU image before dtype storage, uint8 label).
 
-    Its parameters are ``draw_case_params(index, seed, size)``.
+    Its parameters are ``draw_case_params(index, seed, size, tumours=tumours)``.
     """
-    params = draw_case_params(index, seed, size)
+    params = draw_case_params(index, seed, size, tumours=tumours)
     hu, label = render_case(params)
     return to_image(hu, params), to_image(label, params)
 
 
 def write_case(folder_images: Path, folder_labels: Path, index: int, seed: int, size: str,
-               layout: str = "msd") -> CaseParams:
+               layout: str = "msd", tumours: str = "profile") -> CaseParams:
     """Render case ``index`` and write its image and label; return its parameters."""
-    params = draw_case_params(index, seed, size)
+    params = draw_case_params(index, seed, size, tumours=tumours)
     hu, label = render_case(params)
     image_name, label_name = case_file_names(params, layout)
     write_nifti(folder_images / image_name, to_image(stored_array(hu, params), params),
@@ -90,11 +91,17 @@ def _write_junk(folder: Path, seed: int) -> None:
         tmp.write_bytes(data)
 
 
-def dataset_json(train: list[CaseParams], test: list[CaseParams], seed: int, size: str) -> dict:
+def _what(seed: int, size: str, tumours: str) -> str:
+    """How the dataset was drawn, for its description (the default tumours unsaid, as before)."""
+    return f"seed {seed}, size {size}" + (f", tumours {tumours}" if tumours != "profile" else "")
+
+
+def dataset_json(train: list[CaseParams], test: list[CaseParams], seed: int, size: str,
+                 tumours: str = "profile") -> dict:
     """The MSD ``dataset.json`` for the written cases (its reference and description mark it as synth's)."""
     return {
         "name": "Pancreas",
-        "description": f"{SYNTH_DESCRIPTION} (seed {seed}, size {size}), "
+        "description": f"{SYNTH_DESCRIPTION} ({_what(seed, size, tumours)}), "
                        "in the Medical Segmentation Decathlon Task07 layout",
         "reference": SYNTH_REFERENCE,
         "licence": "CC-BY-SA 4.0",
@@ -110,11 +117,11 @@ def dataset_json(train: list[CaseParams], test: list[CaseParams], seed: int, siz
     }
 
 
-def nnunet_dataset_json(train: list[CaseParams], seed: int, size: str) -> dict:
+def nnunet_dataset_json(train: list[CaseParams], seed: int, size: str, tumours: str = "profile") -> dict:
     """The nnU-Net v2 ``dataset.json``: no case lists (v2 scans the folders), labels as name -> value."""
     return {
         "name": "Pancreas",
-        "description": f"{SYNTH_DESCRIPTION} (seed {seed}, size {size}), in the nnU-Net v2 raw layout",
+        "description": f"{SYNTH_DESCRIPTION} ({_what(seed, size, tumours)}), in the nnU-Net v2 raw layout",
         "reference": SYNTH_REFERENCE,
         "licence": "CC-BY-SA 4.0",
         "release": "1.0",
@@ -144,10 +151,12 @@ def _prepare_output(out: Path, planned: set[str], layout: str = "msd") -> dict[s
 
 
 def make_dataset(out_dir: str | Path, n_cases: int, seed: int = 0, size: str = "small",
-                 n_test: int | None = None, progress: bool = True, layout: str = "msd") -> Path:
+                 n_test: int | None = None, progress: bool = True, layout: str = "msd",
+                 tumours: str = "profile") -> Path:
     """Write ``n_cases`` labelled and ``n_test`` (default max(1, n_cases // 4)) test cases.
 
     ``layout``: "msd" (MSD Task07) or "nnunet" (nnU-Net v2 raw dataset); see the module docstring.
+    ``tumours``: "profile" (the size profile's own) or "task07" (``pancreas.synthetic.params``).
 
     Test case j is case index ``n_cases + j``. ``dataset.json`` is written last, so a
     folder with one is complete. Returns ``out_dir``. Refuses (ValueError) to replace a
@@ -163,26 +172,29 @@ def make_dataset(out_dir: str | Path, n_cases: int, seed: int = 0, size: str = "
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is not one of {LAYOUTS}")
     out = Path(out_dir)
-    planned = planned_files(dataset_params(n_cases, seed, size, n_test), n_cases, layout)
+    if tumours not in TUMOURS:
+        raise ValueError(f"tumours {tumours!r} is not one of {TUMOURS}")
+    planned = planned_files(dataset_params(n_cases, seed, size, n_test, tumours), n_cases, layout)
     check_not_replacing(out, planned, synth_files(out))  # before the lock file is made there
     with exclusive_lock(out):
         folders = _prepare_output(out, planned, layout)
         train, test = [], []
         for i in tqdm(range(n_cases + n_test), desc="synth", unit="case", disable=not progress):
             if i < n_cases:
-                train.append(write_case(folders["imagesTr"], folders["labelsTr"], i, seed, size, layout))
+                train.append(write_case(folders["imagesTr"], folders["labelsTr"], i, seed, size, layout, tumours))
             else:
-                test.append(write_case(folders["imagesTs"], folders["labelsTs"], i, seed, size, layout))
+                test.append(write_case(folders["imagesTs"], folders["labelsTs"], i, seed, size, layout, tumours))
         for key in SPLIT_DIRS["training"]:
             _write_junk(folders[key], seed)
-        meta = dataset_json(train, test, seed, size) if layout == "msd" else nnunet_dataset_json(train, seed, size)
+        meta = (dataset_json(train, test, seed, size, tumours) if layout == "msd"
+                else nnunet_dataset_json(train, seed, size, tumours))
         write_json_atomic(out / "dataset.json", meta, keep_identical=True)
     log.info("wrote %d training and %d test cases to %s", len(train), len(test), out)
     return out
 
 
 def dataset_params(n_cases: int, seed: int = 0, size: str = "small",
-                   n_test: int | None = None) -> list[CaseParams]:
+                   n_test: int | None = None, tumours: str = "profile") -> list[CaseParams]:
     """Parameters of the cases ``make_dataset`` writes, training first (nothing rendered)."""
     n_test = max(1, n_cases // 4) if n_test is None else n_test
-    return [draw_case_params(i, seed, size) for i in range(n_cases + n_test)]
+    return [draw_case_params(i, seed, size, tumours=tumours) for i in range(n_cases + n_test)]

@@ -9,6 +9,13 @@ int16 with NIfTI scl_slope/scl_inter, float32, int32), case index 3 is thin
 (``pancreas.synthetic.task07``: 512 x 512, 37-751 slices, centimetre tumours) and makes
 case indices 1 and 2 the fewest-slices and the thinnest-longest case.
 
+``tumours="task07"`` gives the "small" and "full" profiles Task07's tumour sizes too,
+at the phantom's scale: the diameter drawn for "msd" times the phantom's gland thickness
+over the unscaled gland's (about 0.78 for "small", whose shrunken body keeps a 14 mm
+gland; its in-plane scale, 0.87-1.12, for "full"), so a tumour is as large against its
+gland as in Task07. It is drawn after everything else (noise included), so every other
+draw, and the default's bytes, are unchanged.
+
 Pure numpy, nothing rendered or written: ``pancreas.synthetic.msd`` turns these into
 files. The helpers below draw from one generator in a fixed order (extent, placement,
 storage scaling, anatomy, noise); reordering them changes every case.
@@ -23,6 +30,7 @@ from pancreas.synthetic.phantom import Anatomy
 from pancreas.synthetic.task07 import draw_msd_extent, draw_tumour_semi_axes
 
 SIZES = ("small", "full", "msd")
+TUMOURS = ("profile", "task07")  # the profile's own tumour sizes, or Task07's at the phantom's scale
 DTYPES = ("int16", "int16_scaled", "float32", "int32")
 # storage direction matrices (row-major), all describing the same physical patient
 ORIENTATIONS: dict[str, tuple[float, ...]] = {
@@ -123,6 +131,19 @@ def _draw_anatomy(rng: np.random.Generator, centre: np.ndarray, scale: float, si
     return anatomy
 
 
+def _task07_tumour(rng: np.random.Generator, anatomy: Anatomy) -> Anatomy:
+    """``tumours="task07"``: Task07's tumour size at the phantom's gland scale, widening the gland."""
+    factor = gland_scale(anatomy)
+    semi = tuple(v * factor for v in draw_tumour_semi_axes(rng))
+    return replace(anatomy, tumour_semi_axes_mm=semi, tumour_widens_gland=True)
+
+
+def gland_scale(anatomy: Anatomy) -> float:
+    """The phantom's gland body radius over the unscaled one (``phantom.pancreas_centreline``)."""
+    body = anatomy.pancreas_radii_mm[1]
+    return max(body * anatomy.inplane_scale, anatomy.min_pancreas_radius_mm) / body
+
+
 def _draw_base_anatomy(rng: np.random.Generator, centre: np.ndarray, scale: float, size: str) -> Anatomy:
     """Every profile's anatomy draws, in their fixed order."""
     body = (rng.uniform(180, 195), rng.uniform(132, 148))
@@ -161,11 +182,12 @@ def _draw_base_anatomy(rng: np.random.Generator, centre: np.ndarray, scale: floa
 
 
 def draw_case_params(index: int, seed: int = 0, size: str = "small",
-                     inplane_voxels: int | None = None) -> CaseParams:
+                     inplane_voxels: int | None = None, tumours: str = "profile") -> CaseParams:
     """Draw one case's parameters from ``default_rng([seed, index])``.
 
     ``inplane_voxels`` ("msd" only, for tests) renders the same patient and field of view
     on a coarser in-plane grid instead of 512 x 512.
+    ``tumours``: "profile" (the size's own tumours) or "task07" (see the module docstring).
     """
     if size not in SIZES:
         raise ValueError(f"size {size!r} is not one of {SIZES}")
@@ -173,6 +195,8 @@ def draw_case_params(index: int, seed: int = 0, size: str = "small",
         raise ValueError(f"case index {index} and seed {seed} must be >= 0")
     if inplane_voxels is not None and size != "msd":
         raise ValueError(f"inplane_voxels applies to size 'msd' only, not {size!r}")
+    if tumours not in TUMOURS:
+        raise ValueError(f"tumours {tumours!r} is not one of {TUMOURS}")
     rng = np.random.default_rng([seed, index])
     thin = index == THIN_CASE_INDEX and size != "msd"
     if size == "msd":
@@ -188,13 +212,16 @@ def draw_case_params(index: int, seed: int = 0, size: str = "small",
     dtype = DTYPES[(index + index // len(DTYPES)) % len(DTYPES)]
     slope, inter = SCALINGS[int(rng.integers(len(SCALINGS)))] if dtype == "int16_scaled" else (1.0, 0.0)
     anatomy = _draw_anatomy(rng, centre, fov / REFERENCE_FOV_MM, size)
-    return CaseParams(
+    params = CaseParams(
         index=index, name=case_name(index), size=size, orientation=orientation,
         direction=direction, grid_size=grid_size, spacing_mm=spacing, origin_mm=origin,
         dtype=dtype, scl_slope=slope, scl_inter=inter, compressed=index % 6 != 5,
         noise_sd_hu=float(rng.uniform(10, 20)), noise_seed=int(rng.integers(2**31)),
         anatomy=anatomy,
     )
+    if tumours == "task07" and size != "msd":  # drawn last: every other draw stays as the profile's
+        params = replace(params, anatomy=_task07_tumour(rng, params.anatomy))
+    return params
 
 
 def reoriented(params: CaseParams, orientation: str) -> CaseParams:
