@@ -41,6 +41,8 @@ bench: $(STAMP)
 	$(PY) bench/pipeline.py
 	$(PY) bench/predict.py --scenarios plain
 	$(PY) bench/predict.py --small
+	$(PY) bench/elastic.py --repeats 3
+	$(PY) bench/scale.py --cases 3 --predict-model small
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -7,13 +7,13 @@ micrometres gave 0.0008 mm voxels and a 1x1x1 shard marked done; one in metres g
 naming nothing. Both now stop at ``geometry_problem``.
 
 Memory: ``case_bytes`` estimates a case's peak from its voxel counts. Reading the input
-dominated (DESIGN-NOTES: a 512x512x751 float32 case, 197 M voxels in and 64 M at 1 mm,
-peaked at 1.71 GB in a worker, 1.5 GB of it ITK's two copies of the read); a large NIfTI
+dominated (a 512x512x751 float32 case, 197 M voxels in and 64 M at 1 mm, peaked at
+1712 MiB in a worker, about 1500 MiB of it ITK's two copies of the read); a large NIfTI
 is now read in slabs and each scan-grid image is freed once resampled, and the same case
-peaks at 1.28 GB (the estimate: 1.17 GB plus the worker's own 0.16 GB). On a 512x512x300
-int16 case the estimate said 629 MB and 631 MB was measured. A case above what the
-worker can still spend fails with one line instead of getting the worker killed, which
-on a rerun would happen again.
+peaks at 1267 MiB (the estimate: 1055 MiB plus the worker's own 187 MiB). Before the slab
+reads, a 512x512x300 int16 case was estimated at 629 MB and measured at 631 MB. A case
+above what the worker can still spend fails with one line instead of getting the worker
+killed, which on a rerun would happen again.
 """
 from __future__ import annotations
 
