@@ -5,12 +5,23 @@
 # script go to bench/scale.py (for example --cases 20, or --out DIR --keep to reuse data).
 #
 #     bench/cluster.sh --cases 20                 # WORKERS=2 by default
-#     WORKERS=4 PORT=8790 bench/cluster.sh --cases 282 --out /scratch/scale --keep
+#     WORKERS=4 PORT=8790 bench/cluster.sh --cases 282 --out /scratch/scale --keep   # default PORT: a free one
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 WORKERS=${WORKERS:-2}
-PORT=${PORT:-8786}
+# a free port unless PORT is given; a port already in use is refused, so the bench never
+# joins (and sends its work to) a scheduler that is already running there
+PORT=$("$PY" - "${PORT:-0}" <<'EOF'
+import socket, sys
+with socket.socket() as s:
+    try:
+        s.bind(("127.0.0.1", int(sys.argv[1])))
+    except OSError as err:
+        sys.exit(f"bench/cluster.sh: port {sys.argv[1]} on 127.0.0.1 is in use ({err.strerror}); set PORT to a free one")
+    print(s.getsockname()[1])
+EOF
+)
 LOGS=$(mktemp -d "${TMPDIR:-/tmp}/bench_cluster_XXXXXX")
 pids=()
 stop() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$LOGS"; }

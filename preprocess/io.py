@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from preprocess import nifti
+from preprocess.intensity import z_slabs
 from preprocess.dicom import series_files, series_ids
 from preprocess.limits import STREAM_SLAB_VOXELS
 
@@ -152,22 +153,25 @@ def read_file(path: str, pixel_type: int, slab_voxels: int | None = None) -> sit
     if not nifti.is_nifti(Path(path)) or len(size) != 3 or math.prod(size) <= slab_voxels:
         return reader.Execute()
     step = max(1, slab_voxels // (size[0] * size[1]))
-    image = sitk.Image(size, pixel_type if pixel_type != sitk.sitkUnknown else reader.GetPixelID())
-    image.SetOrigin(reader.GetOrigin())
-    image.SetSpacing(reader.GetSpacing())
-    image.SetDirection(reader.GetDirection())
+    image = None
     for z in range(0, size[2], step):
         n = min(step, size[2] - z)
         reader.SetExtractIndex((0, 0, z))
         reader.SetExtractSize((size[0], size[1], n))
-        image[:, :, z : z + n] = reader.Execute()  # SimpleITK pastes in place
+        slab = reader.Execute()
+        if image is None:  # the pixel type the reader gives (a scaled integer NIfTI comes out float)
+            image = sitk.Image(size, slab.GetPixelID())
+            image.SetOrigin(reader.GetOrigin())
+            image.SetSpacing(reader.GetSpacing())
+            image.SetDirection(reader.GetDirection())
+        image[:, :, z : z + n] = slab  # SimpleITK pastes in place
+        del slab
     return image
 
 
 def all_finite(values: np.ndarray) -> bool:
     """``np.isfinite(values).all()`` without a whole-volume boolean temporary."""
-    step = max(1, SLAB_VOXELS // max(1, math.prod(values.shape[1:])))
-    return all(np.isfinite(values[z : z + step]).all() for z in range(0, values.shape[0], step))
+    return all(np.isfinite(values[z]).all() for z in z_slabs(values.shape, SLAB_VOXELS))
 
 
 def read_image(path: str | Path, series_uid: str | None = None) -> tuple[sitk.Image, str]:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocess.intensity import z_slabs
+
 HEADER_BYTES = 348  # sizeof_hdr of NIfTI-1
 SUFFIXES = (".nii", ".nii.gz")
 # header "datatype" codes -> numpy names (the type stored on disk, before scl_slope)
@@ -157,6 +159,6 @@ def may_hide_non_finite(values: np.ndarray, path: str | Path, dtype: str) -> boo
         return False
     header = read_header(path)
     candidates = {0.0, header.intercept if header is not None else 0.0}
-    step = max(1, (1 << 22) // max(1, int(np.prod(values.shape[1:]))))  # no whole-volume boolean temporary
-    return any(bool((values[z : z + step] == np.float32(c)).any())
-               for c in candidates for z in range(0, values.shape[0], step))
+    # slab by slab: no whole-volume boolean temporary
+    return any(bool((values[z] == np.float32(c)).any())
+               for c in candidates for z in z_slabs(values.shape, 1 << 22))

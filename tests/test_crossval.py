@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset.contract.catalog import Catalog, CatalogRecord, write_catalog
 from dataset.contract.fingerprints import store_fingerprint
 from dataset.contract.index import Fold, IndexSummary, Split, commit_index, manifest_path, write_split
 from dataset.contract.manifest import index_fingerprint, write_manifest
@@ -17,9 +16,8 @@ from dataset.contract.postprocessing import read_postprocessing
 from dataset.contract.store import StoreError
 from inference.crossval import CrossValidationError, choose_postprocessing, evaluate_cv, variant_dice
 from pancreas.cli import main
-from pancreas.synthetic.msd import dataset_params, make_dataset
-from preprocess.config import PreprocessConfig
-from preprocess.pipeline import preprocess_file, write_case
+from pancreas.synthetic.msd import make_dataset
+from helpers import preprocessed_store  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- the decision, pure
@@ -87,14 +85,7 @@ def two_folds(tmp_path_factory):
     root = tmp_path_factory.mktemp("cv")
     data = make_dataset(root / "msd", 4, seed=2, n_test=0, progress=False)
     store = root / "store"
-    params = dataset_params(4, seed=2, n_test=0)
-    catalog = Catalog(dataset={"root": str(data)}, config={}, config_fingerprint="")
-    for p in params:
-        case = preprocess_file(data / "imagesTr" / p.filename, data / "labelsTr" / p.filename, PreprocessConfig())
-        write_case(store / "cases" / f"{p.name}.h5", p.name, case)
-        catalog = catalog.with_case(p.name, CatalogRecord.new(p.name, "training", True, status="done"))
-    write_catalog(store, catalog)
-    names = [p.name for p in params]
+    catalog, names, preprocess = preprocessed_store(data, store, 4, seed=2)
     folds = (Fold(tuple(names[2:]), tuple(names[:2])), Fold(tuple(names[:2]), tuple(names[2:])))
     write_split(store, Split(seed=0, val_fraction=0.2, max_cases=None, folds=folds))
     for k in range(2):
@@ -108,7 +99,7 @@ def two_folds(tmp_path_factory):
         run.mkdir()
         (run / "input_contract.json").write_text(json.dumps({
             "val_patch_size_zyx": [32, 64, 64], "n_classes": 3, "model_depth": 2,
-            "preprocess": json.loads(case.attrs["config"]), "store_fingerprint": store_fingerprint(catalog),
+            "preprocess": preprocess, "store_fingerprint": store_fingerprint(catalog),
             "flip_augment": {"flip_axes": [], "flip_probability": 0.0}, "fold": k, "n_folds": 2}))
         runs.append(run)
     return data, store, runs, folds

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset.common.configio import to_dict
 from inference.config import PredictConfig
 from inference.inputs import CaseInput, PredictError, discover_inputs
 from inference.predict import predict_cases
 from pancreas.cli import main
-from preprocess.config import PreprocessConfig
 from preprocess.dicom import find_series, uid_suffix
 from preprocess.io import InputError, read_image, read_label
+from helpers import write_contract_run  # noqa: E402
 
 STUDY = "1.2.826.0.1.3680043.2.1125.200"
 UID_A, UID_B = "1.2.826.0.1.3680043.2.1125.201", "1.2.826.0.1.3680043.2.1125.202"
@@ -141,20 +140,10 @@ def test_folder_without_a_series_is_a_one_line_error(tmp_path: Path, content: di
         (folder / name).write_bytes(data)
     with pytest.raises(PredictError, match=r"incoming: no NIfTI file, dataset.json or readable DICOM series"):
         discover_inputs(folder)
-    run = write_run(tmp_path / "run")
+    run = write_contract_run(tmp_path / "run")
     assert main(["predict", "--model", str(run), "--input", str(folder), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("pancreas predict: error: ") and "readable DICOM series" in err and "\n" not in err
-
-
-def write_run(run_dir: Path, window=(32, 64, 64)) -> Path:
-    """A run folder with just the input contract (``predict_fn`` stands in for the model)."""
-    run_dir.mkdir(parents=True)
-    contract = {"patch_size_zyx": list(window), "val_patch_size_zyx": list(window), "n_classes": 3,
-                "label_names": {"0": "background", "1": "pancreas", "2": "tumour"}, "model_depth": 2,
-                "preprocess": to_dict(PreprocessConfig()), "store_fingerprint": "x", "index_fingerprint": "y"}
-    (run_dir / "input_contract.json").write_text(json.dumps(contract))
-    return run_dir
 
 
 def bright_is_pancreas(batch: np.ndarray) -> np.ndarray:
@@ -164,7 +153,7 @@ def bright_is_pancreas(batch: np.ndarray) -> np.ndarray:
 
 def test_predict_writes_each_series_on_its_own_grid_and_records_it(one_folder: Path, tmp_path: Path):
     out = tmp_path / "out"
-    summary = predict_cases(write_run(tmp_path / "run"), one_folder, out, PredictConfig(mirror_axes=()),
+    summary = predict_cases(write_contract_run(tmp_path / "run"), one_folder, out, PredictConfig(mirror_axes=()),
                             predict_fn=bright_is_pancreas, progress=False)
     assert not summary.failed, summary.table()
     for uid, suffix in ((UID_A, SUFFIX_A), (UID_B, SUFFIX_B)):

@@ -12,7 +12,6 @@ import pytest
 import SimpleITK as sitk
 
 from dataset.common.files import LockedError
-from dataset.contract.catalog import Catalog, CatalogRecord, write_catalog
 from dataset.contract.fingerprints import store_fingerprint
 from dataset.contract.index import Fold, IndexSummary, Split, commit_index, manifest_path, write_split
 from dataset.contract.manifest import index_fingerprint, write_manifest
@@ -22,9 +21,8 @@ from inference.evaluate import (
 )
 from inference.predict import PredictError
 from pancreas.cli import main
-from preprocess.config import PreprocessConfig
-from preprocess.pipeline import preprocess_file, write_case
-from pancreas.synthetic.msd import dataset_params, make_dataset
+from pancreas.synthetic.msd import make_dataset
+from helpers import preprocessed_store  # noqa: E402
 from lockholder import lock_held_elsewhere  # noqa: E402
 
 SPACING_XYZ = (0.8, 0.8, 3.0)
@@ -116,15 +114,9 @@ def trained(tmp_path_factory) -> tuple[Path, Path, Path, list[str]]:
     root = tmp_path_factory.mktemp("evaluate_run")
     data = make_dataset(root / "msd", 3, seed=0, n_test=0, progress=False)
     store = root / "store"
-    params = dataset_params(3, seed=0, n_test=0)
-    catalog = Catalog(dataset={"root": str(data)}, config={}, config_fingerprint="")
-    for p in params:
-        case = preprocess_file(data / "imagesTr" / p.filename, data / "labelsTr" / p.filename, PreprocessConfig())
-        write_case(store / "cases" / f"{p.name}.h5", p.name, case)
-        catalog = catalog.with_case(p.name, CatalogRecord.new(p.name, "training", True, status="done"))
-    write_catalog(store, catalog)
-    val = [params[1].name, params[2].name]
-    write_split(store, Split(seed=0, val_fraction=0.5, max_cases=None, folds=(Fold((params[0].name,), tuple(val)),)))
+    catalog, names, preprocess = preprocessed_store(data, store, 3, seed=0)
+    val = names[1:]
+    write_split(store, Split(seed=0, val_fraction=0.5, max_cases=None, folds=(Fold((names[0],), tuple(val)),)))
     for split in ("train", "val"):
         write_manifest(manifest_path(store, split, 0), [])
     commit_index(store, IndexSummary(str(store), str(store / "index"), store_fingerprint=store_fingerprint(catalog),
@@ -133,7 +125,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path, Path, list[str]]:
     run.mkdir()
     (run / "input_contract.json").write_text(json.dumps({
         "val_patch_size_zyx": [32, 64, 64], "patch_size_zyx": [32, 64, 64], "n_classes": 3, "model_depth": 2,
-        "preprocess": json.loads(case.attrs["config"])}))
+        "preprocess": preprocess}))
     return data, store, run, val
 
 

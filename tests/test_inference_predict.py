@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset.common.configio import to_dict
 from dataset.common.files import CRASH_ENV, TMP_SUFFIX, LockedError
 from dataset.contract.run import InputContract
 from dataset.contract.store import levels_to_intensity
@@ -28,18 +27,10 @@ from preprocess.config import PreprocessConfig
 from preprocess.io import read_label
 from preprocess.pipeline import preprocess_file
 from pancreas.synthetic.msd import dataset_params, make_dataset
+from helpers import write_contract_run  # noqa: E402
 from lockholder import lock_held_elsewhere  # noqa: E402
 
 N_TRAIN = 4  # indices 0..3: orientations LPS, RAS, LPI, PLS; dtypes int16, scaled int16, float32, int32; #3 thin
-
-
-def write_run(run_dir: Path, window=(32, 64, 64), depth=2) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    contract = {"patch_size_zyx": list(window), "val_patch_size_zyx": list(window), "n_classes": 3,
-                "label_names": {"0": "background", "1": "pancreas", "2": "tumour"}, "model_depth": depth,
-                "preprocess": to_dict(PreprocessConfig()), "store_fingerprint": "x", "index_fingerprint": "y"}
-    (run_dir / "input_contract.json").write_text(json.dumps(contract))
-    return run_dir
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +143,7 @@ def test_round_trip_to_original_grid(msd: Path, tmp_path: Path, index: int, wind
     params = dataset_params(N_TRAIN, seed=0, n_test=1)[index]
     image_path = msd / "imagesTr" / params.filename
     truth_path = msd / "labelsTr" / params.filename
-    run = write_run(tmp_path / "run", window=window)
+    run = write_contract_run(tmp_path / "run", window=window)
     stored = preprocess_file(image_path, truth_path, PreprocessConfig())
     model = LabelLookup(stored.levels, stored.label, window, PredictConfig())
     summary = predict_cases(run, [CaseInput(params.name, image_path)], tmp_path / "out", PredictConfig(),
@@ -202,7 +193,7 @@ def test_bad_case_is_reported_others_written_and_rerun_skips(msd: Path, tmp_path
     (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b garbage")
     (folder / "._broken.nii.gz").write_bytes(b"mac")
     (folder / "notes.txt").write_text("ignored")
-    run = write_run(tmp_path / "run", window=(32, 64, 64))
+    run = write_contract_run(tmp_path / "run", window=(32, 64, 64))
     out = tmp_path / "out"
     summary = predict_cases(run, folder, out, PredictConfig(save_probabilities=True),
                             predict_fn=pointwise_model, progress=False)
@@ -231,7 +222,7 @@ def test_an_evaluation_only_setting_keeps_predictions_up_to_date(msd: Path, tmp_
     folder.mkdir()
     case = dataset_params(N_TRAIN, seed=0, n_test=1)[0]
     (folder / case.filename).write_bytes((msd / "imagesTr" / case.filename).read_bytes())
-    run, out = write_run(tmp_path / "run", window=(32, 64, 64)), tmp_path / "out"
+    run, out = write_contract_run(tmp_path / "run", window=(32, 64, 64)), tmp_path / "out"
     assert predict_cases(run, folder, out, PredictConfig(), predict_fn=pointwise_model, progress=False).n_skipped == 0
     looser = PredictConfig(nsd_tolerance_mm={"pancreas": 9.0, "pancreas_label1": 9.0, "tumour": 4.0})
     assert predict_cases(run, folder, out, looser, predict_fn=pointwise_model, progress=False).n_skipped == 1
@@ -290,7 +281,7 @@ def test_dicom_series_is_predicted_on_its_own_grid(msd: Path, tmp_path: Path):
     params = dataset_params(N_TRAIN, seed=0, n_test=1)[0]  # LPS, so slices stack along +z
     image, _ = read_image(msd / "imagesTr" / params.filename)
     write_dicom_series(sitk.Cast(image, sitk.sitkInt16), tmp_path / "series_1")
-    summary = predict_cases(write_run(tmp_path / "run"), tmp_path / "series_1", tmp_path / "out", PredictConfig(),
+    summary = predict_cases(write_contract_run(tmp_path / "run"), tmp_path / "series_1", tmp_path / "out", PredictConfig(),
                             predict_fn=pointwise_model, progress=False)
     assert not summary.failed, summary.table()
     written = read_label(tmp_path / "out" / "series_1.nii.gz")
@@ -328,7 +319,7 @@ def test_out_equal_to_the_input_folder_is_refused(msd: Path, tmp_path: Path):
     link = tmp_path / "link_to_images"
     link.symlink_to(images)
     before = contents(images)
-    run = write_run(tmp_path / "run")
+    run = write_contract_run(tmp_path / "run")
     for out in (images, link):
         with pytest.raises(PredictError, match=rf"^--out {out} is the input folder {images}: .*choose a --out"):
             predict_cases(run, images, out, predict_fn=pointwise_model, progress=False)
@@ -339,7 +330,7 @@ def test_out_inside_the_dataset_is_refused(msd: Path, tmp_path: Path):
     """Reproduced: `--out labelsTs` next to the MSD input's imagesTs replaced the ground truth."""
     data = copy_of(msd, tmp_path / "data")
     before = contents(data)
-    run = write_run(tmp_path / "run")
+    run = write_contract_run(tmp_path / "run")
     with pytest.raises(PredictError, match=rf"^--out {data / 'labelsTs'} lies inside the input folder {data}:"):
         predict_cases(run, data, data / "labelsTs", predict_fn=pointwise_model, progress=False)
     assert contents(data) == before
@@ -349,7 +340,7 @@ def test_cli_refusal_is_one_line_naming_folder_and_flag(msd: Path, tmp_path: Pat
     from pancreas.cli import main
 
     data = copy_of(msd, tmp_path / "data")
-    run = write_run(tmp_path / "run")
+    run = write_contract_run(tmp_path / "run")
     assert main(["predict", "--model", str(run), "--input", str(data / "imagesTs"), "--out", str(data / "imagesTs"),
                  "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
@@ -362,7 +353,7 @@ def test_a_file_predict_did_not_write_is_never_replaced(msd: Path, tmp_path: Pat
     out.mkdir()
     foreign = out / f"{case.name}.nii.gz"
     foreign.write_bytes(b"somebody's label map")
-    run = write_run(tmp_path / "run")
+    run = write_contract_run(tmp_path / "run")
     with pytest.raises(PredictError, match=rf"^{foreign}: exists and was not written by `pancreas predict` "
                                            rf"\(not listed in {out / 'predictions.json'}\); .* another --out"):
         predict_cases(run, msd, out, predict_fn=pointwise_model, progress=False)
@@ -389,7 +380,7 @@ def test_a_refusal_for_a_foreign_file_leaves_the_folder_untouched(msd: Path, tmp
     (out / name).write_bytes(b"somebody's file")
     (out / "notes.txt").write_text("theirs")
     before = listing(out)
-    run = write_run(tmp_path / "run")
+    run = write_contract_run(tmp_path / "run")
     config = PredictConfig(save_probabilities=probabilities)
     with pytest.raises(PredictError, match=rf"^{out / name}: exists and was not written by `pancreas predict`"):
         predict_cases(run, msd, out, config, predict_fn=pointwise_model, progress=False)
@@ -403,7 +394,7 @@ def test_a_damaged_record_is_refused_before_the_lock(msd: Path, tmp_path: Path):
     (out / "predictions.json").write_text("{not json")
     before = listing(out)
     with pytest.raises(ValueError, match="predictions.json"):
-        predict_cases(write_run(tmp_path / "run"), msd, out, predict_fn=pointwise_model, progress=False)
+        predict_cases(write_contract_run(tmp_path / "run"), msd, out, predict_fn=pointwise_model, progress=False)
     assert listing(out) == before
 
 
@@ -411,7 +402,7 @@ def test_a_killed_run_resumes_over_its_own_files(msd: Path, tmp_path: Path):
     """Killed after the label map is in place but before the record says done: the record
     listed the case (pending) first, so the rerun may replace the file."""
     case = dataset_params(N_TRAIN, seed=0, n_test=1)[N_TRAIN]
-    run, out = write_run(tmp_path / "run"), tmp_path / "out"
+    run, out = write_contract_run(tmp_path / "run"), tmp_path / "out"
     script = ("import sys\nfrom inference.predict import predict_cases\n"
               "from tests_model import pointwise_model\n"
               "predict_cases(sys.argv[1], sys.argv[2], sys.argv[3], predict_fn=pointwise_model, progress=False)\n")
@@ -437,7 +428,7 @@ def _source_of(function) -> str:
 def test_concurrent_predict_into_the_same_folder_fails_at_once(msd: Path, tmp_path: Path, capsys):
     from pancreas.cli import main
 
-    run, out = write_run(tmp_path / "run"), tmp_path / "out"
+    run, out = write_contract_run(tmp_path / "run"), tmp_path / "out"
     with lock_held_elsewhere(out) as pid:
         with pytest.raises(LockedError, match=f"in use by pid {pid}"):
             predict_cases(run, msd, out, predict_fn=pointwise_model, progress=False)

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset.common.configio import to_dict
 from dataset.common.msd import MsdDatasetError, load_msd_dataset
 from dataset.common.nnunet import labels_by_value, split_channel, stripped_case_ids
 from dataset.contract.store import read_shard, shard_path
@@ -19,6 +18,7 @@ from pancreas.cli import main
 from pancreas.synthetic.msd import make_dataset
 from preprocess.config import PreprocessConfig
 from preprocess.driver import run_preprocess
+from helpers import write_contract_run  # noqa: E402
 
 V2_META = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "pancreas": 1, "tumour": 2},
            "numTraining": 2, "file_ending": ".nii.gz"}
@@ -198,16 +198,6 @@ def test_preprocess_gives_the_same_shards_from_both_layouts(both_layouts, tmp_pa
         assert v2_attrs["source_image"].endswith(f"{case_id}_0000.nii.gz")
 
 
-def write_run(run_dir: Path, window=(32, 64, 64)) -> Path:
-    """A run folder with just the input contract (``predict_fn`` stands in for the model)."""
-    run_dir.mkdir(parents=True)
-    contract = {"patch_size_zyx": list(window), "val_patch_size_zyx": list(window), "n_classes": 3,
-                "label_names": {"0": "background", "1": "pancreas", "2": "tumour"}, "model_depth": 2,
-                "preprocess": to_dict(PreprocessConfig()), "store_fingerprint": "x", "index_fingerprint": "y"}
-    (run_dir / "input_contract.json").write_text(json.dumps(contract))
-    return run_dir
-
-
 def soft_threshold_model(batch: np.ndarray) -> np.ndarray:
     """A stand-in model: bright voxels are 'pancreas'."""
     x = batch[..., 0]
@@ -217,7 +207,7 @@ def soft_threshold_model(batch: np.ndarray) -> np.ndarray:
 
 def test_predictions_of_v2_images_pair_with_labelsTr_in_evaluate(both_layouts, tmp_path: Path):
     root = both_layouts["nnunet"]
-    run = write_run(tmp_path / "run")
+    run = write_contract_run(tmp_path / "run")
     config = PredictConfig(mirror_axes=())
     test_out = predict_cases(run, root, tmp_path / "test_pred", config, predict_fn=soft_threshold_model,
                              progress=False)

@@ -121,6 +121,11 @@ def test_a_scaled_int16_nifti_read_in_slabs_keeps_its_scaling(tmp_path):
     assert np.array_equal(sitk.GetArrayViewFromImage(slabs), expected)
     assert np.array_equal(sitk.GetArrayViewFromImage(slabs),
                           sitk.GetArrayViewFromImage(sitk.ReadImage(str(path), sitk.sitkFloat32)))
+    # read as stored (how labels are read): the same pixel type and values as one read
+    as_stored = read_file(str(path), sitk.sitkUnknown, slab_voxels=30 * 20 * 3)
+    whole = sitk.ReadImage(str(path))
+    assert as_stored.GetPixelID() == whole.GetPixelID()
+    assert np.array_equal(sitk.GetArrayViewFromImage(as_stored), sitk.GetArrayViewFromImage(whole))
 
 
 def test_reading_in_slabs_holds_the_image_once(scan):

@@ -17,7 +17,7 @@ pytest.importorskip("tensorflow")
 from dataset.common.configio import to_dict  # noqa: E402
 from dataset.common.files import CRASH_ENV, LOCK_NAME  # noqa: E402
 from dataset.contract.run import RunError, RunState, checkpoint_path, generation_path, read_state  # noqa: E402
-from pancreas.synthetic.training import make_synthetic_store  # noqa: E402
+from helpers import tiny_train_store  # noqa: E402
 from training.config import LossConfig, ModelConfig, TrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,10 +29,7 @@ QUICK = TrainConfig(epochs=3, steps_per_epoch=STEPS, batch_size=2, learning_rate
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("store")
-    make_synthetic_store(root, n_cases=3, shape_zyx=(16, 32, 32), train_patch_zyx=(16, 32, 32),
-                         val_patch_zyx=(16, 32, 32), patches_per_case=4)
-    return root
+    return tiny_train_store(tmp_path_factory.mktemp("store"))
 
 
 @pytest.fixture(scope="module")

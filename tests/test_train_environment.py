@@ -28,7 +28,7 @@ from tensorflow.python.framework import config as tf_framework_config  # noqa: E
 import training.environment as environment  # noqa: E402
 from dataset.common.configio import ConfigError, from_dict, to_dict  # noqa: E402
 from dataset.contract.run import EnvironmentRecord, RunError, read_environment, write_environment  # noqa: E402
-from pancreas.synthetic.training import make_synthetic_store  # noqa: E402
+from helpers import tiny_train_store  # noqa: E402
 from training.config import LossConfig, ModelConfig, TrainConfig  # noqa: E402
 from training.distribute import (  # noqa: E402
     build_compiled_model,
@@ -272,10 +272,7 @@ def test_environment_records_round_trip_and_bad_files_are_refused(no_gpu, tmp_pa
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("store")
-    make_synthetic_store(root, n_cases=3, shape_zyx=(16, 32, 32), train_patch_zyx=(16, 32, 32),
-                         val_patch_zyx=(16, 32, 32), patches_per_case=4)
-    return root
+    return tiny_train_store(tmp_path_factory.mktemp("store"))
 
 
 def test_a_deterministic_run_records_each_start_and_resumes_without_it(store, tmp_path):

@@ -19,7 +19,7 @@ from dataset.common.configio import to_dict  # noqa: E402
 from dataset.common.files import ENOSPC_ENV  # noqa: E402
 from dataset.contract.catalog import read_catalog, write_catalog  # noqa: E402
 from dataset.contract.run import RunError, checkpoint_path, read_fingerprints, read_state  # noqa: E402
-from pancreas.synthetic.training import make_synthetic_store  # noqa: E402
+from helpers import tiny_train_store  # noqa: E402
 from preprocess.config import PreprocessConfig  # noqa: E402
 from training.config import LossConfig, ModelConfig, TrainConfig  # noqa: E402
 
@@ -33,8 +33,7 @@ PREPROCESS = to_dict(PreprocessConfig())
 
 
 def _store(root: Path, seed: int, preprocess: dict) -> Path:
-    make_synthetic_store(root, n_cases=3, shape_zyx=(16, 32, 32), train_patch_zyx=(16, 32, 32),
-                         val_patch_zyx=(16, 32, 32), patches_per_case=4, seed=seed)
+    tiny_train_store(root, seed)
     # a real store's catalog records its preprocessing config (the synthetic writer records {})
     write_catalog(root, dataclasses.replace(read_catalog(root), config=preprocess))
     return root
