@@ -14,12 +14,14 @@ For each it prints the milliseconds per patch (median of ``--repeats``, one core
 strong the deformation is, measured on the displacement itself (the same displacement
 applied, order 1, to images of each voxel's own coordinates; voxels whose sample point
 falls outside the patch are left out): RMS and largest displacement in voxels, and the
-smallest Jacobian determinant (below 1 compresses; at or below 0 the deformation folds). The same seeds are used for every setting, so only the
+smallest Jacobian determinant (below 1 compresses; at or below 0 the deformation folds). The same
+seeds are used for every setting, so only the
 setting changes. ``--picture PATH`` writes one axial slice of the patch before and after
 the chosen setting as a PNG (SimpleITK's PNG writer), pancreas and tumour outlined.
 
     .venv/bin/python bench/elastic.py --repeats 5 --picture docs/elastic.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,13 +69,13 @@ def displacement_stats(displacement: np.ndarray, shape: tuple[int, ...]) -> tupl
         inside &= (m > 0) & (m < n - 1)
     inside = ndimage.binary_erosion(inside, iterations=1)
     field = np.stack([m - g for m, g in zip(moved, grids)])
-    magnitude = np.sqrt((field ** 2).sum(axis=0))[inside]
+    magnitude = np.sqrt((field**2).sum(axis=0))[inside]
     jacobian = np.empty((3, 3, *shape), dtype=np.float32)
     for i in range(3):
         for j, d in enumerate(np.gradient(moved[i])):
             jacobian[i, j] = d
     det = np.linalg.det(np.moveaxis(jacobian, (0, 1), (-2, -1))[inside])
-    return float(np.sqrt((magnitude ** 2).mean())), float(magnitude.max()), float(det.min())
+    return float(np.sqrt((magnitude**2).mean())), float(magnitude.max()), float(det.min())
 
 
 def time_setting(levels: np.ndarray, label: np.ndarray, config: ElasticConfig, seeds: list[int]) -> float:
@@ -120,8 +122,10 @@ def write_picture(path: Path, levels: np.ndarray, label: np.ndarray, config: Ela
     picture = np.concatenate([rgb(levels[z], label[z]), gap, rgb(after_levels[z], after_label[z])], axis=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(sitk.GetImageFromArray(picture, isVector=True), str(path))
-    print(f"wrote {path}: axial slice {z} of the patch, before | after ({config.control_points} control points, "
-          f"sigma {config.sigma_voxels}, image order {config.image_order}, seed {seed})")
+    print(
+        f"wrote {path}: axial slice {z} of the patch, before | after ({config.control_points} control points, "
+        f"sigma {config.sigma_voxels}, image order {config.image_order}, seed {seed})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,14 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="patches (seeds) per setting")
     p.add_argument("--margin", type=int, default=8, help="context voxels per side for the crop setting")
     p.add_argument("--picture", type=Path, default=None, help="write the before/after PNG here")
-    p.add_argument("--control-points", type=int, default=None,
-                   help="setting for the picture (default: the index's default)")
+    p.add_argument(
+        "--control-points", type=int, default=None, help="setting for the picture (default: the index's default)"
+    )
     args = p.parse_args(argv)
     levels, label = patch_around_pancreas(1, 0)
     base = ElasticConfig()
     seeds = list(range(args.repeats))
-    print(f"patch {'x'.join(map(str, PATCH_ZYX))} (z, y, x) around the pancreas of synth case 1; "
-          f"sigma {base.sigma_voxels} voxels; {args.repeats} seeds; one thread; {os.cpu_count()} CPUs here")
+    print(
+        f"patch {'x'.join(map(str, PATCH_ZYX))} (z, y, x) around the pancreas of synth case 1; "
+        f"sigma {base.sigma_voxels} voxels; {args.repeats} seeds; one thread; {os.cpu_count()} CPUs here"
+    )
     head = f"{'setting':<46}{'ms/patch':>10}{'x default':>11}{'RMS vox':>9}{'max vox':>9}{'min det J':>11}"
     print(head + "\n" + "-" * len(head))
     reference = None
@@ -145,15 +152,16 @@ def main(argv: list[str] | None = None) -> int:
             import dataset.index.augment as augment
 
             original = augment.elasticdeform.deform_grid
-            augment.elasticdeform.deform_grid = lambda *a, **k: original(*a, **{**k, "prefilter": False})
+            augment.elasticdeform.deform_grid = lambda *a, _orig=original, **k: _orig(*a, **{**k, "prefilter": False})
         try:
             ms = time_setting(levels, label, config, seeds)
         finally:
             if no_prefilter:
                 augment.elasticdeform.deform_grid = original
         reference = reference or ms
-        stats = [displacement_stats(make_params(np.random.default_rng(s), config).displacement, PATCH_ZYX)
-                 for s in seeds]
+        stats = [
+            displacement_stats(make_params(np.random.default_rng(s), config).displacement, PATCH_ZYX) for s in seeds
+        ]
         rms = statistics.mean(s[0] for s in stats)
         top = max(s[1] for s in stats)
         det = min(s[2] for s in stats)

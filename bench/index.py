@@ -10,6 +10,7 @@ indexes them with the default patch sizes, and prints
 
     .venv/bin/python bench/index.py --cases 4
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,14 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from dataset.index.config import IndexConfig  # noqa: E402
-from dataset.index.build import build_index, grid_rows, read_label  # noqa: E402
-from dataset.contract.manifest import manifest_path, read_manifest  # noqa: E402
-from dataset.contract.reader import PatchReader  # noqa: E402
-from dataset.contract.catalog import read_catalog  # noqa: E402
-from pancreas.synthetic.store import blob_label, make_store  # noqa: E402
+from dataset.contract.catalog import read_catalog
+from dataset.contract.manifest import manifest_path, read_manifest
+from dataset.contract.reader import PatchReader
+from dataset.index.build import build_index, grid_rows, read_label
+from dataset.index.config import IndexConfig
+from pancreas.synthetic.store import blob_label, make_store
 
 
 def synthetic_labels(n: int, shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
@@ -60,9 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0, help="Dask workers for augmentation (0: in process)")
     p.add_argument("--seconds", type=float, default=3.0, help="time per read-rate measurement")
     p.add_argument("--out", default=None, help="store folder (default: a temporary folder)")
-    p.add_argument("--store", default=None,
-                   help="measure an existing preprocessed store instead (e.g. `pancreas synth --size full` "
-                        "then `pancreas preprocess`): realistic images instead of random levels")
+    p.add_argument(
+        "--store",
+        default=None,
+        help="measure an existing preprocessed store instead (e.g. `pancreas synth --size full` "
+        "then `pancreas preprocess`): realistic images instead of random levels",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     tmp = None if (args.out or args.store) else tempfile.TemporaryDirectory()
@@ -73,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         make_store(store, synthetic_labels(args.cases, tuple(args.shape)))
         print(f"wrote {args.cases} synthetic cases of {tuple(args.shape)} (z, y, x) in {time.perf_counter() - t:.1f} s")
 
-    config = IndexConfig(folds=1, val_fraction=0.25 if args.cases >= 4 else 0.5)  # one split: the read rates need one manifest
+    config = IndexConfig(
+        folds=1, val_fraction=0.25 if args.cases >= 4 else 0.5
+    )  # one split: the read rates need one manifest
     catalog = read_catalog(store)
     read_s, classify_s = [], []
     for case_id in sorted(catalog.cases):
@@ -83,28 +89,36 @@ def main(argv: list[str] | None = None) -> int:
         grid_rows(case_id, label, config.train_patch_zyx, config)
         read_s.append(t1 - t)
         classify_s.append(time.perf_counter() - t1)
-    print(f"label read: {np.median(read_s):.3f} s/case; classification (128x128x64 grid): "
-          f"{np.median(classify_s):.3f} s/case (median of {len(classify_s)}; goal <= 0.25 s)")
+    print(
+        f"label read: {np.median(read_s):.3f} s/case; classification (128x128x64 grid): "
+        f"{np.median(classify_s):.3f} s/case (median of {len(classify_s)}; goal <= 0.25 s)"
+    )
 
     t = time.perf_counter()
     s = build_index(store, config, workers=args.workers, progress=False)
     fold = s.per_fold[0]
-    print(f"build_index: {time.perf_counter() - t:.1f} s ({fold.train_entries} train entries, "
-          f"{fold.train_augmented_entries} augmented, {s.augmented_built} shards built); "
-          f"classification inside: {s.classify_seconds_per_case:.3f} s/case")
+    print(
+        f"build_index: {time.perf_counter() - t:.1f} s ({fold.train_entries} train entries, "
+        f"{fold.train_augmented_entries} augmented, {s.augmented_built} shards built); "
+        f"classification inside: {s.classify_seconds_per_case:.3f} s/case"
+    )
 
     rows = read_manifest(manifest_path(store, "train", 0))
     with PatchReader(store) as reader:
         stored = [r for r in rows if not r["variant"]]
-        for name, subset in (("the whole manifest (its mix)", rows),
-                             ("case shards", stored),
-                             ("case shards, foreground rows", [r for r in stored if r["foreground"]]),
-                             ("case shards, background rows", [r for r in stored if not r["foreground"]]),
-                             ("augmented shards", [r for r in rows if r["variant"]])):
+        for name, subset in (
+            ("the whole manifest (its mix)", rows),
+            ("case shards", stored),
+            ("case shards, foreground rows", [r for r in stored if r["foreground"]]),
+            ("case shards, background rows", [r for r in stored if not r["foreground"]]),
+            ("augmented shards", [r for r in rows if r["variant"]]),
+        ):
             if subset:
                 rate, n = read_rate(reader, subset, args.seconds)
-                print(f"reader, random training rows from {name}: {rate:.0f} patches/s on one core "
-                      f"({n} reads; goal >= 500)")
+                print(
+                    f"reader, random training rows from {name}: {rate:.0f} patches/s on one core "
+                    f"({n} reads; goal >= 500)"
+                )
         if stored:
             codec_vs_copy(store, stored[0], args.seconds)
     if tmp:

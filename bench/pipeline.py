@@ -10,6 +10,7 @@ chunks via ``dataset.contract.store.write_shard``) with a training manifest, the
     .venv/bin/python bench/pipeline.py                      # the real figures (quiet machine)
     .venv/bin/python bench/pipeline.py --shape 32 64 64 --patch 16 32 32 --batches 5 --fit-steps 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,14 +24,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from training.callbacks import StepTimer  # noqa: E402
-from training.config import ModelConfig, TrainConfig  # noqa: E402
-from training.pipeline import input_thread_count, load_rows, measure_patches_per_second, training_dataset  # noqa: E402
-from training.run import build_compiled_model  # noqa: E402
-from pancreas.synthetic.training import make_synthetic_store  # noqa: E402
+from pancreas.synthetic.training import make_synthetic_store
+from training.callbacks import StepTimer
+from training.config import ModelConfig, TrainConfig
+from training.pipeline import input_thread_count, load_rows, measure_patches_per_second, training_dataset
+from training.run import build_compiled_model
 
 MODELS = {"default": ModelConfig(depth=4, base_filters=16), "small": ModelConfig(depth=3, base_filters=4)}
 
@@ -67,19 +68,28 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         store = args.store or Path(tmp) / "store"
         t0 = time.perf_counter()
-        make_synthetic_store(store, n_cases=args.cases + 1, shape_zyx=tuple(args.shape),
-                             train_patch_zyx=tuple(args.patch), val_patch_zyx=tuple(args.patch),
-                             patches_per_case=args.patches_per_case)
+        make_synthetic_store(
+            store,
+            n_cases=args.cases + 1,
+            shape_zyx=tuple(args.shape),
+            train_patch_zyx=tuple(args.patch),
+            val_patch_zyx=tuple(args.patch),
+            patches_per_case=args.patches_per_case,
+        )
         rows = load_rows(store, "train")
-        print(f"store: {args.cases} training cases of {tuple(args.shape)}, {len(rows)} rows of "
-              f"{tuple(args.patch)} ({time.perf_counter() - t0:.1f} s to write); "
-              f"{os.cpu_count()} CPUs visible")
+        print(
+            f"store: {args.cases} training cases of {tuple(args.shape)}, {len(rows)} rows of "
+            f"{tuple(args.patch)} ({time.perf_counter() - t0:.1f} s to write); "
+            f"{os.cpu_count()} CPUs visible"
+        )
 
         config = TrainConfig(batch_size=args.batch_size, input_threads=args.input_threads)
         threads = input_thread_count(config.input_threads)
         rate = measure_patches_per_second(training_dataset(store, rows, config), args.batches)
-        print(f"pipeline alone ({threads} input thread(s)): {rate['patches_per_s']:.1f} augmented patches/s "
-              f"({rate['patches']} patches in {rate['seconds']:.2f} s; goal >= 60)")
+        print(
+            f"pipeline alone ({threads} input thread(s)): {rate['patches_per_s']:.1f} augmented patches/s "
+            f"({rate['patches']} patches in {rate['seconds']:.2f} s; goal >= 60)"
+        )
 
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             model_config = dataclasses.replace(config, model=MODELS[name])
@@ -87,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             memory = in_memory(pipeline, min(args.fit_steps + 1, 8))
             t_mem = fit_step_time(model_config, memory, args.fit_steps)
             t_pipe = fit_step_time(model_config, pipeline, args.fit_steps)
-            print(f"fit, {name} model (depth {MODELS[name].depth}, {MODELS[name].base_filters} filters), "
-                  f"batch {args.batch_size} of {tuple(args.patch)}: pipeline {t_pipe:.3f} s/step, "
-                  f"in memory {t_mem:.3f} s/step, ratio {t_pipe / t_mem:.2f} (goal <= 1.05)")
+            print(
+                f"fit, {name} model (depth {MODELS[name].depth}, {MODELS[name].base_filters} filters), "
+                f"batch {args.batch_size} of {tuple(args.patch)}: pipeline {t_pipe:.3f} s/step, "
+                f"in memory {t_mem:.3f} s/step, ratio {t_pipe / t_mem:.2f} (goal <= 1.05)"
+            )
     return 0
 
 

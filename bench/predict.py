@@ -26,6 +26,7 @@ size and the peak resident memory of the process.
     .venv/bin/python bench/predict.py --small --depth 2 --base-filters 4   # a smoke test
     .venv/bin/python bench/predict.py --scenarios plain mirror
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,11 +40,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset.common.configio import to_dict  # noqa: E402
-from inference.config import PredictConfig  # noqa: E402
-from inference.predict import predict_cases  # noqa: E402
-from preprocess.config import PreprocessConfig  # noqa: E402
-from pancreas.synthetic.msd import make_dataset  # noqa: E402
+from dataset.common.configio import to_dict
+from inference.config import PredictConfig
+from inference.predict import predict_cases
+from pancreas.synthetic.msd import make_dataset
+from preprocess.config import PreprocessConfig
 
 DEFAULT_WINDOW_ZYX = (64, 256, 256)  # IndexConfig().val_patch_xyz reversed
 SMALL = {"size": "small", "window": [32, 64, 64]}  # the default network on a small case and window
@@ -63,10 +64,16 @@ def make_run(run_dir: Path, depth: int, base_filters: int, window_zyx: tuple[int
     keras.utils.set_random_seed(seed)
     build_unet(depth=depth, base_filters=base_filters).save(run_dir / "checkpoints" / "best.keras")
     augment = AugmentConfig()
-    contract = {"patch_size_zyx": list(window_zyx), "val_patch_size_zyx": list(window_zyx), "n_classes": 3,
-                "model_depth": depth, "preprocess": to_dict(PreprocessConfig()),
-                "store_fingerprint": "bench", "index_fingerprint": "bench",
-                "flip_augment": {"flip_axes": list(augment.flip_axes), "flip_probability": augment.flip_probability}}
+    contract = {
+        "patch_size_zyx": list(window_zyx),
+        "val_patch_size_zyx": list(window_zyx),
+        "n_classes": 3,
+        "model_depth": depth,
+        "preprocess": to_dict(PreprocessConfig()),
+        "store_fingerprint": "bench",
+        "index_fingerprint": "bench",
+        "flip_augment": {"flip_axes": list(augment.flip_axes), "flip_probability": augment.flip_probability},
+    }
     (run_dir / "input_contract.json").write_text(json.dumps(contract))
 
 
@@ -91,10 +98,16 @@ def parse_args() -> argparse.Namespace:
 
     defaults = ModelConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true",
-                        help="a run of a few minutes on a CPU: " + " ".join(f"--{k.replace('_', '-')} "
-                             + (" ".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in SMALL.items())
-                        + " (flags given explicitly win)")
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="a run of a few minutes on a CPU: "
+        + " ".join(
+            f"--{k.replace('_', '-')} " + (" ".join(map(str, v)) if isinstance(v, list) else str(v))
+            for k, v in SMALL.items()
+        )
+        + " (flags given explicitly win)",
+    )
     parser.add_argument("--cases", type=int, default=1)
     parser.add_argument("--size", choices=("small", "full"), default="full")
     parser.add_argument("--depth", type=int, default=defaults.depth)
@@ -131,8 +144,14 @@ def main() -> int:
         for name in args.scenarios:
             n_models, axes = SCENARIOS[name]
             config = PredictConfig(batch_size=args.batch_size, mirror_axes=axes)
-            summary = predict_cases(runs[:n_models], data / "imagesTr", tmp / f"out_{name}", config,
-                                    predict_fn=models[:n_models], progress=False)
+            summary = predict_cases(
+                runs[:n_models],
+                data / "imagesTr",
+                tmp / f"out_{name}",
+                config,
+                predict_fn=models[:n_models],
+                progress=False,
+            )
             if summary.failed:
                 print(summary.table())
                 return 1
@@ -143,10 +162,14 @@ def main() -> int:
 
     from training.config import AugmentConfig
 
-    print(f"\nmodel: depth {args.depth}, base filters {args.base_filters}, window {window}, batch {args.batch_size}, "
-          f"{args.cases} {args.size} case(s); mirrored scenarios flip the runs' axes {AugmentConfig().flip_axes}")
+    print(
+        f"\nmodel: depth {args.depth}, base filters {args.base_filters}, window {window}, batch {args.batch_size}, "
+        f"{args.cases} {args.size} case(s); mirrored scenarios flip the runs' axes {AugmentConfig().flip_axes}"
+    )
     print(summaries[args.scenarios[0]].table())
-    head = f"{'scenario':<17}{'passes/win':>11}" + "".join(f"{k:>11}" for k in STAGES) + f"{'total s':>10}{'x plain':>9}"
+    head = (
+        f"{'scenario':<17}{'passes/win':>11}" + "".join(f"{k:>11}" for k in STAGES) + f"{'total s':>10}{'x plain':>9}"
+    )
     print("\n" + head + "\n" + "-" * len(head))
     base = sum(rows["plain"].values()) if "plain" in rows else None
     for name, row in rows.items():
@@ -160,8 +183,10 @@ def main() -> int:
         print(f"plain: outside the model windows {outside:.1%} (goal < 15%)")
     results = [r for s in summaries.values() for r in s.results]
     largest = max(r.shape_zyx[0] * r.shape_zyx[1] * r.shape_zyx[2] for r in results)
-    print(f"stitching buffers of the largest case: {(3 + 1) * 4 * largest / 2**20:.0f} MiB "
-          f"((C + 1) float32 x {largest / 1e6:.1f} M stored voxels)")
+    print(
+        f"stitching buffers of the largest case: {(3 + 1) * 4 * largest / 2**20:.0f} MiB "
+        f"((C + 1) float32 x {largest / 1e6:.1f} M stored voxels)"
+    )
     print(f"peak RSS: {peak_rss_mib():.0f} MiB (after loading TensorFlow + models: {rss_before:.0f} MiB)")
     return 0
 

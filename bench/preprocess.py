@@ -7,9 +7,11 @@ case, >= 85% efficiency at 2 workers, <= 1.5 GB peak RSS per worker.
 
     .venv/bin/python bench/preprocess.py --cases 4 [--data DIR] [--keep]
 """
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shutil
 import sys
@@ -32,10 +34,8 @@ def _status_mb(field: str) -> float:
 def worker_rss_mb() -> float:
     """Current resident memory, then reset the peak counter (Linux: clear_refs 5)."""
     rss = _status_mb("VmRSS")
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
     return rss
 
 
@@ -51,15 +51,23 @@ def run_with_workers(data: Path, store: Path, workers: int) -> tuple[float, list
 
     from preprocess.driver import run_preprocess
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit="4GiB",
-                      dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False},
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit="4GiB",
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         # import the pipeline in every worker before the clock starts; note the idle memory
         client.run(lambda: __import__("preprocess.pipeline") and None)
         idle = sorted(client.run(worker_rss_mb).values())
         t = time.perf_counter()
-        summary = run_preprocess(data, store, scheduler=cluster.scheduler_address, progress=False,
-                                 itk_threads=1)
+        summary = run_preprocess(data, store, scheduler=cluster.scheduler_address, progress=False, itk_threads=1)
         seconds = time.perf_counter() - t
         rss = sorted(client.run(worker_peak_rss_mb).values())
     if summary.failed:
@@ -79,8 +87,11 @@ def step_breakdown(data: Path, scratch: Path) -> dict[str, float]:
     config = PreprocessConfig()
     case = load_msd_dataset(data).cases[0]
     out = preprocess_file(case.image, case.label, config)
-    steps = {"read + validate": out.seconds["read"], "reorient + resample (image, label)": out.seconds["resample"],
-             "crop (body box)": out.seconds["crop"]}
+    steps = {
+        "read + validate": out.seconds["read"],
+        "reorient + resample (image, label)": out.seconds["resample"],
+        "crop (body box)": out.seconds["crop"],
+    }
     # window alone, measured on a volume of the stored size (the intensity step repeats it)
     import numpy as np
 
@@ -122,16 +133,22 @@ def main(argv: list[str] | None = None) -> int:
         n = results[1][3]
         t1, t2 = results[1][0], results[2][0]
         print(f"\n{n} cases, 1 SimpleITK thread per worker")
-        print(f"{'workers':>8}{'s/case':>10}{'cases/s':>10}{'core-s/case':>13}"
-              f"{'peak RSS/worker MB':>22}{'idle RSS MB':>14}")
+        print(
+            f"{'workers':>8}{'s/case':>10}{'cases/s':>10}{'core-s/case':>13}"
+            f"{'peak RSS/worker MB':>22}{'idle RSS MB':>14}"
+        )
         for w, (sec, idle, rss, _) in results.items():
-            print(f"{w:>8}{sec / n:>10.2f}{n / sec:>10.2f}{sec * w / n:>13.2f}"
-                  f"{', '.join(f'{r:.0f}' for r in rss):>22}{', '.join(f'{r:.0f}' for r in idle):>14}")
+            print(
+                f"{w:>8}{sec / n:>10.2f}{n / sec:>10.2f}{sec * w / n:>13.2f}"
+                f"{', '.join(f'{r:.0f}' for r in rss):>22}{', '.join(f'{r:.0f}' for r in idle):>14}"
+            )
         print(f"parallel efficiency at 2 workers: {t1 / (2 * t2):.0%}  (goal >= 85%)")
         inputs = sum(p.stat().st_size for p in data.rglob("*.nii*") if not p.name.startswith("."))
         shards = sum(p.stat().st_size for p in (scratch / "store1" / "cases").glob("*.h5"))
-        print(f"shards {shards / 2**20:.1f} MiB vs input .nii.gz (image + label) {inputs / 2**20:.1f} MiB "
-              f"({shards / inputs:.2f}x)")
+        print(
+            f"shards {shards / 2**20:.1f} MiB vs input .nii.gz (image + label) {inputs / 2**20:.1f} MiB "
+            f"({shards / inputs:.2f}x)"
+        )
         print("\nper step, first case, one thread:")
         for step, sec in step_breakdown(data, scratch).items():
             print(f"  {step:<40}{sec:>7.2f} s")

@@ -35,6 +35,7 @@ only, and restores it on teardown.
     .venv/bin/python bench/scale.py --cases 3 --workers 2            # includes the 751-slice case
     .venv/bin/python bench/scale.py --cases 282 --predict-model small  # Task07's size (hours on 2 cores)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,6 +67,7 @@ WORKER_STAGES = ("preprocess", "index")  # stages whose cases run in Dask worker
 
 # ----------------------------------------------------------------------------- memory of a process
 
+
 def status_mb(field_name: str) -> float:
     """A memory field of /proc/self/status (VmRSS, VmHWM) in MB; NaN where there is none."""
     try:
@@ -93,6 +95,7 @@ def cpu_seconds() -> float:
 
 
 # ----------------------------------------------------------------------------- the worker plugin
+
 
 def case_of(key) -> tuple[str, str]:
     """(stage, case id) of a ``run_cases`` task key ``<stage>-<case>-<pid>-<ns>``."""
@@ -146,10 +149,19 @@ class TaskMeter(WorkerPlugin):
         elif start == "executing" and key in self.open:
             t, cpu = self.open.pop(key)
             stage, case = case_of(key)
-            self.records.append({"stage": stage, "case": case, "pid": self.pid, "ok": finish == "memory",
-                                 "wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - cpu,
-                                 "peak_mb": status_mb("VmHWM"), "elastic_s": self.elastic_s,
-                                 "reset_ok": self.reset_ok})
+            self.records.append(
+                {
+                    "stage": stage,
+                    "case": case,
+                    "pid": self.pid,
+                    "ok": finish == "memory",
+                    "wall_s": time.perf_counter() - t,
+                    "cpu_s": time.process_time() - cpu,
+                    "peak_mb": status_mb("VmHWM"),
+                    "elastic_s": self.elastic_s,
+                    "reset_ok": self.reset_ok,
+                }
+            )
 
 
 def take_records(dask_worker) -> list[dict]:
@@ -168,6 +180,7 @@ def collect(client) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- results
+
 
 @dataclass
 class Stage:
@@ -223,6 +236,7 @@ def worker_peaks(records: list[dict]) -> list[dict]:
 
 # ----------------------------------------------------------------------------- the stages
 
+
 def synthesise(data: Path, n: int, seed: int, size: str) -> bool:
     """Write the dataset unless an earlier ``--keep`` run left it; True when written now."""
     from pancreas.synthetic.msd import make_dataset
@@ -234,8 +248,10 @@ def synthesise(data: Path, n: int, seed: int, size: str) -> bool:
         if meta.get("numTraining") == n and f"seed {seed}, size {size})" in meta.get("description", ""):
             print(f"synth: reusing {data} ({n} cases)")
             return False
-        raise SystemExit(f"{data} holds another synthetic dataset ({meta.get('description')}, "
-                         f"{meta.get('numTraining')} cases): choose another --out")
+        raise SystemExit(
+            f"{data} holds another synthetic dataset ({meta.get('description')}, "
+            f"{meta.get('numTraining')} cases): choose another --out"
+        )
     t = time.perf_counter()
     make_dataset(data, n, seed=seed, size=size, n_test=0, progress=False)
     print(f"synth: {n} --size {size} cases in {time.perf_counter() - t:.0f} s (not timed below)", flush=True)
@@ -271,8 +287,7 @@ def run_preprocess_stage(client, data: Path, store: Path, cases: list[Case], itk
 
     idle = warm_up(client, "preprocess.pipeline")
     t, cpu = time.perf_counter(), cpu_seconds()
-    summary = run_preprocess(data, store, scheduler=client.scheduler.address, progress=False,
-                             itk_threads=itk_threads)
+    summary = run_preprocess(data, store, scheduler=client.scheduler.address, progress=False, itk_threads=itk_threads)
     wall, parent_cpu = time.perf_counter() - t, cpu_seconds() - cpu
     records = [r for r in collect(client) if r["stage"] == "preprocess"]
     catalog = read_catalog(store)
@@ -280,8 +295,10 @@ def run_preprocess_stage(client, data: Path, store: Path, cases: list[Case], itk
         c.stored_zyx = catalog.cases[c.case_id].shape_zyx
     per_case = {cid: r.seconds for cid, r in catalog.cases.items() if r.done}
     stage = Stage("preprocess", wall, sum(per_case.values()), "input", per_case, worker_peaks(records))
-    stage.notes.append(f"worker idle RSS {', '.join(f'{m:.0f}' for m in idle)} MB; this process "
-                       f"{parent_cpu:.1f} core-s; worker CPU {sum(r['cpu_s'] for r in records):.1f} s")
+    stage.notes.append(
+        f"worker idle RSS {', '.join(f'{m:.0f}' for m in idle)} MB; this process "
+        f"{parent_cpu:.1f} core-s; worker CPU {sum(r['cpu_s'] for r in records):.1f} s"
+    )
     stage.notes += [f"FAILED {cid}: {reason}" for cid, reason in summary.failures]
     stage.notes += _reset_note(records)
     return stage
@@ -297,8 +314,14 @@ def run_index_stage(client, store: Path, cases: list[Case], folds: int) -> tuple
     wall, parent_cpu = time.perf_counter() - t, cpu_seconds() - cpu
     records = [r for r in collect(client) if r["stage"] == "augment"]
     tasks_s = sum(r["wall_s"] for r in records)
-    stage = Stage("index", wall, parent_cpu + tasks_s, "stored",
-                  {r["case"]: r["wall_s"] for r in records if r["ok"]}, worker_peaks(records))
+    stage = Stage(
+        "index",
+        wall,
+        parent_cpu + tasks_s,
+        "stored",
+        {r["case"]: r["wall_s"] for r in records if r["ok"]},
+        worker_peaks(records),
+    )
     elastic = sum(r["elastic_s"] for r in records)
     augment_wall = _busiest_worker_s(records)
     fold = summary.per_fold[0]
@@ -311,13 +334,20 @@ def run_index_stage(client, store: Path, cases: list[Case], folds: int) -> tuple
         f"({fold.train_augmented_entries} augmented), {fold.val_entries} val; {summary.augmented_built} augmented "
         f"shards built; classification {summary.classify_seconds_per_case:.2f} s/case in this process "
         f"({parent_cpu:.1f} core-s here); augmentation tasks {tasks_s:.1f} s (their CPU "
-        f"{sum(r['cpu_s'] for r in records):.1f} s)")
-    stage.notes.append(f"{n_augmented} augmented patches in all: {tasks_s / max(n_augmented, 1):.2f} s per patch "
-                       f"(elastic deformation {elastic / max(n_augmented, 1):.2f} s); a case's cost follows its "
-                       "foreground patches, not its voxels")
+        f"{sum(r['cpu_s'] for r in records):.1f} s)"
+    )
+    stage.notes.append(
+        f"{n_augmented} augmented patches in all: {tasks_s / max(n_augmented, 1):.2f} s per patch "
+        f"(elastic deformation {elastic / max(n_augmented, 1):.2f} s); a case's cost follows its "
+        "foreground patches, not its voxels"
+    )
     stage.notes += _reset_note(records)
-    share = {"elastic_s": elastic, "elastic_core_share": elastic / max(stage.core_s, 1e-9),
-             "augment_wall_s": augment_wall, "augment_wall_share": augment_wall / max(wall, 1e-9)}
+    share = {
+        "elastic_s": elastic,
+        "elastic_core_share": elastic / max(stage.core_s, 1e-9),
+        "augment_wall_s": augment_wall,
+        "augment_wall_share": augment_wall / max(wall, 1e-9),
+    }
     return stage, share
 
 
@@ -365,13 +395,15 @@ def run_profile_stage(store: Path, folds: int, patches: int) -> Stage:
     draws = [int(i) for _, i in index_stream(len(rows), config.seed).take((batches + 2) * config.batch_size)]
     drawn = len({rows[i]["case_id"] for i in draws})
     n_cases = len({r["case_id"] for r in rows})
-    stage = Stage("train input", wall, core, peaks=[{"pid": os.getpid(), "peak_mb": status_mb("VmHWM"),
-                                                      "case": "the process"}])
+    stage = Stage(
+        "train input", wall, core, peaks=[{"pid": os.getpid(), "peak_mb": status_mb("VmHWM"), "case": "the process"}]
+    )
     stage.notes.append(
         f"{rate['patches']} patches of {tuple(int(rows[0][k]) for k in ('dz', 'dy', 'dx'))} in "
         f"{rate['seconds']:.1f} s = {rate['patches_per_s']:.0f} patches/s, {input_thread_count(config.input_threads)} "
         f"input thread(s), batch {config.batch_size}; {len(rows)} rows of {n_cases} cases, draws touched "
-        f"{drawn} of them; {len(os.listdir('/proc/self/fd'))} open files; RSS before {rss0:.0f} MB")
+        f"{drawn} of them; {len(os.listdir('/proc/self/fd'))} open files; RSS before {rss0:.0f} MB"
+    )
     stage.extra["patches_per_s"] = rate["patches_per_s"]
     return stage
 
@@ -398,11 +430,22 @@ def run_predict_stage(scratch: Path, case: Case, model: str) -> Stage:
     rss0 = status_mb("VmRSS")
     reset_peak()
     t, cpu = time.perf_counter(), cpu_seconds()
-    summary = predict_cases(run, [CaseInput(case.case_id, case.image)], scratch / "predictions", config,
-                            predict_fn=predict_fn, progress=False)
+    summary = predict_cases(
+        run,
+        [CaseInput(case.case_id, case.image)],
+        scratch / "predictions",
+        config,
+        predict_fn=predict_fn,
+        progress=False,
+    )
     wall, core = time.perf_counter() - t, cpu_seconds() - cpu
-    stage = Stage("predict", wall, core, "input", peaks=[{"pid": os.getpid(), "peak_mb": status_mb("VmHWM"),
-                                                           "case": case.case_id}])
+    stage = Stage(
+        "predict",
+        wall,
+        core,
+        "input",
+        peaks=[{"pid": os.getpid(), "peak_mb": status_mb("VmHWM"), "case": case.case_id}],
+    )
     stage.extra["model"] = model
     if summary.failed:
         stage.notes.append(f"FAILED: {summary.table()}")
@@ -414,11 +457,13 @@ def run_predict_stage(scratch: Path, case: Case, model: str) -> Stage:
         f"{'x'.join(map(str, result.shape_zyx))}; {model} untrained U-Net (depth {depth}, {filters} filters), "
         f"{'x'.join(map(str, window))} windows, {result.n_windows} windows, no mirroring; "
         + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
-        + f"; RSS {rss0:.0f} MB before (TensorFlow, the model, the input profile)")
+        + f"; RSS {rss0:.0f} MB before (TensorFlow, the model, the input profile)"
+    )
     return stage
 
 
 # ----------------------------------------------------------------------------- printing
+
 
 def folder_mb(path: Path, pattern: str = "*") -> float:
     return sum(p.stat().st_size for p in path.rglob(pattern) if p.is_file()) / 2**20
@@ -426,40 +471,55 @@ def folder_mb(path: Path, pattern: str = "*") -> float:
 
 def print_cases(cases: list[Case], stages: list[Stage]) -> None:
     head = f"{'case':<14}{'input z,y,x':>16}{'Mvox':>7}{'stored z,y,x':>16}{'Mvox':>7}{'aug':>5}" + "".join(
-        f"{s.name + ' s':>15}" for s in stages)
+        f"{s.name + ' s':>15}" for s in stages
+    )
     print("\nper case\n" + head + "\n" + "-" * len(head))
     for c in cases:
         stored = "x".join(map(str, c.stored_zyx)) if c.stored_zyx else "-"
-        cells = "".join(f"{s.per_case[c.case_id]:>15.2f}" if c.case_id in s.per_case else f"{'-':>15}"
-                        for s in stages)
-        print(f"{c.case_id:<14}{'x'.join(map(str, c.input_zyx)):>16}{c.mvox('input'):>7.1f}{stored:>16}"
-              f"{c.mvox('stored'):>7.1f}{c.augmented:>5}{cells}")
+        cells = "".join(f"{s.per_case[c.case_id]:>15.2f}" if c.case_id in s.per_case else f"{'-':>15}" for s in stages)
+        print(
+            f"{c.case_id:<14}{'x'.join(map(str, c.input_zyx)):>16}{c.mvox('input'):>7.1f}{stored:>16}"
+            f"{c.mvox('stored'):>7.1f}{c.augmented:>5}{cells}"
+        )
 
 
 def print_workers(stages: list[Stage]) -> None:
     print("\npeak RSS per process (MB, the case it happened on)")
     for s in stages:
-        cells = ", ".join(f"pid {p['pid']}: {p['peak_mb']:.0f} ({p['case']})"
-                          + (" OVER the 1.5 GB goal" if p["peak_mb"] > MEMORY_GOAL_MB and s.name in WORKER_STAGES
-                             else "") for p in s.peaks)
+        cells = ", ".join(
+            f"pid {p['pid']}: {p['peak_mb']:.0f} ({p['case']})"
+            + (" OVER the 1.5 GB goal" if p["peak_mb"] > MEMORY_GOAL_MB and s.name in WORKER_STAGES else "")
+            for p in s.peaks
+        )
         print(f"  {s.name:<12} {cells or '-'}")
 
 
 def table(stages: list[Stage], cases: list[Case], n: int, workers: str) -> str:
     first = min(FIRST, n)
-    lines = [f"| stage (N = {n}, {workers}) | wall s | core-s | s per Mvox (fit) | intercept s "
-             f"| s/Mvox, first {first} | s/Mvox, all {n} | peak RSS MB (case) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| stage (N = {n}, {workers}) | wall s | core-s | s per Mvox (fit) | intercept s "
+        f"| s/Mvox, first {first} | s/Mvox, all {n} | peak RSS MB (case) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s in stages:
-        slope, intercept = linear_fit([c.mvox(s.voxels) for c in cases if c.case_id in s.per_case],
-                                      [s.per_case[c.case_id] for c in cases if c.case_id in s.per_case])
+        slope, intercept = linear_fit(
+            [c.mvox(s.voxels) for c in cases if c.case_id in s.per_case],
+            [s.per_case[c.case_id] for c in cases if c.case_id in s.per_case],
+        )
         top = s.peaks[0] if s.peaks else None
         peak = f"{top['peak_mb']:.0f} ({top['case']})" if top else "-"
         several = len(s.per_case) > 1
         # with N <= 20 the first 20 are all N: "-" rather than a copy of the next column
         first_rate = per_mvox(s, cases, FIRST) if several and len(s.per_case) > FIRST else math.nan
-        cells = [f"{s.wall_s:.1f}", f"{s.core_s:.1f}", _num(slope, 3), _num(intercept, 2),
-                 _num(first_rate, 3), _num(per_mvox(s, cases), 3), peak]
+        cells = [
+            f"{s.wall_s:.1f}",
+            f"{s.core_s:.1f}",
+            _num(slope, 3),
+            _num(intercept, 2),
+            _num(first_rate, 3),
+            _num(per_mvox(s, cases), 3),
+            peak,
+        ]
         label = s.name + (f", {s.extra['model']} U-Net" if "model" in s.extra else "")
         if s.per_case:
             label += f" (per {s.voxels} Mvox)" if several else f" ({next(iter(s.per_case))} only, per {s.voxels} Mvox)"
@@ -473,6 +533,7 @@ def _num(value: float, digits: int) -> str:
 
 # ----------------------------------------------------------------------------- main
 
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", type=int, default=282, help="training cases (default 282, Task07's count)")
@@ -480,13 +541,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scheduler", default=None, help="a running Dask scheduler's address (ignores --workers)")
     p.add_argument("--folds", type=int, default=5, help="index folds (default 5; N if fewer cases)")
     p.add_argument("--patches", type=int, default=2000, help="augmented patches drawn by the input profile")
-    p.add_argument("--predict-model", choices=(*PREDICT_MODELS, "skip"), default="default",
-                   help="untrained U-Net for predict: default (depth 4, 16 filters), small (3, 4) or skip")
+    p.add_argument(
+        "--predict-model",
+        choices=(*PREDICT_MODELS, "skip"),
+        default="default",
+        help="untrained U-Net for predict: default (depth 4, 16 filters), small (3, 4) or skip",
+    )
     p.add_argument("--seed", type=int, default=0, help="synth seed")
-    p.add_argument("--size", choices=("msd", "full", "small"), default="msd",
-                   help="synth size (default msd; small: a smoke test of this script)")
-    p.add_argument("--out", default=None,
-                   help="work here: a new folder, or one holding only data/ of an earlier --keep run (reused)")
+    p.add_argument(
+        "--size",
+        choices=("msd", "full", "small"),
+        default="msd",
+        help="synth size (default msd; small: a smoke test of this script)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="work here: a new folder, or one holding only data/ of an earlier --keep run (reused)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the synthetic data, store and predictions")
     args = p.parse_args(argv)
     if args.cases < 2:
@@ -539,8 +611,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if not any(n.startswith("FAILED") for s in stages for n in s.notes) else 1
 
 
-def report(args, scratch: Path, stages: list[Stage], cases: list[Case], share: dict, n_workers: int,
-           folds: int) -> None:
+def report(
+    args, scratch: Path, stages: list[Stage], cases: list[Case], share: dict, n_workers: int, folds: int
+) -> None:
     store = scratch / "store"
     print_cases(cases, [s for s in stages if s.per_case and s.name != "predict"])
     print_workers(stages)
@@ -551,20 +624,29 @@ def report(args, scratch: Path, stages: list[Stage], cases: list[Case], share: d
     inputs = sum(c.input_bytes for c in cases) / 2**20
     shards, augmented = folder_mb(store / "cases", "*.h5"), folder_mb(store / "index" / "augmented", "*.h5")
     total = folder_mb(store)
-    print(f"\nstore {total:.0f} MiB (case shards {shards:.0f}, augmented {augmented:.0f}) vs input .nii.gz "
-          f"(image + label) {inputs:.0f} MiB: {total / inputs:.2f}x (shards alone {shards / inputs:.2f}x)")
-    print(f"index: elastic deformation {share['elastic_s']:.1f} s = {share['elastic_core_share']:.0%} of its "
-          f"core-seconds; the busiest worker's augmentation tasks {share['augment_wall_s']:.1f} s = "
-          f"{share['augment_wall_share']:.0%} of its wall time")
+    print(
+        f"\nstore {total:.0f} MiB (case shards {shards:.0f}, augmented {augmented:.0f}) vs input .nii.gz "
+        f"(image + label) {inputs:.0f} MiB: {total / inputs:.2f}x (shards alone {shards / inputs:.2f}x)"
+    )
+    print(
+        f"index: elastic deformation {share['elastic_s']:.1f} s = {share['elastic_core_share']:.0%} of its "
+        f"core-seconds; the busiest worker's augmentation tasks {share['augment_wall_s']:.1f} s = "
+        f"{share['augment_wall_share']:.0%} of its wall time"
+    )
     workers = f"{n_workers} workers" if not args.scheduler else f"scheduler {args.scheduler}"
     machine = f"{os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB"
     print(f"\n{table(stages, cases, len(cases), workers)}")
-    print(f"\n({machine}; synth --size {args.size} seed {args.seed}; index {folds} folds; train input "
-          f"{stages[2].extra['patches_per_s']:.0f} patches/s; predict: "
-          + ("skipped" if args.predict_model == "skip" else
-             f"{args.predict_model} untrained U-Net, largest case, no mirroring")
-          + f"; store {total / inputs:.2f}x the inputs; "
-          f"elastic deformation {share['elastic_core_share']:.0%} of the index's core-s)")
+    print(
+        f"\n({machine}; synth --size {args.size} seed {args.seed}; index {folds} folds; train input "
+        f"{stages[2].extra['patches_per_s']:.0f} patches/s; predict: "
+        + (
+            "skipped"
+            if args.predict_model == "skip"
+            else f"{args.predict_model} untrained U-Net, largest case, no mirroring"
+        )
+        + f"; store {total / inputs:.2f}x the inputs; "
+        f"elastic deformation {share['elastic_core_share']:.0%} of the index's core-s)"
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@
 
 Standard library only. ``inference.download`` fetches and verifies the archive first.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,10 +27,12 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from dataset.common.errors import PancreasError
+
 log = logging.getLogger(__name__)
 
 
-class DownloadError(RuntimeError):
+class DownloadError(PancreasError, RuntimeError):
     """A download or archive that cannot be used; the message (one line) says why.
 
     Defined here, the lower layer, so both this module and ``inference.download``
@@ -102,8 +105,9 @@ def _filter_kwargs() -> dict:
 
 
 def _unpack(archive: tarfile.TarFile, path: Path, members: list[tarfile.TarInfo], staging: Path) -> None:
-    with tqdm(total=sum(m.size for m in members), desc=f"extract {path.name}", unit="B", unit_scale=True,
-              unit_divisor=1024) as bar:
+    with tqdm(
+        total=sum(m.size for m in members), desc=f"extract {path.name}", unit="B", unit_scale=True, unit_divisor=1024
+    ) as bar:
         for member in members:
             try:
                 archive.extract(member, staging, set_attrs=False, **_filter_kwargs())
@@ -128,7 +132,7 @@ def extract_archive(path: Path, out_dir: Path) -> tuple[int, int, Path | None]:
         log.info("removing %s left by an interrupted extraction", staging)
         shutil.rmtree(staging)
     try:
-        archive = tarfile.open(path)
+        archive = tarfile.open(path)  # noqa: SIM115 - closed by the `with` below; opened first to name a TarError
     except tarfile.TarError as err:
         raise DownloadError(f"{path}: not a readable tar archive ({one_line(err)})") from None
     with archive:
@@ -136,8 +140,9 @@ def extract_archive(path: Path, out_dir: Path) -> tuple[int, int, Path | None]:
         tops = sorted({PurePosixPath(m.name).parts[0] for m in members if PurePosixPath(m.name).parts})
         taken = [top for top in tops if (out_dir / top).exists() or (out_dir / top).is_symlink()]
         if taken:
-            raise DownloadError(f"{out_dir / taken[0]} already exists; move it away (or delete it) and rerun, "
-                                "nothing was extracted")
+            raise DownloadError(
+                f"{out_dir / taken[0]} already exists; move it away (or delete it) and rerun, nothing was extracted"
+            )
         staging.mkdir()
         try:
             _unpack(archive, path, members, staging)

@@ -5,6 +5,7 @@ Field defaults are the documented defaults; ``configs/predict.yaml`` and
 Preprocessing parameters are deliberately absent: prediction reads them from the
 run's ``input_contract.json`` so training and inference cannot drift apart.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,8 +53,10 @@ class PredictConfig:
                 f"largest_component must be one of {LARGEST_COMPONENT_MODES}, got {self.largest_component!r}"
             )
         if self.postprocessing is not None and self.largest_component != "off":
-            raise ValueError(f"largest_component {self.largest_component!r} and postprocessing "
-                             f"{self.postprocessing!r} both clean components: use one of them")
+            raise ValueError(
+                f"largest_component {self.largest_component!r} and postprocessing "
+                f"{self.postprocessing!r} both clean components: use one of them"
+            )
         if self.checkpoint not in CHECKPOINTS:
             raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {self.checkpoint!r}")
 
@@ -64,8 +67,11 @@ def nsd_tolerances(value: Any) -> dict[str, float]:
         raise ValueError(f"nsd_tolerance_mm must be a mapping region -> mm, got {value!r}")
     if set(value) != set(REGIONS):
         raise ValueError(f"nsd_tolerance_mm must give every region {list(REGIONS)} and no other, got {list(value)}")
-    bad = {k: v for k, v in value.items()
-           if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0}
+    bad = {
+        k: v
+        for k, v in value.items()
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0
+    }
     if bad:
         raise ValueError(f"nsd_tolerance_mm values must be numbers >= 0 (mm), got {bad}")
     return {region: float(value[region]) for region in REGIONS}

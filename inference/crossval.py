@@ -25,18 +25,21 @@ Outputs, each written atomically under CV_DIR's lock::
     CV_DIR/postprocessing.json
     CV_DIR/predictions/fold_<k>/<case>.nii.gz   the out-of-fold predictions (no postprocessing)
 """
+
 from __future__ import annotations
 
 import csv
 import dataclasses
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from dataset.common.errors import PancreasError
 from dataset.common.files import atomic_path, exclusive_lock, write_json_atomic
 from dataset.contract.catalog import read_catalog
 from dataset.contract.fingerprints import store_fingerprint
@@ -61,12 +64,23 @@ log = logging.getLogger(__name__)
 REPORT_NAME = "report.json"
 CSV_NAME = "report.csv"
 PREDICTIONS_DIR = "predictions"
-CSV_COLUMNS = ("case_id", "fold", "region", "dice", "nsd", "hd95_mm", "status",
-               "dice_postprocessed", "nsd_postprocessed", "hd95_mm_postprocessed", "status_postprocessed")
+CSV_COLUMNS = (
+    "case_id",
+    "fold",
+    "region",
+    "dice",
+    "nsd",
+    "hd95_mm",
+    "status",
+    "dice_postprocessed",
+    "nsd_postprocessed",
+    "hd95_mm_postprocessed",
+    "status_postprocessed",
+)
 CANDIDATES = ("pancreas", "tumour")  # tried in this order; the tumour step given the gland's decision
 
 
-class CrossValidationError(ValueError):
+class CrossValidationError(PancreasError, ValueError):
     """Runs, store or folder that ``evaluate --cv`` cannot use; the message names them."""
 
 
@@ -87,7 +101,8 @@ def check_runs(run_dirs: Sequence[str | Path], store: str | Path) -> list[FoldCa
     if len(run_dirs) != len(folds):
         raise CrossValidationError(
             f"--cv got {len(run_dirs)} run(s) but {store}/index has {len(folds)} fold(s); give one run per fold, "
-            f"in fold order (runs/fold_0 ... runs/fold_{len(folds) - 1})")
+            f"in fold order (runs/fold_0 ... runs/fold_{len(folds) - 1})"
+        )
     if len({Path(r).resolve() for r in run_dirs}) != len(run_dirs):
         raise CrossValidationError("--cv names the same run twice; give one run per fold")
     out = []
@@ -95,8 +110,10 @@ def check_runs(run_dirs: Sequence[str | Path], store: str | Path) -> list[FoldCa
         contract = read_input_contract(run, error=PredictError)
         trained = 0 if contract.fold is None else contract.fold
         if trained != k:
-            raise CrossValidationError(f"{run}: trained on fold {trained}, but --cv position {k} needs fold {k}'s run; "
-                                       "list the runs in fold order")
+            raise CrossValidationError(
+                f"{run}: trained on fold {trained}, but --cv position {k} needs fold {k}'s run; "
+                "list the runs in fold order"
+            )
         check_run_matches_store(contract, store, run)
         out.append(FoldCases(k, Path(run), validation_cases(store, k)))
     return out
@@ -116,13 +133,16 @@ def check_cv_outputs(cv_dir: Path) -> None:
     except ValueError:
         earlier = None
     if not isinstance(earlier, dict) or not {"folds", "case_folds", "cases"} <= set(earlier):
-        raise CrossValidationError(f"--out {cv_dir}: holds {', '.join(present)} not written by `pancreas evaluate --cv`; "
-                                   "choose a new or empty --out folder")
+        raise CrossValidationError(
+            f"--out {cv_dir}: holds {', '.join(present)} not written by `pancreas evaluate --cv`; "
+            "choose a new or empty --out folder"
+        )
 
 
 # ----------------------------------------------------------------------------- predict
-def predict_folds(folds: list[FoldCases], cv_dir: Path, config: PredictConfig,
-                  predict_fns: Sequence[Callable] | None, progress: bool) -> dict[str, str]:
+def predict_folds(
+    folds: list[FoldCases], cv_dir: Path, config: PredictConfig, predict_fns: Sequence[Callable] | None, progress: bool
+) -> dict[str, str]:
     """Each fold's validation cases by its own model; returns {case id: error} of failures."""
     from inference.predict import CaseInput, predict_cases
 
@@ -130,8 +150,15 @@ def predict_folds(folds: list[FoldCases], cv_dir: Path, config: PredictConfig,
     for f in folds:
         out = cv_dir / PREDICTIONS_DIR / f"fold_{f.fold}"
         fn = None if predict_fns is None else predict_fns[f.fold]
-        summary = predict_cases(f.run, [CaseInput(c, image) for c, image, _ in f.cases], out, config,
-                                predict_fn=fn, progress=progress, out_flag="--out")
+        summary = predict_cases(
+            f.run,
+            [CaseInput(c, image) for c, image, _ in f.cases],
+            out,
+            config,
+            predict_fn=fn,
+            progress=progress,
+            out_flag="--out",
+        )
         failed.update({r.case_id: f"prediction failed: {r.error}" for r in summary.failed})
     return failed
 
@@ -154,8 +181,10 @@ def variant_dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, dict[str, flo
     (the gland's largest component is found once: a full-scan labelling costs seconds)."""
     gland = keep_largest_gland(pred)  # the order apply_postprocessing uses: gland, then tumour
     maps = {"none": pred, "pancreas": gland, "tumour": keep_largest_tumour(pred), "both": keep_largest_tumour(gland)}
-    return {name: {r: dice(region_mask(labels, REGIONS[r]), region_mask(truth, REGIONS[r])) for r in CANDIDATES}
-            for name, labels in maps.items()}
+    return {
+        name: {r: dice(region_mask(labels, REGIONS[r]), region_mask(truth, REGIONS[r])) for r in CANDIDATES}
+        for name, labels in maps.items()
+    }
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -173,29 +202,40 @@ def choose_postprocessing(per_case: Sequence[dict[str, dict[str, float | None]]]
     for region in CANDIDATES:
         name_without = next(n for n, c in VARIANTS.items() if c == choice)
         name_with = next(n for n, c in VARIANTS.items() if c == {**choice, region: True})
-        means = {r: (_mean([case[name_without][r] for case in per_case]), _mean([case[name_with][r] for case in per_case]))
-                 for r in CANDIDATES}
+        means = {
+            r: (_mean([case[name_without][r] for case in per_case]), _mean([case[name_with][r] for case in per_case]))
+            for r in CANDIDATES
+        }
         before, after = means[region]
         others_kept = all(b is None or (a is not None and a >= b) for r, (b, a) in means.items() if r != region)
         keep = before is not None and after is not None and after > before and others_kept
         choice[region] = keep
-        scores[region] = {"mean_dice_without": before, "mean_dice_with": after, "kept": keep,
-                          "other_regions": {r: {"mean_dice_without": b, "mean_dice_with": a}
-                                            for r, (b, a) in means.items() if r != region},
-                          "n_cases": sum(case[name_with][region] is not None for case in per_case)}
+        scores[region] = {
+            "mean_dice_without": before,
+            "mean_dice_with": after,
+            "kept": keep,
+            "other_regions": {
+                r: {"mean_dice_without": b, "mean_dice_with": a} for r, (b, a) in means.items() if r != region
+            },
+            "n_cases": sum(case[name_with][region] is not None for case in per_case),
+        }
     return choice, scores
 
 
 def _pairs(folds: list[FoldCases], cv_dir: Path, failed: dict[str, str]) -> list[tuple[int, str, Path, Path]]:
-    return [(f.fold, c, cv_dir / PREDICTIONS_DIR / f"fold_{f.fold}" / label_name(c), label)
-            for f in folds for c, _, label in f.cases if c not in failed]
+    return [
+        (f.fold, c, cv_dir / PREDICTIONS_DIR / f"fold_{f.fold}" / label_name(c), label)
+        for f in folds
+        for c, _, label in f.cases
+        if c not in failed
+    ]
 
 
 def score_pooled(pairs, tolerances, progress: bool):
     """First pass: full scores without postprocessing and every variant's Dice, case by case
     (one case in memory at a time: 282 full-size cases do not fit together)."""
     cases, dices, errors = {}, [], {}
-    for fold, case_id, pred_path, truth_path in tqdm(pairs, desc="score", unit="case", disable=not progress):
+    for _fold, case_id, pred_path, truth_path in tqdm(pairs, desc="score", unit="case", disable=not progress):
         try:
             pred, truth, spacing = read_pair(CasePair(case_id, pred_path, truth_path))
         except EvaluationError as err:
@@ -210,8 +250,9 @@ def score_pooled(pairs, tolerances, progress: bool):
 def score_postprocessed(pairs, decision: PostprocessingDecision, tolerances, progress: bool) -> dict:
     """Second pass, only when the decision changes something: full scores with it applied."""
     cases = {}
-    for _fold, case_id, pred_path, truth_path in tqdm(pairs, desc="score postprocessed", unit="case",
-                                                      disable=not progress):
+    for _fold, case_id, pred_path, truth_path in tqdm(
+        pairs, desc="score postprocessed", unit="case", disable=not progress
+    ):
         try:
             pred, truth, spacing = read_pair(CasePair(case_id, pred_path, truth_path))
         except EvaluationError:
@@ -231,9 +272,17 @@ def write_csv(path: Path, report: dict[str, Any]) -> None:
             for case_id, scores in report["cases"].items():
                 for region in REGIONS:
                     s, p = scores[region], after.get(case_id, scores)[region]
-                    writer.writerow([case_id, report["case_folds"][case_id], region,
-                                     *(_cell(s[m]) for m in ("dice", "nsd", "hd95_mm")), s["status"],
-                                     *(_cell(p[m]) for m in ("dice", "nsd", "hd95_mm")), p["status"]])
+                    writer.writerow(
+                        [
+                            case_id,
+                            report["case_folds"][case_id],
+                            region,
+                            *(_cell(s[m]) for m in ("dice", "nsd", "hd95_mm")),
+                            s["status"],
+                            *(_cell(p[m]) for m in ("dice", "nsd", "hd95_mm")),
+                            p["status"],
+                        ]
+                    )
 
 
 def _cell(value: Any) -> str:
@@ -242,8 +291,13 @@ def _cell(value: Any) -> str:
 
 # ----------------------------------------------------------------------------- the protocol
 def evaluate_cv(
-    run_dirs: Sequence[str | Path], store: str | Path, cv_dir: str | Path, config: PredictConfig = PredictConfig(),
-    checkpoint: str = "last", predict_fns: Sequence[Callable] | None = None, progress: bool = True,
+    run_dirs: Sequence[str | Path],
+    store: str | Path,
+    cv_dir: str | Path,
+    config: PredictConfig = PredictConfig(),
+    checkpoint: str = "last",
+    predict_fns: Sequence[Callable] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """The whole protocol (module docstring); returns the report written to ``CV_DIR/report.json``."""
     from inference.safety import check_output_folder
@@ -257,8 +311,13 @@ def evaluate_cv(
     check_cv_outputs(cv_dir)
     # the out-of-fold maps are scored raw: a postprocessing from the config would be chosen on top of itself
     config = dataclasses.replace(config, checkpoint=checkpoint, postprocessing=None, largest_component="off")
-    missing = [] if predict_fns is not None else [
-        str(checkpoint_path(f.run, checkpoint)) for f in folds if not checkpoint_path(f.run, checkpoint).is_file()]
+    missing = (
+        []
+        if predict_fns is not None
+        else [
+            str(checkpoint_path(f.run, checkpoint)) for f in folds if not checkpoint_path(f.run, checkpoint).is_file()
+        ]
+    )
     if missing:  # before any fold is predicted: a missing fold-4 model must not cost folds 0-3's time
         raise CrossValidationError(f"--checkpoint {checkpoint}: no {', '.join(missing)}")
     with exclusive_lock(cv_dir):
@@ -267,9 +326,12 @@ def evaluate_cv(
         cases, dices, errors = score_pooled(pairs, config.nsd_tolerance_mm, progress)
         choice, decision_scores = choose_postprocessing(dices)
         fingerprint = store_fingerprint(read_catalog(store))
-        decision = _decision(choice, fingerprint, scores=decision_scores,
-                             chosen_on=f"out-of-fold predictions of {len(folds)} fold(s), {len(cases)} case(s), "
-                                       f"checkpoint {checkpoint}")
+        decision = _decision(
+            choice,
+            fingerprint,
+            scores=decision_scores,
+            chosen_on=f"out-of-fold predictions of {len(folds)} fold(s), {len(cases)} case(s), checkpoint {checkpoint}",
+        )
         after = score_postprocessed(pairs, decision, config.nsd_tolerance_mm, progress) if any(choice.values()) else {}
         report = _report(folds, cases, errors, failed, after, decision, config, checkpoint, cv_dir)
         write_postprocessing(cv_dir, decision)
@@ -291,9 +353,11 @@ def _report(folds, cases, errors, failed, after, decision, config, checkpoint, c
         "mirror_axes": None if config.mirror_axes is None else list(config.mirror_axes),  # None: each run's own
         "folds": [{"fold": f.fold, "run": str(f.run.resolve()), "cases": [c for c, _, _ in f.cases]} for f in folds],
         "case_folds": case_folds,
-        "postprocessing": {"largest_component": dict(decision.largest_component),
-                           "scores": decision.scores,
-                           "summary": summarise(after) if after else summarise(cases),
-                           "cases": after},
+        "postprocessing": {
+            "largest_component": dict(decision.largest_component),
+            "scores": decision.scores,
+            "summary": summarise(after) if after else summarise(cases),
+            "cases": after,
+        },
         "predictions": str(cv_dir / PREDICTIONS_DIR),
     }

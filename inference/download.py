@@ -24,6 +24,7 @@ What a user can count on (``pancreas download --out DIR``):
   members are unpacked into a staging folder that moves into place at the end: see
   ``inference.archive``, which holds those walls.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,6 +41,7 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
+from dataset.common.errors import PancreasError
 from dataset.common.files import exclusive_lock, fsync_path, remove_stale_temporaries, write_json_atomic
 from inference.archive import DownloadError, extract_archive, one_line
 from inference.config import DownloadConfig
@@ -51,7 +53,7 @@ MAX_WAIT_S = 60.0
 RETRY_STATUSES = (408, 429)  # besides every 5xx
 
 
-class ServerBusyError(ConnectionError):
+class ServerBusyError(PancreasError, ConnectionError):
     """An HTTP answer worth retrying (5xx, 408, 429)."""
 
 
@@ -126,8 +128,9 @@ def _write(f, data: bytes, part: Path) -> None:
         if not data:
             f.flush()
     except OSError as err:
-        raise DownloadError(f"{part}: cannot write ({err.strerror or err}); "
-                            "free some space and run again to resume") from None
+        raise DownloadError(
+            f"{part}: cannot write ({err.strerror or err}); free some space and run again to resume"
+        ) from None
 
 
 def _fetch_once(url: str, part: Path, state: dict, config: DownloadConfig, bar: tqdm) -> None:
@@ -162,8 +165,13 @@ def _fetch_once(url: str, part: Path, state: dict, config: DownloadConfig, bar: 
 def _fetch_with_retries(url: str, part: Path, state: dict, config: DownloadConfig, progress: bool = True) -> None:
     """``_fetch_once`` until complete; ``config.retries`` failures in a row without new bytes end it."""
     failures, most = 0, _size(part)
-    with tqdm(desc=f"download {part.name.removesuffix('.part')}", unit="B", unit_scale=True, unit_divisor=1024,
-              disable=not progress) as bar:
+    with tqdm(
+        desc=f"download {part.name.removesuffix('.part')}",
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not progress,
+    ) as bar:
         while True:
             try:
                 _fetch_once(url, part, state, config, bar)
@@ -173,13 +181,18 @@ def _fetch_with_retries(url: str, part: Path, state: dict, config: DownloadConfi
                 failures = 1 if have > most else failures + 1
                 most = max(most, have)
                 if failures > config.retries:
-                    then = (f"run again to resume from {part} ({have} bytes)" if have
-                            else "run again later, or try another mirror with --url")
-                    raise DownloadError(f"{url}: gave up after {failures} failed tries in a row "
-                                        f"(last: {one_line(err)}); {then}") from None
+                    then = (
+                        f"run again to resume from {part} ({have} bytes)"
+                        if have
+                        else "run again later, or try another mirror with --url"
+                    )
+                    raise DownloadError(
+                        f"{url}: gave up after {failures} failed tries in a row (last: {one_line(err)}); {then}"
+                    ) from None
                 wait = backoff_s(failures, config.retry_wait_s)
-                log.warning("%s at %d bytes; retry %d of %d in %.1f s", one_line(err), have, failures,
-                            config.retries, wait)
+                log.warning(
+                    "%s at %d bytes; retry %d of %d in %.1f s", one_line(err), have, failures, config.retries, wait
+                )
                 time.sleep(wait)
 
 
@@ -229,18 +242,25 @@ def _verified_archive(config: DownloadConfig, archive: Path, progress: bool = Tr
         log.info("verifying existing %s", archive)
         got = md5_of_file(archive)
         if got != config.md5:
-            raise DownloadError(f"{archive}: md5 {got} does not match the expected {config.md5}; left untouched: "
-                                "delete or rename it and rerun to download it again (or pass --md5 if it is "
-                                "another release)")
+            raise DownloadError(
+                f"{archive}: md5 {got} does not match the expected {config.md5}; left untouched: "
+                "delete or rename it and rerun to download it again (or pass --md5 if it is "
+                "another release)"
+            )
         return 0
     bad = archive.with_name(archive.name + MISMATCH_SUFFIX)
     if bad.is_file():
-        log.warning("%s (%.1f GB) is an earlier download that failed its md5 check; delete it when you no "
-                    "longer need it", bad, bad.stat().st_size / 1e9)
+        log.warning(
+            "%s (%.1f GB) is an earlier download that failed its md5 check; delete it when you no longer need it",
+            bad,
+            bad.stat().st_size / 1e9,
+        )
     return download_file(config.url, archive, config.md5, config, progress)
 
 
-def download_dataset(config: DownloadConfig, out_dir: str | Path | None = None, progress: bool = True) -> DownloadSummary:
+def download_dataset(
+    config: DownloadConfig, out_dir: str | Path | None = None, progress: bool = True
+) -> DownloadSummary:
     """`pancreas download`: fetch (resuming), verify, extract; skips work already done.
 
     Holds the folder's lock throughout (``LockedError`` at once if another run has it).
@@ -259,8 +279,15 @@ def download_dataset(config: DownloadConfig, out_dir: str | Path | None = None, 
             return DownloadSummary(archive, dataset_dir, 0, 0, 0, time.perf_counter() - t0, already_done=True)
         fetched = _verified_archive(config, archive, progress)
         extracted, skipped, dataset_dir = extract_archive(archive, out)
-        write_json_atomic(marker, {"url": config.url, "md5": config.md5, "members": extracted,
-                                   "dataset_dir": str(dataset_dir) if dataset_dir else None})
+        write_json_atomic(
+            marker,
+            {
+                "url": config.url,
+                "md5": config.md5,
+                "members": extracted,
+                "dataset_dir": str(dataset_dir) if dataset_dir else None,
+            },
+        )
         if not config.keep_archive:
             archive.unlink()
     return DownloadSummary(archive, dataset_dir, fetched, extracted, skipped, time.perf_counter() - t0)

@@ -17,17 +17,20 @@ The metrics and their conventions (absent regions, undefined HD95, NSD tolerance
 ``inference.metrics``. A prediction whose grid (size, spacing, origin, direction)
 differs from its truth is an error for that case, never silently resampled.
 """
+
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from dataset.common.errors import PancreasError
 from dataset.common.files import exclusive_lock, read_json, write_json_atomic
 from dataset.common.msd import case_id_of, is_image_name
 from dataset.contract.catalog import read_catalog
@@ -45,7 +48,7 @@ REPORT_KEYS = ("cases", "summary")  # what an existing --out file must hold to b
 WRONG_STORE = "evaluate it on the store and index it was trained on"
 
 
-class EvaluationError(ValueError):
+class EvaluationError(PancreasError, ValueError):
     """A case or folder that cannot be scored; the message names it."""
 
 
@@ -57,8 +60,8 @@ class CasePair:
 
 
 def _read_labels(path: Path, what: str, case_id: str):
-    from preprocess.output import image_array
     from preprocess.io import InputError, label_value_counts, read_label
+    from preprocess.output import image_array
 
     try:
         image = read_label(path)
@@ -73,14 +76,16 @@ def _read_labels(path: Path, what: str, case_id: str):
 def read_pair(pair: CasePair) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """(prediction, truth, spacing z, y, x) of one case; EvaluationError naming the case on
     unreadable files or a grid mismatch (never silently resampled)."""
-    from preprocess.output import spacing_zyx
     from preprocess.io import grid_mismatch
+    from preprocess.output import spacing_zyx
 
     pred_image, pred = _read_labels(pair.prediction, "prediction", pair.case_id)
     truth_image, truth = _read_labels(pair.truth, "truth", pair.case_id)
     mismatch = grid_mismatch(truth_image, pred_image)
     if mismatch:
-        raise EvaluationError(f"{pair.case_id}: prediction {pair.prediction} does not match its truth's grid: {mismatch}")
+        raise EvaluationError(
+            f"{pair.case_id}: prediction {pair.prediction} does not match its truth's grid: {mismatch}"
+        )
     return pred, truth, spacing_zyx(truth_image)
 
 
@@ -90,8 +95,9 @@ def evaluate_pair(pair: CasePair, nsd_tolerance_mm: dict[str, float] = NSD_TOLER
     return score_case(pred, truth, spacing, nsd_tolerance_mm=nsd_tolerance_mm)
 
 
-def evaluate_pairs(pairs: Sequence[CasePair], progress: bool = True,
-                   nsd_tolerance_mm: dict[str, float] = NSD_TOLERANCE_MM) -> dict[str, Any]:
+def evaluate_pairs(
+    pairs: Sequence[CasePair], progress: bool = True, nsd_tolerance_mm: dict[str, float] = NSD_TOLERANCE_MM
+) -> dict[str, Any]:
     """The report for ``pairs``: cases, summary, and errors for cases that could not be scored."""
     cases: dict[str, Any] = {}
     errors: dict[str, str] = {}
@@ -101,19 +107,31 @@ def evaluate_pairs(pairs: Sequence[CasePair], progress: bool = True,
         except EvaluationError as err:
             log.error("%s", err)
             errors[pair.case_id] = str(err)
-    return {"cases": cases, "summary": summarise(cases), "errors": errors, "regions": {k: list(v) for k, v in REGIONS.items()},
-            "nsd_tolerance_mm": dict(nsd_tolerance_mm)}
+    return {
+        "cases": cases,
+        "summary": summarise(cases),
+        "errors": errors,
+        "regions": {k: list(v) for k, v in REGIONS.items()},
+        "nsd_tolerance_mm": dict(nsd_tolerance_mm),
+    }
 
 
 def _label_files(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: folder not found")
-    return {case_id_of(p): p for p in sorted(folder.iterdir())
-            if p.is_file() and is_image_name(p.name) and not p.name.endswith(PROBABILITIES_SUFFIX)}
+    return {
+        case_id_of(p): p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and is_image_name(p.name) and not p.name.endswith(PROBABILITIES_SUFFIX)
+    }
 
 
-def evaluate_dirs(pred_dir: str | Path, truth_dir: str | Path, progress: bool = True,
-                  nsd_tolerance_mm: dict[str, float] = NSD_TOLERANCE_MM) -> dict[str, Any]:
+def evaluate_dirs(
+    pred_dir: str | Path,
+    truth_dir: str | Path,
+    progress: bool = True,
+    nsd_tolerance_mm: dict[str, float] = NSD_TOLERANCE_MM,
+) -> dict[str, Any]:
     """Pair ``<case>.nii.gz`` files of two folders; cases without a prediction are listed and fail the run."""
     if Path(pred_dir).resolve() == Path(truth_dir).resolve():
         raise EvaluationError(f"--pred {pred_dir} is the --truth folder {truth_dir}: the labels would score themselves")
@@ -150,11 +168,23 @@ def check_run_matches_store(contract: InputContract, store: str | Path, run_dir:
     """The run must have been trained on this store and this index: otherwise its
     "validation" cases may be another split's training cases, and the score a lie."""
     if contract.store_fingerprint:
-        check_fingerprint("store fingerprint", contract.store_fingerprint, store_fingerprint(read_catalog(store)),
-                          run_dir, store, WRONG_STORE)
+        check_fingerprint(
+            "store fingerprint",
+            contract.store_fingerprint,
+            store_fingerprint(read_catalog(store)),
+            run_dir,
+            store,
+            WRONG_STORE,
+        )
     if contract.index_fingerprint:
-        check_fingerprint("index fingerprint", contract.index_fingerprint, index_fingerprint(store),
-                          run_dir, index_dir(store), WRONG_STORE)
+        check_fingerprint(
+            "index fingerprint",
+            contract.index_fingerprint,
+            index_fingerprint(store),
+            run_dir,
+            index_dir(store),
+            WRONG_STORE,
+        )
 
 
 def protected_folders(store: str | Path, cases: Sequence[tuple[str, Path, Path]]) -> list[tuple[str, Path]]:
@@ -167,8 +197,12 @@ def protected_folders(store: str | Path, cases: Sequence[tuple[str, Path, Path]]
 
 
 def evaluate_run(
-    run_dir: str | Path, store: str | Path, config: PredictConfig = PredictConfig(),
-    pred_dir: str | Path | None = None, predict_fn=None, progress: bool = True,
+    run_dir: str | Path,
+    store: str | Path,
+    config: PredictConfig = PredictConfig(),
+    pred_dir: str | Path | None = None,
+    predict_fn=None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Predict the run's validation cases from their original images and score them."""
     from dataset.contract.run import read_input_contract
@@ -179,11 +213,19 @@ def evaluate_run(
     check_run_matches_store(contract, store, run_dir)
     cases = validation_cases(store, contract.fold or 0)  # the fold the run trained on holds its validation cases
     pred_dir = Path(pred_dir) if pred_dir is not None else Path(run_dir) / "validation_predictions"
-    check_output(pred_dir, protected_folders(store, cases), [c for c, _, _ in cases], config.save_probabilities,
-                 "--pred-out")  # before the lock file is made: a refused run leaves the folder as it was
+    check_output(
+        pred_dir, protected_folders(store, cases), [c for c, _, _ in cases], config.save_probabilities, "--pred-out"
+    )  # before the lock file is made: a refused run leaves the folder as it was
     with exclusive_lock(pred_dir):
-        summary = predict_cases(run_dir, [CaseInput(c, img) for c, img, _ in cases], pred_dir, config,
-                                predict_fn=predict_fn, progress=progress, out_flag="--pred-out")
+        summary = predict_cases(
+            run_dir,
+            [CaseInput(c, img) for c, img, _ in cases],
+            pred_dir,
+            config,
+            predict_fn=predict_fn,
+            progress=progress,
+            out_flag="--pred-out",
+        )
         failed = {r.case_id: r.error for r in summary.failed}
         pairs = [CasePair(c, pred_dir / label_name(c), label) for c, _, label in cases if c not in failed]
         report = evaluate_pairs(pairs, progress, config.nsd_tolerance_mm)
@@ -204,8 +246,9 @@ def check_report_path(path: str | Path) -> None:
         except ValueError:
             earlier = None
         if not isinstance(earlier, dict) or not all(k in earlier for k in REPORT_KEYS):
-            raise EvaluationError(f"--out {path}: exists and is not a report of `pancreas evaluate`; "
-                                  "choose another --out file")
+            raise EvaluationError(
+                f"--out {path}: exists and is not a report of `pancreas evaluate`; choose another --out file"
+            )
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:
@@ -239,8 +282,10 @@ def report_table(report: dict[str, Any]) -> str:
         lines.append(row)
     for r in regions:
         d, h = report["summary"][r]["dice"], report["summary"][r]["hd95_mm"]
-        lines.append(f"{r}: Dice over {d['n']} case(s), {d['n_absent']} absent from both; "
-                     f"HD95 over {h['n']}, {h['n_undefined']} undefined (region in only one map)")
+        lines.append(
+            f"{r}: Dice over {d['n']} case(s), {d['n_absent']} absent from both; "
+            f"HD95 over {h['n']}, {h['n_undefined']} undefined (region in only one map)"
+        )
     for case_id, error in report.get("errors", {}).items():
         lines.append(f"error: {error}" if error.startswith(case_id) else f"error {case_id}: {error}")
     for case_id in report.get("missing_predictions", []):
@@ -253,4 +298,3 @@ def report_table(report: dict[str, Any]) -> str:
 
 def report_ok(report: dict[str, Any]) -> bool:
     return not report.get("errors") and not report.get("missing_predictions")
-

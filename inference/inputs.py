@@ -19,20 +19,22 @@ inputs with one name are refused before anything runs.
 (``inference.safety``, ``inference.settings``, ``inference.volume``, ``inference.predict``)
 raises the same error without importing a layer above it.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
+from dataset.common.errors import PancreasError
 from dataset.common.msd import case_id_of, is_image_name, load_msd_dataset
 from dataset.common.nnunet import stripped_case_ids
 
 log = logging.getLogger(__name__)
 
 
-class PredictError(ValueError):
+class PredictError(PancreasError, ValueError):
     """An input, run or setting that prediction cannot use; the message names it."""
 
 
@@ -95,8 +97,9 @@ def dicom_cases(folder: Path) -> list[CaseInput]:
 
     series = find_series(folder)
     if not series:
-        raise PredictError(f"{folder}: no NIfTI file, dataset.json or readable DICOM series in this folder or "
-                           "the folders below it")
+        raise PredictError(
+            f"{folder}: no NIfTI file, dataset.json or readable DICOM series in this folder or the folders below it"
+        )
     if len(series) == 1:
         only = series[0]
         alone = only.folder == folder and all(Path(f).parent == folder for f in only.files)  # read as before

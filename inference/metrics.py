@@ -20,16 +20,17 @@ Conventions (also in the README's evaluation section):
   surface (medpy's ``hd95`` convention), in millimetres using the voxel spacing.
   Surface voxels are the mask minus its erosion by the 6-neighbourhood.
 """
+
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from inference.regions import NSD_TOLERANCE_MM, REGIONS
 from inference.surface import check_spacing, surface_dice
-
-from inference.regions import NSD_TOLERANCE_MM, REGIONS  # noqa: E402 (the scored regions, numpy-free)
 
 METRICS = ("dice", "nsd", "hd95_mm")
 
@@ -43,7 +44,9 @@ def region_mask(labels: np.ndarray, region_labels: Sequence[int]) -> np.ndarray:
 def region_status(pred: np.ndarray, truth: np.ndarray) -> str:
     """'both', 'absent', 'missed' (only in truth) or 'false_positive' (only in prediction)."""
     p, t = bool(pred.any()), bool(truth.any())
-    return {(True, True): "both", (False, False): "absent", (False, True): "missed", (True, False): "false_positive"}[(p, t)]
+    return {(True, True): "both", (False, False): "absent", (False, True): "missed", (True, False): "false_positive"}[
+        (p, t)
+    ]
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float | None:
@@ -58,8 +61,7 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float | None:
 def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     coords = np.nonzero(mask)
     return tuple(
-        slice(max(0, int(c.min()) - margin), min(n, int(c.max()) + 1 + margin))
-        for c, n in zip(coords, mask.shape)
+        slice(max(0, int(c.min()) - margin), min(n, int(c.max()) + 1 + margin)) for c, n in zip(coords, mask.shape)
     )
 
 
@@ -95,8 +97,11 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float]) -> f
 
 
 def score_case(
-    pred_labels: np.ndarray, truth_labels: np.ndarray, spacing_zyx: Sequence[float],
-    regions: Mapping[str, tuple[int, ...]] = REGIONS, nsd_tolerance_mm: Mapping[str, float] = NSD_TOLERANCE_MM,
+    pred_labels: np.ndarray,
+    truth_labels: np.ndarray,
+    spacing_zyx: Sequence[float],
+    regions: Mapping[str, tuple[int, ...]] = REGIONS,
+    nsd_tolerance_mm: Mapping[str, float] = NSD_TOLERANCE_MM,
 ) -> dict[str, dict[str, object]]:
     """{region: {"dice", "nsd", "hd95_mm", "status"}} for one case's label maps."""
     if pred_labels.shape != truth_labels.shape:
@@ -107,12 +112,16 @@ def score_case(
     out: dict[str, dict[str, object]] = {}
     for name, labels in regions.items():
         p, t = region_mask(pred_labels, labels), region_mask(truth_labels, labels)
-        out[name] = {"dice": dice(p, t), "nsd": surface_dice(p, t, spacing_zyx, nsd_tolerance_mm[name]),
-                     "hd95_mm": hd95(p, t, spacing_zyx), "status": region_status(p, t)}
+        out[name] = {
+            "dice": dice(p, t),
+            "nsd": surface_dice(p, t, spacing_zyx, nsd_tolerance_mm[name]),
+            "hd95_mm": hd95(p, t, spacing_zyx),
+            "status": region_status(p, t),
+        }
     return out
 
 
-def summarise(cases: dict[str, dict[str, dict[str, object]]], regions: Sequence[str] = tuple(REGIONS)) -> dict:
+def summarise(cases: dict[str, dict[str, dict[str, Any]]], regions: Sequence[str] = tuple(REGIONS)) -> dict:
     """Mean and median of each metric per region over cases where it is defined.
 
     ``n`` counts the cases in the statistic; ``n_absent`` the cases where the region is in

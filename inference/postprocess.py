@@ -28,6 +28,7 @@ equally large components the one that starts first in C order (z, then y, then x
 Neither step adds foreground, and the pancreas region (labels > 0) after step 2 is a
 subset of the one before. A map without foreground (or without tumour) passes unchanged.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -101,6 +102,10 @@ def apply_postprocessing(labels: np.ndarray, decision: PostprocessingDecision) -
 
 
 __all__ = [
-    "CONNECTIVITY_26", "apply_postprocessing", "keep_largest_component",
-    "keep_largest_gland", "keep_largest_tumour", "largest_component_mask",
+    "CONNECTIVITY_26",
+    "apply_postprocessing",
+    "keep_largest_component",
+    "keep_largest_gland",
+    "keep_largest_tumour",
+    "largest_component_mask",
 ]

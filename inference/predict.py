@@ -38,13 +38,14 @@ about as fine as the scan's slices, so nearest neighbour moves a boundary by at 
 a stored voxel (0.5 mm), below annotation uncertainty; and it is the one path the store
 contract already round-trips and tests. Optional probability maps use linear resampling.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -53,7 +54,12 @@ from dataset.common.configio import to_dict
 from dataset.common.files import exclusive_lock, fingerprint_file, remove_stale_temporaries
 from dataset.contract.postprocessing import PostprocessingDecision
 from dataset.contract.predictions import (
-    PredictionRecord, Predictions, label_name, probabilities_name, read_predictions, write_predictions,
+    PredictionRecord,
+    Predictions,
+    label_name,
+    probabilities_name,
+    read_predictions,
+    write_predictions,
 )
 from inference.config import PredictConfig
 from inference.inputs import CaseInput, PredictError, discover_inputs, gather_inputs, input_folders
@@ -67,12 +73,23 @@ log = logging.getLogger(__name__)
 
 # discover_inputs and resolve_config are imported from here by the tests and other modules
 __all__ = [
-    "CaseInput", "CaseResult", "PredictError", "PredictSummary", "apply_postprocessing", "argmax_labels",
-    "discover_inputs", "keep_largest_component", "predict_case", "predict_cases", "predict_volume", "resolve_config",
+    "CaseInput",
+    "CaseResult",
+    "PredictError",
+    "PredictSummary",
+    "apply_postprocessing",
+    "argmax_labels",
+    "discover_inputs",
+    "keep_largest_component",
+    "predict_case",
+    "predict_cases",
+    "predict_volume",
+    "resolve_config",
 ]
 
 
 # ----------------------------------------------------------------------------- one case
+
 
 def predict_case(
     case: CaseInput,
@@ -102,8 +119,7 @@ def predict_case(
     result.seconds["preprocess"] = time.perf_counter() - t
 
     timings: dict[str, float] = {}
-    probs = predict_volume(pre.levels, predict_fn, config, mirror_axes=mirror_axes, progress=progress,
-                           timings=timings)
+    probs = predict_volume(pre.levels, predict_fn, config, mirror_axes=mirror_axes, progress=progress, timings=timings)
     if n_classes is not None and probs.shape[0] != n_classes:
         raise PredictError(f"model gives {probs.shape[0]} classes, the run's contract says {n_classes}")
     result.n_windows = int(timings["windows"])
@@ -115,8 +131,15 @@ def predict_case(
     return result
 
 
-def _write_case(case_id: str, probs: np.ndarray, pre, image, config: PredictConfig, out_dir: Path,
-                postprocessing: PostprocessingDecision | None = None) -> Path:
+def _write_case(
+    case_id: str,
+    probs: np.ndarray,
+    pre,
+    image,
+    config: PredictConfig,
+    out_dir: Path,
+    postprocessing: PostprocessingDecision | None = None,
+) -> Path:
     """Labels (and the optional probabilities) back on the scan's grid, written atomically."""
     from preprocess.geometry import restore_to_original
     from preprocess.io import grid_mismatch
@@ -142,6 +165,7 @@ def _write_case(case_id: str, probs: np.ndarray, pre, image, config: PredictConf
 
 # ----------------------------------------------------------------------------- the record
 
+
 def _input_fingerprint(path: Path) -> str | None:
     try:
         return fingerprint_file(path)
@@ -161,17 +185,25 @@ class Plan:
 
 def _up_to_date(record: Predictions, case: CaseInput, input_fp: str | None, out: Path) -> bool:
     prev = record.cases.get(case.case_id)
-    return (prev is not None and prev.done and prev.input_fingerprint == input_fp
-            and prev.settings_fingerprint == record.settings_fingerprint
-            and (out / label_name(case.case_id)).is_file())
+    return (
+        prev is not None
+        and prev.done
+        and prev.input_fingerprint == input_fp
+        and prev.settings_fingerprint == record.settings_fingerprint
+        and (out / label_name(case.case_id)).is_file()
+    )
 
 
 def plan_run(out: Path, run: RunSettings, cases: Sequence[CaseInput], overwrite: bool, flag: str) -> Plan:
     """Read the folder's record, decide what to predict, check it replaces only its own files,
     and list those cases as pending before any of their files is written."""
     previous = read_predictions(out)
-    record = Predictions(run=run.runs_text, settings_fingerprint=run.fingerprint,
-                         config=to_dict(run.config), cases=previous.cases if previous else {})
+    record = Predictions(
+        run=run.runs_text,
+        settings_fingerprint=run.fingerprint,
+        config=to_dict(run.config),
+        cases=previous.cases if previous else {},
+    )
     fps = {c.case_id: _input_fingerprint(c.path) for c in cases}
     todo = tuple(c for c in cases if overwrite or not _up_to_date(record, c, fps[c.case_id], out))
     check_owned(out, previous, [c.case_id for c in todo], run.config.save_probabilities, flag)
@@ -184,21 +216,37 @@ def plan_run(out: Path, run: RunSettings, cases: Sequence[CaseInput], overwrite:
 
 def _record_of(case: CaseInput, result: CaseResult, input_fp: str | None, settings_fp: str) -> PredictionRecord:
     return PredictionRecord(
-        input=case.source, input_fingerprint=input_fp, settings_fingerprint=settings_fp,
-        status="failed" if result.error else "done", error=result.error, output=result.output,
-        shape_zyx=result.shape_zyx, seconds=result.seconds,
+        input=case.source,
+        input_fingerprint=input_fp,
+        settings_fingerprint=settings_fp,
+        status="failed" if result.error else "done",
+        error=result.error,
+        output=result.output,
+        shape_zyx=result.shape_zyx,
+        seconds=result.seconds,
     )
 
 
 # ----------------------------------------------------------------------------- many cases
 
-def _predict_or_report(case: CaseInput, predict_fns: Sequence[PredictFn], run: RunSettings, out: Path,
-                       progress: bool) -> CaseResult:
+
+def _predict_or_report(
+    case: CaseInput, predict_fns: Sequence[PredictFn], run: RunSettings, out: Path, progress: bool
+) -> CaseResult:
     """One case; any failure becomes the case's one-line error (it must not stop the others)."""
     try:
-        return predict_case(case, predict_fns, run.config, run.preprocess, out, n_classes=int(run.contract.n_classes),
-                            mirror_axes=run.mirror_axes, postprocessing=run.postprocessing, progress=progress)
-    except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
+        return predict_case(
+            case,
+            predict_fns,
+            run.config,
+            run.preprocess,
+            out,
+            n_classes=int(run.contract.n_classes),
+            mirror_axes=run.mirror_axes,
+            postprocessing=run.postprocessing,
+            progress=progress,
+        )
+    except Exception as err:
         log.debug("case %s failed", case.case_id, exc_info=True)
         text = str(err).splitlines()[0] if str(err) else type(err).__name__
         if str(case.path) not in text:
@@ -207,8 +255,14 @@ def _predict_or_report(case: CaseInput, predict_fns: Sequence[PredictFn], run: R
         return CaseResult(case.case_id, str(case.path), error=text)
 
 
-def _predict_all(cases: Sequence[CaseInput], plan: Plan, predict_fns: Sequence[PredictFn] | None,
-                 run: RunSettings, out: Path, progress: bool) -> list[CaseResult]:
+def _predict_all(
+    cases: Sequence[CaseInput],
+    plan: Plan,
+    predict_fns: Sequence[PredictFn] | None,
+    run: RunSettings,
+    out: Path,
+    progress: bool,
+) -> list[CaseResult]:
     """Predict the planned cases in input order, committing each one's record as it ends."""
     todo = {c.case_id for c in plan.todo}
     record, results = plan.record, []
@@ -216,6 +270,7 @@ def _predict_all(cases: Sequence[CaseInput], plan: Plan, predict_fns: Sequence[P
         if case.case_id not in todo:
             results.append(CaseResult(case.case_id, str(case.path), str(out / label_name(case.case_id)), skipped=True))
             continue
+        assert predict_fns is not None  # loaded whenever the plan has a case to predict
         result = _predict_or_report(case, predict_fns, run, out, progress)
         entry = _record_of(case, result, plan.input_fingerprints[case.case_id], run.fingerprint)
         record = record.with_case(case.case_id, entry)

@@ -3,6 +3,7 @@
 Plain constants, free of numpy and scipy, so that the configs (``inference.config``, which
 ``pancreas download`` also loads) can validate against them without importing the metrics.
 """
+
 from __future__ import annotations
 
 # Regions scored by `pancreas evaluate`: name -> labels that make up the region.

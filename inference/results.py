@@ -4,6 +4,7 @@ The same facts go into ``predictions.json`` (``dataset.contract.predictions``); 
 are the in-memory form the CLI prints (``PredictSummary.table``) and ``evaluate --run``
 reads (``failed``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -42,8 +43,10 @@ class PredictSummary:
 
     def table(self) -> str:
         """Readable per-case summary for the terminal."""
-        head = (f"{'case':<24} {'status':<8} {'stored z,y,x':<16} {'windows':>7} {'prep s':>7} {'model s':>8} "
-                f"{'stitch s':>8} {'export s':>8}")
+        head = (
+            f"{'case':<24} {'status':<8} {'stored z,y,x':<16} {'windows':>7} {'prep s':>7} {'model s':>8} "
+            f"{'stitch s':>8} {'export s':>8}"
+        )
         lines = [head, "-" * len(head)]
         for r in self.results:
             status = "failed" if r.error else "skipped" if r.skipped else "done"

@@ -13,14 +13,19 @@ Two rules, both checked before anything is written:
 as it found it. ``plan_run`` (``inference.predict``) checks ownership again under the
 lock, where the record cannot change underneath it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from dataset.common.files import inside
 from dataset.contract.predictions import (
-    PREDICTIONS_NAME, Predictions, label_name, probabilities_name, read_predictions,
+    PREDICTIONS_NAME,
+    Predictions,
+    label_name,
+    probabilities_name,
+    read_predictions,
 )
 from inference.inputs import PredictError
 
@@ -34,24 +39,28 @@ def check_output_folder(out_dir: str | Path, protected: Sequence[tuple[str, Path
     for role, folder in protected:
         if inside(out_dir, folder):
             where = "is" if Path(out_dir).resolve() == Path(folder).resolve() else "lies inside"
-            raise PredictError(f"{flag} {out_dir} {where} the {role} {folder}: predictions there could replace "
-                               f"its files; choose a {flag} folder outside it")
+            raise PredictError(
+                f"{flag} {out_dir} {where} the {role} {folder}: predictions there could replace "
+                f"its files; choose a {flag} folder outside it"
+            )
 
 
-def check_owned(out: Path, record: Predictions | None, case_ids: Sequence[str], probabilities: bool,
-                flag: str) -> None:
+def check_owned(out: Path, record: Predictions | None, case_ids: Sequence[str], probabilities: bool, flag: str) -> None:
     """Refuse to replace a file of ``out`` that the folder's ``predictions.json`` does not list."""
     for case_id in case_ids:
         names = [label_name(case_id)] + ([probabilities_name(case_id)] if probabilities else [])
         for name in names:
             path = out / name
             if (path.exists() or path.is_symlink()) and not (record and record.owns(name)):
-                raise PredictError(f"{path}: exists and was not written by `pancreas predict` (not listed in "
-                                   f"{out / PREDICTIONS_NAME}); move it away or choose another {flag} folder")
+                raise PredictError(
+                    f"{path}: exists and was not written by `pancreas predict` (not listed in "
+                    f"{out / PREDICTIONS_NAME}); move it away or choose another {flag} folder"
+                )
 
 
-def check_output(out_dir: str | Path, protected: Sequence[tuple[str, Path]], case_ids: Sequence[str],
-                 probabilities: bool, flag: str) -> None:
+def check_output(
+    out_dir: str | Path, protected: Sequence[tuple[str, Path]], case_ids: Sequence[str], probabilities: bool, flag: str
+) -> None:
     """Every refusal that needs no lock; run it before taking ``out_dir``'s lock.
 
     Checking every case, not only those a run would redo, refuses exactly the same

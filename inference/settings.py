@@ -22,14 +22,16 @@ its own run's axes).
 TensorFlow is imported only in ``load_predict_fn``, so discovery, evaluation and the
 tests with a fake model start without it.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 
@@ -88,9 +90,10 @@ class RunSettings:
 
 # ----------------------------------------------------------------------------- one run
 
+
 def resolve_config(config: PredictConfig, contract: InputContract, run_dir: str | Path | None = None) -> PredictConfig:
     """Fill the window and the mirror axes from the contract and check the model can take the window."""
-    window = tuple(int(w) for w in (config.window_zyx or contract.val_patch_size_zyx))
+    window = cast("tuple[int, int, int]", tuple(int(w) for w in (config.window_zyx or contract.val_patch_size_zyx)))
     try:
         check_patch_fits_depth(window, int(contract.model_depth), "sliding-window")
     except ConfigError as err:
@@ -98,14 +101,19 @@ def resolve_config(config: PredictConfig, contract: InputContract, run_dir: str 
     return dataclasses.replace(config, window_zyx=window, mirror_axes=mirror_axes_of(config, contract, run_dir))
 
 
-def mirror_axes_of(config: PredictConfig, contract: InputContract, run_dir: str | Path | None = None) -> tuple[int, ...]:
+def mirror_axes_of(
+    config: PredictConfig, contract: InputContract, run_dir: str | Path | None = None
+) -> tuple[int, ...]:
     """The config's axes if it names them, else the axes the run's trainer flipped."""
     if config.mirror_axes is not None:
         return tuple(int(a) for a in config.mirror_axes)
     if contract.mirror_axes is None:
         where = Path(run_dir) / INPUT_CONTRACT_NAME if run_dir is not None else "the input contract"
-        log.warning("%s records no flip augmentation (a run trained before it was recorded): no test-time "
-                    "mirroring; set mirror_axes in the predict config to mirror anyway", where)
+        log.warning(
+            "%s records no flip augmentation (a run trained before it was recorded): no test-time "
+            "mirroring; set mirror_axes in the predict config to mirror anyway",
+            where,
+        )
         return ()
     return contract.mirror_axes
 
@@ -117,9 +125,13 @@ def _preprocess_of(run_dir: Path, contract: InputContract):
     preprocess_config = from_dict(PreprocessConfig, dict(contract.preprocess), where=where)
     recorded = contract.preprocess_fingerprint
     if recorded and recorded != config_fingerprint(preprocess_config):
-        log.warning("%s: preprocessing fingerprint %s differs from this code's reading of the same config (%s); "
-                    "the preprocessing code may have changed since training", run_dir, recorded,
-                    config_fingerprint(preprocess_config))
+        log.warning(
+            "%s: preprocessing fingerprint %s differs from this code's reading of the same config (%s); "
+            "the preprocessing code may have changed since training",
+            run_dir,
+            recorded,
+            config_fingerprint(preprocess_config),
+        )
     return preprocess_config
 
 
@@ -133,10 +145,12 @@ def model_fingerprint(run_dir: Path, config: PredictConfig, predict_fn: PredictF
 
 # ----------------------------------------------------------------------------- the ensemble
 
-def _agreed_keys(contract: InputContract, preprocess_config, window: tuple[int, ...], explicit_window: bool
-                 ) -> dict[str, Any]:
+
+def _agreed_keys(
+    contract: InputContract, preprocess_config, window: tuple[int, ...], explicit_window: bool
+) -> dict[str, Any]:
     """What an ensemble's members must share (module docstring), as flat ``key: value``."""
-    keys = {"n_classes": contract.n_classes}
+    keys: dict[str, Any] = {"n_classes": contract.n_classes}
     keys.update({k: getattr(contract, k) for k in ("input", "output") if getattr(contract, k)})
     names = contract.label_names
     if isinstance(names, Mapping):  # {"0": "background", ...} as some runs record it
@@ -149,8 +163,7 @@ def _agreed_keys(contract: InputContract, preprocess_config, window: tuple[int, 
     return keys
 
 
-def check_members_agree(first: Path, first_keys: Mapping[str, Any], other: Path, other_keys: Mapping[str, Any]
-                        ) -> None:
+def check_members_agree(first: Path, first_keys: Mapping[str, Any], other: Path, other_keys: Mapping[str, Any]) -> None:
     """One line naming both runs and the first key on which they differ."""
     for key in list(first_keys) + [k for k in other_keys if k not in first_keys]:
         if key in first_keys and key in other_keys and first_keys[key] == other_keys[key]:
@@ -158,8 +171,10 @@ def check_members_agree(first: Path, first_keys: Mapping[str, Any], other: Path,
         if key in ("label_names", "input", "output") and (key not in first_keys or key not in other_keys):
             continue  # not recorded by one of them (an older run): nothing to compare
         mine, theirs = first_keys.get(key, "(not recorded)"), other_keys.get(key, "(not recorded)")
-        raise PredictError(f"runs {first} and {other} cannot be ensembled: their input contracts differ in {key} "
-                           f"({mine!r} vs {theirs!r})")
+        raise PredictError(
+            f"runs {first} and {other} cannot be ensembled: their input contracts differ in {key} "
+            f"({mine!r} vs {theirs!r})"
+        )
 
 
 def _read_decision(path: str | Path, members: Sequence[Member]) -> PostprocessingDecision:
@@ -173,8 +188,15 @@ def _read_decision(path: str | Path, members: Sequence[Member]) -> Postprocessin
         if not member.contract.store_fingerprint:
             log.warning("%s records no store fingerprint: cannot check that %s was chosen on its store", where, path)
             continue
-        check_fingerprint("store fingerprint", decision.store_fingerprint, member.contract.store_fingerprint,
-                          path, where, OTHER_STORE, error=PredictError)
+        check_fingerprint(
+            "store fingerprint",
+            decision.store_fingerprint,
+            member.contract.store_fingerprint,
+            path,
+            where,
+            OTHER_STORE,
+            error=PredictError,
+        )
     return decision
 
 
@@ -187,14 +209,19 @@ def _fingerprint(members: Sequence[Member], config: PredictConfig, decision: Pos
     settings = {k: v for k, v in to_dict(config).items() if k not in EVALUATION_ONLY}
     settings["postprocessing"] = dict(decision.largest_component) if decision else None
     if len(members) == 1:
-        return fingerprint_json({"contract": members[0].contract.to_dict(), "config": settings,
-                                 "model": members[0].model})
-    return fingerprint_json({"config": settings,
-                             "models": [{"contract": m.contract.to_dict(), "model": m.model} for m in members]})
+        return fingerprint_json(
+            {"contract": members[0].contract.to_dict(), "config": settings, "model": members[0].model}
+        )
+    return fingerprint_json(
+        {"config": settings, "models": [{"contract": m.contract.to_dict(), "model": m.model} for m in members]}
+    )
 
 
-def load_runs(run_dirs: str | Path | Sequence[str | Path], config: PredictConfig,
-              predict_fns: PredictFn | Sequence[PredictFn] | None = None) -> RunSettings:
+def load_runs(
+    run_dirs: str | Path | Sequence[str | Path],
+    config: PredictConfig,
+    predict_fns: PredictFn | Sequence[PredictFn] | None = None,
+) -> RunSettings:
     """Read and check every run (an ensemble when several), the decision file, and fingerprint it all.
 
     ``predict_fns``: one model callable per run in place of its checkpoint (tests, other
@@ -215,6 +242,7 @@ def load_runs(run_dirs: str | Path | Sequence[str | Path], config: PredictConfig
         contract = read_input_contract(run_dir, error=PredictError)
         preprocess_configs.append(_preprocess_of(run_dir, contract))
         resolved = resolve_config(config, contract, run_dir)
+        assert resolved.window_zyx is not None and resolved.mirror_axes is not None  # resolve_config sets both
         windows.append(resolved.window_zyx)
         keys.append(_agreed_keys(contract, preprocess_configs[-1], resolved.window_zyx, config.window_zyx is not None))
         check_members_agree(dirs[0], keys[0], run_dir, keys[-1])
@@ -223,20 +251,24 @@ def load_runs(run_dirs: str | Path | Sequence[str | Path], config: PredictConfig
     axes = {m.mirror_axes for m in members}
     decision = _read_decision(config.postprocessing, members) if config.postprocessing else None
     resolved = dataclasses.replace(
-        config, window_zyx=windows[0], mirror_axes=axes.pop() if len(axes) == 1 else None,
-        postprocessing=str(Path(config.postprocessing).resolve()) if config.postprocessing else None)
+        config,
+        window_zyx=windows[0],
+        mirror_axes=axes.pop() if len(axes) == 1 else None,
+        postprocessing=str(Path(config.postprocessing).resolve()) if config.postprocessing else None,
+    )
     fingerprint = _fingerprint(members, resolved, decision)
     return RunSettings(tuple(members), preprocess_configs[0], resolved, decision, fingerprint)
 
 
 # ----------------------------------------------------------------------------- models
 
+
 def load_predict_fn(run_dir: str | Path, checkpoint: str = "best") -> PredictFn:
     """Load the Keras model (lazily importing TensorFlow) and wrap it as a numpy callable."""
     path = checkpoint_path(run_dir, checkpoint)
     if not path.is_file():
         raise PredictError(f"{run_dir}: no checkpoint {path.name} in checkpoints/")
-    import keras  # noqa: PLC0415 - lazy: only prediction with a real model pays for TensorFlow
+    import keras
 
     for module in ("training.losses", "training.metrics"):  # register the custom objects
         try:

@@ -7,11 +7,13 @@ border (a convolutional net sees less context near a window edge), and the weigh
 is divided by the summed weights. Only the running sums are kept (C + 1 float32 volumes),
 never the individual windows, so memory stays a few times the cropped volume.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import cast
 
 import numpy as np
 
@@ -31,13 +33,13 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
     target_step = max(1.0, window * (1.0 - overlap))
     n_steps = math.ceil((size - window) / target_step) + 1
     step = (size - window) / (n_steps - 1)
-    return [int(round(step * i)) for i in range(n_steps)]
+    return [round(step * i) for i in range(n_steps)]
 
 
 def window_grid(shape_zyx: Sequence[int], window_zyx: Sequence[int], overlap: float) -> list[ZYX]:
     """All window start corners (z, y, x) over a volume at least one window large."""
     per_axis = [window_starts(s, w, overlap) for s, w in zip(shape_zyx, window_zyx)]
-    return [tuple(int(v) for v in c) for c in itertools.product(*per_axis)]
+    return [cast(ZYX, tuple(int(v) for v in c)) for c in itertools.product(*per_axis)]
 
 
 def gaussian_weights(window_zyx: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
@@ -76,13 +78,13 @@ def pad_to_window(volume_zyx: np.ndarray, window_zyx: Sequence[int], value: floa
 
 def batches(items: Sequence[ZYX], batch_size: int) -> Iterator[list[ZYX]]:
     for i in range(0, len(items), batch_size):
-        yield list(items[i:i + batch_size])
+        yield list(items[i : i + batch_size])
 
 
 def extract_windows(volume_zyx: np.ndarray, starts: Sequence[ZYX], window_zyx: Sequence[int]) -> np.ndarray:
     """Stack the windows at ``starts`` into (N, z, y, x)."""
     wz, wy, wx = (int(w) for w in window_zyx)
-    return np.stack([volume_zyx[z:z + wz, y:y + wy, x:x + wx] for z, y, x in starts])
+    return np.stack([volume_zyx[z : z + wz, y : y + wy, x : x + wx] for z, y, x in starts])
 
 
 def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:

@@ -31,29 +31,31 @@ where the two surfaces, each widened by the tolerance, overlap: an element outsi
 farther than the tolerance from the other surface, so no distance is needed for it, and a
 stray false-positive blob far from the organ does not make the transform cover the whole scan.
 """
+
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
+from typing import cast
 
 import numpy as np
 from scipy import ndimage
 
 # (dz, dy, dx) of the 8 voxels of a cube; a cube's code has bit i set when voxel _CORNERS[i] is inside.
-_CORNERS: tuple[tuple[int, int, int], ...] = tuple(itertools.product((0, 1), repeat=3))
+_CORNERS = cast("tuple[tuple[int, int, int], ...]", tuple(itertools.product((0, 1), repeat=3)))
 
 
 def _faces() -> list[list[tuple[int, int, int]]]:
     """The 6 faces of the unit cube, each as its 4 corners in cyclic order."""
-    faces = []
+    faces: list[list[tuple[int, int, int]]] = []
     for axis, side in itertools.product(range(3), (0, 1)):
         a, b = (d for d in range(3) if d != axis)
-        cycle = []
+        cycle: list[tuple[int, int, int]] = []
         for u, v in ((0, 0), (0, 1), (1, 1), (1, 0)):
             corner = [0, 0, 0]
             corner[axis], corner[a], corner[b] = side, u, v
-            cycle.append(tuple(corner))
+            cycle.append((corner[0], corner[1], corner[2]))
         faces.append(cycle)
     return faces
 
@@ -121,7 +123,7 @@ def surfel_area_vectors() -> np.ndarray:
     table = np.zeros((256, 12, 3))
     for code in range(1, 255):
         vectors = np.concatenate([_largest_fan(p) for p in _polygons(code)])
-        table[code, :len(vectors)] = vectors
+        table[code, : len(vectors)] = vectors
     table.flags.writeable = False  # cached and shared
     return table
 
@@ -139,7 +141,7 @@ def cube_codes(mask: np.ndarray) -> np.ndarray:
     out_shape = tuple(n - 1 for n in padded.shape)
     codes = np.zeros(out_shape, np.uint8)
     for bit, (dz, dy, dx) in enumerate(_CORNERS):
-        codes |= padded[dz:dz + out_shape[0], dy:dy + out_shape[1], dx:dx + out_shape[2]] * np.uint8(1 << bit)
+        codes |= padded[dz : dz + out_shape[0], dy : dy + out_shape[1], dx : dx + out_shape[2]] * np.uint8(1 << bit)
     return codes
 
 
@@ -156,8 +158,9 @@ def _reach_box(surface: np.ndarray, reach: Sequence[int]) -> list[tuple[int, int
     return [(max(0, int(c.min()) - r), min(n, int(c.max()) + 1 + r)) for c, r, n in zip(coords, reach, surface.shape)]
 
 
-def _within_tolerance(from_surface: np.ndarray, to_surface: np.ndarray, spacing_zyx: Sequence[float],
-                      tolerance_mm: float) -> np.ndarray:
+def _within_tolerance(
+    from_surface: np.ndarray, to_surface: np.ndarray, spacing_zyx: Sequence[float], tolerance_mm: float
+) -> np.ndarray:
     """Cubes of ``from_surface`` within ``tolerance_mm`` of ``to_surface`` (both on one cube grid).
 
     The distance transform runs only where both surfaces, widened by the tolerance, overlap:
@@ -166,10 +169,10 @@ def _within_tolerance(from_surface: np.ndarray, to_surface: np.ndarray, spacing_
     """
     out = np.zeros_like(from_surface)
     reach = [int(np.floor(tolerance_mm / float(s))) + 1 for s in spacing_zyx]
-    boxes = _reach_box(from_surface, reach), _reach_box(to_surface, reach)
-    if boxes[0] is None or boxes[1] is None:
+    from_box, to_box = _reach_box(from_surface, reach), _reach_box(to_surface, reach)
+    if from_box is None or to_box is None:
         return out
-    window = tuple(slice(max(a[0], b[0]), min(a[1], b[1])) for a, b in zip(*boxes))
+    window = tuple(slice(max(a[0], b[0]), min(a[1], b[1])) for a, b in zip(from_box, to_box))
     if any(w.start >= w.stop for w in window) or not to_surface[window].any():
         return out
     distance_mm = ndimage.distance_transform_edt(~to_surface[window], sampling=[float(s) for s in spacing_zyx])
@@ -182,8 +185,9 @@ def check_spacing(spacing_zyx: Sequence[float]) -> None:
         raise ValueError(f"spacing must be 3 positive values (z, y, x), got {tuple(spacing_zyx)}")
 
 
-def surface_dice(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float],
-                 tolerance_mm: float) -> float | None:
+def surface_dice(
+    pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float], tolerance_mm: float
+) -> float | None:
     """NSD of two boolean masks at ``tolerance_mm``: None when both are empty, 0 when one is."""
     pred, truth = pred.astype(bool, copy=False), truth.astype(bool, copy=False)
     if pred.shape != truth.shape:
@@ -200,6 +204,8 @@ def surface_dice(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[floa
     box = tuple(slice(int(c.min()), int(c.max()) + 1) for c in coords)
     area_pred, area_truth = surfel_areas(pred[box], spacing_zyx), surfel_areas(truth[box], spacing_zyx)
     on_pred, on_truth = area_pred > 0, area_truth > 0
-    close = (area_pred[_within_tolerance(on_pred, on_truth, spacing_zyx, float(tolerance_mm))].sum()
-             + area_truth[_within_tolerance(on_truth, on_pred, spacing_zyx, float(tolerance_mm))].sum())
+    close = (
+        area_pred[_within_tolerance(on_pred, on_truth, spacing_zyx, float(tolerance_mm))].sum()
+        + area_truth[_within_tolerance(on_truth, on_pred, spacing_zyx, float(tolerance_mm))].sum()
+    )
     return float(close / (area_pred.sum() + area_truth.sum()))

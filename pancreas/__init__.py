@@ -1,4 +1,5 @@
 """Command-line front end and the end-to-end demo. The library lives in the stage packages."""
+
 from __future__ import annotations
 
 DISTRIBUTION = "pancreas-seg"  # the name in pyproject.toml

@@ -4,16 +4,19 @@ Each stage has a small module ``pancreas/cli_<stage>.py`` with ``add_parser(subp
 and ``run(args) -> int``; they are imported lazily so ``pancreas synth`` does not pay
 for importing TensorFlow. A module that cannot be imported is never skipped: a missing
 dependency is reported in one line naming it, and a missing module of this project (a
-bug) keeps its traceback.
+bug) keeps its traceback. A ``PancreasError`` or ``OSError`` from a command is one line
+and exit status 2; any other exception is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import logging
+import os
 import sys
 
+from dataset.common.errors import PancreasError
 from pancreas import package_version
 from pancreas.cli_options import add_logging_options
 
@@ -39,7 +42,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pancreas",
         description="Segment the pancreas and pancreatic tumours in abdominal CT (MSD Task07): "
-                    "synth/download -> preprocess -> index -> train -> predict -> evaluate.",
+        "synth/download -> preprocess -> index -> train -> predict -> evaluate.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     add_logging_options(parser)
@@ -83,24 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except ModuleNotFoundError as err:  # e.g. TensorFlow, imported when a stage starts
         return _missing_dependency(err, f"pancreas {args.command}")
-    except Exception as err:  # noqa: BLE001 - one line for known user errors
-        from dataset.common.configio import ConfigError
-        from dataset.common.files import LockedError
-        from dataset.common.imports import DependencyError
-        from dataset.contract.store import StoreError
-
-        if isinstance(err, (ConfigError, StoreError, OSError, ValueError, LockedError, DependencyError)):
-            print(f"pancreas {args.command}: error: {err}", file=sys.stderr)
-            return 2
-        raise
+    except (PancreasError, OSError) as err:  # a refusal or a file problem: one line; anything else is a bug
+        print(f"pancreas {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 def _missing_dependency(err: ModuleNotFoundError, prog: str) -> int:
     """One line naming a dependency that is not installed; re-raise if it is this project's own."""
     if (err.name or "").split(".")[0] in OWN_PACKAGES:
         raise err
-    print(f"{prog}: error: a dependency is not installed: {err} (install the project: make install)",
-          file=sys.stderr)
+    print(f"{prog}: error: a dependency is not installed: {err} (install the project: make install)", file=sys.stderr)
     return 2
 
 

@@ -1,4 +1,5 @@
 """``pancreas demo``: the whole journey on synthetic data (what ``make demo`` runs)."""
+
 from __future__ import annotations
 
 import argparse

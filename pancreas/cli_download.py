@@ -1,4 +1,5 @@
 """``pancreas download``: fetch MSD Task07_Pancreas (resumable, md5-checked) and extract it safely."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,14 +10,17 @@ from pancreas.cli_options import add_no_progress_option, add_set_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = sub.add_parser("download", help="download and extract MSD Task07_Pancreas (about 11.5 GB)",
-                            description=__doc__)
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="target folder (default: out_dir of the config, 'data')")
+    parser = sub.add_parser(
+        "download", help="download and extract MSD Task07_Pancreas (about 11.5 GB)", description=__doc__
+    )
+    parser.add_argument(
+        "--out", default=None, metavar="DIR", help="target folder (default: out_dir of the config, 'data')"
+    )
     parser.add_argument("--url", default=None, help="another mirror of Task07_Pancreas.tar (same md5)")
     parser.add_argument("--md5", default=None, help="expected md5 (with a different archive)")
-    parser.add_argument("--config", default=None,
-                        help="download YAML (default: the defaults, as in configs/download.yaml)")
+    parser.add_argument(
+        "--config", default=None, help="download YAML (default: the defaults, as in configs/download.yaml)"
+    )
     add_set_option(parser)
     add_no_progress_option(parser, "no progress bar")
     parser.set_defaults(run=run)
@@ -41,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     if summary.already_done:
         print(f"download: {summary.archive.name} already downloaded, verified and extracted in {where}")
         return 0
-    print(f"download: {summary.downloaded_bytes / 2**20:.1f} MiB fetched, {summary.extracted_members} files "
-          f"extracted, {summary.skipped_members} macOS resource files skipped in {summary.seconds:.1f} s")
+    print(
+        f"download: {summary.downloaded_bytes / 2**20:.1f} MiB fetched, {summary.extracted_members} files "
+        f"extracted, {summary.skipped_members} macOS resource files skipped in {summary.seconds:.1f} s"
+    )
     print(f"dataset: {where}")
     return 0

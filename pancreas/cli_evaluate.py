@@ -1,60 +1,94 @@
 """``pancreas evaluate``: Dice, NSD and HD95 (mm) of pancreas, its label 1 and tumour, per case and summarised."""
+
 from __future__ import annotations
 
 import argparse
 
+from dataset.common.errors import UsageError
 from pancreas.cli_options import add_set_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = sub.add_parser("evaluate", help="score label maps against the truth (Dice, NSD, HD95)",
-                            description=__doc__ + " Either --pred and --truth, or --run and --store.")
+    parser = sub.add_parser(
+        "evaluate",
+        help="score label maps against the truth (Dice, NSD, HD95)",
+        description=__doc__ + " Either --pred and --truth, or --run and --store.",
+    )
     parser.add_argument("--pred", metavar="DIR", help="folder of predicted <case>.nii.gz")
     parser.add_argument("--truth", metavar="DIR", help="folder of true <case>.nii.gz (e.g. labelsTr)")
-    parser.add_argument("--run", dest="run_dir", metavar="RUN_DIR",  # `run` is the handler
-                        help="training run: predict its validation cases end to end and score them")
-    parser.add_argument("--cv", nargs="+", metavar="RUN_DIR",
-                        help="cross-validation: one run per fold, in fold order (fold 0 first); predicts every "
-                             "fold's validation cases with its own model, pools them, chooses postprocessing; "
-                             "--out is then the CV folder")
-    parser.add_argument("--checkpoint", choices=("last", "best"), default="last",
-                        help="with --cv: the checkpoint scored (default last: best was picked on these cases)")
+    parser.add_argument(
+        "--run",
+        dest="run_dir",
+        metavar="RUN_DIR",  # `run` is the handler
+        help="training run: predict its validation cases end to end and score them",
+    )
+    parser.add_argument(
+        "--cv",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="cross-validation: one run per fold, in fold order (fold 0 first); predicts every "
+        "fold's validation cases with its own model, pools them, chooses postprocessing; "
+        "--out is then the CV folder",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        choices=("last", "best"),
+        default="last",
+        help="with --cv: the checkpoint scored (default last: best was picked on these cases)",
+    )
     parser.add_argument("--store", metavar="STORE", help="the store the run(s) were trained on (with --run or --cv)")
-    parser.add_argument("--config", default=None,
-                        help="predict/evaluate YAML: inference settings for --run, NSD tolerances for both "
-                             "(default: configs/predict.yaml defaults)")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="predict/evaluate YAML: inference settings for --run, NSD tolerances for both "
+        "(default: configs/predict.yaml defaults)",
+    )
     add_set_option(parser)
-    parser.add_argument("--pred-out", default=None, metavar="DIR",
-                        help="where --run writes its predictions (default RUN_DIR/validation_predictions); "
-                             "outside the dataset, its truth and the store")
-    parser.add_argument("--out", default=None, metavar="report.json|CV_DIR",
-                        help="write the JSON report here (an existing file only if it is an earlier report); "
-                             "with --cv: the folder for report.json, report.csv, postprocessing.json and the "
-                             "out-of-fold predictions (required)")
+    parser.add_argument(
+        "--pred-out",
+        default=None,
+        metavar="DIR",
+        help="where --run writes its predictions (default RUN_DIR/validation_predictions); "
+        "outside the dataset, its truth and the store",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="report.json|CV_DIR",
+        help="write the JSON report here (an existing file only if it is an earlier report); "
+        "with --cv: the folder for report.json, report.csv, postprocessing.json and the "
+        "out-of-fold predictions (required)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from inference.evaluate import check_report_path, evaluate_dirs, evaluate_run, report_ok, report_table, write_report
-
     from dataset.common.configio import load_config
     from inference.config import PredictConfig
+    from inference.evaluate import check_report_path, evaluate_dirs, evaluate_run, report_ok, report_table, write_report
 
     if args.cv:
         if args.pred or args.truth or args.run_dir or not args.store or not args.out:
-            raise ValueError("--cv takes --store STORE and --out CV_DIR (and not --pred/--truth/--run)")
+            raise UsageError("--cv takes --store STORE and --out CV_DIR (and not --pred/--truth/--run)")
         return run_cv(args, load_config(PredictConfig, args.config, args.overrides))
     by_dirs, by_run = bool(args.pred or args.truth), bool(args.run_dir or args.store)
-    if by_dirs == by_run or (by_dirs and not (args.pred and args.truth)) or (by_run and not (args.run_dir and args.store)):
-        raise ValueError("give either --pred DIR --truth DIR, or --run RUN_DIR --store STORE, or --cv RUN_DIR ... --store STORE")
+    if (
+        by_dirs == by_run
+        or (by_dirs and not (args.pred and args.truth))
+        or (by_run and not (args.run_dir and args.store))
+    ):
+        raise UsageError(
+            "give either --pred DIR --truth DIR, or --run RUN_DIR --store STORE, or --cv RUN_DIR ... --store STORE"
+        )
     config = load_config(PredictConfig, args.config, args.overrides)
     if args.out:
         check_report_path(args.out)  # before the work, not after it
     if by_dirs:
-        report = evaluate_dirs(args.pred, args.truth, progress=not args.no_progress,
-                               nsd_tolerance_mm=config.nsd_tolerance_mm)
+        report = evaluate_dirs(
+            args.pred, args.truth, progress=not args.no_progress, nsd_tolerance_mm=config.nsd_tolerance_mm
+        )
     else:
         report = evaluate_run(args.run_dir, args.store, config, args.pred_out, progress=not args.no_progress)
     print(report_table(report))
@@ -68,18 +102,27 @@ def run_cv(args: argparse.Namespace, config) -> int:
     from inference.crossval import CSV_NAME, REPORT_NAME, evaluate_cv
     from inference.evaluate import report_ok, report_table
 
-    report = evaluate_cv(args.cv, args.store, args.out, config, checkpoint=args.checkpoint,
-                         progress=not args.no_progress)
+    report = evaluate_cv(
+        args.cv, args.store, args.out, config, checkpoint=args.checkpoint, progress=not args.no_progress
+    )
     print(report_table(report))
     kept = [r for r, on in report["postprocessing"]["largest_component"].items() if on]
     for region, s in report["postprocessing"]["scores"].items():
         before, after = s["mean_dice_without"], s["mean_dice_with"]
-        print(f"postprocessing, largest component of {region}: mean Dice {before if before is None else f'{before:.3f}'}"
-              f" -> {after if after is None else f'{after:.3f}'} over {s['n_cases']} case(s): "
-              f"{'kept' if s['kept'] else 'not kept'}")
+        print(
+            f"postprocessing, largest component of {region}: mean Dice {before if before is None else f'{before:.3f}'}"
+            f" -> {after if after is None else f'{after:.3f}'} over {s['n_cases']} case(s): "
+            f"{'kept' if s['kept'] else 'not kept'}"
+        )
     post = report["postprocessing"]["summary"]
-    print("with the chosen postprocessing (" + (", ".join(kept) or "none") + "): mean Dice " + ", ".join(
-        f"{r} {post[r]['dice']['mean']:.3f}" for r in post if post[r]["dice"]["mean"] is not None))
-    print(f"{len(report['folds'])} fold(s), checkpoint {report['checkpoint']}; wrote {args.out}/{REPORT_NAME}, "
-          f"{args.out}/{CSV_NAME}, {args.out}/postprocessing.json, out-of-fold predictions in {report['predictions']}")
+    print(
+        "with the chosen postprocessing ("
+        + (", ".join(kept) or "none")
+        + "): mean Dice "
+        + ", ".join(f"{r} {post[r]['dice']['mean']:.3f}" for r in post if post[r]["dice"]["mean"] is not None)
+    )
+    print(
+        f"{len(report['folds'])} fold(s), checkpoint {report['checkpoint']}; wrote {args.out}/{REPORT_NAME}, "
+        f"{args.out}/{CSV_NAME}, {args.out}/postprocessing.json, out-of-fold predictions in {report['predictions']}"
+    )
     return 0 if report_ok(report) else 1

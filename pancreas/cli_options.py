@@ -3,6 +3,7 @@
 Not a command (``pancreas.cli.COMMANDS`` lists those): each ``cli_<stage>`` module calls
 these from its ``add_parser``; ``pancreas.cli`` adds the logging options to every command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,10 +11,16 @@ import argparse
 
 def add_set_option(parser: argparse.ArgumentParser) -> None:
     """``--set KEY=VALUE`` (repeatable) beside ``--config``; read by ``configio.load_config``."""
-    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                        help="change one config value on top of --config (or the defaults), checked like the "
-                             "YAML: dotted keys for sections, the value is YAML (--set model.depth=3 "
-                             "--set 'augment.flip_axes=[1, 2]', quoted for the shell); repeatable, later ones win")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="change one config value on top of --config (or the defaults), checked like the "
+        "YAML: dotted keys for sections, the value is YAML (--set model.depth=3 "
+        "--set 'augment.flip_axes=[1, 2]', quoted for the shell); repeatable, later ones win",
+    )
 
 
 def add_no_progress_option(parser: argparse.ArgumentParser, what: str = "no progress bars") -> None:
@@ -29,7 +36,13 @@ def add_logging_options(parser: argparse.ArgumentParser, default: object = False
     """``-v``/``-q``: on the top-level parser (``default`` False) and on every command
     (``default`` SUPPRESS, so ``pancreas -v index ...`` is not reset by the command's parser)."""
     group = parser.add_argument_group("logging")
-    group.add_argument("-v", "--verbose", action="store_true", default=default,
-                       help="debug logging, Dask's messages included")
-    group.add_argument("-q", "--quiet", action="store_true", default=default,
-                       help="warnings and errors only; no progress bars (results are still printed)")
+    group.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="debug logging, Dask's messages included"
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default,
+        help="warnings and errors only; no progress bars (results are still printed)",
+    )

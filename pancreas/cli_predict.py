@@ -1,4 +1,5 @@
 """``pancreas predict``: segment CTs with a trained run, or an ensemble of runs; label maps on each scan's own grid."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,26 +8,47 @@ from pancreas.cli_options import add_set_option, required_group
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = sub.add_parser("predict", help="segment CTs (NIfTI file/folder, MSD folder or DICOM series)",
-                            description=__doc__)
+    parser = sub.add_parser(
+        "predict", help="segment CTs (NIfTI file/folder, MSD folder or DICOM series)", description=__doc__
+    )
     required = required_group(parser)
-    required.add_argument("--model", required=True, nargs="+", metavar="RUN_DIR",
-                        help="training run folder (input_contract.json + checkpoints/); several: an ensemble "
-                             "(the mean of their softmax; their input contracts must agree)")
-    required.add_argument("--input", required=True, metavar="PATH",
-                        help="a .nii/.nii.gz file, a folder of them, an MSD task folder (its test cases) "
-                             "or a DICOM series folder")
-    required.add_argument("--out", required=True, metavar="DIR",
-                        help="folder for <case>.nii.gz label maps, outside the input's folder; predict replaces "
-                             "only files its DIR/predictions.json lists")
-    parser.add_argument("--config", default=None,
-                        help="inference YAML (default: the defaults, as in configs/predict.yaml)")
+    required.add_argument(
+        "--model",
+        required=True,
+        nargs="+",
+        metavar="RUN_DIR",
+        help="training run folder (input_contract.json + checkpoints/); several: an ensemble "
+        "(the mean of their softmax; their input contracts must agree)",
+    )
+    required.add_argument(
+        "--input",
+        required=True,
+        metavar="PATH",
+        help="a .nii/.nii.gz file, a folder of them, an MSD task folder (its test cases) or a DICOM series folder",
+    )
+    required.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for <case>.nii.gz label maps, outside the input's folder; predict replaces "
+        "only files its DIR/predictions.json lists",
+    )
+    parser.add_argument(
+        "--config", default=None, help="inference YAML (default: the defaults, as in configs/predict.yaml)"
+    )
     add_set_option(parser)
-    parser.add_argument("--no-mirror", action="store_true",
-                        help="no test-time mirroring (default: along the axes each run's trainer flipped)")
-    parser.add_argument("--postprocessing", default=None, metavar="FILE",
-                        help="postprocessing.json of `pancreas evaluate --cv` (chosen on the runs' store): "
-                             "which regions keep only their largest connected component")
+    parser.add_argument(
+        "--no-mirror",
+        action="store_true",
+        help="no test-time mirroring (default: along the axes each run's trainer flipped)",
+    )
+    parser.add_argument(
+        "--postprocessing",
+        default=None,
+        metavar="FILE",
+        help="postprocessing.json of `pancreas evaluate --cv` (chosen on the runs' store): "
+        "which regions keep only their largest connected component",
+    )
     parser.add_argument("--overwrite", action="store_true", help="predict again even if up to date")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
@@ -45,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, mirror_axes=())
     if args.postprocessing is not None:
         config = dataclasses.replace(config, postprocessing=args.postprocessing)
-    summary = predict_cases(args.model, args.input, args.out, config, overwrite=args.overwrite,
-                            progress=not args.no_progress)
+    summary = predict_cases(
+        args.model, args.input, args.out, config, overwrite=args.overwrite, progress=not args.no_progress
+    )
     print(summary.table())
     return 1 if summary.failed else 0

@@ -1,7 +1,8 @@
 """The whole journey on synthetic data: ``pancreas demo`` / ``make demo``.
 
 synth -> preprocess -> index -> train -> predict (held-out cases) -> evaluate, all under
-one folder. The data are small phantoms with Task07-proportioned tumours (``DEMO_TUMOURS``). The demo's settings are the defaults of every stage except where the small
+one folder. The data are small phantoms with Task07-proportioned tumours (``DEMO_TUMOURS``). The
+demo's settings are the defaults of every stage except where the small
 phantoms and a 2-core CPU need smaller numbers (patch sizes, a small U-Net, a few minutes
 of training). Those overrides are YAML files, ``configs/demo/index.yaml`` and
 ``configs/demo/train.yaml``, loaded with the normal config loader; preprocessing and
@@ -19,18 +20,21 @@ Makefile's editable install has them, so ``pancreas demo`` reads them from any f
 an install without the source tree falls back to ``DEMO_OVERRIDES``. A test keeps each
 file equal to its copy, so the two cannot drift apart.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
 from dataset.common.configio import from_dict, load_config, to_dict
+from dataset.common.errors import PancreasError
 from dataset.index.config import IndexConfig
 from inference.config import PredictConfig
 from preprocess.config import PreprocessConfig
@@ -84,12 +88,16 @@ def demo_configs(folder: Path | None = None) -> DemoConfigs:
     folder = DEMO_CONFIG_DIR if folder is None else folder
     classes = {"preprocess": PreprocessConfig, "index": IndexConfig, "train": TrainConfig, "predict": PredictConfig}
     if folder.is_dir():
-        loaded = {name: load_config(cls, folder / f"{name}.yaml") if name in DEMO_OVERRIDES else cls()
-                  for name, cls in classes.items()}
+        loaded = {
+            name: load_config(cls, folder / f"{name}.yaml") if name in DEMO_OVERRIDES else cls()
+            for name, cls in classes.items()
+        }
     else:
         log.debug("%s not found (installed without the source tree): using pancreas.demo.DEMO_OVERRIDES", folder)
-        loaded = {name: from_dict(cls, DEMO_OVERRIDES.get(name), where=f"pancreas.demo.DEMO_OVERRIDES[{name!r}]")
-                  for name, cls in classes.items()}
+        loaded = {
+            name: from_dict(cls, DEMO_OVERRIDES.get(name), where=f"pancreas.demo.DEMO_OVERRIDES[{name!r}]")
+            for name, cls in classes.items()
+        }
     return DemoConfigs(**loaded)
 
 
@@ -138,26 +146,35 @@ def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
     seconds[name] = time.perf_counter() - start
 
 
-def _build_store(paths: dict[str, Path], configs: DemoConfigs, workers: int | None, progress: bool,
-                 seconds: dict[str, float]) -> None:
+def _build_store(
+    paths: dict[str, Path], configs: DemoConfigs, workers: int | None, progress: bool, seconds: dict[str, float]
+) -> None:
     """synth -> preprocess -> index."""
     from dataset.index.build import build_index
     from pancreas.synthetic.msd import make_dataset
     from preprocess.driver import run_preprocess
 
     with _timed(seconds, "synth"):
-        make_dataset(paths["data"], DEMO_TRAIN_CASES, seed=0, size="small", n_test=DEMO_TEST_CASES,
-                     progress=progress, tumours=DEMO_TUMOURS)
+        make_dataset(
+            paths["data"],
+            DEMO_TRAIN_CASES,
+            seed=0,
+            size="small",
+            n_test=DEMO_TEST_CASES,
+            progress=progress,
+            tumours=DEMO_TUMOURS,
+        )
     with _timed(seconds, "preprocess"):
         pre = run_preprocess(paths["data"], paths["store"], configs.preprocess, workers=workers, progress=progress)
         if not pre.ok:
-            raise RuntimeError(f"demo: preprocessing failed for {pre.failures}")
+            raise PancreasError(f"demo: preprocessing failed for {pre.failures}")
     with _timed(seconds, "index"):
         build_index(paths["store"], configs.index, workers=workers, progress=progress)
 
 
-def _train_and_score(paths: dict[str, Path], configs: DemoConfigs, progress: bool,
-                     seconds: dict[str, float]) -> dict[str, Any]:
+def _train_and_score(
+    paths: dict[str, Path], configs: DemoConfigs, progress: bool, seconds: dict[str, float]
+) -> dict[str, Any]:
     """train -> predict the held-out cases -> evaluate; the evaluation report."""
     from dataset.contract.run import holds_run
     from inference.evaluate import evaluate_dirs, write_report
@@ -165,13 +182,17 @@ def _train_and_score(paths: dict[str, Path], configs: DemoConfigs, progress: boo
     from training.run import train
 
     with _timed(seconds, "train"):
-        train(paths["store"], paths["run"], configs.train, resume=holds_run(paths["run"]),  # continue a killed demo
-              progress=progress)
+        train(
+            paths["store"],
+            paths["run"],
+            configs.train,
+            resume=holds_run(paths["run"]),  # continue a killed demo
+            progress=progress,
+        )
     with _timed(seconds, "predict"):
-        predicted = predict_cases(paths["run"], paths["data"], paths["predictions"], configs.predict,
-                                  progress=progress)
+        predicted = predict_cases(paths["run"], paths["data"], paths["predictions"], configs.predict, progress=progress)
         if predicted.failed:
-            raise RuntimeError(f"demo: prediction failed for {[r.case_id for r in predicted.failed]}")
+            raise PancreasError(f"demo: prediction failed for {[r.case_id for r in predicted.failed]}")
     with _timed(seconds, "evaluate"):
         report = evaluate_dirs(paths["predictions"], paths["data"] / "labelsTs", progress=progress)
         write_report(report, paths["report"])

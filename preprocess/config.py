@@ -4,6 +4,7 @@
 equal). The resolved config is written into every shard and the catalog, and its
 fingerprint decides whether a stored case must be redone.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,9 @@ class GeometryLimits:
 
     def __post_init__(self) -> None:
         if not (0 < self.min_spacing_mm < self.max_spacing_mm and math.isfinite(self.max_spacing_mm)):
-            raise ValueError(f"limits need 0 < min_spacing_mm < max_spacing_mm, got "
-                             f"{self.min_spacing_mm} and {self.max_spacing_mm}")
+            raise ValueError(
+                f"limits need 0 < min_spacing_mm < max_spacing_mm, got {self.min_spacing_mm} and {self.max_spacing_mm}"
+            )
         if not (math.isfinite(self.max_extent_mm) and self.max_extent_mm > 0):
             raise ValueError(f"limits.max_extent_mm must be > 0, got {self.max_extent_mm}")
         if self.max_resampled_voxels < 1:
@@ -60,16 +62,10 @@ class PreprocessConfig:
     limits: GeometryLimits = field(default_factory=GeometryLimits)  # not in the fingerprint
 
     def __post_init__(self) -> None:
-        if len(self.target_spacing_mm) != 3 or not all(
-            math.isfinite(s) and s > 0 for s in self.target_spacing_mm
-        ):
-            raise ValueError(
-                f"target_spacing_mm must be 3 positive numbers (x, y, z), got {self.target_spacing_mm}"
-            )
+        if len(self.target_spacing_mm) != 3 or not all(math.isfinite(s) and s > 0 for s in self.target_spacing_mm):
+            raise ValueError(f"target_spacing_mm must be 3 positive numbers (x, y, z), got {self.target_spacing_mm}")
         if self.image_interpolation not in INTERPOLATIONS:
-            raise ValueError(
-                f"image_interpolation must be one of {INTERPOLATIONS}, got {self.image_interpolation!r}"
-            )
+            raise ValueError(f"image_interpolation must be one of {INTERPOLATIONS}, got {self.image_interpolation!r}")
         low, high = self.window_hu
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise ValueError(f"window_hu must be (low, high) with low < high, got {self.window_hu}")
@@ -90,9 +86,7 @@ class PreprocessConfig:
             or len(set(values)) != len(values)
             or not all(isinstance(v, int) and 0 <= v <= 255 for v in values)
         ):
-            raise ValueError(
-                f"label_values must be distinct integers in 0..255 including 0, got {values}"
-            )
+            raise ValueError(f"label_values must be distinct integers in 0..255 including 0, got {values}")
 
 
 def load_preprocess_config(path: str | Path | None) -> PreprocessConfig:

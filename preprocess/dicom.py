@@ -11,14 +11,15 @@ series_uid)``; this module only lists files (no ``InputError`` here: callers wor
 ITK prints a "No Series were found" warning for every folder without DICOM files; those
 are expected while walking a tree, so warnings are off during the walk.
 """
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import SimpleITK as sitk
 
@@ -85,8 +86,10 @@ def _names(first_file: str) -> tuple[str, str]:
         reader.ReadImageInformation()
     except RuntimeError:
         return "", ""
-    return tuple(reader.GetMetaData(k).strip() if reader.HasMetaDataKey(k) else ""  # type: ignore[return-value]
-                 for k in (SERIES_NUMBER, SERIES_DESCRIPTION))
+    return tuple(
+        reader.GetMetaData(k).strip() if reader.HasMetaDataKey(k) else ""  # type: ignore[return-value]
+        for k in (SERIES_NUMBER, SERIES_DESCRIPTION)
+    )
 
 
 def find_series(root: str | Path) -> list[DicomSeries]:

@@ -13,11 +13,12 @@ run fails its case instead of being stored under a fingerprint it was not made f
 bad case becomes a "failed" record with a one-line reason; the shard of an earlier good
 run stays on disk (shards are only ever replaced by an atomic rename).
 """
+
 from __future__ import annotations
 
 import logging
-import socket
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ import h5py
 import hdf5plugin  # noqa: F401
 from tqdm import tqdm
 
+from dataset.common.errors import UsageError
 from dataset.common.files import exclusive_lock, remove_stale_temporaries
 from dataset.common.msd import MsdCase, MsdDataset, MsdDatasetError, load_msd_dataset
 from dataset.common.runner import one_line, run_cases
@@ -73,13 +75,20 @@ def _record(case: MsdCase, **fields) -> CatalogRecord:
 
 
 def _done(case: MsdCase, shape, counts, input_fp: str, config_fp: str, seconds: float) -> CatalogRecord:
-    return _record(case, status="done", shape_zyx=tuple(int(s) for s in shape),
-                   label_counts=tuple(int(c) for c in counts) if counts is not None else None,
-                   input_fingerprint=input_fp, config_fingerprint=config_fp, seconds=seconds)
+    return _record(
+        case,
+        status="done",
+        shape_zyx=tuple(int(s) for s in shape),
+        label_counts=tuple(int(c) for c in counts) if counts is not None else None,
+        input_fingerprint=input_fp,
+        config_fingerprint=config_fp,
+        seconds=seconds,
+    )
 
 
-def process_case(planned: PlannedCase, store: str, config_json: dict, itk_threads: int,
-                 run_config_fp: str) -> CatalogRecord:
+def process_case(
+    planned: PlannedCase, store: str, config_json: dict, itk_threads: int, run_config_fp: str
+) -> CatalogRecord:
     """Dask task: preprocess one case and write its shard; never raises for bad input.
 
     ``run_config_fp``: the driver's config fingerprint. A worker whose SimpleITK or NumPy
@@ -96,25 +105,35 @@ def process_case(planned: PlannedCase, store: str, config_json: dict, itk_thread
     config = config_from_dict(config_json)
     if config_fingerprint(config) != run_config_fp:
         versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
-        return _record(case, error=f"worker {socket.gethostname()} has {versions}, not the versions the run started "
-                                  "with; install the same SimpleITK and NumPy on every Dask worker",
-                       config_fingerprint=run_config_fp)
+        return _record(
+            case,
+            error=f"worker {socket.gethostname()} has {versions}, not the versions the run started "
+            "with; install the same SimpleITK and NumPy on every Dask worker",
+            config_fingerprint=run_config_fp,
+        )
     set_itk_threads(itk_threads)
     try:
         data = preprocess_file(case.image, case.label, config, planned.inputs.declared_labels, planned.inputs)
         write_case(shard_path(store, case.case_id), case.case_id, data)
-    except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
+    except Exception as err:
         expected = isinstance(err, (InputError, OSError))
         log.warning("%s failed: %s", case.case_id, one_line(err), exc_info=not expected)
         seconds = round(time.perf_counter() - t, 3)
         return _record(case, error=one_line(err), config_fingerprint=config_fingerprint(config), seconds=seconds)
     attrs = data.attrs
-    return _done(case, data.levels.shape, attrs.get("label_counts"), attrs["input_fingerprint"],
-                 attrs["config_fingerprint"], round(time.perf_counter() - t, 3))
+    return _done(
+        case,
+        data.levels.shape,
+        attrs.get("label_counts"),
+        attrs["input_fingerprint"],
+        attrs["config_fingerprint"],
+        round(time.perf_counter() - t, 3),
+    )
 
 
-def stored_record(case: MsdCase, store: Path, input_fp: str, config_fp: str,
-                  seconds: float = 0.0) -> CatalogRecord | None:
+def stored_record(
+    case: MsdCase, store: Path, input_fp: str, config_fp: str, seconds: float = 0.0
+) -> CatalogRecord | None:
     """The catalog record of an existing shard with the same fingerprints, else None."""
     path = shard_path(store, case.case_id)
     if not path.is_file():
@@ -148,12 +167,13 @@ def _previous_seconds(store: Path) -> dict[str, float]:
         return {}
 
 
-def _plan(dataset: MsdDataset, store: Path, catalog: Catalog,
-          summary: PreprocessSummary) -> tuple[Catalog, list[PlannedCase]]:
+def _plan(
+    dataset: MsdDataset, store: Path, catalog: Catalog, summary: PreprocessSummary
+) -> tuple[Catalog, list[PlannedCase]]:
     """Fingerprint every case's inputs now; up-to-date and missing-input cases go straight into
     the catalog and ``summary``, the others are returned (and listed as pending)."""
     previous = _previous_seconds(store)
-    todo = []
+    todo: list[PlannedCase] = []
     for case in dataset.cases:
         try:
             inputs = take_inputs(case.image, case.label, dataset.label_values)
@@ -162,12 +182,13 @@ def _plan(dataset: MsdDataset, store: Path, catalog: Catalog,
             catalog = catalog.with_case(case.case_id, record)
             summary.count(case.case_id, record)
             continue
-        record = stored_record(case, store, inputs.fingerprint, catalog.config_fingerprint,
-                               previous.get(case.case_id, 0.0))
-        if record is None:
+        stored = stored_record(
+            case, store, inputs.fingerprint, catalog.config_fingerprint, previous.get(case.case_id, 0.0)
+        )
+        if stored is None:
             todo.append(PlannedCase(case, inputs))
         else:
-            catalog = catalog.with_case(case.case_id, record)
+            catalog = catalog.with_case(case.case_id, stored)
             summary.skipped += 1
     for planned in todo:  # a killed run leaves them listed (not silently dropped) until done
         pending = _record(planned.case, status="pending", config_fingerprint=catalog.config_fingerprint)
@@ -205,7 +226,7 @@ def _parallelism(workers: int | None, scheduler: str | None, itk_threads: int | 
     cpus = os.cpu_count() or 1
     workers = cpus if workers is None else workers
     if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
+        raise UsageError(f"workers must be >= 0, got {workers}")
     if itk_threads is None:
         itk_threads = 1 if scheduler else max(1, cpus // max(1, workers))
     return workers, itk_threads
@@ -219,11 +240,20 @@ def _sweep(store: Path) -> None:
             log.info("removed temporary %s left by an interrupted run", stale.name)
 
 
-def _process(todo: list[PlannedCase], catalog: Catalog, store: Path, args: tuple, summary: PreprocessSummary,
-             workers: int, scheduler: str | None, bar: tqdm) -> Catalog:
+def _process(
+    todo: list[PlannedCase],
+    catalog: Catalog,
+    store: Path,
+    args: tuple,
+    summary: PreprocessSummary,
+    workers: int,
+    scheduler: str | None,
+    bar: tqdm,
+) -> Catalog:
     """Run the planned cases; the catalog is rewritten after each one finishes."""
-    for planned, record, error in run_cases(process_case, todo, args, name="preprocess",
-                                            key=lambda p: p.case.case_id, workers=workers, scheduler=scheduler):
+    for planned, record, error in run_cases(
+        process_case, todo, args, name="preprocess", key=lambda p: p.case.case_id, workers=workers, scheduler=scheduler
+    ):
         case_id = planned.case.case_id
         if error is not None:  # the task itself died (a killed worker)
             record = _record(planned.case, error=error)
@@ -235,18 +265,35 @@ def _process(todo: list[PlannedCase], catalog: Catalog, store: Path, args: tuple
     return catalog
 
 
-def _run(dataset: MsdDataset, store: Path, config: PreprocessConfig, workers: int, scheduler: str | None,
-         itk_threads: int, progress: bool) -> PreprocessSummary:
+def _run(
+    dataset: MsdDataset,
+    store: Path,
+    config: PreprocessConfig,
+    workers: int,
+    scheduler: str | None,
+    itk_threads: int,
+    progress: bool,
+) -> PreprocessSummary:
     """Plan, list the pending cases, process them, and write the catalog in the dataset's order."""
     config_fp = config_fingerprint(config)
     catalog = Catalog.new(dataset.root, dataset.name, dataset.labels, config_to_dict(config), config_fp)
     summary = PreprocessSummary(store=store)
     catalog, todo = _plan(dataset, store, catalog, summary)
     write_catalog(store, catalog)
-    log.info("%d cases: %d up to date, %d to do, %d missing input",
-             len(dataset.cases), summary.skipped, len(todo), summary.failed)
-    with tqdm(total=len(dataset.cases), initial=summary.skipped + summary.failed, unit="case",
-              desc="preprocess", disable=not progress) as bar:
+    log.info(
+        "%d cases: %d up to date, %d to do, %d missing input",
+        len(dataset.cases),
+        summary.skipped,
+        len(todo),
+        summary.failed,
+    )
+    with tqdm(
+        total=len(dataset.cases),
+        initial=summary.skipped + summary.failed,
+        unit="case",
+        desc="preprocess",
+        disable=not progress,
+    ) as bar:
         bar.set_postfix(done=0, failed=summary.failed, skipped=summary.skipped)
         args = (str(store), config_to_dict(config), itk_threads, config_fp)
         catalog = _process(todo, catalog, store, args, summary, workers, scheduler, bar)

@@ -10,10 +10,11 @@ grid starts half a new voxel inside that edge and has ``max(1, round(extent / ne
 voxels. Centre alignment would drop up to half an old voxel at each end (1.25 mm of a
 2.5 mm slice), which on a thin scan loses a visible part of an organ touching the edge.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -54,9 +55,7 @@ def physical_bounds(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     """(low, high) corners of the box around the scan's outer voxel edges, (x, y, z) mm."""
     size = image.GetSize()
     corners = [
-        image.TransformContinuousIndexToPhysicalPoint(
-            [-0.5 if bit == 0 else n - 0.5 for bit, n in zip(c, size)]
-        )
+        image.TransformContinuousIndexToPhysicalPoint([-0.5 if bit == 0 else n - 0.5 for bit, n in zip(c, size)])
         for c in np.ndindex(2, 2, 2)
     ]
     points = np.array(corners, dtype=np.float64)
@@ -74,7 +73,11 @@ def edge_aligned_grid(image: sitk.Image, spacing: tuple[float, float, float]) ->
     new_spacing = np.asarray(spacing, dtype=np.float64)
     size = np.maximum(1, np.floor((high - low) / new_spacing + 0.5)).astype(int)  # half rounds up
     origin = low + new_spacing / 2
-    return Grid(tuple(int(s) for s in size), tuple(map(float, new_spacing)), tuple(map(float, origin)))
+    return Grid(
+        cast("tuple[int, int, int]", tuple(int(s) for s in size)),
+        cast("tuple[float, float, float]", tuple(map(float, new_spacing))),
+        cast("tuple[float, float, float]", tuple(map(float, origin))),
+    )
 
 
 def is_axis_aligned(direction: tuple[float, ...], tol: float = 1e-6) -> bool:

@@ -10,6 +10,7 @@ the label file and, for a labelled case, the label values ``dataset.json`` decla
 (they decide whether its label passes validation). Library versions are part of the
 config fingerprint instead (``preprocess.config.config_fingerprint`` says why).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,8 +41,13 @@ class CaseInputs:
 def take_inputs(image: str | Path, label: str | Path | None, declared_labels: tuple[int, ...]) -> CaseInputs:
     """Fingerprint a case's files now; OSError when one is missing or unreadable."""
     label_fp = fingerprint_file(label) if label is not None else ""
-    return CaseInputs(str(image), str(label) if label is not None else None, fingerprint_file(image), label_fp,
-                      tuple(int(v) for v in declared_labels))
+    return CaseInputs(
+        str(image),
+        str(label) if label is not None else None,
+        fingerprint_file(image),
+        label_fp,
+        tuple(int(v) for v in declared_labels),
+    )
 
 
 def changed_file(inputs: CaseInputs) -> str | None:

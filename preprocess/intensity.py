@@ -21,6 +21,7 @@ Definition of the stored intensity (what ``hu_to_levels`` computes), for a windo
 
 The volume is processed in z-slabs so no full-size int64 or float64 temporary is made.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,9 +50,7 @@ def bin_of_values(values: np.ndarray, window_hu: tuple[float, float], bins: int)
     return np.clip(index, 0, bins - 1)
 
 
-def equalization_lut(
-    value_counts: np.ndarray, window_hu: tuple[float, float], bins: int
-) -> np.ndarray:
+def equalization_lut(value_counts: np.ndarray, window_hu: tuple[float, float], bins: int) -> np.ndarray:
     """Normalised intensity x in [0, 1] (float64) for each integer HU value of the window.
 
     ``value_counts[i]`` is the number of voxels of value ``integer_window(window_hu)[0] + i``.
@@ -99,9 +98,7 @@ def _value_index(hu_slab: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return v.astype(np.intp)
 
 
-def value_counts(
-    hu: np.ndarray, window_hu: tuple[float, float], min_hu: float | None = None
-) -> np.ndarray:
+def value_counts(hu: np.ndarray, window_hu: tuple[float, float], min_hu: float | None = None) -> np.ndarray:
     """Voxel count of each integer HU value of the window (only voxels with hu > min_hu)."""
     lo, hi = integer_window(window_hu)
     counts = np.zeros(hi - lo + 1, dtype=np.int64)

@@ -12,6 +12,7 @@ ITK cannot make (truncation, stored NaN) are ``preprocess.nifti``; writing image
 (x, y, z) order appears here and in ``geometry``; everything handed on is either an
 ``sitk.Image`` or a numpy (z, y, x) array.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,15 +23,22 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from dataset.common.errors import PancreasError
 from preprocess import nifti
-from preprocess.intensity import z_slabs
 from preprocess.dicom import series_files, series_ids
+from preprocess.intensity import z_slabs
 from preprocess.limits import STREAM_SLAB_VOXELS
 
 PIXEL_NAMES = {
-    sitk.sitkUInt8: "uint8", sitk.sitkInt8: "int8", sitk.sitkUInt16: "uint16",
-    sitk.sitkInt16: "int16", sitk.sitkUInt32: "uint32", sitk.sitkInt32: "int32",
-    sitk.sitkUInt64: "uint64", sitk.sitkInt64: "int64", sitk.sitkFloat32: "float32",
+    sitk.sitkUInt8: "uint8",
+    sitk.sitkInt8: "int8",
+    sitk.sitkUInt16: "uint16",
+    sitk.sitkInt16: "int16",
+    sitk.sitkUInt32: "uint32",
+    sitk.sitkInt32: "int32",
+    sitk.sitkUInt64: "uint64",
+    sitk.sitkInt64: "int64",
+    sitk.sitkFloat32: "float32",
     sitk.sitkFloat64: "float64",
 }
 # Two grids are "the same" when they differ by less than these (header float rounding).
@@ -40,7 +48,7 @@ DIRECTION_ATOL = 1e-4
 SLAB_VOXELS = 1 << 22
 
 
-class InputError(ValueError):
+class InputError(PancreasError, ValueError):
     """An input case that cannot be used; the message is one line naming the file."""
 
 
@@ -79,8 +87,14 @@ def read_image_info(path: str | Path) -> ImageInfo:
             header = None
         if header is not None and header.dtype:
             dtype = header.dtype
-    return ImageInfo(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
-                     tuple(reader.GetDirection()), reader.GetNumberOfComponents(), dtype)
+    return ImageInfo(
+        tuple(reader.GetSize()),
+        tuple(reader.GetSpacing()),
+        tuple(reader.GetOrigin()),
+        tuple(reader.GetDirection()),
+        reader.GetNumberOfComponents(),
+        dtype,
+    )
 
 
 def _dicom_files(folder: Path, series_uid: str | None = None) -> list[str]:
@@ -99,8 +113,10 @@ def _dicom_files(folder: Path, series_uid: str | None = None) -> list[str]:
     if not ids:
         raise InputError(f"{folder}: folder holds no DICOM series")
     if len(ids) > 1:
-        raise InputError(f"{folder}: folder holds {len(ids)} DICOM series ({', '.join(sorted(ids))}); give one "
-                         "series per folder (`pancreas predict` reads each series of a folder as its own case)")
+        raise InputError(
+            f"{folder}: folder holds {len(ids)} DICOM series ({', '.join(sorted(ids))}); give one "
+            "series per folder (`pancreas predict` reads each series of a folder as its own case)"
+        )
     return list(series_files(folder, ids[0]))
 
 
@@ -166,6 +182,7 @@ def read_file(path: str, pixel_type: int, slab_voxels: int | None = None) -> sit
             image.SetDirection(reader.GetDirection())
         image[:, :, z : z + n] = slab  # SimpleITK pastes in place
         del slab
+    assert image is not None  # the volume has at least one slab (an empty one was read whole)
     return image
 
 
@@ -182,9 +199,7 @@ def read_image(path: str | Path, series_uid: str | None = None) -> tuple[sitk.Im
     path = Path(path)
     image, dtype = _read(path, sitk.sitkFloat32, series_uid)
     values = sitk.GetArrayViewFromImage(image)
-    if not all_finite(values) or (
-        nifti.may_hide_non_finite(values, path, dtype) and nifti.has_non_finite(path, dtype)
-    ):
+    if not all_finite(values) or (nifti.may_hide_non_finite(values, path, dtype) and nifti.has_non_finite(path, dtype)):
         raise InputError(f"{path}: image contains NaN or infinite values")
     return image, dtype
 
@@ -238,8 +253,7 @@ def validated_label(label: sitk.Image, image: sitk.Image, allowed: tuple[int, ..
     counts = label_value_counts(values)
     if counts is None:
         raise InputError(
-            f"{where}: label values must be integers in {sorted(allowed)}, "
-            f"found range [{values.min()}, {values.max()}]"
+            f"{where}: label values must be integers in {sorted(allowed)}, found range [{values.min()}, {values.max()}]"
         )
     unexpected = [v for v in np.flatnonzero(counts) if v not in allowed]
     if unexpected:
@@ -257,7 +271,9 @@ def _as_uint8_on(label: sitk.Image, image: sitk.Image) -> sitk.Image:
 
 
 def read_case(
-    image_path: str | Path, label_path: str | Path | None, allowed_labels: tuple[int, ...],
+    image_path: str | Path,
+    label_path: str | Path | None,
+    allowed_labels: tuple[int, ...],
     series_uid: str | None = None,
 ) -> tuple[sitk.Image, str, sitk.Image | None]:
     """Read and validate one case: (float32 HU image, dtype on disk, uint8 label or None).

@@ -15,11 +15,13 @@ reads, a 512x512x300 int16 case was estimated at 629 MB and measured at 631 MB. 
 above what the worker can still spend fails with one line instead of getting the worker
 killed, which on a rerun would happen again.
 """
+
 from __future__ import annotations
 
 import math
 import sys
-from typing import Sequence
+from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
@@ -41,8 +43,9 @@ def _fmt(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{float(v):g}" for v in values) + ")"
 
 
-def resampled_size(size: Sequence[int], spacing: Sequence[float], direction: Sequence[float],
-                   target_spacing_mm: Sequence[float]) -> tuple[int, int, int]:
+def resampled_size(
+    size: Sequence[int], spacing: Sequence[float], direction: Sequence[float], target_spacing_mm: Sequence[float]
+) -> tuple[int, int, int]:
     """Voxels of ``geometry.edge_aligned_grid`` computed from header numbers alone.
 
     The box around the scan's outer edges is ``sum_j |D_ij| * n_j * s_j`` wide along
@@ -52,28 +55,43 @@ def resampled_size(size: Sequence[int], spacing: Sequence[float], direction: Seq
     """
     d = np.abs(np.asarray(direction, dtype=np.float64).reshape(3, 3))
     width = d @ (np.asarray(size, dtype=np.float64) * np.asarray(spacing, dtype=np.float64))
-    return tuple(int(max(1, math.floor(w / t + 0.5))) for w, t in zip(width, target_spacing_mm))
+    return cast(
+        "tuple[int, int, int]", tuple(int(max(1, math.floor(w / t + 0.5))) for w, t in zip(width, target_spacing_mm))
+    )
 
 
-def geometry_problem(size: Sequence[int], spacing: Sequence[float], direction: Sequence[float],
-                     target_spacing_mm: Sequence[float], limits: GeometryLimits) -> str | None:
+def geometry_problem(
+    size: Sequence[int],
+    spacing: Sequence[float],
+    direction: Sequence[float],
+    target_spacing_mm: Sequence[float],
+    limits: GeometryLimits,
+) -> str | None:
     """Why a scan's header geometry is not a sane CT (one line naming the number and the limit)."""
     for axis, s in zip(AXES, spacing):
         if not (math.isfinite(s) and s >= limits.min_spacing_mm):
-            return (f"voxel spacing {s:g} mm along {axis} is below limits.min_spacing_mm {limits.min_spacing_mm:g} "
-                    f"(spacing {_fmt(spacing)} mm; header units micrometres?)")
+            return (
+                f"voxel spacing {s:g} mm along {axis} is below limits.min_spacing_mm {limits.min_spacing_mm:g} "
+                f"(spacing {_fmt(spacing)} mm; header units micrometres?)"
+            )
         if s > limits.max_spacing_mm:
-            return (f"voxel spacing {s:g} mm along {axis} is above limits.max_spacing_mm {limits.max_spacing_mm:g} "
-                    f"(spacing {_fmt(spacing)} mm; header units metres?)")
+            return (
+                f"voxel spacing {s:g} mm along {axis} is above limits.max_spacing_mm {limits.max_spacing_mm:g} "
+                f"(spacing {_fmt(spacing)} mm; header units metres?)"
+            )
     for axis, n, s in zip(AXES, size, spacing):
         if n * s > limits.max_extent_mm:
-            return (f"scan extent {n * s:g} mm along {axis} ({n} voxels x {s:g} mm) is above "
-                    f"limits.max_extent_mm {limits.max_extent_mm:g}")
+            return (
+                f"scan extent {n * s:g} mm along {axis} ({n} voxels x {s:g} mm) is above "
+                f"limits.max_extent_mm {limits.max_extent_mm:g}"
+            )
     grid = resampled_size(size, spacing, direction, target_spacing_mm)
     count = math.prod(grid)
     if count > limits.max_resampled_voxels:
-        return (f"resampled grid {'x'.join(map(str, grid))} = {count:,} voxels at {_fmt(target_spacing_mm)} mm "
-                f"is above limits.max_resampled_voxels {limits.max_resampled_voxels:,}")
+        return (
+            f"resampled grid {'x'.join(map(str, grid))} = {count:,} voxels at {_fmt(target_spacing_mm)} mm "
+            f"is above limits.max_resampled_voxels {limits.max_resampled_voxels:,}"
+        )
     return None
 
 
@@ -96,8 +114,13 @@ def _read_bytes(voxels: int, stored: str, cast_to_float32: bool, slab_voxels: in
     return voxels * (FLOAT32_BYTES if cast_to_float32 else item) + slab_voxels * per_read
 
 
-def case_bytes(input_voxels: int, resampled_voxels: int, image_dtype: str, label_dtype: str | None,
-               slab_voxels: int = STREAM_SLAB_VOXELS) -> int:
+def case_bytes(
+    input_voxels: int,
+    resampled_voxels: int,
+    image_dtype: str,
+    label_dtype: str | None,
+    slab_voxels: int = STREAM_SLAB_VOXELS,
+) -> int:
     """Estimated peak bytes of one case (``label_dtype`` None: no label), the largest of:
 
     * reading the image (``_read_bytes``, as float32);
@@ -110,8 +133,9 @@ def case_bytes(input_voxels: int, resampled_voxels: int, image_dtype: str, label
     """
     read = _read_bytes(input_voxels, image_dtype, True, slab_voxels)
     if label_dtype is None:
-        return max(read, input_voxels * FLOAT32_BYTES + resampled_voxels * FLOAT32_BYTES,
-                   resampled_voxels * RESAMPLED_BYTES)
+        return max(
+            read, input_voxels * FLOAT32_BYTES + resampled_voxels * FLOAT32_BYTES, resampled_voxels * RESAMPLED_BYTES
+        )
     cast = 0 if label_dtype == "uint8" else input_voxels
     label = input_voxels * FLOAT32_BYTES + _read_bytes(input_voxels, label_dtype, False, slab_voxels) + cast
     resample_label = input_voxels * (FLOAT32_BYTES + 1) + resampled_voxels
@@ -160,11 +184,12 @@ def _bytes(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if abs(n) >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def memory_problem(needed: int, budget: int | None, input_size: Sequence[int],
-                   grid: Sequence[int]) -> str | None:
+def memory_problem(needed: int, budget: int | None, input_size: Sequence[int], grid: Sequence[int]) -> str | None:
     """Why a case cannot be done in ``budget`` bytes (one line with both numbers), else None."""
     if budget is None or needed <= budget:
         return None
-    return (f"needs about {_bytes(needed)} of memory (input {'x'.join(map(str, input_size))}, resampled "
-            f"{'x'.join(map(str, grid))} voxels) but this worker can spend {_bytes(max(budget, 0))}; "
-            "run with fewer --workers or on a machine with more memory")
+    return (
+        f"needs about {_bytes(needed)} of memory (input {'x'.join(map(str, input_size))}, resampled "
+        f"{'x'.join(map(str, grid))} voxels) but this worker can spend {_bytes(max(budget, 0))}; "
+        "run with fewer --workers or on a machine with more memory"
+    )

@@ -5,12 +5,14 @@ turns stored NaN/Inf into 0; both can only be seen in the bytes. Everything here
 the file itself (numpy, gzip, struct; no SimpleITK), and every reader of a NIfTI header
 in this project goes through ``parse_header`` / ``read_header``.
 """
+
 from __future__ import annotations
 
 import gzip
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -20,8 +22,16 @@ HEADER_BYTES = 348  # sizeof_hdr of NIfTI-1
 SUFFIXES = (".nii", ".nii.gz")
 # header "datatype" codes -> numpy names (the type stored on disk, before scl_slope)
 DATATYPES = {
-    2: "uint8", 4: "int16", 8: "int32", 16: "float32", 64: "float64",
-    256: "int8", 512: "uint16", 768: "uint32", 1024: "int64", 1280: "uint64",
+    2: "uint8",
+    4: "int16",
+    8: "int32",
+    16: "float32",
+    64: "float64",
+    256: "int8",
+    512: "uint16",
+    768: "uint32",
+    1024: "int64",
+    1280: "uint64",
 }
 GZIP_BLOCK = 1 << 24
 
@@ -30,7 +40,7 @@ GZIP_BLOCK = 1 << 24
 class NiftiHeader:
     """The fields of a NIfTI-1 header this project uses (byte offsets in ``parse_header``)."""
 
-    endian: str  # "<" or ">": struct/numpy byte order of the whole file
+    endian: Literal["<", ">"]  # "<" or ">": struct/numpy byte order of the whole file
     dims: tuple[int, ...]  # dim[1 .. dim[0]]: voxels along each axis
     datatype: int
     bitpix: int
@@ -62,7 +72,8 @@ def parse_header(data: bytes) -> NiftiHeader | None:
     """The header at the start of ``data``; None when it is not NIfTI-1 (e.g. NIfTI-2)."""
     if len(data) < HEADER_BYTES:
         return None
-    for endian in "<>":
+    endians: tuple[Literal["<", ">"], ...] = ("<", ">")
+    for endian in endians:
         if struct.unpack(endian + "i", data[:4])[0] == HEADER_BYTES:
             break
     else:
@@ -72,8 +83,7 @@ def parse_header(data: bytes) -> NiftiHeader | None:
     datatype, bitpix = struct.unpack(endian + "hh", data[70:74])
     vox_offset = int(struct.unpack(endian + "f", data[108:112])[0])
     slope, inter = struct.unpack(endian + "ff", data[112:120])
-    return NiftiHeader(endian, tuple(dims[1:1 + rank]), datatype, bitpix, max(vox_offset, HEADER_BYTES),
-                       slope, inter)
+    return NiftiHeader(endian, tuple(dims[1 : 1 + rank]), datatype, bitpix, max(vox_offset, HEADER_BYTES), slope, inter)
 
 
 def _open(path: Path):
@@ -160,5 +170,4 @@ def may_hide_non_finite(values: np.ndarray, path: str | Path, dtype: str) -> boo
     header = read_header(path)
     candidates = {0.0, header.intercept if header is not None else 0.0}
     # slab by slab: no whole-volume boolean temporary
-    return any(bool((values[z] == np.float32(c)).any())
-               for c in candidates for z in z_slabs(values.shape, 1 << 22))
+    return any(bool((values[z] == np.float32(c)).any()) for c in candidates for z in z_slabs(values.shape, 1 << 22))

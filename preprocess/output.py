@@ -3,10 +3,12 @@
 Prediction and evaluation use these to put results back on a scan's grid; SimpleITK's
 (x, y, z) order stays inside ``preprocess``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -20,7 +22,7 @@ def image_array(image: sitk.Image) -> np.ndarray:
 
 
 def spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:
-    return tuple(float(s) for s in image.GetSpacing()[::-1])
+    return cast("tuple[float, float, float]", tuple(float(s) for s in image.GetSpacing()[::-1]))
 
 
 def geometry(image: sitk.Image) -> dict[str, tuple]:

@@ -3,6 +3,7 @@ that training and inference share), ``preprocess_file`` (checks the headers agai
 limits, reads + validates files, checks they did not change while being read, then calls
 it) and ``write_case`` (the shard). The Dask driver only calls ``process_case``.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,9 +41,7 @@ class PreprocessedCase:
     seconds: dict[str, float] = field(default_factory=dict)  # per step, not stored
 
 
-def crop_box(
-    hu_zyx: np.ndarray, config: PreprocessConfig
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def crop_box(hu_zyx: np.ndarray, config: PreprocessConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Body bounding box plus margin on the resampled grid (z, y, x); whole volume if no body."""
     whole = (0, 0, 0), tuple(hu_zyx.shape)
     if not config.crop_to_body:
@@ -102,15 +101,14 @@ def _check_image(image: sitk.Image, label: sitk.Image | None, config: Preprocess
         mismatch = grid_mismatch(image, label)
         if mismatch:
             raise ValueError(f"label is on another grid than its image: {mismatch}")
-    problem = geometry_problem(image.GetSize(), image.GetSpacing(), image.GetDirection(),
-                               config.target_spacing_mm, config.limits)
+    problem = geometry_problem(
+        image.GetSize(), image.GetSpacing(), image.GetDirection(), config.target_spacing_mm, config.limits
+    )
     if problem:
         raise InputError(problem)
 
 
-def preprocess_image(
-    image: sitk.Image, label: sitk.Image | None, config: PreprocessConfig
-) -> PreprocessedCase:
+def preprocess_image(image: sitk.Image, label: sitk.Image | None, config: PreprocessConfig) -> PreprocessedCase:
     """A CT (HU, any orientation and pixel type) and optional label -> stored-grid arrays.
 
     Reorientation and resampling are one ``sitk.Resample`` onto the canonical (identity
@@ -126,6 +124,7 @@ def preprocess_scan(scan: Scan, config: PreprocessConfig) -> PreprocessedCase:
     """``preprocess_image`` of a handed-over ``Scan``, whose fields it releases when resampled."""
     seconds: dict[str, float] = {}
     t = time.perf_counter()
+    assert scan.image is not None, "preprocess_scan: the scan's image was already handed over"
     _check_image(scan.image, scan.label, config)
     grid = edge_aligned_grid(scan.image, config.target_spacing_mm)
     original = _original_attrs(scan.image)
@@ -162,6 +161,7 @@ def preprocess_scan(scan: Scan, config: PreprocessConfig) -> PreprocessedCase:
         label_array = np.array(sitk.GetArrayViewFromImage(resampled_label)[box], copy=True)
         del resampled_label
         counts = label_value_counts(label_array)
+        assert counts is not None  # a uint8 label always counts
         attrs["label_counts"] = np.asarray([counts[v] for v in config.label_values], dtype=np.int64)
     attrs["config"] = json.dumps(config_to_dict(config), sort_keys=True)
     attrs["config_fingerprint"] = config_fingerprint(config)
@@ -187,8 +187,9 @@ def check_before_reading(image_path: str | Path, label_path: str | Path | None, 
     if problem:
         raise InputError(f"{path}: {problem}")
     grid = resampled_size(info.size, info.spacing, info.direction, config.target_spacing_mm)
-    needed = case_bytes(math.prod(info.size), math.prod(grid), info.dtype,
-                        label_info.dtype if label_info is not None else None)
+    needed = case_bytes(
+        math.prod(info.size), math.prod(grid), info.dtype, label_info.dtype if label_info is not None else None
+    )
     problem = memory_problem(needed, memory_budget_bytes(), info.size, grid)
     if problem:
         raise InputError(f"{path}: {problem}")
@@ -223,8 +224,10 @@ def preprocess_file(
     del image, label  # `scan` holds the only references: preprocess_scan frees them as it goes
     moved = changed_file(inputs)
     if moved:
-        raise InputError(f"{moved}: changed while reading (size or modification time differs from when "
-                         "the case was planned); the next run redoes it")
+        raise InputError(
+            f"{moved}: changed while reading (size or modification time differs from when "
+            "the case was planned); the next run redoes it"
+        )
     read_seconds = time.perf_counter() - t
     case = preprocess_scan(scan, config)
     case.seconds = {"read": read_seconds, **case.seconds}

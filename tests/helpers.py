@@ -6,6 +6,7 @@
 * ``preprocessed_store``: the training cases of a synthetic dataset, really preprocessed,
   in a store with its catalog (the index is each test's own).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,17 +23,31 @@ from preprocess.pipeline import preprocess_file, write_case
 def write_contract_run(run_dir: Path, window=(32, 64, 64), depth: int = 2) -> Path:
     """A run folder with just the input contract (``predict_fn`` stands in for the model)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    contract = {"patch_size_zyx": list(window), "val_patch_size_zyx": list(window), "n_classes": 3,
-                "label_names": {"0": "background", "1": "pancreas", "2": "tumour"}, "model_depth": depth,
-                "preprocess": to_dict(PreprocessConfig()), "store_fingerprint": "x", "index_fingerprint": "y"}
+    contract = {
+        "patch_size_zyx": list(window),
+        "val_patch_size_zyx": list(window),
+        "n_classes": 3,
+        "label_names": {"0": "background", "1": "pancreas", "2": "tumour"},
+        "model_depth": depth,
+        "preprocess": to_dict(PreprocessConfig()),
+        "store_fingerprint": "x",
+        "index_fingerprint": "y",
+    }
     (run_dir / "input_contract.json").write_text(json.dumps(contract))
     return run_dir
 
 
 def tiny_train_store(root: Path, seed: int = 0) -> Path:
     """Three 16x32x32 cases with 16x32x32 training and validation patches, 4 per case."""
-    make_synthetic_store(root, n_cases=3, shape_zyx=(16, 32, 32), train_patch_zyx=(16, 32, 32),
-                         val_patch_zyx=(16, 32, 32), patches_per_case=4, seed=seed)
+    make_synthetic_store(
+        root,
+        n_cases=3,
+        shape_zyx=(16, 32, 32),
+        train_patch_zyx=(16, 32, 32),
+        val_patch_zyx=(16, 32, 32),
+        patches_per_case=4,
+        seed=seed,
+    )
     return root
 
 

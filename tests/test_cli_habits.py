@@ -1,5 +1,6 @@
 """Habits every `pancreas` command shares: --set, -v/-q on either side of the command,
 --version, --no-progress on the long commands, and required options listed apart in --help."""
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dataset.common.errors import UsageError
 from pancreas.cli import build_parser, main
 
 
@@ -31,18 +33,24 @@ def _fake_module(monkeypatch, name: str, **attrs) -> None:
 # every command that takes --config: the arguments that reach its config loading, a bad
 # type for one of its keys and the one line that names it
 SET_STAGES = {
-    "preprocess": (["--data", "DATA", "--out", "STORE"],
-                   "window_hu=abc", "--set window_hu: expected a list, got 'abc'"),
-    "index": (["--store", "STORE"],
-              "elastic.sigma_voxels=[1]", "--set elastic.sigma_voxels: expected float, got [1]"),
-    "train": (["--store", "STORE", "--out", "RUN"],
-              "model.depth=abc", "--set model.depth: expected int, got 'abc'"),
-    "predict": (["--model", "RUN", "--input", "IN", "--out", "OUT"],
-                "batch_size=true", "--set batch_size: expected int, got True"),
-    "evaluate": (["--pred", "PRED", "--truth", "TRUTH"],
-                 "nsd_tolerance_mm.tumour=x", "--set: nsd_tolerance_mm values must be numbers >= 0 (mm), got "),
-    "download": (["--out", "DATA"],
-                 "retries=3.5", "--set retries: expected int, got 3.5"),
+    "preprocess": (
+        ["--data", "DATA", "--out", "STORE"],
+        "window_hu=abc",
+        "--set window_hu: expected a list, got 'abc'",
+    ),
+    "index": (["--store", "STORE"], "elastic.sigma_voxels=[1]", "--set elastic.sigma_voxels: expected float, got [1]"),
+    "train": (["--store", "STORE", "--out", "RUN"], "model.depth=abc", "--set model.depth: expected int, got 'abc'"),
+    "predict": (
+        ["--model", "RUN", "--input", "IN", "--out", "OUT"],
+        "batch_size=true",
+        "--set batch_size: expected int, got True",
+    ),
+    "evaluate": (
+        ["--pred", "PRED", "--truth", "TRUTH"],
+        "nsd_tolerance_mm.tumour=x",
+        "--set: nsd_tolerance_mm values must be numbers >= 0 (mm), got ",
+    ),
+    "download": (["--out", "DATA"], "retries=3.5", "--set retries: expected int, got 3.5"),
 }
 
 
@@ -75,16 +83,54 @@ def test_set_applies_on_top_of_config_and_the_store_records_it(tmp_path, capsys)
     assert main(["synth", "--out", str(data), "--cases", "3", "--test", "0", "--no-progress"]) == 0
     config = tmp_path / "preprocess.yaml"
     config.write_text("window_hu: [-150, 300]\nequalize: false\n")
-    assert main(["preprocess", "--data", str(data), "--out", str(store), "--workers", "0", "--no-progress",
-                 "--config", str(config), "--set", "window_hu=[-100, 200]"]) == 0
+    assert (
+        main(
+            [
+                "preprocess",
+                "--data",
+                str(data),
+                "--out",
+                str(store),
+                "--workers",
+                "0",
+                "--no-progress",
+                "--config",
+                str(config),
+                "--set",
+                "window_hu=[-100, 200]",
+            ]
+        )
+        == 0
+    )
     recorded = json.loads((store / "catalog.json").read_text())["config"]
     assert recorded["window_hu"] == [-100.0, 200.0] and recorded["equalize"] is False
-    assert main(["index", "--store", str(store), "--workers", "0", "--no-progress", "--set", "folds=1",
-                 "--set", "train_patch_xyz=[32, 32, 16]", "--set", "val_patch_xyz=[32, 32, 16]",
-                 "--set", "elastic.sigma_voxels=2"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "--store",
+                str(store),
+                "--workers",
+                "0",
+                "--no-progress",
+                "--set",
+                "folds=1",
+                "--set",
+                "train_patch_xyz=[32, 32, 16]",
+                "--set",
+                "val_patch_xyz=[32, 32, 16]",
+                "--set",
+                "elastic.sigma_voxels=2",
+            ]
+        )
+        == 0
+    )
     recorded = json.loads((store / "index" / "summary.json").read_text())["config"]
     assert (recorded["folds"], recorded["train_patch_xyz"], recorded["elastic"]["sigma_voxels"]) == (
-        1, [32, 32, 16], 2.0)
+        1,
+        [32, 32, 16],
+        2.0,
+    )
 
 
 def test_train_hands_the_overridden_config_to_the_run(tmp_path, monkeypatch, capsys):
@@ -92,13 +138,30 @@ def test_train_hands_the_overridden_config_to_the_run(tmp_path, monkeypatch, cap
 
     def train(store, run_dir, config, **kwargs):
         seen.update(config=config, **kwargs)
-        raise ValueError("stop here")
+        raise UsageError("stop here")
 
     _fake_module(monkeypatch, "training.run", train=train, run_dir_summary_lines=lambda s: [])
     config = tmp_path / "train.yaml"
     config.write_text("epochs: 3\nmodel:\n  base_filters: 8\n")
-    assert main(["train", "--store", "S", "--out", str(tmp_path / "run"), "--config", str(config),
-                 "--set", "model.depth=3", "--set", "augment.flip_axes=[2]", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--store",
+                "S",
+                "--out",
+                str(tmp_path / "run"),
+                "--config",
+                str(config),
+                "--set",
+                "model.depth=3",
+                "--set",
+                "augment.flip_axes=[2]",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     c = seen["config"]
     assert (c.epochs, c.model.depth, c.model.base_filters, c.augment.flip_axes) == (3, 3, 8, (2,))
     assert seen["progress"] is False
@@ -109,24 +172,43 @@ def test_predict_and_download_hand_the_overridden_config_on(tmp_path, monkeypatc
 
     def predict_cases(models, inputs, out, config, **kwargs):
         seen["predict"] = config
-        raise ValueError("stop here")
+        raise UsageError("stop here")
 
     def download_dataset(config, out_dir, progress=True):
         seen["download"], seen["progress"] = config, progress
-        raise ValueError("stop here")
+        raise UsageError("stop here")
 
     _fake_module(monkeypatch, "inference.predict", predict_cases=predict_cases)
     monkeypatch.setattr("inference.download.download_dataset", download_dataset)
-    assert main(["predict", "--model", "R", "--input", "I", "--out", "O", "--set", "overlap=0.25",
-                 "--set", "mirror_axes=[0]"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                "R",
+                "--input",
+                "I",
+                "--out",
+                "O",
+                "--set",
+                "overlap=0.25",
+                "--set",
+                "mirror_axes=[0]",
+            ]
+        )
+        == 2
+    )
     assert (seen["predict"].overlap, seen["predict"].mirror_axes) == (0.25, (0,))
-    assert main(["download", "--set", "retries=7", "--url", "http://example.invalid/Task07_Pancreas.tar",
-                 "--no-progress"]) == 2
+    assert (
+        main(["download", "--set", "retries=7", "--url", "http://example.invalid/Task07_Pancreas.tar", "--no-progress"])
+        == 2
+    )
     assert seen["download"].retries == 7 and seen["download"].url.startswith("http://example.invalid")
     assert seen["progress"] is False
 
 
 # ---- -v / -q, --version -------------------------------------------------------------------
+
 
 @pytest.fixture
 def recorded_args(tmp_path, monkeypatch):
@@ -150,18 +232,22 @@ def recorded_args(tmp_path, monkeypatch):
         assert main(argv) == 0
         args = fake_habits_synth.SEEN.pop("args")
         return args, levels.pop()
+
     return run
 
 
-@pytest.mark.parametrize("argv,verbose,quiet,level", [
-    (["synth"], False, False, 20),
-    (["-v", "synth"], True, False, 10),
-    (["synth", "-v"], True, False, 10),
-    (["synth", "--verbose"], True, False, 10),
-    (["-q", "synth"], False, True, 30),
-    (["synth", "-q"], False, True, 30),
-    (["synth", "--quiet"], False, True, 30),
-])
+@pytest.mark.parametrize(
+    ("argv", "verbose", "quiet", "level"),
+    [
+        (["synth"], False, False, 20),
+        (["-v", "synth"], True, False, 10),
+        (["synth", "-v"], True, False, 10),
+        (["synth", "--verbose"], True, False, 10),
+        (["-q", "synth"], False, True, 30),
+        (["synth", "-q"], False, True, 30),
+        (["synth", "--quiet"], False, True, 30),
+    ],
+)
 def test_verbose_and_quiet_before_or_after_the_command(recorded_args, argv, verbose, quiet, level):
     args, logged = recorded_args(argv)
     assert (args.verbose, args.quiet, logged) == (verbose, quiet, level)

@@ -8,6 +8,7 @@ that point, which SIGKILLs the process there; a rerun must finish, and its resul
 equal the uninterrupted run's (timings aside), with no temporary left behind and no
 committed work redone.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,13 @@ TIMING_KEYS = {"seconds", "classify_seconds_per_case", "unchanged", "augmented_b
 def cli(args: list[str], **env: str) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if k not in (CRASH_ENV, CRASH_LOG_ENV)}
     full_env.update(env)
-    return subprocess.run([sys.executable, "-m", "pancreas.cli", *args, "--no-progress"], env=full_env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pancreas.cli", *args, "--no-progress"],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def commit_points(args: list[str], log: Path) -> list[str]:
@@ -66,8 +72,10 @@ def snapshot(folder: Path) -> dict[str, object]:
             out[rel] = _strip(json.loads(path.read_text()), root)
         elif path.suffix == ".h5":
             with h5py.File(path, "r") as f:
-                out[rel] = ({k: f[k][...].tobytes() for k in f},
-                            {k: _strip(v.tolist() if isinstance(v, np.ndarray) else v, root) for k, v in f.attrs.items()})
+                out[rel] = (
+                    {k: f[k][...].tobytes() for k in f},
+                    {k: _strip(v.tolist() if isinstance(v, np.ndarray) else v, root) for k, v in f.attrs.items()},
+                )
         else:
             out[rel] = path.read_bytes().replace(root.encode(), b"<root>")
     return out
@@ -81,7 +89,7 @@ def identity(path: Path) -> tuple[int, int]:
 
 
 def temporaries(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob(f"*{TMP_SUFFIX}*")]
+    return list(folder.rglob(f"*{TMP_SUFFIX}*"))
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +137,9 @@ def test_preprocess_survives_a_kill_at_every_commit_point(data, tmp_path):
                 assert identity(work / "store" / "cases" / f"{cid}.h5") == mtime, f"{cid} was redone"
         return done
 
-    killed = kill_and_resume(points, lambda work: work.mkdir(), args, lambda w: w / "store", tmp_path,
-                             reference, committed)
+    killed = kill_and_resume(
+        points, lambda work: work.mkdir(), args, lambda w: w / "store", tmp_path, reference, committed
+    )
     assert killed == len(points) >= 8
     print(f"preprocess: {killed} commit points killed")
 
@@ -139,8 +148,10 @@ def test_index_survives_a_kill_at_every_commit_point(data, tmp_path):
     base = tmp_path / "base"
     assert cli(["preprocess", "--data", str(data), "--out", str(base), "--workers", "0"]).returncode == 0
     config = tmp_path / "index.yaml"
-    config.write_text("train_patch_xyz: [32, 32, 16]\nval_patch_xyz: [32, 32, 16]\nfolds: 2\n"  # 3 cases
-                      "elastic:\n  control_points: 3\n  sigma_voxels: 2.0\n")
+    config.write_text(
+        "train_patch_xyz: [32, 32, 16]\nval_patch_xyz: [32, 32, 16]\nfolds: 2\n"  # 3 cases
+        "elastic:\n  control_points: 3\n  sigma_voxels: 2.0\n"
+    )
 
     def inputs(work: Path) -> None:
         shutil.copytree(base, work / "store")
@@ -148,7 +159,9 @@ def test_index_survives_a_kill_at_every_commit_point(data, tmp_path):
     args = lambda work: ["index", "--store", str(work / "store"), "--config", str(config), "--workers", "0"]  # noqa: E731
     inputs(tmp_path / "ref")
     points = commit_points(args(tmp_path / "ref"), tmp_path / "points.log")
-    assert {"augmented:renamed", "manifest:renamed", "summary:renamed", "split:renamed"} <= {p.split("#")[0] for p in points}
+    assert {"augmented:renamed", "manifest:renamed", "summary:renamed", "split:renamed"} <= {
+        p.split("#")[0] for p in points
+    }
     reference = snapshot(tmp_path / "ref" / "store")
 
     def committed(work: Path, before):
@@ -172,7 +185,9 @@ def test_full_disk_gives_one_line_no_partial_file_and_keeps_earlier_results(data
     from dataset.common.files import ENOSPC_ENV
 
     store = tmp_path / "store"
-    first = cli(["preprocess", "--data", str(data), "--out", str(store), "--workers", "0"], **{ENOSPC_ENV: "shard:written#2"})
+    first = cli(
+        ["preprocess", "--data", str(data), "--out", str(store), "--workers", "0"], **{ENOSPC_ENV: "shard:written#2"}
+    )
     assert first.returncode == 1
     failed_lines = [line for line in first.stdout.splitlines() + first.stderr.splitlines() if "No space left" in line]
     assert failed_lines, first.stdout + first.stderr

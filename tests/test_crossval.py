@@ -1,4 +1,5 @@
 """`pancreas evaluate --cv`: run checks, pooled out-of-fold report, CSV, postprocessing chosen on data."""
+
 from __future__ import annotations
 
 import csv
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import preprocessed_store
 
 from dataset.contract.fingerprints import store_fingerprint
 from dataset.contract.index import Fold, IndexSummary, Split, commit_index, manifest_path, write_split
@@ -17,7 +19,6 @@ from dataset.contract.store import StoreError
 from inference.crossval import CrossValidationError, choose_postprocessing, evaluate_cv, variant_dice
 from pancreas.cli import main
 from pancreas.synthetic.msd import make_dataset
-from helpers import preprocessed_store  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- the decision, pure
@@ -91,27 +92,45 @@ def two_folds(tmp_path_factory):
     for k in range(2):
         for split in ("train", "val"):
             write_manifest(manifest_path(store, split, k), [])
-    commit_index(store, IndexSummary(str(store), str(store / "index"), store_fingerprint=store_fingerprint(catalog),
-                                     index_fingerprint=index_fingerprint(store), folds=2))
+    commit_index(
+        store,
+        IndexSummary(
+            str(store),
+            str(store / "index"),
+            store_fingerprint=store_fingerprint(catalog),
+            index_fingerprint=index_fingerprint(store),
+            folds=2,
+        ),
+    )
     runs = []
     for k in range(2):
         run = root / f"fold_{k}"
         run.mkdir()
-        (run / "input_contract.json").write_text(json.dumps({
-            "val_patch_size_zyx": [32, 64, 64], "n_classes": 3, "model_depth": 2,
-            "preprocess": preprocess, "store_fingerprint": store_fingerprint(catalog),
-            "flip_augment": {"flip_axes": [], "flip_probability": 0.0}, "fold": k, "n_folds": 2}))
+        (run / "input_contract.json").write_text(
+            json.dumps(
+                {
+                    "val_patch_size_zyx": [32, 64, 64],
+                    "n_classes": 3,
+                    "model_depth": 2,
+                    "preprocess": preprocess,
+                    "store_fingerprint": store_fingerprint(catalog),
+                    "flip_augment": {"flip_axes": [], "flip_probability": 0.0},
+                    "fold": k,
+                    "n_folds": 2,
+                }
+            )
+        )
         runs.append(run)
     return data, store, runs, folds
 
 
 def test_pooled_out_of_fold_report_csv_and_decision(two_folds, tmp_path):
-    data, store, runs, folds = two_folds
+    _data, store, runs, folds = two_folds
     cv = tmp_path / "cv"
     report = evaluate_cv(runs, store, cv, predict_fns=[everything_is_pancreas, nothing], progress=False)
     fold0_val, fold1_val = folds[0].val, folds[1].val
     assert sorted(report["cases"]) == sorted(fold0_val + fold1_val)  # every case once, by the model that never saw it
-    assert report["case_folds"] == {**{c: 0 for c in fold0_val}, **{c: 1 for c in fold1_val}}
+    assert report["case_folds"] == {**dict.fromkeys(fold0_val, 0), **dict.fromkeys(fold1_val, 1)}
     assert report["checkpoint"] == "last" and [f["fold"] for f in report["folds"]] == [0, 1]
     for c in fold0_val:
         assert 0 < report["cases"][c]["pancreas"]["dice"] < 0.5  # the whole scan called pancreas
@@ -143,7 +162,7 @@ def store_fingerprint_of(store: Path) -> str:
 
 
 def test_runs_out_of_order_the_wrong_count_or_another_store_are_refused(two_folds, tmp_path):
-    data, store, runs, folds = two_folds
+    data, store, runs, _folds = two_folds
     fns = [nothing, nothing]
     with pytest.raises(CrossValidationError, match=r"fold_1: trained on fold 1, but --cv position 0 needs fold 0"):
         evaluate_cv(runs[::-1], store, tmp_path / "a", predict_fns=fns, progress=False)
@@ -162,7 +181,7 @@ def test_runs_out_of_order_the_wrong_count_or_another_store_are_refused(two_fold
 
 
 def test_cli_needs_store_and_out(two_folds, capsys):
-    data, store, runs, folds = two_folds
+    _data, store, runs, _folds = two_folds
     assert main(["evaluate", "--cv", str(runs[0]), str(runs[1]), "--store", str(store)]) == 2
     assert "--cv takes --store STORE and --out CV_DIR" in capsys.readouterr().err
 
@@ -170,16 +189,17 @@ def test_cli_needs_store_and_out(two_folds, capsys):
 def test_a_postprocessing_in_the_config_does_not_touch_the_out_of_fold_maps(two_folds, tmp_path):
     from inference.config import PredictConfig
 
-    data, store, runs, folds = two_folds
+    _data, store, runs, _folds = two_folds
     fns = [everything_is_pancreas, nothing]
     raw = evaluate_cv(runs, store, tmp_path / "raw", predict_fns=fns, progress=False)
-    cleaned = evaluate_cv(runs, store, tmp_path / "cfg", PredictConfig(largest_component="foreground"),
-                          predict_fns=fns, progress=False)
+    cleaned = evaluate_cv(
+        runs, store, tmp_path / "cfg", PredictConfig(largest_component="foreground"), predict_fns=fns, progress=False
+    )
     assert cleaned["cases"] == raw["cases"]
 
 
 def test_a_report_the_cv_did_not_write_is_never_replaced(two_folds, tmp_path):
-    data, store, runs, folds = two_folds
+    _data, store, runs, _folds = two_folds
     cv = tmp_path / "mine"
     cv.mkdir()
     (cv / "report.csv").write_text("my own table\n")

@@ -1,4 +1,5 @@
 """The whole journey, as `make demo` runs it: synth -> preprocess -> index -> train -> predict -> evaluate."""
+
 import json
 
 import pytest
@@ -21,8 +22,14 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert report["summary"]["tumour"]["dice"]["mean"] > 0.3
     history = (out / "run" / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 48  # header + one row per epoch
-    for stage_output in ("store/catalog.json", "store/index/summary.json", "run/checkpoints/best.keras",
-                         "run/input_contract.json", "predictions/pancreas_011.nii.gz", "configs/train.yaml"):
+    for stage_output in (
+        "store/catalog.json",
+        "store/index/summary.json",
+        "run/checkpoints/best.keras",
+        "run/input_contract.json",
+        "predictions/pancreas_011.nii.gz",
+        "configs/train.yaml",
+    ):
         assert (out / stage_output).exists(), stage_output
 
     # rerunning reuses every stage's outputs (all stages are resumable)

@@ -1,4 +1,5 @@
 """The demo's overrides: configs/demo/*.yaml, the in-code copy for installs without them, and their values."""
+
 from __future__ import annotations
 
 import subprocess

@@ -1,5 +1,6 @@
 """DICOM as it arrives: several series in one folder or one folder per series, each its own case
 with a stable name, read by SeriesInstanceUID; a folder without a series is a one-line error."""
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import write_contract_run
 
 from inference.config import PredictConfig
 from inference.inputs import CaseInput, PredictError, discover_inputs
@@ -16,7 +18,6 @@ from inference.predict import predict_cases
 from pancreas.cli import main
 from preprocess.dicom import find_series, uid_suffix
 from preprocess.io import InputError, read_image, read_label
-from helpers import write_contract_run  # noqa: E402
 
 STUDY = "1.2.826.0.1.3680043.2.1125.200"
 UID_A, UID_B = "1.2.826.0.1.3680043.2.1125.201", "1.2.826.0.1.3680043.2.1125.202"
@@ -33,8 +34,16 @@ def volume(n_slices: int, spacing: tuple[float, float, float], offset: int) -> s
     return image
 
 
-def write_series(image: sitk.Image, folder: Path, uid: str, prefix: str, number: str = "",
-                 description: str = "", slices: range | None = None, reverse_names: bool = False) -> None:
+def write_series(
+    image: sitk.Image,
+    folder: Path,
+    uid: str,
+    prefix: str,
+    number: str = "",
+    description: str = "",
+    slices: range | None = None,
+    reverse_names: bool = False,
+) -> None:
     """One slice per file with the tags GDCM groups and sorts by (SimpleITK's series-writing example);
     ``reverse_names``: file names in the opposite order to the slices, so only positions sort them."""
     n_slices = image.GetSize()[2]
@@ -44,10 +53,18 @@ def write_series(image: sitk.Image, folder: Path, uid: str, prefix: str, number:
     for k in slices if slices is not None else range(n_slices):
         slice_ = image[:, :, k]
         position = image.TransformIndexToPhysicalPoint((0, 0, k))
-        tags = {"0008|0060": "CT", "0020|000d": STUDY, "0020|000e": uid, "0008|0018": f"{uid}.{k + 1}",
-                "0020|0032": "\\".join(f"{v:g}" for v in position), "0020|0037": "1\\0\\0\\0\\1\\0",
-                "0020|0013": str(k + 1), "0018|0050": f"{image.GetSpacing()[2]:g}", "0020|0011": number,
-                "0008|103e": description}
+        tags = {
+            "0008|0060": "CT",
+            "0020|000d": STUDY,
+            "0020|000e": uid,
+            "0008|0018": f"{uid}.{k + 1}",
+            "0020|0032": "\\".join(f"{v:g}" for v in position),
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0013": str(k + 1),
+            "0018|0050": f"{image.GetSpacing()[2]:g}",
+            "0020|0011": number,
+            "0008|103e": description,
+        }
         for tag, value in tags.items():
             slice_.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"{prefix}{n_slices - 1 - k if reverse_names else k:04d}.dcm"))
@@ -77,8 +94,10 @@ def one_folder(tmp_path: Path) -> Path:
 def test_two_series_in_one_folder_are_two_cases_with_stable_names(one_folder: Path, caplog):
     with caplog.at_level(logging.INFO, logger="inference.inputs"):
         cases = discover_inputs(one_folder)
-    assert cases == [CaseInput(f"patient7_{SUFFIX_A}", one_folder, UID_A),
-                     CaseInput(f"patient7_{SUFFIX_B}", one_folder, UID_B)]
+    assert cases == [
+        CaseInput(f"patient7_{SUFFIX_A}", one_folder, UID_A),
+        CaseInput(f"patient7_{SUFFIX_B}", one_folder, UID_B),
+    ]
     assert uid_suffix(UID_A) == SUFFIX_A
     assert_reads_as(cases[0], UID_A)
     assert_reads_as(cases[1], UID_B)
@@ -93,8 +112,10 @@ def test_one_sub_folder_per_series(tmp_path: Path):
     write_series(SERIES[UID_A], root / "SE000001", UID_A, "IM")
     write_series(SERIES[UID_B], root / "SE000002", UID_B, "IM")
     cases = discover_inputs(root)
-    assert cases == [CaseInput(f"SE000001_{SUFFIX_A}", root / "SE000001", UID_A),
-                     CaseInput(f"SE000002_{SUFFIX_B}", root / "SE000002", UID_B)]
+    assert cases == [
+        CaseInput(f"SE000001_{SUFFIX_A}", root / "SE000001", UID_A),
+        CaseInput(f"SE000002_{SUFFIX_B}", root / "SE000002", UID_B),
+    ]
     assert_reads_as(cases[0], UID_A)
     assert_reads_as(cases[1], UID_B)
     assert discover_inputs(root) == cases  # the same names on every run
@@ -103,7 +124,7 @@ def test_one_sub_folder_per_series(tmp_path: Path):
 def test_one_series_below_the_folder_given_is_named_after_it(tmp_path: Path):
     root = tmp_path / "patient9"
     write_series(SERIES[UID_B], root / "PA0" / "ST0" / "SE0", UID_B, "IM")
-    case, = discover_inputs(root)
+    (case,) = discover_inputs(root)
     assert case == CaseInput("patient9", root / "PA0" / "ST0" / "SE0", UID_B)
     assert_reads_as(case, UID_B)
 
@@ -153,8 +174,14 @@ def bright_is_pancreas(batch: np.ndarray) -> np.ndarray:
 
 def test_predict_writes_each_series_on_its_own_grid_and_records_it(one_folder: Path, tmp_path: Path):
     out = tmp_path / "out"
-    summary = predict_cases(write_contract_run(tmp_path / "run"), one_folder, out, PredictConfig(mirror_axes=()),
-                            predict_fn=bright_is_pancreas, progress=False)
+    summary = predict_cases(
+        write_contract_run(tmp_path / "run"),
+        one_folder,
+        out,
+        PredictConfig(mirror_axes=()),
+        predict_fn=bright_is_pancreas,
+        progress=False,
+    )
     assert not summary.failed, summary.table()
     for uid, suffix in ((UID_A, SUFFIX_A), (UID_B, SUFFIX_B)):
         written = read_label(out / f"patient7_{suffix}.nii.gz")

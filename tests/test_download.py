@@ -1,4 +1,5 @@
 """`pancreas download` against a tiny tar served from 127.0.0.1 (no network)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,11 +10,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from lockholder import lock_held_elsewhere
 
 from dataset.common.files import LOCK_NAME, holds_lock
 from inference.config import DownloadConfig
 from inference.download import DownloadError, download_dataset, download_file, extract_archive
-from lockholder import lock_held_elsewhere  # noqa: E402
 
 NAME = "Task07_Pancreas.tar"
 REPO = Path(__file__).resolve().parents[1]
@@ -34,11 +35,13 @@ def make_tar(members: dict[str, bytes], links: dict[str, str] | None = None) -> 
     return buf.getvalue()
 
 
-GOOD = make_tar({
-    "Task07_Pancreas/dataset.json": b'{"name": "Pancreas"}',
-    "Task07_Pancreas/imagesTr/pancreas_001.nii.gz": bytes(range(256)) * 300,
-    "Task07_Pancreas/imagesTr/._pancreas_001.nii.gz": b"mac resource fork",
-})
+GOOD = make_tar(
+    {
+        "Task07_Pancreas/dataset.json": b'{"name": "Pancreas"}',
+        "Task07_Pancreas/imagesTr/pancreas_001.nii.gz": bytes(range(256)) * 300,
+        "Task07_Pancreas/imagesTr/._pancreas_001.nii.gz": b"mac resource fork",
+    }
+)
 
 
 class Server:
@@ -81,7 +84,7 @@ class Server:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if owner.drop_after is not None or owner.drops:
-                    self.wfile.write(body[:owner.drops.pop(0) if owner.drops else owner.drop_after])
+                    self.wfile.write(body[: owner.drops.pop(0) if owner.drops else owner.drop_after])
                     owner.drop_after = None
                     self.close_connection = True
                     return
@@ -166,13 +169,16 @@ def test_checksum_mismatch_extracts_nothing(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([LOCK_NAME, NAME + ".md5-mismatch"])
 
 
-@pytest.mark.parametrize("members,links", [
-    ({"../evil": b"x"}, None),
-    ({"Task07_Pancreas/../../evil": b"x"}, None),
-    ({"/tmp/evil_absolute": b"x"}, None),
-    ({"Task07_Pancreas/ok": b"x"}, {"Task07_Pancreas/link": "../../evil"}),
-    ({"Task07_Pancreas/ok": b"x"}, {"Task07_Pancreas/link": "/etc/passwd"}),
-])
+@pytest.mark.parametrize(
+    ("members", "links"),
+    [
+        ({"../evil": b"x"}, None),
+        ({"Task07_Pancreas/../../evil": b"x"}, None),
+        ({"/tmp/evil_absolute": b"x"}, None),
+        ({"Task07_Pancreas/ok": b"x"}, {"Task07_Pancreas/link": "../../evil"}),
+        ({"Task07_Pancreas/ok": b"x"}, {"Task07_Pancreas/link": "/etc/passwd"}),
+    ],
+)
 def test_malicious_members_refused(tmp_path: Path, members, links):
     archive = tmp_path / "bad.tar"
     archive.write_bytes(make_tar(members, links))
@@ -253,8 +259,13 @@ def test_existing_dataset_folder_is_never_merged_into(tmp_path: Path):
 # ----------------------------------------------------------------------------- crafted archives
 def crafted_tar(entries: list[tuple[str, str, object]]) -> bytes:
     """A tar of (name, kind, payload): kind file (bytes), dir, sym/hard (link name), fifo, chr."""
-    types = {"dir": tarfile.DIRTYPE, "sym": tarfile.SYMTYPE, "hard": tarfile.LNKTYPE,
-             "fifo": tarfile.FIFOTYPE, "chr": tarfile.CHRTYPE}
+    types = {
+        "dir": tarfile.DIRTYPE,
+        "sym": tarfile.SYMTYPE,
+        "hard": tarfile.LNKTYPE,
+        "fifo": tarfile.FIFOTYPE,
+        "chr": tarfile.CHRTYPE,
+    }
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, kind, payload in entries:
@@ -287,20 +298,29 @@ def path_max_entries(levels: int = 17, width: int = 250) -> list:
     for _ in range(levels):
         entries += [(f"{x}/{comp}", "dir", None), (f"{x}/s", "sym", comp)]
         x = f"{x}/s"
-    return entries + [(f"{x}/p", "sym", "../" * (levels + 3)), (f"{x}/p/escaped.txt", "file", b"pwned")]
+    return [*entries, (f"{x}/p", "sym", "../" * (levels + 3)), (f"{x}/p/escaped.txt", "file", b"pwned")]
 
 
 CRAFTED = {  # name -> (entries, first refused member, reason)
-    "symlink chain": (CHAIN + [(f"{T}/ok.txt", "file", b"x")], f"{T}/l", "symbolic link"),
-    "symlink chain then file": (CHAIN + [(f"{PAD}/q/escaped.txt", "file", b"pwned")], f"{T}/l", "symbolic link"),
-    "symlink chain then hardlink": (CHAIN + [(f"{T}/h", "hard", f"{PAD}/q/victim.txt"), (f"{T}/h", "file", b"pwned")],
-                                    f"{T}/l", "symbolic link"),
+    "symlink chain": ([*CHAIN, (f"{T}/ok.txt", "file", b"x")], f"{T}/l", "symbolic link"),
+    "symlink chain then file": ([*CHAIN, (f"{PAD}/q/escaped.txt", "file", b"pwned")], f"{T}/l", "symbolic link"),
+    "symlink chain then hardlink": (
+        [*CHAIN, (f"{T}/h", "hard", f"{PAD}/q/victim.txt"), (f"{T}/h", "file", b"pwned")],
+        f"{T}/l",
+        "symbolic link",
+    ),
     "PATH_MAX (CVE-2025-4517)": (path_max_entries(), f"{T}/l", "symbolic link"),
     "hardlink": ([(f"{T}/a.txt", "file", b"x"), (f"{T}/b.txt", "hard", f"{T}/a.txt")], f"{T}/b.txt", "hard link"),
-    "absolute": ([(f"{T}/a.txt", "file", b"x"), ("/tmp/evil_absolute", "file", b"x")], "/tmp/evil_absolute",
-                 "absolute path"),
-    "dotdot": ([(f"{T}/a.txt", "file", b"x"), (f"{T}/../../escaped.txt", "file", b"x")], f"{T}/../../escaped.txt",
-               "'..'"),
+    "absolute": (
+        [(f"{T}/a.txt", "file", b"x"), ("/tmp/evil_absolute", "file", b"x")],
+        "/tmp/evil_absolute",
+        "absolute path",
+    ),
+    "dotdot": (
+        [(f"{T}/a.txt", "file", b"x"), (f"{T}/../../escaped.txt", "file", b"x")],
+        f"{T}/../../escaped.txt",
+        "'..'",
+    ),
     "fifo": ([(f"{T}/a.txt", "file", b"x"), (f"{T}/pipe", "fifo", None)], f"{T}/pipe", "FIFO"),
     "device": ([(f"{T}/a.txt", "file", b"x"), (f"{T}/null", "chr", None)], f"{T}/null", "device"),
 }
@@ -398,13 +418,13 @@ def test_checksum_mismatch_keeps_the_download_and_says_how_to_retry(tmp_path: Pa
     bad = tmp_path / (NAME + ".md5-mismatch")
     args = ["download", "--out", str(tmp_path), "--md5", hashlib.md5(GOOD).hexdigest()]
     with Server(corrupted) as server:
-        assert main(args + ["--url", server.url]) == 2
+        assert main([*args, "--url", server.url]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pancreas download: error:")]
     assert len(errors) == 1 and str(bad) in errors[0] and "rerun" in errors[0] and "mirror" in errors[0], errors
     assert bad.read_bytes() == corrupted
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([LOCK_NAME, bad.name])
     with Server(GOOD) as server:  # a rerun downloads from scratch, not from the bad bytes
-        assert main(args + ["--url", server.url]) == 0
+        assert main([*args, "--url", server.url]) == 0
         assert server.requests == [None]
     assert (tmp_path / NAME).read_bytes() == GOOD
     assert bad.read_bytes() == corrupted  # never deleted behind the user's back
@@ -428,10 +448,12 @@ def test_lock_is_held_through_download_and_extraction(tmp_path: Path, monkeypatc
 
     seen = []
     real_fetch, real_extract = download.download_file, download.extract_archive
-    monkeypatch.setattr(download, "download_file",
-                        lambda *a, **k: seen.append(holds_lock(tmp_path)) or real_fetch(*a, **k))
-    monkeypatch.setattr(download, "extract_archive",
-                        lambda *a, **k: seen.append(holds_lock(tmp_path)) or real_extract(*a, **k))
+    monkeypatch.setattr(
+        download, "download_file", lambda *a, **k: seen.append(holds_lock(tmp_path)) or real_fetch(*a, **k)
+    )
+    monkeypatch.setattr(
+        download, "extract_archive", lambda *a, **k: seen.append(holds_lock(tmp_path)) or real_extract(*a, **k)
+    )
     with Server(GOOD) as server:
         download_dataset(config_for(server, GOOD), tmp_path)
     assert seen == [True, True] and not holds_lock(tmp_path)

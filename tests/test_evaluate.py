@@ -1,4 +1,5 @@
 """`pancreas evaluate`: pairing, geometry check, report and table, and the --run path."""
+
 from __future__ import annotations
 
 import json
@@ -10,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import preprocessed_store
+from lockholder import lock_held_elsewhere
 
 from dataset.common.files import LockedError
 from dataset.contract.fingerprints import store_fingerprint
@@ -17,13 +20,17 @@ from dataset.contract.index import Fold, IndexSummary, Split, commit_index, mani
 from dataset.contract.manifest import index_fingerprint, write_manifest
 from dataset.contract.store import StoreError
 from inference.evaluate import (
-    CasePair, EvaluationError, evaluate_dirs, evaluate_pair, evaluate_run, report_ok, report_table,
+    CasePair,
+    EvaluationError,
+    evaluate_dirs,
+    evaluate_pair,
+    evaluate_run,
+    report_ok,
+    report_table,
 )
 from inference.predict import PredictError
 from pancreas.cli import main
 from pancreas.synthetic.msd import make_dataset
-from helpers import preprocessed_store  # noqa: E402
-from lockholder import lock_held_elsewhere  # noqa: E402
 
 SPACING_XYZ = (0.8, 0.8, 3.0)
 DIRECTION_RAS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
@@ -41,9 +48,9 @@ def write_labels(path: Path, labels_zyx: np.ndarray, origin=(10.0, -5.0, 100.0),
 
 def gland(shift_z: int = 0, tumour: bool = True) -> np.ndarray:
     labels = np.zeros((12, 16, 16), np.uint8)
-    labels[2 + shift_z:6 + shift_z, 4:8, 4:8] = 1
+    labels[2 + shift_z : 6 + shift_z, 4:8, 4:8] = 1
     if tumour:
-        labels[3 + shift_z:5 + shift_z, 5:7, 5:7] = 2
+        labels[3 + shift_z : 5 + shift_z, 5:7, 5:7] = 2
     return labels
 
 
@@ -51,11 +58,11 @@ def gland(shift_z: int = 0, tumour: bool = True) -> np.ndarray:
 def folders(tmp_path: Path) -> tuple[Path, Path]:
     truth, pred = tmp_path / "truth", tmp_path / "pred"
     write_labels(truth / "a.nii.gz", gland())
-    write_labels(pred / "a.nii.gz", gland())                       # perfect
+    write_labels(pred / "a.nii.gz", gland())  # perfect
     write_labels(truth / "b.nii.gz", gland())
-    write_labels(pred / "b.nii.gz", gland(shift_z=2))              # 2 slices (6 mm) off
+    write_labels(pred / "b.nii.gz", gland(shift_z=2))  # 2 slices (6 mm) off
     write_labels(truth / "c.nii.gz", gland(tumour=False))
-    write_labels(pred / "c.nii.gz", gland(tumour=False))           # no tumour anywhere
+    write_labels(pred / "c.nii.gz", gland(tumour=False))  # no tumour anywhere
     return pred, truth
 
 
@@ -64,7 +71,7 @@ def test_scores_hand_checked(folders):
     report = evaluate_dirs(pred, truth, progress=False)
     cases = report["cases"]
     assert cases["a"]["pancreas"] == {"dice": 1.0, "nsd": 1.0, "hd95_mm": 0.0, "status": "both"}
-    assert cases["b"]["pancreas"]["dice"] == pytest.approx(0.5)   # half of the 4 slices overlap
+    assert cases["b"]["pancreas"]["dice"] == pytest.approx(0.5)  # half of the 4 slices overlap
     assert cases["b"]["pancreas"]["hd95_mm"] == pytest.approx(6.0)  # 2 slices of 3 mm (see test_inference_metrics)
     assert cases["c"]["tumour"] == {"dice": None, "nsd": None, "hd95_mm": None, "status": "absent"}
     assert report["nsd_tolerance_mm"] == {"pancreas": 5.0, "pancreas_label1": 5.0, "tumour": 2.0}
@@ -119,18 +126,33 @@ def trained(tmp_path_factory) -> tuple[Path, Path, Path, list[str]]:
     write_split(store, Split(seed=0, val_fraction=0.5, max_cases=None, folds=(Fold((names[0],), tuple(val)),)))
     for split in ("train", "val"):
         write_manifest(manifest_path(store, split, 0), [])
-    commit_index(store, IndexSummary(str(store), str(store / "index"), store_fingerprint=store_fingerprint(catalog),
-                                     index_fingerprint=index_fingerprint(store)))
+    commit_index(
+        store,
+        IndexSummary(
+            str(store),
+            str(store / "index"),
+            store_fingerprint=store_fingerprint(catalog),
+            index_fingerprint=index_fingerprint(store),
+        ),
+    )
     run = root / "run"
     run.mkdir()
-    (run / "input_contract.json").write_text(json.dumps({
-        "val_patch_size_zyx": [32, 64, 64], "patch_size_zyx": [32, 64, 64], "n_classes": 3, "model_depth": 2,
-        "preprocess": preprocess}))
+    (run / "input_contract.json").write_text(
+        json.dumps(
+            {
+                "val_patch_size_zyx": [32, 64, 64],
+                "patch_size_zyx": [32, 64, 64],
+                "n_classes": 3,
+                "model_depth": 2,
+                "preprocess": preprocess,
+            }
+        )
+    )
     return data, store, run, val
 
 
 def test_evaluate_run_scores_only_validation_cases(trained, tmp_path: Path):
-    data, store, run, val = trained
+    _data, store, run, val = trained
     pred_out = tmp_path / "validation_predictions"
     report = evaluate_run(run, store, pred_dir=pred_out, predict_fn=everything_is_pancreas, progress=False)
     assert sorted(report["cases"]) == val and report_ok(report)
@@ -142,7 +164,7 @@ def test_evaluate_run_scores_only_validation_cases(trained, tmp_path: Path):
 
 def test_evaluate_run_refuses_a_run_of_another_store(trained, tmp_path: Path):
     """Its "validation" cases could be this store's training cases."""
-    data, store, run, val = trained
+    _data, store, run, _val = trained
     other = Path(shutil.copytree(run, tmp_path / "run"))
     contract = json.loads((other / "input_contract.json").read_text())
     (other / "input_contract.json").write_text(json.dumps({**contract, "store_fingerprint": "elsewhere"}))
@@ -151,19 +173,26 @@ def test_evaluate_run_refuses_a_run_of_another_store(trained, tmp_path: Path):
 
 
 def test_evaluate_run_refuses_an_unfinished_index(trained, tmp_path: Path):
-    data, store, run, val = trained
+    _data, store, run, _val = trained
     copy = Path(shutil.copytree(store, tmp_path / "store"))
     (copy / "index" / "summary.json").unlink()
     with pytest.raises(StoreError, match="incomplete index"):
         evaluate_run(run, copy, predict_fn=everything_is_pancreas, progress=False)
 
 
-@pytest.mark.parametrize("where,role", [("msd/labelsTr", "truth folder"), ("msd/imagesTr", "input folder"),
-                                        ("msd/predictions", "dataset folder"), ("store/preds", "store")])
+@pytest.mark.parametrize(
+    ("where", "role"),
+    [
+        ("msd/labelsTr", "truth folder"),
+        ("msd/imagesTr", "input folder"),
+        ("msd/predictions", "dataset folder"),
+        ("store/preds", "store"),
+    ],
+)
 def test_pred_out_into_a_folder_it_reads_is_refused(trained, where: str, role: str):
     """Reproduced: `--pred-out` into the truth folder replaced the truth, and the
     predictions then scored themselves (Dice 1)."""
-    data, store, run, val = trained
+    data, store, run, _val = trained
     pred_out = data.parent / where
     before = {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()}
     with pytest.raises(PredictError, match=rf"^--pred-out {pred_out} (is|lies inside) the {role} .*--pred-out"):
@@ -175,7 +204,7 @@ def test_pred_out_into_a_folder_it_reads_is_refused(trained, where: str, role: s
 def test_pred_out_holding_a_foreign_label_map_is_refused_leaving_it_as_it_was(trained, tmp_path: Path):
     """Reproduced: evaluate --run took the folder's lock before predict refused, so the
     refusal left `.pancreas.lock` behind in a folder it never wrote."""
-    data, store, run, val = trained
+    _data, store, run, val = trained
     pred_out = tmp_path / "theirs"
     pred_out.mkdir()
     (pred_out / f"{val[1]}.nii.gz").write_bytes(b"somebody's label map")
@@ -187,29 +216,39 @@ def test_pred_out_holding_a_foreign_label_map_is_refused_leaving_it_as_it_was(tr
 
 
 def test_concurrent_evaluate_run_into_the_same_folder_fails_at_once(trained, tmp_path: Path, capsys):
-    data, store, run, val = trained
+    _data, store, run, _val = trained
     pred_out = tmp_path / "preds"
     with lock_held_elsewhere(pred_out) as pid:
         with pytest.raises(LockedError, match=f"in use by pid {pid}"):
             evaluate_run(run, store, pred_dir=pred_out, predict_fn=everything_is_pancreas, progress=False)
-        assert main(["evaluate", "--run", str(run), "--store", str(store), "--pred-out", str(pred_out),
-                     "--no-progress"]) == 2
+        assert (
+            main(["evaluate", "--run", str(run), "--store", str(store), "--pred-out", str(pred_out), "--no-progress"])
+            == 2
+        )
         assert f"pancreas evaluate: error: {pred_out}: in use by pid {pid}" in capsys.readouterr().err
     assert not list(pred_out.glob("*.nii.gz"))
 
 
 def test_pred_equal_to_truth_is_refused(folders):
-    pred, truth = folders
+    _pred, truth = folders
     with pytest.raises(EvaluationError, match="would score themselves"):
         evaluate_dirs(truth, truth, progress=False)
 
 
 def test_report_never_replaces_a_file_that_is_not_a_report(folders, tmp_path: Path):
     pred, truth = folders
-    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(tmp_path / "r.json"),
-                 "--no-progress"]) == 0
-    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(tmp_path / "r.json"),
-                 "--no-progress"]) == 0  # an earlier report: replaced
+    assert (
+        main(
+            ["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(tmp_path / "r.json"), "--no-progress"]
+        )
+        == 0
+    )
+    assert (
+        main(
+            ["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(tmp_path / "r.json"), "--no-progress"]
+        )
+        == 0
+    )  # an earlier report: replaced
     label = truth / "a.nii.gz"
     before = label.read_bytes()
     assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(label), "--no-progress"]) == 2
@@ -218,8 +257,10 @@ def test_report_never_replaces_a_file_that_is_not_a_report(folders, tmp_path: Pa
 
 def test_evaluate_reads_only_hand_over_files():
     """Evaluation goes through dataset.contract: never the index stage or training code."""
-    code = ("import sys, inference.evaluate, pancreas.cli_evaluate;"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'training' or m.startswith('dataset.index')))")
+    code = (
+        "import sys, inference.evaluate, pancreas.cli_evaluate;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'training' or m.startswith('dataset.index')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

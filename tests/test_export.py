@@ -1,5 +1,6 @@
 """``pancreas export``: the SavedModel gives the ``.keras`` model's probabilities, beside the
 run's contract; written atomically into a folder that is new, empty or an earlier export."""
+
 from __future__ import annotations
 
 import json
@@ -11,29 +12,38 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
-
-from dataset.common.files import LOCK_NAME, TMP_SUFFIX  # noqa: E402
-from dataset.contract.run import InputContract, checkpoint_path, write_input_contract  # noqa: E402
+from dataset.common.files import LOCK_NAME, TMP_SUFFIX
+from dataset.contract.run import InputContract, checkpoint_path, write_input_contract
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPTH = 2
-CONTRACT = InputContract(patch_size_zyx=(8, 16, 16), val_patch_size_zyx=(8, 16, 16), n_classes=3,
-                         label_names=["background", "pancreas", "tumour"], model_depth=DEPTH,
-                         input="(N, z, y, x, 1) float32 in [0, 1] = stored uint8 level / 255",
-                         output="(N, z, y, x, 3) float32 softmax", preprocess={"window_hu": [-135.0, 250.0]})
+CONTRACT = InputContract(
+    patch_size_zyx=(8, 16, 16),
+    val_patch_size_zyx=(8, 16, 16),
+    n_classes=3,
+    label_names=["background", "pancreas", "tumour"],
+    model_depth=DEPTH,
+    input="(N, z, y, x, 1) float32 in [0, 1] = stored uint8 level / 255",
+    output="(N, z, y, x, 3) float32 softmax",
+    preprocess={"window_hu": [-135.0, 250.0]},
+)
 
 
 def _random_model(seed: int):
     """A tiny U-Net whose every weight (batch-norm statistics included) is random, not its initial value."""
-    import keras
 
     from training.model import build_unet
 
     model = build_unet(DEPTH, 2)
     rng = np.random.default_rng(seed)
-    model.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(np.float32) if "variance" in w.path
-                       else rng.normal(0, 0.5, w.shape).astype(np.float32) for w in model.weights])
+    model.set_weights(
+        [
+            rng.uniform(0.5, 1.5, w.shape).astype(np.float32)
+            if "variance" in w.path
+            else rng.normal(0, 0.5, w.shape).astype(np.float32)
+            for w in model.weights
+        ]
+    )
     return model
 
 
@@ -70,7 +80,7 @@ def test_the_saved_model_gives_the_keras_models_probabilities(run_dir, tmp_path,
         window = rng.random(shape, dtype=np.float32)
         expected = _keras_probabilities(checkpoint_path(run_dir, checkpoint), window)
         served = loaded.signatures["serving_default"](image=tf.constant(window))["output_0"].numpy()
-        assert served.shape == shape[:4] + (3,) and served.dtype == np.float32
+        assert served.shape == (*shape[:4], 3) and served.dtype == np.float32
         np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(loaded.serve(window).numpy(), expected, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(served.sum(axis=-1), 1.0, rtol=1e-5)
@@ -106,8 +116,12 @@ def test_an_earlier_export_is_replaced_and_another_folder_refused_untouched(run_
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".serving.v2.export-abcd_123{TMP_SUFFIX}", "serving"]
     window = np.random.default_rng(3).random((1, 4, 8, 8, 1), dtype=np.float32)
     loaded = tf.saved_model.load(str(out))  # kept: its functions need the object alive
-    np.testing.assert_allclose(loaded.serve(window).numpy(),
-                               _keras_probabilities(checkpoint_path(run_dir, "best"), window), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.serve(window).numpy(),
+        _keras_probabilities(checkpoint_path(run_dir, "best"), window),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
     other = tmp_path / "notes"
     other.mkdir()
@@ -119,8 +133,10 @@ def test_an_earlier_export_is_replaced_and_another_folder_refused_untouched(run_
         export_run(tmp_path / "serving", tmp_path / "x")  # an export is not a run (no checkpoints)
 
 
-HOLD = ("import sys; from dataset.common.files import exclusive_lock\n"
-        "with exclusive_lock(sys.argv[1]):\n    print('ready', flush=True); sys.stdin.read()\n")
+HOLD = (
+    "import sys; from dataset.common.files import exclusive_lock\n"
+    "with exclusive_lock(sys.argv[1]):\n    print('ready', flush=True); sys.stdin.read()\n"
+)
 
 
 def test_cli_exports_and_a_locked_folder_fails_at_once(run_dir, tmp_path, capsys):
@@ -130,11 +146,26 @@ def test_cli_exports_and_a_locked_folder_fails_at_once(run_dir, tmp_path, capsys
     assert main(["export", "--model", str(run_dir), "--out", str(out), "--checkpoint", "last"]) == 0
     assert "pancreas export:" in capsys.readouterr().out and (out / "saved_model.pb").is_file()
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [LOCK_NAME, "README.txt", "assets", "export.json", "fingerprint.pb", "input_contract.json",
-         "saved_model.pb", "variables"])
+        [
+            LOCK_NAME,
+            "README.txt",
+            "assets",
+            "export.json",
+            "fingerprint.pb",
+            "input_contract.json",
+            "saved_model.pb",
+            "variables",
+        ]
+    )
 
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], cwd=ROOT, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         assert holder.stdout.readline().strip() == "ready"
         assert main(["export", "--model", str(run_dir), "--out", str(out)]) == 2

@@ -1,4 +1,5 @@
 """Durable atomic writes, locks, crash points and fingerprints (dataset.common.files)."""
+
 import errno
 import json
 import multiprocessing
@@ -16,11 +17,11 @@ from dataset.common.files import (
     atomic_path,
     commit_point,
     exclusive_lock,
+    fingerprint_file,
+    fingerprint_json,
     holds_lock,
     inside,
     read_json,
-    fingerprint_file,
-    fingerprint_json,
     remove_stale_temporaries,
     write_json_atomic,
 )
@@ -34,7 +35,7 @@ def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
     assert target.read_text() == "new"
     assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # not mkstemp's 0600
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError):  # noqa: PT012 - the failure must happen inside the write
         with atomic_path(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("killed")
@@ -98,8 +99,10 @@ def test_lock_is_reentrant_within_a_process(tmp_path):
 
 
 def test_commit_point_kills_at_the_named_occurrence_and_logs_every_point(tmp_path):
-    code = ("from dataset.common.files import write_json_atomic as w\n"
-            "import sys\nfor i in range(3):\n    w(sys.argv[1], {'i': i}, point='state')\n")
+    code = (
+        "from dataset.common.files import write_json_atomic as w\n"
+        "import sys\nfor i in range(3):\n    w(sys.argv[1], {'i': i}, point='state')\n"
+    )
     target, log = tmp_path / "state.json", tmp_path / "points.log"
     env = {**os.environ, "PANCREAS_CRASH_LOG": str(log)}
     assert subprocess.run([sys.executable, "-c", code, str(target)], env=env).returncode == 0
@@ -114,7 +117,7 @@ def test_simulated_full_disk_leaves_the_old_file(tmp_path, monkeypatch):
     target = tmp_path / "catalog.json"
     write_json_atomic(target, {"v": 1}, point="catalog")
     monkeypatch.setenv("PANCREAS_ENOSPC_AT", "catalog:written")
-    with pytest.raises(OSError) as err:
+    with pytest.raises(OSError, match="No space left") as err:
         write_json_atomic(target, {"v": 2}, point="catalog")
     assert err.value.errno == errno.ENOSPC
     assert json.loads(target.read_text()) == {"v": 1} and os.listdir(tmp_path) == ["catalog.json"]

@@ -1,4 +1,5 @@
 """Elastic augmentation: parameters drawn apart from the deterministic application."""
+
 from __future__ import annotations
 
 import numpy as np

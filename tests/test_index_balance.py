@@ -1,14 +1,15 @@
 """Split by case and balancing of training entries, on hand-made rows."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from dataset.contract.catalog import Catalog, CatalogRecord
+from dataset.contract.store import StoreError
 from dataset.index import balance
 from dataset.index.config import IndexConfig
 from dataset.index.split import split_cases, usable_cases
-from dataset.contract.store import StoreError
 
 CFG = IndexConfig(train_patch_xyz=(16, 16, 8), val_patch_xyz=(16, 16, 8))
 
@@ -21,13 +22,16 @@ def rows(case_id, n_fg, n_bg):
     return out
 
 
-@pytest.mark.parametrize("n_fg,n_bg,copies,ratio,expect_bg,expect_repl", [
-    (4, 20, 2, 1.5, 12, 0),   # 4 fg patches -> 8 fg entries -> 12 background, all distinct
-    (4, 5, 2, 1.5, 12, 7),    # only 5 background patches: 7 drawn again
-    (3, 10, 1, 1.5, 5, 0),    # 3 entries * 1.5 = 4.5 -> rounds half up to 5
-    (2, 10, 3, 1.0, 6, 0),
-    (0, 10, 2, 1.5, 4, 0),    # no foreground: background_without_foreground (4)
-])
+@pytest.mark.parametrize(
+    ("n_fg", "n_bg", "copies", "ratio", "expect_bg", "expect_repl"),
+    [
+        (4, 20, 2, 1.5, 12, 0),  # 4 fg patches -> 8 fg entries -> 12 background, all distinct
+        (4, 5, 2, 1.5, 12, 7),  # only 5 background patches: 7 drawn again
+        (3, 10, 1, 1.5, 5, 0),  # 3 entries * 1.5 = 4.5 -> rounds half up to 5
+        (2, 10, 3, 1.0, 6, 0),
+        (0, 10, 2, 1.5, 4, 0),  # no foreground: background_without_foreground (4)
+    ],
+)
 def test_balance_counts(n_fg, n_bg, copies, ratio, expect_bg, expect_repl):
     cfg = IndexConfig(train_patch_xyz=(16, 16, 8), foreground_copies=copies, background_ratio=ratio)
     entries, stats = balance.balance_case("c", rows("c", n_fg, n_bg), cfg)
@@ -75,7 +79,7 @@ def test_centred_rows_hold_the_chosen_class():
     out = balance.centred_rows("c", label, (8, 16, 16), cfg)
     assert len(out) == 6 and all(r["kind"] == "centred" and r["foreground"] for r in out)
     for r in out:
-        block = label[max(0, r["z0"]):r["z0"] + 8, max(0, r["y0"]):r["y0"] + 16, max(0, r["x0"]):r["x0"] + 16]
+        block = label[max(0, r["z0"]) : r["z0"] + 8, max(0, r["y0"]) : r["y0"] + 16, max(0, r["x0"]) : r["x0"] + 16]
         assert (r["n_pancreas"], r["n_tumour"]) == ((block == 1).sum(), (block == 2).sum())
     assert any(r["n_tumour"] for r in out) and any(r["n_pancreas"] for r in out)
     assert balance.centred_rows("c", label, (8, 16, 16), CFG) == []  # off by default
@@ -100,10 +104,18 @@ def test_usable_cases_skips_failed_and_unlabelled():
     def rec(cid, status, has_label, error=None):
         return CatalogRecord.new(cid, "training" if has_label else "test", has_label, status=status, error=error)
 
-    catalog = Catalog(dataset={}, config={}, config_fingerprint="x", cases={
-        "b": rec("b", "done", True), "a": rec("a", "done", True), "t": rec("t", "done", False),
-        "f": rec("f", "failed", True, "bad header"),
-        "p": rec("p", "pending", True)})  # a killed preprocess run
+    catalog = Catalog(
+        dataset={},
+        config={},
+        config_fingerprint="x",
+        cases={
+            "b": rec("b", "done", True),
+            "a": rec("a", "done", True),
+            "t": rec("t", "done", False),
+            "f": rec("f", "failed", True, "bad header"),
+            "p": rec("p", "pending", True),
+        },
+    )  # a killed preprocess run
     usable, skipped = usable_cases(catalog)
     assert usable == ["a", "b"]
     assert [c for c, _ in skipped] == ["f", "p"]

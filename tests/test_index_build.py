@@ -1,4 +1,5 @@
 """``build_index`` end to end on tiny synthetic stores (16x16x8 patches), K = 5 folds unless said."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,19 +11,19 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from lockholder import lock_held_elsewhere
 
-from dataset.index.config import IndexConfig
 from dataset.common.configio import to_dict
-from dataset.index.build import build_index
+from dataset.common.files import TMP_SUFFIX, LockedError
+from dataset.contract.catalog import read_catalog, write_catalog
 from dataset.contract.index import check_index, manifest_path, read_split
 from dataset.contract.manifest import read_manifest
 from dataset.contract.reader import PatchReader
-from dataset.common.files import TMP_SUFFIX, LockedError
-from dataset.contract.catalog import read_catalog, write_catalog
 from dataset.contract.store import StoreError
-from pancreas.synthetic.store import blob_label, failed_record, make_store, write_case
+from dataset.index.build import build_index
+from dataset.index.config import IndexConfig
 from pancreas.cli import main
-from lockholder import lock_held_elsewhere
+from pancreas.synthetic.store import blob_label, failed_record, make_store, write_case
 
 CFG = IndexConfig(train_patch_xyz=(16, 16, 8), val_patch_xyz=(32, 32, 8), val_fraction=0.25)
 TUMOUR = {f"case_{i}" for i in range(5)}  # of the 8 labelled cases below
@@ -45,11 +46,12 @@ def all_rows(store: Path, split: str) -> list[dict]:
 
 
 def labels() -> dict[str, np.ndarray]:
-    out = {f"case_{i}": blob_label((24, 48, 40), (10 + i, 20 + 2 * i, 18), (5, 9, 11), tumour_radius=3)
-           for i in range(5)}
-    out["case_thin"] = blob_label((5, 48, 40), (2, 24, 20), (2, 8, 8))       # 5 slices < 8
-    out["case_empty"] = np.zeros((24, 48, 40), np.uint8)                    # no foreground
-    out["case_full"] = np.ones((8, 16, 32), np.uint8)                        # no background patch
+    out = {
+        f"case_{i}": blob_label((24, 48, 40), (10 + i, 20 + 2 * i, 18), (5, 9, 11), tumour_radius=3) for i in range(5)
+    }
+    out["case_thin"] = blob_label((5, 48, 40), (2, 24, 20), (2, 8, 8))  # 5 slices < 8
+    out["case_empty"] = np.zeros((24, 48, 40), np.uint8)  # no foreground
+    out["case_full"] = np.ones((8, 16, 32), np.uint8)  # no background patch
     return out
 
 
@@ -83,7 +85,9 @@ def test_split_and_summary(built):
         counts = on_disk["per_fold"][k]
         assert counts["train_entries"] == s.per_fold[k].train_entries == len(train)
         assert counts["val_entries"] == len(val) and (counts["train_cases"], counts["val_cases"]) == (
-            len(fold["train"]), len(fold["val"]))
+            len(fold["train"]),
+            len(fold["val"]),
+        )
         assert counts["val_tumour_cases"] == 1  # 5 tumour cases, 5 folds: stratified
         assert {r["case_id"] for r in val} == set(fold["val"])
         assert {r["case_id"] for r in train} <= set(fold["train"])
@@ -98,8 +102,11 @@ def test_a_case_has_the_same_rows_in_every_fold(built):
     split = read_split(store)
     for case_id in labels():
         for kind in ("train", "val"):
-            per_fold = [[r for r in rows_of(store, kind, k) if r["case_id"] == case_id]
-                        for k, fold in enumerate(split.folds) if case_id in getattr(fold, kind)]
+            per_fold = [
+                [r for r in rows_of(store, kind, k) if r["case_id"] == case_id]
+                for k, fold in enumerate(split.folds)
+                if case_id in getattr(fold, kind)
+            ]
             assert per_fold and all(rows == per_fold[0] for rows in per_fold), (case_id, kind)
     assert s.per_case["case_0"]["val_fold"] in range(5) and s.per_case["case_0"]["tumour"]
 
@@ -152,7 +159,7 @@ def test_empty_and_thin_cases(built):
 
 
 def test_case_without_foreground_in_training(built):
-    store, s = built
+    store, _s = built
     empty = [r for r in all_rows(store, "train") if r["case_id"] == "case_empty"]  # it trains in 4 of 5 folds
     assert len(empty) == CFG.background_without_foreground and not any(r["foreground"] for r in empty)
     assert len({(r["z0"], r["y0"], r["x0"]) for r in empty}) == len(empty)  # drawn without replacement
@@ -181,8 +188,11 @@ def test_augmented_shards(built):
 
 def _manifests_and_split(store: Path) -> dict[str, bytes]:
     index = store / "index"
-    return {str(p.relative_to(index)): p.read_bytes() for p in sorted(index.rglob("*"))
-            if p.suffix in (".csv", ".json") and p.name != "summary.json"}
+    return {
+        str(p.relative_to(index)): p.read_bytes()
+        for p in sorted(index.rglob("*"))
+        if p.suffix in (".csv", ".json") and p.name != "summary.json"
+    }
 
 
 def test_deterministic_bytes_and_noop(tmp_path, built):
@@ -288,9 +298,11 @@ def test_stale_temporaries_removed(tmp_path):
     store = make(tmp_path, failed=False)
     (store / "index" / "augmented").mkdir(parents=True)
     (store / "index" / "fold_0").mkdir()
-    junk = [store / "index" / f".split.json.abc{TMP_SUFFIX}",
-            store / "index" / "augmented" / f".case_0.h5.x{TMP_SUFFIX}",
-            store / "index" / "fold_0" / f".train.csv.y{TMP_SUFFIX}"]
+    junk = [
+        store / "index" / f".split.json.abc{TMP_SUFFIX}",
+        store / "index" / "augmented" / f".case_0.h5.x{TMP_SUFFIX}",
+        store / "index" / "fold_0" / f".train.csv.y{TMP_SUFFIX}",
+    ]
     for p in junk:
         p.write_text("half")
     build_index(store, CFG, workers=0, progress=False)
@@ -341,19 +353,20 @@ def test_cli_summary_and_config_error(tmp_path, capsys):
     assert "8 cases (5 with tumour) in 5 cross-validation folds" in out and "7 built" in out
     s = json.loads((store / "index" / "summary.json").read_text())
     for k, c in enumerate(s["per_fold"]):
-        assert (f"fold {k}       {c['train_cases']} train / {c['val_cases']} validation cases (1 with tumour)"
-                in out)
+        assert f"fold {k}       {c['train_cases']} train / {c['val_cases']} validation cases (1 with tumour)" in out
         assert f"    train      {c['train_entries']} entries" in out
         assert f"    validation {c['val_entries']} patches" in out
     assert main(["index", "--store", str(store), "--config", str(config), "--workers", "0", "--no-progress"]) == 0
     assert "up to date" in capsys.readouterr().out
     argv = ["index", "--store", str(store), "--config", str(config), "--workers", "0", "--no-progress"]
-    assert main(argv + ["--folds", "2"]) == 0  # the flag overrides the config
+    assert main([*argv, "--folds", "2"]) == 0  # the flag overrides the config
     out = capsys.readouterr().out
     assert "in 2 cross-validation folds" in out and "fold 1  " in out and "fold 2" not in out and "0 built" in out
-    for folds, message in (("0", f"{store}: --folds must be >= 1, got 0"),
-                           ("9", f"{store}: 9 folds need at least 9 labelled cases, but 8 are indexed")):
-        assert main(argv + ["--folds", folds]) == 2
+    for folds, message in (
+        ("0", f"{store}: --folds must be >= 1, got 0"),
+        ("9", f"{store}: 9 folds need at least 9 labelled cases, but 8 are indexed"),
+    ):
+        assert main([*argv, "--folds", folds]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
     assert read_split(store).folds and len(read_split(store).folds) == 2  # refused runs wrote nothing

@@ -1,4 +1,5 @@
 """Grid arithmetic and exact class counts against brute force."""
+
 from __future__ import annotations
 
 import itertools
@@ -10,14 +11,17 @@ from dataset.index.classify import box_sums, class_counts, is_foreground
 from dataset.index.grid import axis_starts, grid_boxes, grid_starts, is_padded, stride_for
 
 
-@pytest.mark.parametrize("extent,patch,stride,expected", [
-    (64, 16, 16, [0, 16, 32, 48]),       # exact tiling
-    (70, 16, 16, [0, 16, 32, 48, 54]),   # last patch flush with the end
-    (16, 16, 16, [0]),
-    (10, 16, 16, [-3]),                  # thin axis: centred, padded both sides
-    (11, 16, 16, [-3]),                  # odd difference: one more voxel of padding after
-    (40, 16, 8, [0, 8, 16, 24]),         # 50% overlap
-])
+@pytest.mark.parametrize(
+    ("extent", "patch", "stride", "expected"),
+    [
+        (64, 16, 16, [0, 16, 32, 48]),  # exact tiling
+        (70, 16, 16, [0, 16, 32, 48, 54]),  # last patch flush with the end
+        (16, 16, 16, [0]),
+        (10, 16, 16, [-3]),  # thin axis: centred, padded both sides
+        (11, 16, 16, [-3]),  # odd difference: one more voxel of padding after
+        (40, 16, 8, [0, 8, 16, 24]),  # 50% overlap
+    ],
+)
 def test_axis_starts(extent, patch, stride, expected):
     assert axis_starts(extent, patch, stride) == expected
 
@@ -38,13 +42,16 @@ def brute_counts(label, starts, patch):
     return n_p, n_t
 
 
-@pytest.mark.parametrize("shape,patch,overlap", [
-    ((20, 33, 40), (8, 16, 16), 0.0),
-    ((20, 33, 40), (8, 16, 16), 0.5),
-    ((5, 33, 16), (8, 16, 16), 0.0),     # thin z: one padded patch
-    ((300, 9, 9), (8, 4, 4), 0.25),      # many short segments along z
-    ((600, 6, 6), (300, 4, 4), 0.0),     # segments of 300 > 255 slices: the uint16 path
-])
+@pytest.mark.parametrize(
+    ("shape", "patch", "overlap"),
+    [
+        ((20, 33, 40), (8, 16, 16), 0.0),
+        ((20, 33, 40), (8, 16, 16), 0.5),
+        ((5, 33, 16), (8, 16, 16), 0.0),  # thin z: one padded patch
+        ((300, 9, 9), (8, 4, 4), 0.25),  # many short segments along z
+        ((600, 6, 6), (300, 4, 4), 0.0),  # segments of 300 > 255 slices: the uint16 path
+    ],
+)
 def test_class_counts_match_brute_force(shape, patch, overlap):
     rng = np.random.default_rng(7)
     label = rng.choice(np.array([0, 1, 2], np.uint8), size=shape, p=[0.7, 0.2, 0.1])

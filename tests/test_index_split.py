@@ -1,4 +1,5 @@
 """Case-level K-fold split: seeded by hashes (the same on every machine), stratified by tumour."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,7 +37,9 @@ def test_hand_computed_small_case():
     assert folds[1] == Fold(("p1", "p3", "p5", "p6", "p7"), ("p2", "p4"))
 
 
-@pytest.mark.parametrize("n,k,n_tumour", [(2, 2, 0), (7, 3, 3), (8, 5, 5), (10, 5, 2), (11, 4, 11), (30, 5, 13)])
+@pytest.mark.parametrize(
+    ("n", "k", "n_tumour"), [(2, 2, 0), (7, 3, 3), (8, 5, 5), (10, 5, 2), (11, 4, 11), (30, 5, 13)]
+)
 def test_every_case_validates_in_exactly_one_fold(n, k, n_tumour):
     cases = ids(n)
     tumour = set(cases[:n_tumour])
@@ -78,19 +81,27 @@ def test_max_cases_takes_a_seeded_subset_first():
     check_partition(seeded_order(cases, 0)[:6], folds)
 
 
-@pytest.mark.parametrize("k,n,max_cases,message", [
-    (6, 5, None, r"^store/x: 6 folds need at least 6 labelled cases, but 5 are indexed; use --folds 5 or fewer$"),
-    (4, 10, 3, r"^store/x: 4 folds need at least 4 labelled cases, but 3 are indexed \(max_cases 3\)"),
-    (0, 5, None, r"^store/x: folds must be >= 1, got 0$"),
-])
+@pytest.mark.parametrize(
+    ("k", "n", "max_cases", "message"),
+    [
+        (6, 5, None, r"^store/x: 6 folds need at least 6 labelled cases, but 5 are indexed; use --folds 5 or fewer$"),
+        (4, 10, 3, r"^store/x: 4 folds need at least 4 labelled cases, but 3 are indexed \(max_cases 3\)"),
+        (0, 5, None, r"^store/x: folds must be >= 1, got 0$"),
+    ],
+)
 def test_impossible_fold_counts_are_refused_naming_the_store(k, n, max_cases, message):
     with pytest.raises(StoreError, match=message):
         make_folds("store/x", ids(n), set(), k, 0.2, 0, max_cases=max_cases)
 
 
 def test_split_round_trip_and_fold_accessor():
-    split = Split(seed=1, val_fraction=0.2, max_cases=None,
-                  folds=(Fold(("b",), ("a",)), Fold(("a",), ("b",))), skipped={"z": "failed"})
+    split = Split(
+        seed=1,
+        val_fraction=0.2,
+        max_cases=None,
+        folds=(Fold(("b",), ("a",)), Fold(("a",), ("b",))),
+        skipped={"z": "failed"},
+    )
     data = split.to_dict()
     assert list(data) == ["seed", "val_fraction", "max_cases", "folds", "skipped"]
     assert data["folds"] == [{"train": ["b"], "val": ["a"]}, {"train": ["a"], "val": ["b"]}]
@@ -100,13 +111,19 @@ def test_split_round_trip_and_fold_accessor():
         split.fold(2)
 
 
-@pytest.mark.parametrize("data,message", [
-    ({"seed": 0, "train": ["a"], "val": ["b"]}, "before cross-validation folds"),
-    ({"folds": []}, "not a split"),
-    ({"folds": [{"train": ["a"], "val": []}]}, "fold 0: no validation cases"),
-    ({"folds": [{"train": ["a"], "val": ["a"]}]}, "fold 0: case.* a both train and validate"),
-    ({"folds": [{"train": ["b"], "val": ["a"]}, {"train": ["b"], "val": ["a"]}]}, "case a validates in folds 0 and 1"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"seed": 0, "train": ["a"], "val": ["b"]}, "before cross-validation folds"),
+        ({"folds": []}, "not a split"),
+        ({"folds": [{"train": ["a"], "val": []}]}, "fold 0: no validation cases"),
+        ({"folds": [{"train": ["a"], "val": ["a"]}]}, "fold 0: case.* a both train and validate"),
+        (
+            {"folds": [{"train": ["b"], "val": ["a"]}, {"train": ["b"], "val": ["a"]}]},
+            "case a validates in folds 0 and 1",
+        ),
+    ],
+)
 def test_bad_split_files_are_refused(data, message):
     with pytest.raises(StoreError, match=message):
         Split.from_dict(data, "x")

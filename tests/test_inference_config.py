@@ -1,4 +1,5 @@
 """configs/predict.yaml and configs/download.yaml mirror the dataclass defaults; bad values are refused."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,20 +12,23 @@ from inference.config import DownloadConfig, PredictConfig
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("cls,name", [(PredictConfig, "predict.yaml"), (DownloadConfig, "download.yaml")])
+@pytest.mark.parametrize(("cls", "name"), [(PredictConfig, "predict.yaml"), (DownloadConfig, "download.yaml")])
 def test_yaml_equals_defaults(cls, name):
     assert load_config(cls, CONFIGS / name) == cls()
 
 
-@pytest.mark.parametrize("data,match", [
-    ({"overlap": 1.0}, "overlap"),
-    ({"mirror_axes": [0, 3]}, "mirror_axes"),
-    ({"largest_component": "biggest"}, "largest_component"),
-    ({"window_zyx": [0, 64, 64]}, "window_zyx"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"checkpoint": "final"}, "checkpoint"),
-    ({"windw_zyx": [64, 64, 64]}, "unknown key"),
-])
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"overlap": 1.0}, "overlap"),
+        ({"mirror_axes": [0, 3]}, "mirror_axes"),
+        ({"largest_component": "biggest"}, "largest_component"),
+        ({"window_zyx": [0, 64, 64]}, "window_zyx"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"checkpoint": "final"}, "checkpoint"),
+        ({"windw_zyx": [64, 64, 64]}, "unknown key"),
+    ],
+)
 def test_bad_predict_values_are_refused(data, match):
     with pytest.raises(ConfigError, match=match):
         from_dict(PredictConfig, data)

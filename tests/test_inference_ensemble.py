@@ -1,5 +1,6 @@
 """Ensembles and test-time mirroring: the averaging maths on hand-computed cases, the
 contracts an ensemble refuses, the mirror axes a run records, and the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ from dataset.contract.run import InputContract, RunError, read_input_contract, w
 from inference.config import PredictConfig
 from inference.predict import CaseInput, PredictError, predict_cases, predict_volume, resolve_config
 from inference.settings import load_runs
-from preprocess.config import PreprocessConfig
 from pancreas.synthetic.msd import dataset_params, make_dataset
+from preprocess.config import PreprocessConfig
 
 WINDOW = (32, 64, 64)
 FLIPS_Y_X = {"flip_axes": [1, 2], "flip_probability": 0.5}
@@ -24,9 +25,16 @@ FLIPS_Y_X = {"flip_axes": [1, 2], "flip_probability": 0.5}
 def write_run(run_dir: Path, window=WINDOW, depth=2, flips=FLIPS_Y_X, **changes) -> Path:
     """A run folder with an input contract (no checkpoint: the tests pass models)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    contract = {"patch_size_zyx": list(window), "val_patch_size_zyx": list(window), "n_classes": 3,
-                "label_names": ["background", "pancreas", "tumour"], "model_depth": depth,
-                "preprocess": to_dict(PreprocessConfig()), "store_fingerprint": "store-1", "index_fingerprint": "y"}
+    contract = {
+        "patch_size_zyx": list(window),
+        "val_patch_size_zyx": list(window),
+        "n_classes": 3,
+        "label_names": ["background", "pancreas", "tumour"],
+        "model_depth": depth,
+        "preprocess": to_dict(PreprocessConfig()),
+        "store_fingerprint": "store-1",
+        "index_fingerprint": "y",
+    }
     if flips is not None:
         contract["flip_augment"] = flips
     contract.update(changes)
@@ -60,6 +68,7 @@ def x_ramp_squared(batch: np.ndarray) -> np.ndarray:
 def constant(p1: float):
     def model(batch):
         return np.stack([np.full(batch.shape[:4], 1 - p1), np.full(batch.shape[:4], p1)], -1).astype(np.float32)
+
     return model
 
 
@@ -68,6 +77,7 @@ def brute_force(model, levels: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- the maths
+
 
 def test_an_ensemble_of_two_is_the_mean_of_their_probabilities():
     levels = np.random.default_rng(0).integers(0, 256, (20, 40, 36), dtype=np.uint8)
@@ -79,8 +89,12 @@ def test_an_ensemble_of_two_is_the_mean_of_their_probabilities():
 
 
 def test_an_ensemble_of_constant_models_gives_their_hand_computed_mean():
-    probs = predict_volume(np.zeros((4, 6, 6), np.uint8), [constant(0.2), constant(0.6), constant(0.7)],
-                           PredictConfig(window_zyx=(4, 4, 4), mirror_axes=()), progress=False)
+    probs = predict_volume(
+        np.zeros((4, 6, 6), np.uint8),
+        [constant(0.2), constant(0.6), constant(0.7)],
+        PredictConfig(window_zyx=(4, 4, 4), mirror_axes=()),
+        progress=False,
+    )
     assert np.allclose(probs[1], 0.5) and np.allclose(probs[0], 0.5)
 
 
@@ -88,19 +102,21 @@ def test_an_ensemble_of_constant_models_gives_their_hand_computed_mean():
 def test_mirroring_a_flip_equivariant_model_changes_nothing(axes):
     levels = np.random.default_rng(1).integers(0, 256, (12, 20, 20), dtype=np.uint8)
     plain = predict_volume(levels, model_a, PredictConfig(window_zyx=(8, 16, 16), mirror_axes=()), progress=False)
-    mirrored = predict_volume(levels, model_a, PredictConfig(window_zyx=(8, 16, 16), mirror_axes=axes),
-                              progress=False)
+    mirrored = predict_volume(levels, model_a, PredictConfig(window_zyx=(8, 16, 16), mirror_axes=axes), progress=False)
     assert np.allclose(mirrored, plain, atol=1e-6)
 
 
 # x = 0..3, r = x / 3: r**2 = [0, 1/9, 4/9, 1]; flipped along x and back: (1 - r)**2 = [1, 4/9, 1/9, 0]
-@pytest.mark.parametrize("axes,expected", [
-    ((), [0, 1 / 9, 4 / 9, 1]),
-    ((1,), [0, 1 / 9, 4 / 9, 1]),                    # a y-flip does not move an x-ramp
-    ((2,), [1 / 2, 5 / 18, 5 / 18, 1 / 2]),          # (r**2 + (1 - r)**2) / 2
-    ((1, 2), [1 / 2, 5 / 18, 5 / 18, 1 / 2]),        # 4 passes, two of them x-flipped
-    ((0, 1, 2), [1 / 2, 5 / 18, 5 / 18, 1 / 2]),     # 8 passes, four of them x-flipped
-])
+@pytest.mark.parametrize(
+    ("axes", "expected"),
+    [
+        ((), [0, 1 / 9, 4 / 9, 1]),
+        ((1,), [0, 1 / 9, 4 / 9, 1]),  # a y-flip does not move an x-ramp
+        ((2,), [1 / 2, 5 / 18, 5 / 18, 1 / 2]),  # (r**2 + (1 - r)**2) / 2
+        ((1, 2), [1 / 2, 5 / 18, 5 / 18, 1 / 2]),  # 4 passes, two of them x-flipped
+        ((0, 1, 2), [1 / 2, 5 / 18, 5 / 18, 1 / 2]),  # 8 passes, four of them x-flipped
+    ],
+)
 def test_mirroring_an_asymmetric_model_averages_as_hand_computed(axes, expected):
     config = PredictConfig(window_zyx=(2, 2, 4), mirror_axes=axes)  # one window: no stitching weights
     probs = predict_volume(np.zeros((2, 2, 4), np.uint8), x_ramp_squared, config, progress=False)
@@ -118,8 +134,13 @@ def test_each_model_of_an_ensemble_mirrors_along_its_own_axes():
         calls["flat"] += 1
         return constant(0.3)(batch)
 
-    probs = predict_volume(np.zeros((2, 2, 4), np.uint8), [ramp, flat], PredictConfig(window_zyx=(2, 2, 4)),
-                           mirror_axes=[(2,), ()], progress=False)
+    probs = predict_volume(
+        np.zeros((2, 2, 4), np.uint8),
+        [ramp, flat],
+        PredictConfig(window_zyx=(2, 2, 4)),
+        mirror_axes=[(2,), ()],
+        progress=False,
+    )
     assert np.allclose(probs[1], (np.array([1 / 2, 5 / 18, 5 / 18, 1 / 2]) + 0.3) / 2, atol=1e-6)
     assert calls == {"ramp": 2, "flat": 1}
 
@@ -131,17 +152,20 @@ def test_unresolved_mirror_axes_are_refused_by_the_pure_function():
 
 # ----------------------------------------------------------------------------- mirror axes from the run
 
-@pytest.mark.parametrize("flips,config_axes,expected", [
-    (FLIPS_Y_X, None, (1, 2)),                                          # default: the trainer's flips
-    ({"flip_axes": [0, 1, 2], "flip_probability": 0.2}, None, (0, 1, 2)),
-    ({"flip_axes": [1, 2], "flip_probability": 0.0}, None, ()),         # flips were off
-    ({"flip_axes": [], "flip_probability": 0.5}, None, ()),
-    (FLIPS_Y_X, (0,), (0,)),                                            # an explicit list overrides
-    (FLIPS_Y_X, (), ()),                                                # [] / --no-mirror: off
-])
+
+@pytest.mark.parametrize(
+    ("flips", "config_axes", "expected"),
+    [
+        (FLIPS_Y_X, None, (1, 2)),  # default: the trainer's flips
+        ({"flip_axes": [0, 1, 2], "flip_probability": 0.2}, None, (0, 1, 2)),
+        ({"flip_axes": [1, 2], "flip_probability": 0.0}, None, ()),  # flips were off
+        ({"flip_axes": [], "flip_probability": 0.5}, None, ()),
+        (FLIPS_Y_X, (0,), (0,)),  # an explicit list overrides
+        (FLIPS_Y_X, (), ()),  # [] / --no-mirror: off
+    ],
+)
 def test_mirror_axes_come_from_the_run_unless_the_config_names_them(flips, config_axes, expected):
-    contract = InputContract(val_patch_size_zyx=WINDOW, n_classes=3, model_depth=2, preprocess={},
-                             flip_augment=flips)
+    contract = InputContract(val_patch_size_zyx=WINDOW, n_classes=3, model_depth=2, preprocess={}, flip_augment=flips)
     assert resolve_config(PredictConfig(mirror_axes=config_axes), contract).mirror_axes == expected
 
 
@@ -160,16 +184,26 @@ def test_old_contract_without_flips_mirrors_nothing_with_one_log_line(tmp_path: 
 
 
 def test_contract_flip_augment_round_trip_and_checks(tmp_path: Path):
-    contract = InputContract(val_patch_size_zyx=WINDOW, n_classes=3, model_depth=2, preprocess={},
-                             flip_augment={"flip_axes": [2], "flip_probability": 0.5})
+    contract = InputContract(
+        val_patch_size_zyx=WINDOW,
+        n_classes=3,
+        model_depth=2,
+        preprocess={},
+        flip_augment={"flip_axes": [2], "flip_probability": 0.5},
+    )
     write_input_contract(tmp_path, contract)
     back = read_input_contract(tmp_path)
     assert back == contract and back.mirror_axes == (2,)
     assert list(json.loads((tmp_path / "input_contract.json").read_text()))[-1] == "flip_augment"
     old = InputContract(val_patch_size_zyx=WINDOW, n_classes=3, model_depth=2, preprocess={})
     assert "flip_augment" not in old.to_dict() and old.mirror_axes is None
-    for bad in ({"flip_axes": [3], "flip_probability": 0.5}, {"flip_axes": [1]}, [1, 2],
-                {"flip_axes": [1, 1], "flip_probability": 0.5}, {"flip_axes": [1], "flip_probability": 2}):
+    for bad in (
+        {"flip_axes": [3], "flip_probability": 0.5},
+        {"flip_axes": [1]},
+        [1, 2],
+        {"flip_axes": [1, 1], "flip_probability": 0.5},
+        {"flip_axes": [1], "flip_probability": 2},
+    ):
         (tmp_path / "input_contract.json").write_text(json.dumps({**contract.to_dict(), "flip_augment": bad}))
         with pytest.raises(RunError, match=r"input_contract.json: 'flip_augment' must be"):
             read_input_contract(tmp_path)
@@ -177,19 +211,23 @@ def test_contract_flip_augment_round_trip_and_checks(tmp_path: Path):
 
 # ----------------------------------------------------------------------------- contracts an ensemble refuses
 
+
 def _contract(run: Path) -> dict:
     return json.loads((run / "input_contract.json").read_text())
 
 
-@pytest.mark.parametrize("changes,key", [
-    ({"n_classes": 4}, "n_classes"),
-    ({"val_patch_size_zyx": [32, 64, 128]}, "val_patch_size_zyx (the sliding window)"),
-    ({"preprocess": to_dict(PreprocessConfig(target_spacing_mm=(0.8, 0.8, 2.5)))}, "preprocess.target_spacing_mm"),
-    ({"preprocess": to_dict(PreprocessConfig(window_hu=(-100.0, 240.0)))}, "preprocess.window_hu"),
-    ({"preprocess": to_dict(PreprocessConfig(equalize=False))}, "preprocess.equalize"),
-    ({"label_names": ["background", "gland", "tumour"]}, "label_names"),
-    ({"output": "(N, z, y, x, 3) float32 logits"}, "output"),
-])
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"n_classes": 4}, "n_classes"),
+        ({"val_patch_size_zyx": [32, 64, 128]}, "val_patch_size_zyx (the sliding window)"),
+        ({"preprocess": to_dict(PreprocessConfig(target_spacing_mm=(0.8, 0.8, 2.5)))}, "preprocess.target_spacing_mm"),
+        ({"preprocess": to_dict(PreprocessConfig(window_hu=(-100.0, 240.0)))}, "preprocess.window_hu"),
+        ({"preprocess": to_dict(PreprocessConfig(equalize=False))}, "preprocess.equalize"),
+        ({"label_names": ["background", "gland", "tumour"]}, "label_names"),
+        ({"output": "(N, z, y, x, 3) float32 logits"}, "output"),
+    ],
+)
 def test_contracts_that_disagree_are_refused_naming_both_runs_and_the_key(tmp_path: Path, changes, key):
     first = write_run(tmp_path / "r1", output="(N, z, y, x, 3) float32 softmax")
     second = write_run(tmp_path / "r2", **{"output": "(N, z, y, x, 3) float32 softmax", **changes})
@@ -210,9 +248,15 @@ def test_a_window_too_small_for_one_models_depth_is_refused_naming_that_run(tmp_
 
 def test_what_changes_neither_input_nor_output_may_differ(tmp_path: Path):
     first = write_run(tmp_path / "r1")
-    second = write_run(tmp_path / "r2", depth=3, patch_size_zyx=[16, 32, 32], flips={"flip_axes": [2],
-                       "flip_probability": 0.5}, store_fingerprint="store-2", index_fingerprint="z",
-                       label_names={"0": "background", "1": "pancreas", "2": "tumour"})
+    second = write_run(
+        tmp_path / "r2",
+        depth=3,
+        patch_size_zyx=[16, 32, 32],
+        flips={"flip_axes": [2], "flip_probability": 0.5},
+        store_fingerprint="store-2",
+        index_fingerprint="z",
+        label_names={"0": "background", "1": "pancreas", "2": "tumour"},
+    )
     settings = load_runs([first, second], PredictConfig(), [model_a, model_b])
     assert settings.mirror_axes == [(1, 2), (2,)] and settings.config.mirror_axes is None  # each its own
     assert settings.config.window_zyx == WINDOW
@@ -229,6 +273,7 @@ def test_runs_and_models_must_pair_up(tmp_path: Path):
 
 
 # ----------------------------------------------------------------------------- predict_cases and the CLI
+
 
 @pytest.fixture(scope="module")
 def msd(tmp_path_factory) -> Path:
@@ -262,9 +307,9 @@ def test_the_settings_fingerprint_covers_every_model(tmp_path: Path):
     base = load_runs([r1, r2], PredictConfig(), [model_a, model_b]).fingerprint
     assert load_runs([r1, r2], PredictConfig(), [model_a, model_b]).fingerprint == base
     assert load_runs([r1, r2], PredictConfig(), [model_a, model_a]).fingerprint != base  # second model changed
-    assert load_runs(r1, PredictConfig(), model_a).fingerprint != base                    # one model only
+    assert load_runs(r1, PredictConfig(), model_a).fingerprint != base  # one model only
     write_run(tmp_path / "r3", store_fingerprint="store-9")
-    assert load_runs([r1, r3], PredictConfig(), [model_a, model_b]).fingerprint != base   # second contract changed
+    assert load_runs([r1, r3], PredictConfig(), [model_a, model_b]).fingerprint != base  # second contract changed
 
 
 class CountingLoader:
@@ -284,7 +329,7 @@ class CountingLoader:
         return [model for _ in run_dirs]
 
 
-@pytest.mark.parametrize("extra,passes_per_batch,mirror", [([], 4, [1, 2]), (["--no-mirror"], 1, [])])
+@pytest.mark.parametrize(("extra", "passes_per_batch", "mirror"), [([], 4, [1, 2]), (["--no-mirror"], 1, [])])
 def test_cli_with_two_model_runs(msd: Path, tmp_path: Path, monkeypatch, extra, passes_per_batch, mirror):
     from pancreas.cli import main
 
@@ -292,8 +337,10 @@ def test_cli_with_two_model_runs(msd: Path, tmp_path: Path, monkeypatch, extra, 
     monkeypatch.setattr("inference.predict.load_predict_fns", loader)
     r1, r2 = write_run(tmp_path / "r1"), write_run(tmp_path / "r2")
     out = tmp_path / "out"
-    assert main(["predict", "--model", str(r1), str(r2), "--input", str(msd), "--out", str(out),
-                 "--no-progress", *extra]) == 0
+    assert (
+        main(["predict", "--model", str(r1), str(r2), "--input", str(msd), "--out", str(out), "--no-progress", *extra])
+        == 0
+    )
     assert loader.runs == [r1, r2]
     record = json.loads((out / "predictions.json").read_text())
     assert record["config"]["mirror_axes"] == mirror

@@ -2,6 +2,7 @@
 
 NSD itself is checked against DeepMind's library in test_inference_surface.py.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,14 @@ import pytest
 from dataset.common.configio import ConfigError, from_dict
 from inference.config import PredictConfig
 from inference.metrics import (
-    NSD_TOLERANCE_MM, REGIONS, dice, hd95, region_status, score_case, summarise, surface,
+    NSD_TOLERANCE_MM,
+    REGIONS,
+    dice,
+    hd95,
+    region_status,
+    score_case,
+    summarise,
+    surface,
 )
 
 
@@ -21,8 +29,8 @@ def cube(shape, start, size):
 
 
 def test_dice_hand_computed():
-    a = cube((10, 10, 10), (2, 2, 2), 4)   # 64 voxels
-    b = cube((10, 10, 10), (4, 2, 2), 4)   # shifted 2 along z: overlap 2*4*4 = 32
+    a = cube((10, 10, 10), (2, 2, 2), 4)  # 64 voxels
+    b = cube((10, 10, 10), (4, 2, 2), 4)  # shifted 2 along z: overlap 2*4*4 = 32
     assert dice(a, b) == pytest.approx(2 * 32 / 128)
     assert dice(a, a) == 1.0
     assert dice(a, np.zeros_like(a)) == 0.0
@@ -31,7 +39,7 @@ def test_dice_hand_computed():
 
 def test_surface_of_a_cube_is_its_shell():
     s = surface(cube((8, 8, 8), (2, 2, 2), 4))
-    assert s.sum() == 4 ** 3 - 2 ** 3
+    assert s.sum() == 4**3 - 2**3
 
 
 def brute_hd95(a, b, spacing):
@@ -104,9 +112,9 @@ def test_hd95_rejects_bad_spacing():
 def test_score_case_regions_and_statuses():
     truth = np.zeros((8, 8, 8), np.uint8)
     truth[2:6, 2:6, 2:6] = 1
-    truth[3:5, 3:5, 3:5] = 2                      # tumour inside the pancreas
+    truth[3:5, 3:5, 3:5] = 2  # tumour inside the pancreas
     pred = truth.copy()
-    pred[pred == 2] = 1                            # tumour missed, whole gland right
+    pred[pred == 2] = 1  # tumour missed, whole gland right
     scores = score_case(pred, truth, (1, 1, 1))
     assert scores["pancreas"] == {"dice": 1.0, "nsd": 1.0, "hd95_mm": 0.0, "status": "both"}
     assert scores["tumour"] == {"dice": 0.0, "nsd": 0.0, "hd95_mm": None, "status": "missed"}
@@ -128,8 +136,8 @@ def test_three_regions_on_a_case_with_both_labels():
     truth[2:6, 2:6, 2:6] = 1
     truth[3:5, 3:5, 3:5] = 2
     pred = truth.copy()
-    pred[3, 3:5, 3:5] = 1          # half the tumour called pancreas
-    pred[2, 2, 2] = 2              # a tumour voxel in the gland's corner
+    pred[3, 3:5, 3:5] = 1  # half the tumour called pancreas
+    pred[2, 2, 2] = 2  # a tumour voxel in the gland's corner
     scores = score_case(pred, truth, (2.5, 0.8, 0.8))
     assert list(scores) == ["pancreas", "pancreas_label1", "tumour"]
     assert scores["pancreas"]["dice"] == 1.0 and scores["pancreas"]["nsd"] == 1.0
@@ -148,7 +156,7 @@ def test_each_region_uses_its_own_tolerance():
     truth = np.zeros((12, 10, 10), np.uint8)
     truth[2:6, 3:7, 3:7] = 2
     pred = np.zeros_like(truth)
-    pred[4:8, 3:7, 3:7] = 2        # tumour 2 slices of 3 mm off
+    pred[4:8, 3:7, 3:7] = 2  # tumour 2 slices of 3 mm off
     tight = {**NSD_TOLERANCE_MM, "tumour": 1.0}
     loose = {**NSD_TOLERANCE_MM, "tumour": 6.0}
     spacing = (3.0, 0.8, 0.8)
@@ -191,7 +199,12 @@ def test_summarise_every_region_of_scored_cases():
 def test_summarise_reads_a_report_written_before_nsd():
     old = {"a": {"tumour": {"dice": 0.5, "hd95_mm": 4.0, "status": "both"}}}
     assert summarise(old, ["tumour"])["tumour"]["nsd"] == {
-        "mean": None, "median": None, "n": 0, "n_absent": 0, "n_undefined": 1}
+        "mean": None,
+        "median": None,
+        "n": 0,
+        "n_absent": 0,
+        "n_undefined": 1,
+    }
 
 
 def test_nsd_tolerance_config_default_and_checks():
@@ -202,14 +215,17 @@ def test_nsd_tolerance_config_default_and_checks():
     assert all(isinstance(v, float) for v in config.nsd_tolerance_mm.values())
 
 
-@pytest.mark.parametrize("value,match", [
-    ({"pancreas": 5.0, "tumour": 2.0}, "every region"),
-    ({**NSD_TOLERANCE_MM, "liver": 5.0}, "every region"),
-    ({**NSD_TOLERANCE_MM, "tumour": -1.0}, ">= 0"),
-    ({**NSD_TOLERANCE_MM, "tumour": True}, ">= 0"),
-    ({**NSD_TOLERANCE_MM, "tumour": "2 mm"}, ">= 0"),
-    (2.0, "mapping"),
-])
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ({"pancreas": 5.0, "tumour": 2.0}, "every region"),
+        ({**NSD_TOLERANCE_MM, "liver": 5.0}, "every region"),
+        ({**NSD_TOLERANCE_MM, "tumour": -1.0}, ">= 0"),
+        ({**NSD_TOLERANCE_MM, "tumour": True}, ">= 0"),
+        ({**NSD_TOLERANCE_MM, "tumour": "2 mm"}, ">= 0"),
+        (2.0, "mapping"),
+    ],
+)
 def test_bad_nsd_tolerances_are_refused(value, match):
     with pytest.raises(ConfigError, match=match):
         from_dict(PredictConfig, {"nsd_tolerance_mm": value})

@@ -1,5 +1,6 @@
 """Post-processing decisions: ``apply_postprocessing`` on a constructed case, the
 ``postprocessing.json`` contract, and ``predict --postprocessing``."""
+
 from __future__ import annotations
 
 import json
@@ -10,13 +11,16 @@ import pytest
 
 from dataset.common.configio import to_dict
 from dataset.contract.postprocessing import (
-    PostprocessingDecision, PostprocessingError, read_postprocessing, write_postprocessing,
+    PostprocessingDecision,
+    PostprocessingError,
+    read_postprocessing,
+    write_postprocessing,
 )
 from inference.config import PredictConfig
 from inference.postprocess import apply_postprocessing, keep_largest_component
 from inference.predict import PredictError, predict_cases
-from preprocess.config import PreprocessConfig
 from pancreas.synthetic.msd import make_dataset
+from preprocess.config import PreprocessConfig
 
 
 def decision(pancreas: bool, tumour: bool, store: str = "store-1") -> PostprocessingDecision:
@@ -30,50 +34,57 @@ def constructed_case() -> tuple[np.ndarray, dict[str, np.ndarray]]:
     Returns the labels and the hand-made answer for each decision (z, y, x; 12 x 12 x 12).
     """
     labels = np.zeros((12, 12, 12), np.uint8)
-    labels[1:7, 1:7, 1:7] = 1          # the gland: 216 voxels
-    labels[2:5, 2:5, 4:7] = 2          # its large tumour T (27 voxels), touching gland tissue
-    labels[5, 2, 2] = 2                # a second, 1-voxel tumour inside the gland, apart from T
-    labels[7, 7, 7] = 1                # touches the gland's corner (6, 6, 6) only: 26-connected
-    labels[9:12, 9:12, 9:12] = 1       # an island of gland (27 voxels) ...
-    labels[10, 10, 10] = 2             # ... holding a tumour voxel
-    labels[10, 1, 10] = 2              # a lone tumour voxel, far from any gland
+    labels[1:7, 1:7, 1:7] = 1  # the gland: 216 voxels
+    labels[2:5, 2:5, 4:7] = 2  # its large tumour T (27 voxels), touching gland tissue
+    labels[5, 2, 2] = 2  # a second, 1-voxel tumour inside the gland, apart from T
+    labels[7, 7, 7] = 1  # touches the gland's corner (6, 6, 6) only: 26-connected
+    labels[9:12, 9:12, 9:12] = 1  # an island of gland (27 voxels) ...
+    labels[10, 10, 10] = 2  # ... holding a tumour voxel
+    labels[10, 1, 10] = 2  # a lone tumour voxel, far from any gland
 
-    gland = labels.copy()              # pancreas: the island and the lone voxel go
+    gland = labels.copy()  # pancreas: the island and the lone voxel go
     gland[9:12, 9:12, 9:12] = 0
     gland[10, 1, 10] = 0
 
-    tumour = labels.copy()             # tumour: small tumours in gland tissue -> 1, the lone one -> 0
+    tumour = labels.copy()  # tumour: small tumours in gland tissue -> 1, the lone one -> 0
     tumour[5, 2, 2] = 1
     tumour[10, 10, 10] = 1
     tumour[10, 1, 10] = 0
 
-    both = gland.copy()                # pancreas first, then tumour
+    both = gland.copy()  # pancreas first, then tumour
     both[5, 2, 2] = 1
     return labels, {"none": labels.copy(), "pancreas": gland, "tumour": tumour, "both": both}
 
 
-@pytest.mark.parametrize("name,pancreas,tumour", [
-    ("none", False, False), ("pancreas", True, False), ("tumour", False, True), ("both", True, True),
-])
+@pytest.mark.parametrize(
+    ("name", "pancreas", "tumour"),
+    [
+        ("none", False, False),
+        ("pancreas", True, False),
+        ("tumour", False, True),
+        ("both", True, True),
+    ],
+)
 def test_postprocessing_on_a_constructed_case(name, pancreas, tumour):
     labels, expected = constructed_case()
     before = labels.copy()
     out = apply_postprocessing(labels, decision(pancreas, tumour))
     assert out.dtype == np.uint8 and np.array_equal(out, expected[name])
     assert np.array_equal(labels, before) and out is not labels  # pure: the input is untouched
-    assert np.count_nonzero(out) <= np.count_nonzero(labels)     # never adds foreground
+    assert np.count_nonzero(out) <= np.count_nonzero(labels)  # never adds foreground
 
 
 def test_pancreas_step_is_the_foreground_mode_of_keep_largest_component():
     labels, _ = constructed_case()
-    assert np.array_equal(apply_postprocessing(labels, decision(True, False)),
-                          keep_largest_component(labels, "foreground"))
+    assert np.array_equal(
+        apply_postprocessing(labels, decision(True, False)), keep_largest_component(labels, "foreground")
+    )
 
 
 def test_a_tumour_alone_in_a_gland_island_without_label_1_becomes_background():
     labels = np.zeros((6, 6, 6), np.uint8)
-    labels[0:2, 0:2, 0:2] = 2          # largest tumour: kept
-    labels[4, 4, 4] = 2                # a tumour-only island: nothing to be gland of -> 0
+    labels[0:2, 0:2, 0:2] = 2  # largest tumour: kept
+    labels[4, 4, 4] = 2  # a tumour-only island: nothing to be gland of -> 0
     out = apply_postprocessing(labels, decision(False, True))
     assert (out == 2).sum() == 8 and out[4, 4, 4] == 0
 
@@ -92,10 +103,14 @@ def test_empty_map_passes_unchanged():
 
 # ----------------------------------------------------------------------------- the contract
 
+
 def test_decision_round_trip_same_bytes(tmp_path: Path):
-    chosen = PostprocessingDecision({"pancreas": True, "tumour": False}, "store-1",
-                                    chosen_on="out-of-fold predictions of 5 folds, 10 cases",
-                                    scores={"pancreas": {"dice_without": 0.8, "dice_with": 0.81}})
+    chosen = PostprocessingDecision(
+        {"pancreas": True, "tumour": False},
+        "store-1",
+        chosen_on="out-of-fold predictions of 5 folds, 10 cases",
+        scores={"pancreas": {"dice_without": 0.8, "dice_with": 0.81}},
+    )
     path = write_postprocessing(tmp_path, chosen)
     assert path == tmp_path / "postprocessing.json"
     first = path.read_bytes()
@@ -109,16 +124,21 @@ def test_decision_round_trip_same_bytes(tmp_path: Path):
     assert list(json.loads(path.read_text())) == ["largest_component", "store_fingerprint"]  # optional left out
 
 
-@pytest.mark.parametrize("text,message", [
-    ("{not json", "unreadable postprocessing decision"),
-    ('{"largest_component": {"pancreas": true, "tumour": false}}', "missing key(s) store_fingerprint"),
-    ('{"largest_component": {"pancreas": true, "tumour": false}, "store_fingerprint": "s", "x": 1}',
-     "unknown key(s) x"),
-    ('{"largest_component": {"pancreas": true}, "store_fingerprint": "s"}', "must map exactly pancreas, tumour"),
-    ('{"largest_component": {"pancreas": 1, "tumour": false}, "store_fingerprint": "s"}', "to true/false"),
-    ('{"largest_component": [], "store_fingerprint": "s"}', "must be a mapping"),
-    ('{"largest_component": {"pancreas": true, "tumour": false}, "store_fingerprint": ""}', "non-empty string"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "unreadable postprocessing decision"),
+        ('{"largest_component": {"pancreas": true, "tumour": false}}', "missing key(s) store_fingerprint"),
+        (
+            '{"largest_component": {"pancreas": true, "tumour": false}, "store_fingerprint": "s", "x": 1}',
+            "unknown key(s) x",
+        ),
+        ('{"largest_component": {"pancreas": true}, "store_fingerprint": "s"}', "must map exactly pancreas, tumour"),
+        ('{"largest_component": {"pancreas": 1, "tumour": false}, "store_fingerprint": "s"}', "to true/false"),
+        ('{"largest_component": [], "store_fingerprint": "s"}', "must be a mapping"),
+        ('{"largest_component": {"pancreas": true, "tumour": false}, "store_fingerprint": ""}', "non-empty string"),
+    ],
+)
 def test_a_bad_decision_file_is_one_line_naming_it(tmp_path: Path, text, message):
     path = tmp_path / "postprocessing.json"
     path.write_text(text)
@@ -134,11 +154,18 @@ def test_a_missing_decision_file_names_it(tmp_path: Path):
 
 # ----------------------------------------------------------------------------- predict --postprocessing
 
+
 def write_run(run_dir: Path, store: str | None = "store-1") -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
-    contract = {"patch_size_zyx": [32, 64, 64], "val_patch_size_zyx": [32, 64, 64], "n_classes": 3,
-                "model_depth": 2, "preprocess": to_dict(PreprocessConfig()), "index_fingerprint": "y",
-                "flip_augment": {"flip_axes": [], "flip_probability": 0.0}}
+    contract = {
+        "patch_size_zyx": [32, 64, 64],
+        "val_patch_size_zyx": [32, 64, 64],
+        "n_classes": 3,
+        "model_depth": 2,
+        "preprocess": to_dict(PreprocessConfig()),
+        "index_fingerprint": "y",
+        "flip_augment": {"flip_axes": [], "flip_probability": 0.0},
+    }
     if store:
         contract["store_fingerprint"] = store
     (run_dir / "input_contract.json").write_text(json.dumps(contract))
@@ -183,12 +210,16 @@ def test_a_decision_from_another_store_is_refused_naming_the_file(msd: Path, tmp
     run = write_run(tmp_path / "run", store="store-1")
     path = write_postprocessing(tmp_path / "cv", decision(True, False, store="store-2"))
     out = tmp_path / "out"
-    with pytest.raises(PredictError, match=rf"^{path}: was built on store fingerprint store-2 but "
-                                           rf"{run / 'input_contract.json'} now has store-1; "):
-        predict_cases(run, msd, out, PredictConfig(postprocessing=str(path)), predict_fn=speckled_model,
-                      progress=False)
-    assert main(["predict", "--model", str(run), "--input", str(msd), "--out", str(out),
-                 "--postprocessing", str(path)]) == 2
+    with pytest.raises(
+        PredictError,
+        match=rf"^{path}: was built on store fingerprint store-2 but "
+        rf"{run / 'input_contract.json'} now has store-1; ",
+    ):
+        predict_cases(run, msd, out, PredictConfig(postprocessing=str(path)), predict_fn=speckled_model, progress=False)
+    assert (
+        main(["predict", "--model", str(run), "--input", str(msd), "--out", str(out), "--postprocessing", str(path)])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"pancreas predict: error: {path}: was built on"), err
     assert not out.exists()
@@ -198,8 +229,9 @@ def test_a_run_without_a_store_fingerprint_cannot_be_checked_and_is_noted(tmp_pa
     from inference.settings import load_runs
 
     path = write_postprocessing(tmp_path, decision(True, False))
-    settings = load_runs(write_run(tmp_path / "run", store=None), PredictConfig(postprocessing=str(path)),
-                         speckled_model)
+    settings = load_runs(
+        write_run(tmp_path / "run", store=None), PredictConfig(postprocessing=str(path)), speckled_model
+    )
     assert settings.postprocessing == decision(True, False)
     assert any("cannot check" in r.getMessage() for r in caplog.records)
 

@@ -1,5 +1,6 @@
 """Prediction with fake models: the stitching maths, the round trip to the original grid
 for every orientation and dtype the generator makes, discovery, failures and resuming."""
+
 from __future__ import annotations
 
 import json
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_contract_run
+from lockholder import lock_held_elsewhere
 
 from dataset.common.files import CRASH_ENV, TMP_SUFFIX, LockedError
 from dataset.contract.run import InputContract
@@ -19,16 +22,19 @@ from dataset.contract.store import levels_to_intensity
 from inference.config import PredictConfig
 from inference.metrics import dice
 from inference.predict import (
-    CaseInput, PredictError, discover_inputs, keep_largest_component, predict_cases, predict_volume,
+    CaseInput,
+    PredictError,
+    discover_inputs,
+    keep_largest_component,
+    predict_cases,
+    predict_volume,
     resolve_config,
 )
 from inference.sliding import batches, extract_windows, pad_to_window, window_grid
+from pancreas.synthetic.msd import dataset_params, make_dataset
 from preprocess.config import PreprocessConfig
 from preprocess.io import read_label
 from preprocess.pipeline import preprocess_file
-from pancreas.synthetic.msd import dataset_params, make_dataset
-from helpers import write_contract_run  # noqa: E402
-from lockholder import lock_held_elsewhere  # noqa: E402
 
 N_TRAIN = 4  # indices 0..3: orientations LPS, RAS, LPI, PLS; dtypes int16, scaled int16, float32, int32; #3 thin
 
@@ -46,11 +52,14 @@ def pointwise_model(batch: np.ndarray) -> np.ndarray:
     return (e / e.sum(-1, keepdims=True)).astype(np.float32)
 
 
-@pytest.mark.parametrize("shape,window,mirror", [
-    ((20, 40, 36), (8, 16, 16), ()),
-    ((20, 40, 36), (8, 16, 16), (0, 1, 2)),
-    ((5, 12, 40), (8, 16, 16), (2,)),       # smaller than the window along z and y: padded
-])
+@pytest.mark.parametrize(
+    ("shape", "window", "mirror"),
+    [
+        ((20, 40, 36), (8, 16, 16), ()),
+        ((20, 40, 36), (8, 16, 16), (0, 1, 2)),
+        ((5, 12, 40), (8, 16, 16), (2,)),  # smaller than the window along z and y: padded
+    ],
+)
 def test_pointwise_model_is_reproduced_exactly(shape, window, mirror):
     rng = np.random.default_rng(0)
     levels = rng.integers(0, 256, shape, dtype=np.uint8)
@@ -71,9 +80,12 @@ def test_flips_reach_the_model_and_are_undone():
         p = np.broadcast_to(first[..., None], (*batch.shape[:4], 1))
         return np.concatenate([p, 1 - p], axis=-1)
 
-    plain = predict_volume(levels, first_slice_model, PredictConfig(window_zyx=(16, 8, 8), mirror_axes=()),
-                           progress=False)
-    mirrored = predict_volume(levels, first_slice_model, PredictConfig(window_zyx=(16, 8, 8), mirror_axes=(0,)), progress=False)
+    plain = predict_volume(
+        levels, first_slice_model, PredictConfig(window_zyx=(16, 8, 8), mirror_axes=()), progress=False
+    )
+    mirrored = predict_volume(
+        levels, first_slice_model, PredictConfig(window_zyx=(16, 8, 8), mirror_axes=(0,)), progress=False
+    )
     assert np.allclose(plain[0], 0.0)
     assert np.allclose(mirrored[0], 150 / 255 / 2, atol=1e-6)
 
@@ -91,8 +103,12 @@ def test_stitching_memory_stays_within_a_few_volumes():
 
 def test_model_with_wrong_output_shape_is_reported():
     with pytest.raises(PredictError, match="model returned shape"):
-        predict_volume(np.zeros((8, 8, 8), np.uint8), lambda b: b[:, :4], PredictConfig(window_zyx=(8, 8, 8),
-                       mirror_axes=()), progress=False)
+        predict_volume(
+            np.zeros((8, 8, 8), np.uint8),
+            lambda b: b[:, :4],
+            PredictConfig(window_zyx=(8, 8, 8), mirror_axes=()),
+            progress=False,
+        )
 
 
 def test_resolve_config_checks_divisibility():
@@ -104,12 +120,12 @@ def test_resolve_config_checks_divisibility():
 
 def test_keep_largest_component_modes():
     labels = np.zeros((10, 10, 10), np.uint8)
-    labels[1:5, 1:5, 1:5] = 1       # 64 voxels
-    labels[2:4, 2:4, 5:7] = 2       # tumour touching the gland
-    labels[8:10, 8:10, 8:10] = 1    # a far 8-voxel island
+    labels[1:5, 1:5, 1:5] = 1  # 64 voxels
+    labels[2:4, 2:4, 5:7] = 2  # tumour touching the gland
+    labels[8:10, 8:10, 8:10] = 1  # a far 8-voxel island
     fg = keep_largest_component(labels, "foreground")
     assert fg[8:, 8:, 8:].sum() == 0 and (fg == 2).sum() == 8 and (fg == 1).sum() == 64
-    labels[8, 0, 0] = 2             # a lone tumour voxel
+    labels[8, 0, 0] = 2  # a lone tumour voxel
     per = keep_largest_component(labels, "per_class")
     assert per[8, 0, 0] == 0 and (per == 2).sum() == 8 and per[8:, 8:, 8:].sum() == 0
     assert keep_largest_component(labels, "off") is labels
@@ -146,8 +162,9 @@ def test_round_trip_to_original_grid(msd: Path, tmp_path: Path, index: int, wind
     run = write_contract_run(tmp_path / "run", window=window)
     stored = preprocess_file(image_path, truth_path, PreprocessConfig())
     model = LabelLookup(stored.levels, stored.label, window, PredictConfig())
-    summary = predict_cases(run, [CaseInput(params.name, image_path)], tmp_path / "out", PredictConfig(),
-                            predict_fn=model, progress=False)
+    summary = predict_cases(
+        run, [CaseInput(params.name, image_path)], tmp_path / "out", PredictConfig(), predict_fn=model, progress=False
+    )
     assert not summary.failed, summary.table()
     assert next(model.pending, None) is None  # every window was asked for
     written = read_label(tmp_path / "out" / f"{params.name}.nii.gz")
@@ -195,8 +212,9 @@ def test_bad_case_is_reported_others_written_and_rerun_skips(msd: Path, tmp_path
     (folder / "notes.txt").write_text("ignored")
     run = write_contract_run(tmp_path / "run", window=(32, 64, 64))
     out = tmp_path / "out"
-    summary = predict_cases(run, folder, out, PredictConfig(save_probabilities=True),
-                            predict_fn=pointwise_model, progress=False)
+    summary = predict_cases(
+        run, folder, out, PredictConfig(save_probabilities=True), predict_fn=pointwise_model, progress=False
+    )
     assert [r.case_id for r in summary.results] == ["broken", good.name]
     assert len(summary.failed) == 1 and "broken.nii.gz" in summary.failed[0].error
     assert (out / f"{good.name}.nii.gz").is_file() and not (out / "broken.nii.gz").exists()
@@ -208,11 +226,20 @@ def test_bad_case_is_reported_others_written_and_rerun_skips(msd: Path, tmp_path
     # the file format of before the typed contract: keys and their order
     assert list(manifest) == ["cases", "run", "settings_fingerprint", "config"]
     assert list(manifest["cases"]) == ["broken", good.name]
-    assert list(manifest["cases"][good.name]) == ["input", "input_fingerprint", "settings_fingerprint", "status",
-                                                  "error", "output", "shape_zyx", "seconds"]
+    assert list(manifest["cases"][good.name]) == [
+        "input",
+        "input_fingerprint",
+        "settings_fingerprint",
+        "status",
+        "error",
+        "output",
+        "shape_zyx",
+        "seconds",
+    ]
 
-    again = predict_cases(run, folder, out, PredictConfig(save_probabilities=True),
-                          predict_fn=pointwise_model, progress=False)
+    again = predict_cases(
+        run, folder, out, PredictConfig(save_probabilities=True), predict_fn=pointwise_model, progress=False
+    )
     assert again.n_skipped == 1 and len(again.failed) == 1  # the good case is up to date
 
 
@@ -247,7 +274,7 @@ def test_argmax_labels_matches_numpy_including_ties():
 
     rng = np.random.default_rng(3)
     probs = rng.random((3, 37, 5, 6)).astype(np.float32)
-    probs[:, :4] = 0.5                      # exact ties: the lowest class wins, as np.argmax
+    probs[:, :4] = 0.5  # exact ties: the lowest class wins, as np.argmax
     probs[1, 4:8] = probs[2, 4:8] = 0.9
     labels = argmax_labels(probs)
     assert labels.dtype == np.uint8 and np.array_equal(labels, np.argmax(probs, axis=0))
@@ -263,10 +290,16 @@ def write_dicom_series(volume, folder: Path) -> None:
     for k in range(volume.GetSize()[2]):
         slice_ = volume[:, :, k]
         position = volume.TransformIndexToPhysicalPoint((0, 0, k))
-        tags = {"0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.7",
-                "0020|000e": "1.2.826.0.1.3680043.2.1125.8", "0008|0018": f"1.2.826.0.1.3680043.2.1125.9.{k + 1}",
-                "0020|0032": "\\".join(f"{v:g}" for v in position), "0020|0037": "1\\0\\0\\0\\1\\0",
-                "0020|0013": str(k + 1), "0018|0050": f"{volume.GetSpacing()[2]:g}"}
+        tags = {
+            "0008|0060": "CT",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.7",
+            "0020|000e": "1.2.826.0.1.3680043.2.1125.8",
+            "0008|0018": f"1.2.826.0.1.3680043.2.1125.9.{k + 1}",
+            "0020|0032": "\\".join(f"{v:g}" for v in position),
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0013": str(k + 1),
+            "0018|0050": f"{volume.GetSpacing()[2]:g}",
+        }
         for tag, value in tags.items():
             slice_.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"IM{k:04d}.dcm"))
@@ -281,8 +314,14 @@ def test_dicom_series_is_predicted_on_its_own_grid(msd: Path, tmp_path: Path):
     params = dataset_params(N_TRAIN, seed=0, n_test=1)[0]  # LPS, so slices stack along +z
     image, _ = read_image(msd / "imagesTr" / params.filename)
     write_dicom_series(sitk.Cast(image, sitk.sitkInt16), tmp_path / "series_1")
-    summary = predict_cases(write_contract_run(tmp_path / "run"), tmp_path / "series_1", tmp_path / "out", PredictConfig(),
-                            predict_fn=pointwise_model, progress=False)
+    summary = predict_cases(
+        write_contract_run(tmp_path / "run"),
+        tmp_path / "series_1",
+        tmp_path / "out",
+        PredictConfig(),
+        predict_fn=pointwise_model,
+        progress=False,
+    )
     assert not summary.failed, summary.table()
     written = read_label(tmp_path / "out" / "series_1.nii.gz")
     series, _ = read_image(tmp_path / "series_1")
@@ -291,7 +330,7 @@ def test_dicom_series_is_predicted_on_its_own_grid(msd: Path, tmp_path: Path):
         assert np.allclose(getattr(written, get)(), getattr(series, get)(), atol=1e-4), get
 
 
-@pytest.mark.parametrize("given,workdir", [(".", "series_7"), ("..", "series_7/sub")])
+@pytest.mark.parametrize(("given", "workdir"), [(".", "series_7"), ("..", "series_7/sub")])
 def test_dicom_folder_given_as_dot_is_named_by_its_own_name(tmp_path: Path, monkeypatch, given, workdir):
     import SimpleITK as sitk
 
@@ -303,6 +342,7 @@ def test_dicom_folder_given_as_dot_is_named_by_its_own_name(tmp_path: Path, monk
 
 
 # ----------------------------------------------------------------------------- safe to point at real data
+
 
 def copy_of(msd: Path, folder: Path) -> Path:
     """A private copy of the shared dataset, for tests that try to write into it."""
@@ -341,8 +381,21 @@ def test_cli_refusal_is_one_line_naming_folder_and_flag(msd: Path, tmp_path: Pat
 
     data = copy_of(msd, tmp_path / "data")
     run = write_contract_run(tmp_path / "run")
-    assert main(["predict", "--model", str(run), "--input", str(data / "imagesTs"), "--out", str(data / "imagesTs"),
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(run),
+                "--input",
+                str(data / "imagesTs"),
+                "--out",
+                str(data / "imagesTs"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"--out {data / 'imagesTs'} is the input folder" in err, err
 
@@ -354,8 +407,11 @@ def test_a_file_predict_did_not_write_is_never_replaced(msd: Path, tmp_path: Pat
     foreign = out / f"{case.name}.nii.gz"
     foreign.write_bytes(b"somebody's label map")
     run = write_contract_run(tmp_path / "run")
-    with pytest.raises(PredictError, match=rf"^{foreign}: exists and was not written by `pancreas predict` "
-                                           rf"\(not listed in {out / 'predictions.json'}\); .* another --out"):
+    with pytest.raises(
+        PredictError,
+        match=rf"^{foreign}: exists and was not written by `pancreas predict` "
+        rf"\(not listed in {out / 'predictions.json'}\); .* another --out",
+    ):
         predict_cases(run, msd, out, predict_fn=pointwise_model, progress=False)
     assert foreign.read_bytes() == b"somebody's label map"
     foreign.unlink()
@@ -403,14 +459,24 @@ def test_a_killed_run_resumes_over_its_own_files(msd: Path, tmp_path: Path):
     listed the case (pending) first, so the rerun may replace the file."""
     case = dataset_params(N_TRAIN, seed=0, n_test=1)[N_TRAIN]
     run, out = write_contract_run(tmp_path / "run"), tmp_path / "out"
-    script = ("import sys\nfrom inference.predict import predict_cases\n"
-              "from tests_model import pointwise_model\n"
-              "predict_cases(sys.argv[1], sys.argv[2], sys.argv[3], predict_fn=pointwise_model, progress=False)\n")
+    script = (
+        "import sys\nfrom inference.predict import predict_cases\n"
+        "from tests_model import pointwise_model\n"
+        "predict_cases(sys.argv[1], sys.argv[2], sys.argv[3], predict_fn=pointwise_model, progress=False)\n"
+    )
     (tmp_path / "tests_model.py").write_text("import numpy as np\n\n" + _source_of(pointwise_model))
-    env = {**os.environ, CRASH_ENV: f"{case.name}.nii.gz:renamed#1",
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
-    killed = subprocess.run([sys.executable, "-c", script, str(run), str(msd), str(out)], env=env,
-                            capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        CRASH_ENV: f"{case.name}.nii.gz:renamed#1",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()]),
+    }
+    killed = subprocess.run(
+        [sys.executable, "-c", script, str(run), str(msd), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -9, killed.stderr
     record = json.loads((out / "predictions.json").read_text())
     assert record["cases"][case.name]["status"] == "pending" and (out / f"{case.name}.nii.gz").is_file()

@@ -1,5 +1,6 @@
 """``PRED_DIR/predictions.json`` (dataset.contract.predictions): the bytes of the format
 before it was typed, the round trip, ownership and damaged files."""
+
 from __future__ import annotations
 
 import json
@@ -8,12 +9,25 @@ from pathlib import Path
 import pytest
 
 from dataset.contract.predictions import (
-    PredictionRecord, Predictions, PredictionsError, label_name, probabilities_name, read_predictions,
+    PredictionRecord,
+    Predictions,
+    PredictionsError,
+    label_name,
+    probabilities_name,
+    read_predictions,
     write_predictions,
 )
 
-CONFIG = {"window_zyx": [32, 64, 64], "overlap": 0.5, "batch_size": 2, "gaussian_sigma_scale": 0.125,
-          "mirror_axes": [], "largest_component": "off", "save_probabilities": False, "checkpoint": "best"}
+CONFIG = {
+    "window_zyx": [32, 64, 64],
+    "overlap": 0.5,
+    "batch_size": 2,
+    "gaussian_sigma_scale": 0.125,
+    "mirror_axes": [],
+    "largest_component": "off",
+    "save_probabilities": False,
+    "checkpoint": "best",
+}
 
 
 def legacy_bytes() -> bytes:
@@ -21,26 +35,51 @@ def legacy_bytes() -> bytes:
     manifest = {"cases": {}}
     manifest.update(run="/runs/r1", settings_fingerprint="s1", config=CONFIG)
     manifest["cases"]["pancreas_010"] = {
-        "input": "data/imagesTs/pancreas_010.nii.gz", "input_fingerprint": "f10", "settings_fingerprint": "s1",
-        "status": "done", "error": None, "output": "out/pancreas_010.nii.gz", "shape_zyx": [40, 96, 96],
-        "seconds": {k: round(v, 3) for k, v in {"preprocess": 0.12345, "model": 1.0, "stitch": 0.0004,
-                                                 "export": 2.5}.items()},
+        "input": "data/imagesTs/pancreas_010.nii.gz",
+        "input_fingerprint": "f10",
+        "settings_fingerprint": "s1",
+        "status": "done",
+        "error": None,
+        "output": "out/pancreas_010.nii.gz",
+        "shape_zyx": [40, 96, 96],
+        "seconds": {
+            k: round(v, 3) for k, v in {"preprocess": 0.12345, "model": 1.0, "stitch": 0.0004, "export": 2.5}.items()
+        },
     }
     manifest["cases"]["broken"] = {
-        "input": "data/imagesTs/broken.nii.gz", "input_fingerprint": None, "settings_fingerprint": "s1",
-        "status": "failed", "error": "data/imagesTs/broken.nii.gz: cannot read", "output": None,
-        "shape_zyx": None, "seconds": {},
+        "input": "data/imagesTs/broken.nii.gz",
+        "input_fingerprint": None,
+        "settings_fingerprint": "s1",
+        "status": "failed",
+        "error": "data/imagesTs/broken.nii.gz: cannot read",
+        "output": None,
+        "shape_zyx": None,
+        "seconds": {},
     }
     return (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode()
 
 
 def typed() -> Predictions:
     record = Predictions(run="/runs/r1", settings_fingerprint="s1", config=CONFIG)
-    record = record.with_case("pancreas_010", PredictionRecord(
-        "data/imagesTs/pancreas_010.nii.gz", "f10", "s1", "done", None, "out/pancreas_010.nii.gz", (40, 96, 96),
-        {"preprocess": 0.12345, "model": 1.0, "stitch": 0.0004, "export": 2.5}))
-    return record.with_case("broken", PredictionRecord(
-        "data/imagesTs/broken.nii.gz", None, "s1", "failed", "data/imagesTs/broken.nii.gz: cannot read"))
+    record = record.with_case(
+        "pancreas_010",
+        PredictionRecord(
+            "data/imagesTs/pancreas_010.nii.gz",
+            "f10",
+            "s1",
+            "done",
+            None,
+            "out/pancreas_010.nii.gz",
+            (40, 96, 96),
+            {"preprocess": 0.12345, "model": 1.0, "stitch": 0.0004, "export": 2.5},
+        ),
+    )
+    return record.with_case(
+        "broken",
+        PredictionRecord(
+            "data/imagesTs/broken.nii.gz", None, "s1", "failed", "data/imagesTs/broken.nii.gz: cannot read"
+        ),
+    )
 
 
 def test_same_bytes_as_before_and_round_trip(tmp_path: Path):
@@ -68,12 +107,15 @@ def test_no_record_is_none(tmp_path: Path):
     assert read_predictions(tmp_path) is None
 
 
-@pytest.mark.parametrize("text,message", [
-    ("{not json", "unreadable predictions record"),
-    ('{"name": "Pancreas"}', "not a predictions record"),
-    ('{"cases": {"a": {"input": "a.nii.gz", "status": "weird"}}}', "case a: status 'weird'"),
-    ('{"cases": {"a": {"input": "a.nii.gz", "status": "done", "colour": 1}}}', "case a: not a prediction record"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "unreadable predictions record"),
+        ('{"name": "Pancreas"}', "not a predictions record"),
+        ('{"cases": {"a": {"input": "a.nii.gz", "status": "weird"}}}', "case a: status 'weird'"),
+        ('{"cases": {"a": {"input": "a.nii.gz", "status": "done", "colour": 1}}}', "case a: not a prediction record"),
+    ],
+)
 def test_damaged_record_is_one_line_naming_the_file(tmp_path: Path, text: str, message: str):
     (tmp_path / "predictions.json").write_text(text)
     with pytest.raises(PredictionsError, match=message) as info:

@@ -1,22 +1,31 @@
 """Sliding-window helpers on hand-checked cases."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from inference.sliding import (
-    Stitcher, gaussian_weights, mirror_combinations, pad_to_window, window_grid, window_starts,
+    Stitcher,
+    gaussian_weights,
+    mirror_combinations,
+    pad_to_window,
+    window_grid,
+    window_starts,
 )
 
 
-@pytest.mark.parametrize("size,window,overlap,expected", [
-    (10, 10, 0.5, [0]),
-    (12, 8, 0.5, [0, 4]),            # one step of 4 is exactly window/2
-    (13, 8, 0.5, [0, 2, 5]),         # needs 3 windows; steps 2.5 -> rounded 0, 2(.5), 5
-    (100, 64, 0.5, [0, 18, 36]),     # 36 > 32 = window/2: needs a middle window
-    (129, 64, 0.5, [0, 22, 43, 65]),  # 65 + 64 = 129: flush with the end
-    (20, 4, 0.0, [0, 4, 8, 12, 16]),
-])
+@pytest.mark.parametrize(
+    ("size", "window", "overlap", "expected"),
+    [
+        (10, 10, 0.5, [0]),
+        (12, 8, 0.5, [0, 4]),  # one step of 4 is exactly window/2
+        (13, 8, 0.5, [0, 2, 5]),  # needs 3 windows; steps 2.5 -> rounded 0, 2(.5), 5
+        (100, 64, 0.5, [0, 18, 36]),  # 36 > 32 = window/2: needs a middle window
+        (129, 64, 0.5, [0, 22, 43, 65]),  # 65 + 64 = 129: flush with the end
+        (20, 4, 0.0, [0, 4, 8, 12, 16]),
+    ],
+)
 def test_window_starts_hand_checked(size, window, overlap, expected):
     assert window_starts(size, window, overlap) == expected
 
@@ -29,7 +38,7 @@ def test_window_starts_cover_volume_with_enough_overlap(size, overlap):
     assert starts[0] == 0 and starts[-1] + window == size
     covered = np.zeros(size, bool)
     for s in starts:
-        covered[s:s + window] = True
+        covered[s : s + window] = True
     assert covered.all()
     steps = np.diff(starts)
     assert np.all(steps >= 1) and np.all(steps <= window * (1 - overlap) + 1e-9 + 0.5)
@@ -79,7 +88,7 @@ def test_stitched_weight_map_normalises_and_constant_model_is_reproduced():
     brute = np.zeros(shape, np.float64)
     g = gaussian_weights(window, 0.125)
     for z, y, x in grid:
-        brute[z:z + 8, y:y + 8, x:x + 8] += g
+        brute[z : z + 8, y : y + 8, x : x + 8] += g
     assert np.allclose(stitcher.norm, brute, rtol=1e-6)
     probs = stitcher.result()
     assert np.allclose(probs, constant, atol=1e-6)

@@ -1,13 +1,13 @@
 """NSD against DeepMind's surface-distance (the MSD's scorer) and hand-computed cases."""
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import pytest
-from scipy import ndimage
-
 import surface_distance
+from scipy import ndimage
 from surface_distance import lookup_tables
 
 from inference.surface import _CORNERS, cube_codes, surface_dice, surfel_area_table
@@ -67,8 +67,11 @@ CASES = {
     "touching_every_edge": (box(S, (0, 0, 0), S), box(S, (0, 2, 0), (20, 22, 20)), CT),
     "touching_low_edges": (ball(S, (0, 0, 0), (6, 8, 7)), ball(S, (1, 0, 2), (6, 8, 7)), THICK),
     "far_apart": (box(S, (1, 1, 1), (3, 3, 3)), box(S, (15, 18, 17), (3, 3, 3)), CT),
-    "small_far_false_positive": (ball(S, (10, 12, 11), (5, 6, 6)) | box(S, (0, 0, 19), (2, 2, 2)),
-                                 ball(S, (10, 12, 12), (5, 6, 6)), THICK),
+    "small_far_false_positive": (
+        ball(S, (10, 12, 11), (5, 6, 6)) | box(S, (0, 0, 19), (2, 2, 2)),
+        ball(S, (10, 12, 12), (5, 6, 6)),
+        THICK,
+    ),
     "blobs_0": (blobs(0), blobs(10), CT),
     "blobs_1": (blobs(1), blobs(11), THICK),
     "blobs_2": (blobs(2), blobs(12), ODD),
@@ -118,18 +121,19 @@ def test_cube_codes_mark_the_surface_only():
     codes = cube_codes(m)
     assert codes.shape == (6, 6, 6)
     on_surface = (codes != 0) & (codes != 255)
-    assert on_surface.sum() == 4 ** 3 - 2 ** 3  # the shell of the 4x4x4 corner lattice
-    assert (codes == 255).sum() == 2 ** 3
+    assert on_surface.sum() == 4**3 - 2**3  # the shell of the 4x4x4 corner lattice
+    assert (codes == 255).sum() == 2**3
 
 
 # ----------------------------------------------------------------------------- hand-computed
+
 
 def test_perfect_match_is_one_and_a_miss_is_zero():
     m = ball(S, (10, 12, 11), (5, 6, 4))
     empty = np.zeros_like(m)
     assert surface_dice(m, m, CT, 0.0) == 1.0
-    assert surface_dice(empty, m, CT, 5.0) == 0.0      # missed
-    assert surface_dice(m, empty, CT, 5.0) == 0.0      # false positive
+    assert surface_dice(empty, m, CT, 5.0) == 0.0  # missed
+    assert surface_dice(m, empty, CT, 5.0) == 0.0  # false positive
     assert surface_dice(empty, empty, CT, 5.0) is None  # absent: no defined score
 
 
@@ -144,8 +148,11 @@ def cube_surface_areas(n, spacing):
     """
     sz, sy, sx = spacing
     corner = math.sqrt((sy * sx) ** 2 + (sz * sx) ** 2 + (sz * sy) ** 2) / 8
-    z_layer = ((n - 1) ** 2 * sy * sx + 2 * (n - 1) * (sx * math.hypot(sz / 2, sy / 2) + sy * math.hypot(sz / 2, sx / 2))
-               + 4 * corner)
+    z_layer = (
+        (n - 1) ** 2 * sy * sx
+        + 2 * (n - 1) * (sx * math.hypot(sz / 2, sy / 2) + sy * math.hypot(sz / 2, sx / 2))
+        + 4 * corner
+    )
     middle = 2 * (n - 1) * (sz * sy + sz * sx) + 4 * sz * math.hypot(sy / 2, sx / 2)
     return z_layer, 2 * z_layer + (n - 1) * middle
 
@@ -204,14 +211,22 @@ def test_a_far_false_positive_costs_its_area_only():
     assert with_stray == pytest.approx(2 * organ_area / (2 * organ_area + stray_area), rel=1e-12)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"spacing_zyx": (1.0, 0.0, 1.0)}, "spacing"),
-    ({"spacing_zyx": (1.0, 1.0)}, "spacing"),
-    ({"tolerance_mm": -1.0}, "tolerance"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"spacing_zyx": (1.0, 0.0, 1.0)}, "spacing"),
+        ({"spacing_zyx": (1.0, 1.0)}, "spacing"),
+        ({"tolerance_mm": -1.0}, "tolerance"),
+    ],
+)
 def test_bad_inputs_are_refused(kwargs, match):
-    args = {"pred": box(S, (2, 2, 2), (3, 3, 3)), "truth": box(S, (2, 2, 2), (3, 3, 3)),
-            "spacing_zyx": ISO, "tolerance_mm": 1.0, **kwargs}
+    args = {
+        "pred": box(S, (2, 2, 2), (3, 3, 3)),
+        "truth": box(S, (2, 2, 2), (3, 3, 3)),
+        "spacing_zyx": ISO,
+        "tolerance_mm": 1.0,
+        **kwargs,
+    }
     with pytest.raises(ValueError, match=match):
         surface_dice(**args)
 

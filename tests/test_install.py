@@ -1,4 +1,5 @@
 """The installation the Makefile builds: elasticdeform compiled against NumPy 2, the console script."""
+
 import re
 import shutil
 import subprocess
@@ -23,8 +24,18 @@ def test_console_script_lists_every_stage():
     exe = shutil.which("pancreas") or str(Path(sys.executable).with_name("pancreas"))
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     listed = re.findall(r"^    (\w+) +\S", out, flags=re.MULTILINE)  # the COMMAND list, not the description
-    assert listed == ["synth", "preprocess", "index", "train", "export", "predict", "evaluate", "download", "demo",
-                      "env"], out
+    assert listed == [
+        "synth",
+        "preprocess",
+        "index",
+        "train",
+        "export",
+        "predict",
+        "evaluate",
+        "download",
+        "demo",
+        "env",
+    ], out
 
 
 # per subcommand: text only its own parser prints (its own options and their help)
@@ -79,12 +90,16 @@ def test_missing_dependency_of_a_command_is_named_not_hidden(tmp_path, monkeypat
 def test_missing_dependency_imported_by_a_running_stage_is_named(tmp_path, monkeypatch, capsys):
     from pancreas.cli import main
 
-    _fake_cli(tmp_path, monkeypatch, (
-        "def add_parser(sub):\n"
-        "    sub.add_parser('synth').set_defaults(run=run)\n"
-        "def run(args):\n"
-        "    import no_such_dependency_xyz\n"
-    ))
+    _fake_cli(
+        tmp_path,
+        monkeypatch,
+        (
+            "def add_parser(sub):\n"
+            "    sub.add_parser('synth').set_defaults(run=run)\n"
+            "def run(args):\n"
+            "    import no_such_dependency_xyz\n"
+        ),
+    )
     assert main(["synth"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("pancreas synth: error:") and "'no_such_dependency_xyz'" in err, err
@@ -110,7 +125,9 @@ def test_every_command_help_is_plain_text():
 
 # --- `pip install .` without make: elasticdeform's NumPy-1 wheel beside NumPy 2 ----------------
 
-NUMPY_PAGE = "\nA module that was compiled using NumPy 1.x cannot be run in\nNumPy 2.x as it may crash.\nTraceback ...\n"
+NUMPY_PAGE = (
+    "\nA module that was compiled using NumPy 1.x cannot be run in\nNumPy 2.x as it may crash.\nTraceback ...\n"
+)
 
 
 class _BrokenWheel:
@@ -145,8 +162,10 @@ def test_elasticdeform_built_against_numpy1_gives_the_command_that_fixes_it(brok
     message = str(err.value)
     assert "\n" not in message and "numpy.core.multiarray failed to import" in message, message
     pip = f"{sys.executable} -m pip install"
-    assert message.endswith(f"{pip} setuptools wheel && {pip} --force-reinstall --no-deps --no-binary elasticdeform "
-                            "--no-build-isolation elasticdeform==0.5.1"), message
+    assert message.endswith(
+        f"{pip} setuptools wheel && {pip} --force-reinstall --no-deps --no-binary elasticdeform "
+        "--no-build-isolation elasticdeform==0.5.1"
+    ), message
     assert capsys.readouterr().err == ""  # NumPy's page is swallowed
 
 

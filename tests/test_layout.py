@@ -15,6 +15,7 @@ so ``inference`` calls ``preprocess.pipeline`` with the config the run's input c
 records. Copying that code into the contract would be the train/inference skew the
 style guide warns about.
 """
+
 from __future__ import annotations
 
 import ast

@@ -1,4 +1,5 @@
 """The MSD folder scan (dataset.json without case lists) reads nothing outside the dataset folder."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,9 @@ def put(path: Path, link_to: Path | None = None) -> None:
     path.symlink_to(link_to)
 
 
-@pytest.mark.parametrize("linked", ["imagesTr/pancreas_001.nii.gz", "labelsTr/pancreas_001.nii.gz",
-                                    "imagesTs/pancreas_900.nii.gz"])
+@pytest.mark.parametrize(
+    "linked", ["imagesTr/pancreas_001.nii.gz", "labelsTr/pancreas_001.nii.gz", "imagesTs/pancreas_900.nii.gz"]
+)
 def test_scanned_file_resolving_outside_is_refused(tmp_path: Path, linked: str):
     root = make_folder(tmp_path)
     for name in ("imagesTr/pancreas_001.nii.gz", "labelsTr/pancreas_001.nii.gz", "imagesTs/pancreas_900.nii.gz"):
@@ -54,7 +56,7 @@ def test_scanned_links_inside_the_folder_are_accepted(tmp_path: Path):
     (root / "raw").mkdir()
     put(root / "imagesTr/pancreas_001.nii.gz", root / "raw/a.nii.gz")
     put(root / "labelsTr/pancreas_001.nii.gz", root / "raw/b.nii.gz")
-    case, = load_msd_dataset(root).cases
+    (case,) = load_msd_dataset(root).cases
     assert (case.case_id, case.image, case.label) == ("pancreas_001", root / "raw/a.nii.gz", root / "raw/b.nii.gz")
 
 

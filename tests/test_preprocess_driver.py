@@ -1,4 +1,5 @@
 """The case loop: resume, bad input, a killed run, Dask LocalCluster and an external scheduler."""
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,9 @@ from dataset.common.runner import SchedulerError
 from dataset.contract.catalog import read_catalog
 from dataset.contract.store import StoreError, read_shard, shard_path
 from pancreas.cli import main
+from pancreas.synthetic.msd import make_dataset
 from preprocess.config import PreprocessConfig
 from preprocess.driver import run_preprocess
-from pancreas.synthetic.msd import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -47,7 +48,7 @@ def shard_bytes(store: Path) -> dict[str, bytes]:
 
 
 def no_temporaries(store: Path) -> bool:
-    return not [p for p in store.rglob(f"*{TMP_SUFFIX}*")]
+    return not list(store.rglob(f"*{TMP_SUFFIX}*"))
 
 
 def test_second_run_does_no_work(data, tmp_path, monkeypatch):
@@ -144,7 +145,7 @@ def test_bad_inputs_fail_alone_and_cli_exits_nonzero(data, tmp_path, capsys):
         record = catalog.cases[case_id]
         assert record.status == "failed" and fragment in record.error, record.error
         assert "\n" not in record.error
-        line = next(l for l in printed.splitlines() if f"FAILED {case_id}:" in l)
+        line = next(x for x in printed.splitlines() if f"FAILED {case_id}:" in x)
         assert fragment in line
         assert not shard_path(store, case_id).exists()
     good = [c for c, r in catalog.cases.items() if r.done]
@@ -199,8 +200,7 @@ def test_unreachable_scheduler_is_a_clear_error(data, tmp_path, monkeypatch):
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(args, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -217,8 +217,20 @@ def _stop(process: subprocess.Popen) -> None:
 def test_external_scheduler_and_worker(data, tmp_path):
     scheduler_file = tmp_path / "scheduler.json"
     dask_cli = [PYTHON, "-m", "dask"]
-    scheduler = _start(dask_cli + ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                                   "--scheduler-file", str(scheduler_file)], tmp_path / "scheduler.log")
+    scheduler = _start(
+        [
+            *dask_cli,
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        tmp_path / "scheduler.log",
+    )
     worker = None
     try:
         deadline = time.monotonic() + 60
@@ -226,8 +238,21 @@ def test_external_scheduler_and_worker(data, tmp_path):
             time.sleep(0.2)
         address = json.loads(scheduler_file.read_text())["address"]
         assert address.startswith("tcp://127.0.0.1:")
-        worker = _start(dask_cli + ["worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
-                                    "--host", "127.0.0.1"], tmp_path / "worker.log")
+        worker = _start(
+            [
+                *dask_cli,
+                "worker",
+                address,
+                "--nthreads",
+                "1",
+                "--nworkers",
+                "1",
+                "--no-dashboard",
+                "--host",
+                "127.0.0.1",
+            ],
+            tmp_path / "worker.log",
+        )
         summary = run_preprocess(data, tmp_path / "store", scheduler=address, progress=False)
         assert (summary.done, summary.failed) == (4, 0)
         assert all(r.done for r in read_catalog(tmp_path / "store").cases.values())
@@ -255,8 +280,21 @@ def test_killed_run_then_rerun_completes(data, tmp_path):
     store = tmp_path / "store"
     config = tmp_path / "slow.yaml"  # 0.5 mm: each case takes long enough to be killed mid-way
     config.write_text("target_spacing_mm: [0.5, 0.5, 0.5]\n")
-    args = [PYTHON, "-m", "pancreas.cli", "preprocess", "--data", str(data), "--out", str(store),
-            "--config", str(config), "--workers", "1", "--no-progress"]
+    args = [
+        PYTHON,
+        "-m",
+        "pancreas.cli",
+        "preprocess",
+        "--data",
+        str(data),
+        "--out",
+        str(store),
+        "--config",
+        str(config),
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     run = _start(args, tmp_path / "run.log")
     try:
         deadline = time.monotonic() + 90
@@ -334,6 +372,7 @@ def test_second_run_on_a_locked_store_fails_at_once_naming_the_holder(data, tmp_
 
 # ---- what a shard is made from -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_input_replaced_while_reading_fails_the_case_and_the_next_run_redoes_it(data, tmp_path, monkeypatch, when):
     """Planned with one file, read another: never stored under a fingerprint it was not made from.
@@ -408,10 +447,10 @@ def test_another_simpleitk_or_numpy_version_redoes_every_case(data, tmp_path, mo
 def test_a_worker_with_other_library_versions_fails_its_case_instead_of_redoing_it_forever(tmp_path):
     """With --scheduler, a worker's SimpleITK/NumPy may differ from the driver's: its shards
     would carry another config fingerprint and never count as up to date."""
+    from dataset.common.msd import load_msd_dataset
     from preprocess.config import PreprocessConfig, config_fingerprint, config_to_dict
     from preprocess.driver import PlannedCase, process_case
     from preprocess.inputs import take_inputs
-    from dataset.common.msd import load_msd_dataset
 
     data = make_dataset(tmp_path / "data", 1, seed=2, n_test=0, progress=False)
     dataset = load_msd_dataset(data)

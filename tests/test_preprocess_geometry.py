@@ -1,4 +1,5 @@
 """Edge-aligned resampling, reorientation and the way back onto the original grid."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,6 +7,8 @@ import pytest
 import SimpleITK as sitk
 
 from dataset.common.msd import load_msd_dataset
+from pancreas.synthetic.msd import make_dataset
+from pancreas.synthetic.params import draw_case_params
 from preprocess.config import PreprocessConfig
 from preprocess.geometry import (
     IDENTITY_DIRECTION,
@@ -17,8 +20,6 @@ from preprocess.geometry import (
     to_canonical,
 )
 from preprocess.pipeline import preprocess_file, preprocess_image
-from pancreas.synthetic.msd import make_dataset
-from pancreas.synthetic.params import draw_case_params
 
 RAS = (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0)
 
@@ -133,7 +134,7 @@ def test_restore_linear_of_probabilities(synthetic):
     back = restore_to_original(prob, out.attrs, interpolation="linear")
     assert back.GetPixelID() == sitk.sitkFloat32
     values = sitk.GetArrayViewFromImage(back)
-    assert 0.0 <= values.min() and values.max() <= 1.0
+    assert values.min() >= 0.0 and values.max() <= 1.0
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label))) > 0
     dice = 2 * (truth & (values > 0.5)).sum() / (truth.sum() + (values > 0.5).sum())
     assert dice >= 0.95
@@ -198,12 +199,15 @@ def test_oblique_scan_is_not_smeared_over_the_box():
     assert (case.label == 0).sum() > 0.3 * case.label.size
 
 
-@pytest.mark.parametrize("direction,aligned", [
-    (IDENTITY_DIRECTION, True),
-    ((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0), True),
-    ((0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0), True),
-    ((1.0, 0.0, 0.0, 0.0, 0.8, -0.6, 0.0, 0.6, 0.8), False),
-])
+@pytest.mark.parametrize(
+    ("direction", "aligned"),
+    [
+        (IDENTITY_DIRECTION, True),
+        ((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0), True),
+        ((0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0), True),
+        ((1.0, 0.0, 0.0, 0.0, 0.8, -0.6, 0.0, 0.6, 0.8), False),
+    ],
+)
 def test_is_axis_aligned(direction, aligned):
     from preprocess.geometry import is_axis_aligned
 

@@ -1,4 +1,5 @@
 """Intensity steps (window, LUT equalisation, normalisation), body crop and the config."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -132,12 +133,13 @@ def test_yaml_mirrors_defaults():
     assert load_preprocess_config(ROOT / "configs" / "preprocess.yaml") == PreprocessConfig()
     assert load_preprocess_config(None) == PreprocessConfig()
     text = (ROOT / "configs" / "preprocess.yaml").read_text()
-    assert all(f"  {name}: " in text for name in ("min_spacing_mm", "max_spacing_mm", "max_extent_mm",
-                                                  "max_resampled_voxels"))  # every limit written out
+    assert all(
+        f"  {name}: " in text for name in ("min_spacing_mm", "max_spacing_mm", "max_extent_mm", "max_resampled_voxels")
+    )  # every limit written out
 
 
 @pytest.mark.parametrize(
-    "bad, fragment",
+    ("bad", "fragment"),
     [
         ({"window_hu": [250, -135]}, "low < high"),
         ({"target_spacing_mm": [1, 0, 1]}, "positive"),

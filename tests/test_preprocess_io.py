@@ -1,4 +1,5 @@
 """Reading and validating inputs (NIfTI scaling, DICOM series, bad files) and dataset.json parsing."""
+
 from __future__ import annotations
 
 import json
@@ -62,11 +63,14 @@ def test_dicom_series_folder_is_read(tmp_path):
         slice_ = volume[:, :, k]
         position = volume.TransformIndexToPhysicalPoint((0, 0, k))
         for tag, value in {
-            "0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+            "0008|0060": "CT",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
             "0020|000e": "1.2.826.0.1.3680043.2.1125.2",
             "0008|0018": f"1.2.826.0.1.3680043.2.1125.3.{k + 1}",
             "0020|0032": "\\".join(f"{v:g}" for v in position),
-            "0020|0037": "1\\0\\0\\0\\1\\0", "0020|0013": str(k + 1), "0018|0050": "3.0",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0013": str(k + 1),
+            "0018|0050": "3.0",
         }.items():
             slice_.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
@@ -109,11 +113,11 @@ def test_unreadable_and_missing_files(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "label_kwargs, fragment",
+    ("label_kwargs", "fragment"),
     [
-        (dict(origin=(5.0, 0.0, 0.0)), "origin"),
-        (dict(spacing=(0.8, 0.8, 3.0)), "spacing"),
-        (dict(shape=(5, 20, 24)), "size"),
+        ({"origin": (5.0, 0.0, 0.0)}, "origin"),
+        ({"spacing": (0.8, 0.8, 3.0)}, "spacing"),
+        ({"shape": (5, 20, 24)}, "size"),
     ],
 )
 def test_label_on_another_grid_is_refused(tmp_path, label_kwargs, fragment):
@@ -132,7 +136,7 @@ def test_label_origin_within_tolerance_is_accepted(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "values, dtype, fragment",
+    ("values", "dtype", "fragment"),
     [
         ((0, 1, 3), np.uint8, r"not in the declared labels \[0, 1, 2\]: 3 \(1 voxels\)"),
         ((0, -1), np.int16, "integers in"),
@@ -158,6 +162,7 @@ def test_float_label_with_integer_values_is_accepted(tmp_path):
 
 # ---- dataset.json -------------------------------------------------------------------------
 
+
 def msd_folder(tmp_path: Path, meta: dict) -> Path:
     for name in ("imagesTr", "labelsTr", "imagesTs"):
         (tmp_path / name).mkdir(exist_ok=True)
@@ -166,16 +171,24 @@ def msd_folder(tmp_path: Path, meta: dict) -> Path:
 
 
 def test_case_ids_and_splits(tmp_path):
-    root = msd_folder(tmp_path, {
-        "name": "Pancreas", "labels": {"0": "background", "1": "pancreas", "2": "cancer"},
-        "training": [{"image": "./imagesTr/pancreas_001.nii.gz", "label": "./labelsTr/pancreas_001.nii.gz"},
-                     {"image": "./imagesTr/._pancreas_001.nii.gz", "label": "./labelsTr/._pancreas_001.nii.gz"}],
-        "test": ["./imagesTs/pancreas_002.nii"],
-    })
+    root = msd_folder(
+        tmp_path,
+        {
+            "name": "Pancreas",
+            "labels": {"0": "background", "1": "pancreas", "2": "cancer"},
+            "training": [
+                {"image": "./imagesTr/pancreas_001.nii.gz", "label": "./labelsTr/pancreas_001.nii.gz"},
+                {"image": "./imagesTr/._pancreas_001.nii.gz", "label": "./labelsTr/._pancreas_001.nii.gz"},
+            ],
+            "test": ["./imagesTs/pancreas_002.nii"],
+        },
+    )
     (root / "imagesTs" / "pancreas_002.nii").write_bytes(b"")
     ds = load_msd_dataset(root)
     assert [(c.case_id, c.split, c.label is not None) for c in ds.cases] == [
-        ("pancreas_001", "training", True), ("pancreas_002", "test", False)]
+        ("pancreas_001", "training", True),
+        ("pancreas_002", "test", False),
+    ]
     assert ds.cases[0].image == root.resolve() / "imagesTr" / "pancreas_001.nii.gz"
     assert ds.label_values == (0, 1, 2) and ds.name == "Pancreas"
     assert case_id_of("/x/series_7") == "series_7"
@@ -196,7 +209,10 @@ def test_folders_are_scanned_without_lists_ignoring_junk(tmp_path):
     (root / "imagesTs" / "pancreas_009.nii.gz").write_bytes(b"x")
     ds = load_msd_dataset(root)
     assert [(c.case_id, c.split) for c in ds.cases] == [
-        ("pancreas_004", "training"), ("pancreas_005", "training"), ("pancreas_009", "test")]
+        ("pancreas_004", "training"),
+        ("pancreas_005", "training"),
+        ("pancreas_009", "test"),
+    ]
     assert ds.cases[0].label == root.resolve() / "labelsTr" / "pancreas_004.nii.gz"
 
 
@@ -207,7 +223,7 @@ def test_listed_non_nifti_file_is_ignored(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "meta, fragment",
+    ("meta", "fragment"),
     [
         ({"training": [{"image": "./imagesTr/a.nii.gz"}]}, r"training\[0\] must have"),
         ({"test": ["./imagesTs/a.nii.gz", "./imagesTr/a.nii.gz"]}, "appears twice"),
@@ -251,7 +267,7 @@ def test_raw_scan_skipped_when_no_voxel_could_stand_for_nan(tmp_path, monkeypatc
     real = nifti.has_non_finite
     monkeypatch.setattr(nifti, "has_non_finite", lambda p, d: scans.append(p) or real(p, d))
     hu = body().astype(np.float32) + 0.5  # float CT without a single 0.0 voxel
-    image, dtype = read_image(write(hu, tmp_path / "clean.nii.gz"))
+    _image, dtype = read_image(write(hu, tmp_path / "clean.nii.gz"))
     assert dtype == "float32" and scans == []
     hu[0, 0, 0] = 0.0  # a genuine 0 HU could be a NaN stand-in: the bytes are checked
     read_image(write(hu, tmp_path / "zero.nii.gz"))
@@ -271,6 +287,7 @@ def test_truncated_nifti_is_refused(tmp_path, name):
 
 
 # ---- NIfTI headers --------------------------------------------------------------------------
+
 
 def _header(endian: str, sizeof_hdr: int = 348) -> bytes:
     """A NIfTI-1 header by hand: 4x3x2 int16 voxels at offset 352, scaled by 2 and -1000."""

@@ -1,4 +1,5 @@
 """Absurd geometry and cases too big for the worker are refused before memory is spent."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,12 @@ def one_case_dataset(root: Path, image: np.ndarray, **write_kwargs) -> Path:
         (root / folder).mkdir(parents=True, exist_ok=True)
     write(image, root / "imagesTr" / "case_1.nii", **write_kwargs)
     write(np.zeros(image.shape, np.uint8), root / "labelsTr" / "case_1.nii", **write_kwargs)
-    meta = {"name": "limits", "labels": {"0": "background", "1": "pancreas", "2": "cancer"},
-            "training": [{"image": "./imagesTr/case_1.nii", "label": "./labelsTr/case_1.nii"}], "test": []}
+    meta = {
+        "name": "limits",
+        "labels": {"0": "background", "1": "pancreas", "2": "cancer"},
+        "training": [{"image": "./imagesTr/case_1.nii", "label": "./labelsTr/case_1.nii"}],
+        "test": [],
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
 
@@ -53,6 +58,7 @@ def one_case_dataset(root: Path, image: np.ndarray, **write_kwargs) -> Path:
 @pytest.fixture
 def no_pixels_read(monkeypatch):
     """The check must come before any voxel is read."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("voxels were read")
 
@@ -60,12 +66,12 @@ def no_pixels_read(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "write_kwargs, fragment",
+    ("write_kwargs", "fragment"),
     [
-        (dict(units="micrometres"), "voxel spacing 0.0008 mm along x is below limits.min_spacing_mm 0.1 "),
-        (dict(units="metres"), "voxel spacing 800 mm along x is above limits.max_spacing_mm 20 "),
-        (dict(spacing=(0.0008, 0.0008, 0.0025)), "voxel spacing 0.0008 mm along x is below limits.min_spacing_mm 0.1"),
-        (dict(spacing=(800.0, 800.0, 2500.0)), "voxel spacing 800 mm along x is above limits.max_spacing_mm 20"),
+        ({"units": "micrometres"}, "voxel spacing 0.0008 mm along x is below limits.min_spacing_mm 0.1 "),
+        ({"units": "metres"}, "voxel spacing 800 mm along x is above limits.max_spacing_mm 20 "),
+        ({"spacing": (0.0008, 0.0008, 0.0025)}, "voxel spacing 0.0008 mm along x is below limits.min_spacing_mm 0.1"),
+        ({"spacing": (800.0, 800.0, 2500.0)}, "voxel spacing 800 mm along x is above limits.max_spacing_mm 20"),
     ],
     ids=["units-micrometres", "units-metres", "spacing-micrometres", "spacing-metres"],
 )
@@ -81,14 +87,26 @@ def test_header_in_wrong_units_fails_the_case_without_a_shard(tmp_path, write_kw
 
 
 @pytest.mark.parametrize(
-    "shape, spacing, config, fragment",
+    ("shape", "spacing", "config", "fragment"),
     [
-        ((2100, 4, 4), (1.0, 1.0, 1.0), PreprocessConfig(),
-         "scan extent 2100 mm along z (2100 voxels x 1 mm) is above limits.max_extent_mm 2000"),
-        ((6, 20, 24), (0.8, 0.8, 2.5), PreprocessConfig(limits=GeometryLimits(max_resampled_voxels=1000)),
-         "resampled grid 19x16x15 = 4,560 voxels at (1, 1, 1) mm is above limits.max_resampled_voxels 1,000"),
-        ((6, 20, 24), (0.8, 0.8, 2.5), PreprocessConfig(limits=GeometryLimits(min_spacing_mm=1.0)),
-         "voxel spacing 0.8 mm along x is below limits.min_spacing_mm 1 "),
+        (
+            (2100, 4, 4),
+            (1.0, 1.0, 1.0),
+            PreprocessConfig(),
+            "scan extent 2100 mm along z (2100 voxels x 1 mm) is above limits.max_extent_mm 2000",
+        ),
+        (
+            (6, 20, 24),
+            (0.8, 0.8, 2.5),
+            PreprocessConfig(limits=GeometryLimits(max_resampled_voxels=1000)),
+            "resampled grid 19x16x15 = 4,560 voxels at (1, 1, 1) mm is above limits.max_resampled_voxels 1,000",
+        ),
+        (
+            (6, 20, 24),
+            (0.8, 0.8, 2.5),
+            PreprocessConfig(limits=GeometryLimits(min_spacing_mm=1.0)),
+            "voxel spacing 0.8 mm along x is below limits.min_spacing_mm 1 ",
+        ),
     ],
     ids=["extent", "resampled-voxels", "configured-min-spacing"],
 )
@@ -101,6 +119,7 @@ def test_geometry_limits_are_checked_from_the_header(tmp_path, no_pixels_read, s
 
 def test_image_from_memory_is_checked_before_resampling(monkeypatch):
     """``pancreas predict`` and DICOM series reach ``preprocess_image`` without a header check."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("resampled")
 
@@ -115,14 +134,19 @@ def test_geometry_problem_names_the_axis_and_accepts_a_real_ct():
     limits = GeometryLimits()
     ct = ((512, 512, 751), (0.7, 0.7, 0.7), np.eye(3).ravel(), (1.0, 1.0, 1.0))
     assert geometry_problem(*ct, limits) is None
-    assert "along z is above limits.max_spacing_mm" in geometry_problem((512, 512, 40), (0.8, 0.8, 25.0),
-                                                                        np.eye(3).ravel(), (1, 1, 1), limits)
-    assert "below limits.min_spacing_mm" in geometry_problem((4, 4, 4), (1, float("nan"), 1), np.eye(3).ravel(),
-                                                             (1, 1, 1), limits)
+    assert "along z is above limits.max_spacing_mm" in geometry_problem(
+        (512, 512, 40), (0.8, 0.8, 25.0), np.eye(3).ravel(), (1, 1, 1), limits
+    )
+    assert "below limits.min_spacing_mm" in geometry_problem(
+        (4, 4, 4), (1, float("nan"), 1), np.eye(3).ravel(), (1, 1, 1), limits
+    )
 
 
-@pytest.mark.parametrize("direction", [tuple(np.eye(3).ravel()), (0, 1, 0, -1, 0, 0, 0, 0, 1),
-                                       (0.8, -0.6, 0, 0.6, 0.8, 0, 0, 0, 1)], ids=["identity", "swapped", "oblique"])
+@pytest.mark.parametrize(
+    "direction",
+    [tuple(np.eye(3).ravel()), (0, 1, 0, -1, 0, 0, 0, 0, 1), (0.8, -0.6, 0, 0.6, 0.8, 0, 0, 0, 1)],
+    ids=["identity", "swapped", "oblique"],
+)
 def test_resampled_size_from_the_header_matches_the_pipeline_grid(direction):
     image = sitk.Image([37, 23, 11], sitk.sitkUInt8)
     image.SetSpacing((0.7, 0.9, 2.5))
@@ -155,7 +179,8 @@ def test_case_over_the_memory_budget_fails_before_reading(tmp_path, monkeypatch,
         preprocess_file(path, None, PreprocessConfig())
     assert str(err.value) == (
         f"{path}: needs about 6.8 MB of memory (input 128x128x40, resampled 102x102x100 voxels) but this worker "
-        "can spend 6.7 MB; run with fewer --workers or on a machine with more memory")
+        "can spend 6.7 MB; run with fewer --workers or on a machine with more memory"
+    )
     monkeypatch.setattr(pipeline, "memory_budget_bytes", lambda: 6_800_000)
     with pytest.raises(AssertionError, match="voxels were read"):  # it fits: reading starts
         preprocess_file(path, None, PreprocessConfig())
@@ -172,8 +197,11 @@ def test_case_too_big_for_a_dask_worker_is_a_case_error_not_a_killed_worker(tmp_
     summary = run_preprocess(data, tmp_path / "store", config, workers=1, progress=False)
     assert (summary.done, summary.failed) == (0, 1)
     reason = summary.failures[0][1]
-    assert "needs about 2.05 GB of memory (input 64x64x32, resampled 800x800x400 voxels) but this worker can spend" \
-        in reason and "worker error" not in reason, reason
+    assert (
+        "needs about 2.05 GB of memory (input 64x64x32, resampled 800x800x400 voxels) but this worker can spend"
+        in reason
+        and "worker error" not in reason
+    ), reason
 
 
 def test_limits_are_not_part_of_the_fingerprint_but_library_versions_are(monkeypatch):

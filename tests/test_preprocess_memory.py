@@ -5,9 +5,11 @@ alive through the whole case; the 512x512x751 float32 case peaked at 1712 MiB. T
 tests measure the same effects on a 256x256x200 float32 scan (52 MB) in a fresh
 subprocess, from the kernel's peak-RSS counter (``VmHWM`` after ``/proc/self/clear_refs``,
 after a warm-up on a small scan so the library's code pages are already mapped: without
-it the same code peaked 13-15 MB higher in a freshly installed copy of the environment), and check each bound against the old
+it the same code peaked 13-15 MB higher in a freshly installed copy of the environment), and check
+each bound against the old
 behaviour, so a bound that cannot fail is caught.
 """
+
 from __future__ import annotations
 
 import json
@@ -95,8 +97,13 @@ def scan(tmp_path_factory) -> tuple[Path, ...]:
 
 
 def peak_mb(mode: str, scan: tuple[Path, ...]) -> float:
-    out = subprocess.run([sys.executable, "-c", MEASURE.format(root=str(ROOT)), mode, *map(str, scan)],
-                         capture_output=True, text=True, check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE.format(root=str(ROOT)), mode, *map(str, scan)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
 
 
@@ -106,7 +113,11 @@ def test_a_large_nifti_read_in_slabs_equals_one_read(scan, tmp_path):
         slabs = read_file(str(path), pixel_type, slab_voxels=256 * 256 * 7)  # 200 = 28 slabs of 7 + 4
         assert slabs.GetPixelID() == whole.GetPixelID()
         assert (slabs.GetSize(), slabs.GetSpacing(), slabs.GetOrigin(), slabs.GetDirection()) == (
-            whole.GetSize(), whole.GetSpacing(), whole.GetOrigin(), whole.GetDirection())
+            whole.GetSize(),
+            whole.GetSpacing(),
+            whole.GetOrigin(),
+            whole.GetDirection(),
+        )
         assert np.array_equal(sitk.GetArrayViewFromImage(slabs), sitk.GetArrayViewFromImage(whole))
 
 
@@ -119,8 +130,9 @@ def test_a_scaled_int16_nifti_read_in_slabs_keeps_its_scaling(tmp_path):
     slabs = read_file(str(path), sitk.sitkFloat32, slab_voxels=30 * 20 * 3)
     expected = stored.astype(np.float32) * 0.5 - 1024.0
     assert np.array_equal(sitk.GetArrayViewFromImage(slabs), expected)
-    assert np.array_equal(sitk.GetArrayViewFromImage(slabs),
-                          sitk.GetArrayViewFromImage(sitk.ReadImage(str(path), sitk.sitkFloat32)))
+    assert np.array_equal(
+        sitk.GetArrayViewFromImage(slabs), sitk.GetArrayViewFromImage(sitk.ReadImage(str(path), sitk.sitkFloat32))
+    )
     # read as stored (how labels are read): the same pixel type and values as one read
     as_stored = read_file(str(path), sitk.sitkUnknown, slab_voxels=30 * 20 * 3)
     whole = sitk.ReadImage(str(path))

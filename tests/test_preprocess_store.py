@@ -1,4 +1,5 @@
 """The store written by `pancreas preprocess` follows dataset/contract/store.py's contract exactly."""
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,23 @@ import dataset.contract.store as store_module
 from dataset.common.files import fingerprint_file, fingerprint_json
 from dataset.contract.catalog import catalog_path
 from dataset.contract.store import CHUNK_ZYX, SCHEMA_VERSION, read_shard, shard_path
+from pancreas.synthetic.msd import make_dataset
 from preprocess.config import PreprocessConfig, config_fingerprint, config_to_dict
 from preprocess.driver import run_preprocess
-from pancreas.synthetic.msd import make_dataset
 
 BLOSC_FILTER_ID = 32001
-CATALOG_CASE_KEYS = {"split", "shard", "status", "error", "shape_zyx", "has_label", "label_counts",
-                     "input_fingerprint", "config_fingerprint", "seconds"}
+CATALOG_CASE_KEYS = {
+    "split",
+    "shard",
+    "status",
+    "error",
+    "shape_zyx",
+    "has_label",
+    "label_counts",
+    "input_fingerprint",
+    "config_fingerprint",
+    "seconds",
+}
 
 
 def read_catalog(store) -> dict:
@@ -48,13 +59,13 @@ def test_docstring_table_is_parsed():
 
 
 def test_shards_have_the_documented_datasets_and_attributes(store):
-    data, out = store
+    _data, out = store
     catalog = read_catalog(out)
     documented = documented_attributes()
     for case_id, record in catalog["cases"].items():
         with h5py.File(out / record["shard"], "r") as f:
             assert set(f.keys()) == ({"image", "label"} if record["has_label"] else {"image"})
-            for name in f.keys():
+            for name in f:
                 ds = f[name]
                 assert ds.dtype == np.uint8 and ds.ndim == 3
                 assert ds.chunks == tuple(min(c, s) for c, s in zip(CHUNK_ZYX, ds.shape))
@@ -75,7 +86,7 @@ def test_shards_have_the_documented_datasets_and_attributes(store):
 
 
 def test_attribute_values(store):
-    data, out = store
+    _data, out = store
     config = PreprocessConfig()
     for case_id, record in read_catalog(out)["cases"].items():
         image, label, attrs = read_shard(shard_path(out, case_id))
@@ -109,7 +120,8 @@ def test_catalog_format(store):
     catalog = read_catalog(out)
     assert set(catalog) == {"schema_version", "dataset", "config", "config_fingerprint", "cases"}
     assert catalog["dataset"] == {
-        "root": str(data.resolve()), "name": "Pancreas",
+        "root": str(data.resolve()),
+        "name": "Pancreas",
         "labels": {"0": "background", "1": "pancreas", "2": "cancer"},
     }
     assert catalog["config"] == config_to_dict(PreprocessConfig())

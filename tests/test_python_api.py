@@ -1,4 +1,5 @@
 """The README's Python API example runs as written (in a temporary working folder)."""
+
 from __future__ import annotations
 
 import re

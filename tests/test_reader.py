@@ -1,4 +1,5 @@
 """PatchReader and the manifest format against numpy slicing of whole volumes."""
+
 from __future__ import annotations
 
 import pickle
@@ -22,11 +23,19 @@ def brute_box(volume: np.ndarray, start, size) -> np.ndarray:
 
 
 def row(case_id, start, size, variant=""):
-    return {"case_id": case_id, "z0": start[0], "y0": start[1], "x0": start[2],
-            "dz": size[0], "dy": size[1], "dx": size[2], "variant": variant}
+    return {
+        "case_id": case_id,
+        "z0": start[0],
+        "y0": start[1],
+        "x0": start[2],
+        "dz": size[0],
+        "dy": size[1],
+        "dx": size[2],
+        "variant": variant,
+    }
 
 
-@pytest.fixture()
+@pytest.fixture
 def store(tmp_path):
     rng = np.random.default_rng(3)
     label = rng.integers(0, 3, size=(7, 20, 13), dtype=np.uint8)
@@ -35,16 +44,16 @@ def store(tmp_path):
 
 
 BOXES = [
-    ((0, 0, 0), (4, 8, 8)),          # inside, at the corner
-    ((3, 12, 5), (4, 8, 8)),         # inside, at the far end
-    ((-2, 0, 0), (8, 8, 8)),         # starts before z
-    ((-3, -4, -5), (16, 32, 24)),    # larger than the volume on every axis
-    ((5, 17, 10), (4, 8, 8)),        # runs past the end
-    ((0, 30, 0), (4, 8, 8)),         # entirely outside
+    ((0, 0, 0), (4, 8, 8)),  # inside, at the corner
+    ((3, 12, 5), (4, 8, 8)),  # inside, at the far end
+    ((-2, 0, 0), (8, 8, 8)),  # starts before z
+    ((-3, -4, -5), (16, 32, 24)),  # larger than the volume on every axis
+    ((5, 17, 10), (4, 8, 8)),  # runs past the end
+    ((0, 30, 0), (4, 8, 8)),  # entirely outside
 ]
 
 
-@pytest.mark.parametrize("start,size", BOXES)
+@pytest.mark.parametrize(("start", "size"), BOXES)
 def test_read_levels_matches_brute_force(store, start, size):
     path, label, image = store
     with PatchReader(path) as reader:
@@ -58,7 +67,7 @@ def test_read_is_float_intensity(store):
     path, label, image = store
     reader = PatchReader(path)
     img, lab = reader.read(row("case_a", (-1, 2, 3), (4, 8, 8)))
-    assert img.dtype == np.float32 and 0.0 <= img.min() and img.max() <= 1.0
+    assert img.dtype == np.float32 and img.min() >= 0.0 and img.max() <= 1.0
     np.testing.assert_array_equal(img, levels_to_intensity(brute_box(image, (-1, 2, 3), (4, 8, 8))))
     np.testing.assert_array_equal(lab, brute_box(label, (-1, 2, 3), (4, 8, 8)))
     reader.close()
@@ -66,7 +75,9 @@ def test_read_is_float_intensity(store):
 
 def test_box_slices_hand_computed():
     assert box_slices((-2, 0, 3), (4, 5, 5), (10, 10, 6)) == (
-        (slice(0, 2), slice(0, 5), slice(3, 6)), (slice(2, 4), slice(0, 5), slice(0, 3)))
+        (slice(0, 2), slice(0, 5), slice(3, 6)),
+        (slice(2, 4), slice(0, 5), slice(0, 3)),
+    )
     assert box_slices((0, 0, 6), (1, 1, 2), (1, 1, 6)) is None
 
 
@@ -104,10 +115,27 @@ def test_missing_shard_is_named(store):
 
 
 def test_manifest_round_trip(tmp_path):
-    rows = [dict(row("c1", (-3, 0, 5), (8, 16, 16)), n_pancreas=4, n_tumour=0, foreground=1, padded=1,
-                 seed=123456789012, kind="grid", copy=0, with_replacement=0),
-            dict(row("c2", (0, 0, 0), (8, 16, 16), "augmented/c2.h5:0"), n_pancreas=0, n_tumour=2,
-                 foreground=True, padded=0, seed=7)]
+    rows = [
+        dict(
+            row("c1", (-3, 0, 5), (8, 16, 16)),
+            n_pancreas=4,
+            n_tumour=0,
+            foreground=1,
+            padded=1,
+            seed=123456789012,
+            kind="grid",
+            copy=0,
+            with_replacement=0,
+        ),
+        dict(
+            row("c2", (0, 0, 0), (8, 16, 16), "augmented/c2.h5:0"),
+            n_pancreas=0,
+            n_tumour=2,
+            foreground=True,
+            padded=0,
+            seed=7,
+        ),
+    ]
     write_manifest(tmp_path / "m.csv", rows)
     back = read_manifest(tmp_path / "m.csv")
     assert list(back[0]) == list(MANIFEST_COLUMNS)
@@ -137,8 +165,11 @@ def test_background_rows_skip_the_label_read(tmp_path, monkeypatch):
     monkeypatch.setattr(reader_module, "read_box", lambda ds, s, n: calls.append(ds.name) or real(ds, s, n))
 
     background = {**row("case_b", (0, 0, 0), (4, 8, 8)), "n_pancreas": 0, "n_tumour": 0}
-    foreground = {**row("case_b", (4, 8, 8), (4, 8, 8)), "n_pancreas": int((label[4:, 8:, 8:] == 1).sum()),
-                  "n_tumour": 0}
+    foreground = {
+        **row("case_b", (4, 8, 8), (4, 8, 8)),
+        "n_pancreas": int((label[4:, 8:, 8:] == 1).sum()),
+        "n_tumour": 0,
+    }
     with PatchReader(tmp_path) as reader:
         _, lab_bg = reader.read_levels(background)
         assert calls == ["/image"]

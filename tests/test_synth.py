@@ -1,4 +1,5 @@
 """Tests of the synthetic MSD-format dataset generator (pancreas.synthetic: msd, params, phantom, marker)."""
+
 from __future__ import annotations
 
 import gzip
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from lockholder import lock_held_elsewhere
 
 from dataset.common.files import LOCK_NAME, LockedError
 from pancreas.cli import main
@@ -17,7 +19,6 @@ from pancreas.synthetic.marker import SYNTH_MARKER
 from pancreas.synthetic.msd import make_case, make_dataset, render_case
 from pancreas.synthetic.params import ORIENTATIONS, THIN_CASE_INDEX, draw_case_params, grid_coordinates, reoriented
 from pancreas.synthetic.phantom import Anatomy, render_phantom
-from lockholder import lock_held_elsewhere  # noqa: E402
 
 NIFTI_DTYPE = {4: "int16", 8: "int32", 16: "float32"}
 
@@ -30,8 +31,9 @@ def ds(tmp_path_factory) -> Path:
 
 def _files(root: Path) -> dict[str, bytes]:
     """Every file synth wrote (the lock file records who holds it and since when: not ours to compare)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != LOCK_NAME}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != LOCK_NAME
+    }
 
 
 def _header(path: Path) -> bytes:
@@ -52,8 +54,7 @@ def test_layout_and_dataset_json(ds):
     assert meta["modality"] == {"0": "CT"}
     assert meta["labels"] == {"0": "background", "1": "pancreas", "2": "cancer"}
     assert (meta["numTraining"], meta["numTest"]) == (6, 1) == (len(meta["training"]), len(meta["test"]))
-    assert meta["training"][0] == {"image": "./imagesTr/pancreas_001.nii.gz",
-                                   "label": "./labelsTr/pancreas_001.nii.gz"}
+    assert meta["training"][0] == {"image": "./imagesTr/pancreas_001.nii.gz", "label": "./labelsTr/pancreas_001.nii.gz"}
     assert meta["training"][5]["image"] == "./imagesTr/pancreas_006.nii"  # the uncompressed one
     assert meta["test"] == ["./imagesTs/pancreas_007.nii.gz"]
     for entry in meta["training"]:
@@ -162,7 +163,8 @@ def _physical_centroid(image: sitk.Image, label: np.ndarray, value: int) -> np.n
 
 
 def test_same_physical_anatomy_in_every_orientation(tmp_path):
-    from pancreas.synthetic.nifti import to_image as _to_image, write_nifti
+    from pancreas.synthetic.nifti import to_image as _to_image
+    from pancreas.synthetic.nifti import write_nifti
 
     base = draw_case_params(4, seed=0)  # stored LPS
     centroids = []
@@ -190,14 +192,14 @@ def test_phantom_layout_on_reference_slice():
     z = np.arange(-30.0, 31.0, 2.0).reshape(-1, 1, 1)  # z = 0 is index 15
     hu, label = render_phantom(x, y, z, anat)
     at = lambda px, py: float(hu[15, int(py) + 200, int(px) + 200])  # noqa: E731
-    assert at(-199, -199) == -1000.0                  # air outside the body
-    assert at(0, -130) == anat.fat_hu                 # anterior subcutaneous fat
-    assert at(0, 48) == anat.bone_hu - 100            # vertebral body, posterior midline
-    assert at(14, 26) == anat.aorta_hu                # aorta, left-anterior of the spine
-    assert at(-100, -10) == anat.liver_hu             # liver on the patient's right
-    assert at(68, 55) == anat.kidney_medulla_hu       # left kidney
+    assert at(-199, -199) == -1000.0  # air outside the body
+    assert at(0, -130) == anat.fat_hu  # anterior subcutaneous fat
+    assert at(0, 48) == anat.bone_hu - 100  # vertebral body, posterior midline
+    assert at(14, 26) == anat.aorta_hu  # aorta, left-anterior of the spine
+    assert at(-100, -10) == anat.liver_hu  # liver on the patient's right
+    assert at(68, 55) == anat.kidney_medulla_hu  # left kidney
     xs = np.nonzero(label.any(axis=(0, 1)))[0] - 200
-    assert xs.min() < -50 and xs.max() > 80           # head right, tail left
+    assert xs.min() < -50 and xs.max() > 80  # head right, tail left
     # the body crosses anterior to the aorta
     ys = np.nonzero(label[15, :, 214])[0] - 200
     assert ys.size >= 12 and ys.max() < 26 - 11
@@ -208,7 +210,7 @@ def test_full_case_is_realistic():
     assert params.grid_size[:2] == (512, 512) and 90 <= params.grid_size[2] <= 110
     hu, label = render_case(params)
     assert 0.0005 < (label > 0).mean() < 0.01
-    assert (hu > -900).mean() > 0.45                  # the body fills most of the field of view
+    assert (hu > -900).mean() > 0.45  # the body fills most of the field of view
 
 
 def test_cli(tmp_path, capsys):
@@ -232,6 +234,7 @@ def test_rerun_leaves_identical_files_untouched(tmp_path):
 
 
 # ----------------------------------------------------------------------------- output-folder safety
+
 
 def _real_dataset(root: Path) -> dict[str, bytes]:
     """A stand-in for a real MSD download: its own dataset.json and a CT named like case 1."""
@@ -304,18 +307,24 @@ def test_a_synth_folder_from_before_the_marker_with_a_file_its_dataset_json_does
     assert (out / "imagesTr" / "pancreas_003.nii.gz").read_bytes() == b"somebody's CT"
 
 
-ODD_TRAINING = [{"image": "./imagesTr/patient_7.nii.gz", "label": "./labelsTr/patient_7.nii.gz"},  # not a synth name
-                {"image": "./imagesTr/pancreas_009.nii.gz", "label": "./labelsTr/pancreas_010.nii.gz"},  # mismatched
-                "./imagesTr/pancreas_009.nii.gz"]  # not an MSD training entry
+ODD_TRAINING = [
+    {"image": "./imagesTr/patient_7.nii.gz", "label": "./labelsTr/patient_7.nii.gz"},  # not a synth name
+    {"image": "./imagesTr/pancreas_009.nii.gz", "label": "./labelsTr/pancreas_010.nii.gz"},  # mismatched
+    "./imagesTr/pancreas_009.nii.gz",
+]  # not an MSD training entry
 
 
-@pytest.mark.parametrize("change", [
-    {"reference": "Memorial Sloan Kettering Cancer Center"},  # the real Task07's
-    {"description": "Pancreas and cancer segmentation"},      # the real Task07's
-    {"test": "./imagesTs/pancreas_003.nii.gz"},               # not a list
-    *({"training+": [odd]} for odd in ODD_TRAINING),
-    {"test+": ["./imagesTs/../imagesTr/pancreas_009.nii.gz"]},
-], ids=["reference", "description", "test-not-a-list", "odd-name", "label-not-image", "not-a-mapping", "dot-dot"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"reference": "Memorial Sloan Kettering Cancer Center"},  # the real Task07's
+        {"description": "Pancreas and cancer segmentation"},  # the real Task07's
+        {"test": "./imagesTs/pancreas_003.nii.gz"},  # not a list
+        *({"training+": [odd]} for odd in ODD_TRAINING),
+        {"test+": ["./imagesTs/../imagesTr/pancreas_009.nii.gz"]},
+    ],
+    ids=["reference", "description", "test-not-a-list", "odd-name", "label-not-image", "not-a-mapping", "dot-dot"],
+)
 def test_a_folder_without_marker_whose_dataset_json_synth_did_not_write_is_refused(tmp_path, change):
     """Every file synth would replace is named, but the dataset.json is not one synth writes."""
     out = _as_before_the_marker(make_dataset(tmp_path / "data", 2, seed=0, n_test=1, progress=False))

@@ -1,4 +1,5 @@
 """Training config: YAML mirrors the defaults, validation names the bad value."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,15 +16,18 @@ def test_yaml_equals_defaults():
     assert load_train_config(YAML) == TrainConfig()
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"epochz": 3}, "epochz"),
-    ({"model": {"filters": 3}}, "filters"),
-    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
-    ({"loss": {"name": "focal"}}, "'focal'"),
-    ({"augment": {"flip_axes": [3]}}, "(3,)"),
-    ({"precision": "float16"}, "'float16'"),
-    ({"strategy": "tpu"}, "'tpu'"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"epochz": 3}, "epochz"),
+        ({"model": {"filters": 3}}, "filters"),
+        ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+        ({"loss": {"name": "focal"}}, "'focal'"),
+        ({"augment": {"flip_axes": [3]}}, "(3,)"),
+        ({"precision": "float16"}, "'float16'"),
+        ({"strategy": "tpu"}, "'tpu'"),
+    ],
+)
 def test_rejects_bad_values(data, message):
     with pytest.raises(ConfigError, match=None) as info:
         from_dict(TrainConfig, data)
@@ -45,5 +49,7 @@ def test_the_trainer_uses_the_one_patch_depth_check():
     from training.config import check_patch_size
 
     assert check_patch_size is check_patch_fits_depth
-    with pytest.raises(ConfigError, match=r"training patch size \(64, 128, 120\) \(z, y, x\) cannot go through a U-Net of depth 4"):
+    with pytest.raises(
+        ConfigError, match=r"training patch size \(64, 128, 120\) \(z, y, x\) cannot go through a U-Net of depth 4"
+    ):
         check_patch_size((64, 128, 120), TrainConfig().model.depth, "training")

@@ -6,6 +6,7 @@ its warnings and ``--require-gpu`` under a forced no-GPU condition, ``pancreas e
 ``CUDA_VISIBLE_DEVICES=`` (in a subprocess); "GPUs" are played by the same replacement, so
 the plan's GPU branches are checked on this CPU-only machine too.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,19 +19,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import tensorflow as tf
 import yaml
+from helpers import tiny_train_store
+from tensorflow.python.framework import config as tf_framework_config
 
-pytest.importorskip("tensorflow")
-
-import tensorflow as tf  # noqa: E402
-from tensorflow.python.framework import config as tf_framework_config  # noqa: E402
-
-import training.environment as environment  # noqa: E402
-from dataset.common.configio import ConfigError, from_dict, to_dict  # noqa: E402
-from dataset.contract.run import EnvironmentRecord, RunError, read_environment, write_environment  # noqa: E402
-from helpers import tiny_train_store  # noqa: E402
-from training.config import LossConfig, ModelConfig, TrainConfig  # noqa: E402
-from training.distribute import (  # noqa: E402
+import training.environment as environment
+from dataset.common.configio import ConfigError, from_dict, to_dict
+from dataset.contract.run import EnvironmentRecord, RunError, read_environment, write_environment
+from training.config import LossConfig, ModelConfig, TrainConfig
+from training.distribute import (
     build_compiled_model,
     execution_line,
     execution_settings,
@@ -38,7 +36,7 @@ from training.distribute import (  # noqa: E402
     plan_warnings,
     resolve_jit_compile,
 )
-from training.environment import Gpu  # noqa: E402
+from training.environment import Gpu
 
 ROOT = Path(__file__).resolve().parent.parent
 H100 = "NVIDIA H100 80GB HBM3"
@@ -59,31 +57,41 @@ def test_the_line_and_the_warnings_on_a_machine_without_gpu(no_gpu, caplog):
     from training.distribute import log_plan_warnings
 
     plan = plan_execution(TrainConfig(precision="mixed_bfloat16", strategy="mirrored"))
-    assert execution_line(plan) == ("devices CPU only (no GPU visible); precision mixed_bfloat16; strategy mirrored: "
-                                    "MirroredStrategy, 1 replica(s); XLA off (jit_compile auto); deterministic off")
+    assert execution_line(plan) == (
+        "devices CPU only (no GPU visible); precision mixed_bfloat16; strategy mirrored: "
+        "MirroredStrategy, 1 replica(s); XLA off (jit_compile auto); deterministic off"
+    )
     with caplog.at_level(logging.WARNING):
         log_plan_warnings(plan)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "training.distribute"]
     assert [r.getMessage().split(":")[0] for r in warnings] == [
-        "precision mixed_bfloat16 but no GPU is visible", "strategy mirrored asks for several GPUs but none is visible"]
+        "precision mixed_bfloat16 but no GPU is visible",
+        "strategy mirrored asks for several GPUs but none is visible",
+    ]
 
 
-@pytest.mark.parametrize("precision, strategy, expected", [
-    ("float32", "auto", []),
-    ("float32", "none", []),
-    ("mixed_bfloat16", "none", ["precision mixed_bfloat16 but no GPU is visible"]),
-    ("float32", "multiworker", ["strategy multiworker asks for several GPUs but none is visible"]),
-])
+@pytest.mark.parametrize(
+    ("precision", "strategy", "expected"),
+    [
+        ("float32", "auto", []),
+        ("float32", "none", []),
+        ("mixed_bfloat16", "none", ["precision mixed_bfloat16 but no GPU is visible"]),
+        ("float32", "multiworker", ["strategy multiworker asks for several GPUs but none is visible"]),
+    ],
+)
 def test_warnings_name_what_a_cpu_cannot_give(no_gpu, precision, strategy, expected):
     found = plan_warnings(plan_execution(TrainConfig(precision=precision, strategy=strategy)))
     assert [w.split(":")[0] for w in found] == expected
 
 
-@pytest.mark.parametrize("n_gpus, strategy, line_end", [
-    (1, "auto", "default strategy, 1 replica(s); XLA on (jit_compile auto); deterministic off"),
-    (2, "auto", "MirroredStrategy, 2 replica(s); XLA off (jit_compile auto); deterministic off"),
-    (2, "none", "default strategy, 1 replica(s); XLA on (jit_compile auto); deterministic off"),
-])
+@pytest.mark.parametrize(
+    ("n_gpus", "strategy", "line_end"),
+    [
+        (1, "auto", "default strategy, 1 replica(s); XLA on (jit_compile auto); deterministic off"),
+        (2, "auto", "MirroredStrategy, 2 replica(s); XLA off (jit_compile auto); deterministic off"),
+        (2, "none", "default strategy, 1 replica(s); XLA on (jit_compile auto); deterministic off"),
+    ],
+)
 def test_the_line_on_gpu_machines_names_each_gpu(monkeypatch, n_gpus, strategy, line_end):
     monkeypatch.setattr(environment, "visible_gpus", gpus(n_gpus))
     plan = plan_execution(TrainConfig(precision="mixed_bfloat16", strategy=strategy))
@@ -93,14 +101,17 @@ def test_the_line_on_gpu_machines_names_each_gpu(monkeypatch, n_gpus, strategy, 
 
 
 # ---------------------------------------------------------------------------- XLA
-@pytest.mark.parametrize("setting, n_gpus, strategy, deterministic, expected", [
-    ("auto", 0, None, False, False),                 # CPU only
-    ("auto", 1, None, False, True),                  # one GPU
-    ("auto", 1, None, True, False),                  # no deterministic XLA max-pool gradient
-    ("auto", 2, "MirroredStrategy", False, False),   # XLA fails under tf.distribute
-    (True, 0, None, False, True),                    # asked for: XLA on the CPU
-    (False, 1, None, False, False),
-])
+@pytest.mark.parametrize(
+    ("setting", "n_gpus", "strategy", "deterministic", "expected"),
+    [
+        ("auto", 0, None, False, False),  # CPU only
+        ("auto", 1, None, False, True),  # one GPU
+        ("auto", 1, None, True, False),  # no deterministic XLA max-pool gradient
+        ("auto", 2, "MirroredStrategy", False, False),  # XLA fails under tf.distribute
+        (True, 0, None, False, True),  # asked for: XLA on the CPU
+        (False, 1, None, False, False),
+    ],
+)
 def test_jit_compile_resolution(setting, n_gpus, strategy, deterministic, expected):
     assert resolve_jit_compile(setting, n_gpus, strategy, deterministic) is expected
 
@@ -111,18 +122,21 @@ def test_jit_compile_true_under_a_strategy_is_refused_before_any_work(monkeypatc
         plan_execution(TrainConfig(jit_compile=True))
 
 
-@pytest.mark.parametrize("fake_gpus, expected", [(0, False), (1, True)])
+@pytest.mark.parametrize(("fake_gpus", "expected"), [(0, False), (1, True)])
 def test_the_resolved_setting_reaches_model_compile(monkeypatch, fake_gpus, expected):
     monkeypatch.setattr(environment, "visible_gpus", gpus(fake_gpus))
     assert build_compiled_model(SMALL).jit_compile is expected  # compiling is lazy: no GPU needed to check
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"jit_compile": "maybe"}, "jit_compile must be auto, true or false, got 'maybe'"),
-    ({"jit_compile": 1}, "expected bool or str, got 1"),
-    ({"deterministic": "yes"}, "expected bool, got 'yes'"),
-    ({"jit_compile": True, "deterministic": True}, "jit_compile: true cannot be combined with deterministic: true"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"jit_compile": "maybe"}, "jit_compile must be auto, true or false, got 'maybe'"),
+        ({"jit_compile": 1}, "expected bool or str, got 1"),
+        ({"deterministic": "yes"}, "expected bool, got 'yes'"),
+        ({"jit_compile": True, "deterministic": True}, "jit_compile: true cannot be combined with deterministic: true"),
+    ],
+)
 def test_config_rejects_bad_xla_and_determinism_values(data, message):
     with pytest.raises(ConfigError) as info:
         from_dict(TrainConfig, data)
@@ -170,11 +184,14 @@ def _yaml(tmp_path: Path, **values) -> Path:
     return path
 
 
-@pytest.mark.parametrize("precision, extra, message", [
-    ("float32", ["--require-gpu"], "--require-gpu: TensorFlow sees no GPU"),
-    # no float16 CPU kernel for MaxPool3D: the first step would fail
-    ("mixed_float16", [], "precision mixed_float16 needs a GPU and none is visible"),
-])
+@pytest.mark.parametrize(
+    ("precision", "extra", "message"),
+    [
+        ("float32", ["--require-gpu"], "--require-gpu: TensorFlow sees no GPU"),
+        # no float16 CPU kernel for MaxPool3D: the first step would fail
+        ("mixed_float16", [], "precision mixed_float16 needs a GPU and none is visible"),
+    ],
+)
 def test_refused_in_one_line_with_nothing_written(no_gpu, tmp_path, capsys, precision, extra, message):
     from pancreas.cli import main
 
@@ -200,21 +217,55 @@ def test_pancreas_train_prints_the_line_first_and_warns_through_logging(tmp_path
     silenced: the warning is Python logging, so TF_CPP_MIN_LOG_LEVEL does not hide it."""
     config = _yaml(tmp_path, precision="mixed_bfloat16")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "pancreas.cli", "train", "--store", str(tmp_path / "none"),
-                             "--out", str(tmp_path / "run"), "--config", str(config)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pancreas.cli",
+            "train",
+            "--store",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "run"),
+            "--config",
+            str(config),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2  # the store does not exist: the line came before that error
     assert result.stdout.splitlines()[0] == (
         "pancreas train: devices CPU only (no GPU visible); precision mixed_bfloat16; strategy auto: default "
-        "strategy, 1 replica(s); XLA off (jit_compile auto); deterministic off"), result.stdout
+        "strategy, 1 replica(s); XLA off (jit_compile auto); deterministic off"
+    ), result.stdout
     assert "WARNING training.distribute: precision mixed_bfloat16 but no GPU is visible" in result.stderr, result.stderr
     assert not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------------------- pancreas env
-ENV_ITEMS = ("python", "tensorflow", "keras", "numpy", "SimpleITK", "h5py", "hdf5", "hdf5plugin", "dask",
-             "elasticdeform", "devices", "cuda (TF build)", "cudnn (TF build)", "cpu threads", "git commit",
-             "check packages", "check blosc", "check elasticdeform")
+ENV_ITEMS = (
+    "python",
+    "tensorflow",
+    "keras",
+    "numpy",
+    "SimpleITK",
+    "h5py",
+    "hdf5",
+    "hdf5plugin",
+    "dask",
+    "elasticdeform",
+    "devices",
+    "cuda (TF build)",
+    "cudnn (TF build)",
+    "cpu threads",
+    "git commit",
+    "check packages",
+    "check blosc",
+    "check elasticdeform",
+)
 
 
 def test_pancreas_env_reports_every_item_and_passes_here(capsys):
@@ -226,8 +277,9 @@ def test_pancreas_env_reports_every_item_and_passes_here(capsys):
     assert set(ENV_ITEMS) <= set(items), out
     assert items["tensorflow"] == tf.__version__ and items["cpu threads"] == str(environment.cpu_threads())
     assert items["check blosc"] == items["check elasticdeform"] == items["check packages"] == "ok"
-    assert items["cuda (TF build)"] == (tf.sysconfig.get_build_info().get("cuda_version") or
-                                        "none (not a CUDA build of TensorFlow)")
+    assert items["cuda (TF build)"] == (
+        tf.sysconfig.get_build_info().get("cuda_version") or "none (not a CUDA build of TensorFlow)"
+    )
 
 
 def test_pancreas_env_exits_1_with_the_fix_when_elasticdeform_is_broken(monkeypatch, capsys):
@@ -258,8 +310,9 @@ def test_git_commit_only_for_the_checkout_the_code_runs_from(tmp_path):
 # ---------------------------------------------------------------------------- environment.json
 def test_environment_records_round_trip_and_bad_files_are_refused(no_gpu, tmp_path):
     first = environment.collect_environment(0, {"jit_compile": False})
-    later = dataclasses.replace(first, epoch=3, gpus=[{"name": "GPU:0", "description": H100,
-                                                       "compute_capability": [9, 0]}])
+    later = dataclasses.replace(
+        first, epoch=3, gpus=[{"name": "GPU:0", "description": H100, "compute_capability": [9, 0]}]
+    )
     assert read_environment(tmp_path) == []
     write_environment(tmp_path, [first, later])
     assert read_environment(tmp_path) == [first, later]
@@ -280,14 +333,23 @@ def test_a_deterministic_run_records_each_start_and_resumes_without_it(store, tm
     and a resume may turn it off; environment.json then lists both starts."""
     from training.run import train
 
-    quick = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, image_patches=0, strategy="none",
-                        deterministic=True, model=ModelConfig(depth=2, base_filters=2),
-                        loss=LossConfig(name="dice_cross_entropy"))
+    quick = TrainConfig(
+        epochs=1,
+        steps_per_epoch=2,
+        batch_size=2,
+        image_patches=0,
+        strategy="none",
+        deterministic=True,
+        model=ModelConfig(depth=2, base_filters=2),
+        loss=LossConfig(name="dice_cross_entropy"),
+    )
     run_dir = tmp_path / "run"
     assert train(store, run_dir, quick).epochs_completed == 1
     assert not tf_framework_config.is_op_determinism_enabled()
-    assert train(store, run_dir, dataclasses.replace(quick, epochs=2, deterministic=False),
-                 resume=True).epochs_completed == 2
+    assert (
+        train(store, run_dir, dataclasses.replace(quick, epochs=2, deterministic=False), resume=True).epochs_completed
+        == 2
+    )
     starts = read_environment(run_dir)
     assert [(s.epoch, s.execution["deterministic"]) for s in starts] == [(0, True), (1, False)]
     assert all(isinstance(s, EnvironmentRecord) and s.checks["blosc"] == "ok" for s in starts)

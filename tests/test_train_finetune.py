@@ -1,5 +1,6 @@
 """``pancreas train --init-from``: a new run that starts from another run's (or model's) weights,
 with a fresh optimiser, refused when the preprocessing or the model's shape differ."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,21 +13,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import tiny_train_store
 
-pytest.importorskip("tensorflow")
-
-from dataset.common.configio import to_dict  # noqa: E402
-from dataset.common.files import ENOSPC_ENV  # noqa: E402
-from dataset.contract.catalog import read_catalog, write_catalog  # noqa: E402
-from dataset.contract.run import RunError, checkpoint_path, read_fingerprints, read_state  # noqa: E402
-from helpers import tiny_train_store  # noqa: E402
-from preprocess.config import PreprocessConfig  # noqa: E402
-from training.config import LossConfig, ModelConfig, TrainConfig  # noqa: E402
+from dataset.common.configio import to_dict
+from dataset.common.files import ENOSPC_ENV
+from dataset.contract.catalog import read_catalog, write_catalog
+from dataset.contract.run import RunError, checkpoint_path, read_fingerprints, read_state
+from preprocess.config import PreprocessConfig
+from training.config import LossConfig, ModelConfig, TrainConfig
 
 STEPS = 3
-SOURCE = TrainConfig(epochs=2, steps_per_epoch=STEPS, batch_size=2, learning_rate=0.01, image_patches=0,
-                     strategy="none", model=ModelConfig(depth=2, base_filters=2),
-                     loss=LossConfig(name="dice_cross_entropy"))
+SOURCE = TrainConfig(
+    epochs=2,
+    steps_per_epoch=STEPS,
+    batch_size=2,
+    learning_rate=0.01,
+    image_patches=0,
+    strategy="none",
+    model=ModelConfig(depth=2, base_filters=2),
+    loss=LossConfig(name="dice_cross_entropy"),
+)
 # a learning rate so small that one epoch of Adam moves no weight by more than ~STEPS * 1e-7
 STILL = dataclasses.replace(SOURCE, epochs=1, learning_rate=1e-7, min_learning_rate=0.0)
 PREPROCESS = to_dict(PreprocessConfig())
@@ -85,8 +91,15 @@ def test_fine_tuning_starts_from_the_source_weights_with_a_fresh_optimizer(sourc
         np.testing.assert_allclose(tuned, start, atol=1e-5)  # ~STEPS * lr away from the source's weights
     fresh = dataclasses.replace(STILL, seed=1)
     train(store_b, tmp_path / "fresh", fresh)  # from random weights instead: far from the source's
-    assert max(np.abs(a - b).max() for a, b in zip(_trainable(checkpoint_path(tmp_path / "fresh", "last")),
-                                                    _trainable(checkpoint_path(source, "last")))) > 0.05
+    assert (
+        max(
+            np.abs(a - b).max()
+            for a, b in zip(
+                _trainable(checkpoint_path(tmp_path / "fresh", "last")), _trainable(checkpoint_path(source, "last"))
+            )
+        )
+        > 0.05
+    )
 
     record = read_fingerprints(run_dir).init_from
     assert record["path"] == str(checkpoint_path(source, "last").resolve())
@@ -123,9 +136,14 @@ def test_a_bare_model_is_checked_for_shape_and_warned_about_preprocessing(source
     assert "preprocessing could not be checked" in caplog.text
     assert init.record["run_dir"] is None and init.record["checkpoint"] is None
     assert init.record["store_fingerprint"] is None and init.record["path"] == str(bare.resolve())
-    with pytest.raises(RunError, match=r"model\.depth differs \(the source model has 2, the training config builds 3\)"):
-        load_init_weights(bare, dataclasses.replace(SOURCE, model=ModelConfig(depth=3, base_filters=2)),
-                          read_run_inputs(store_b, SOURCE))
+    with pytest.raises(
+        RunError, match=r"model\.depth differs \(the source model has 2, the training config builds 3\)"
+    ):
+        load_init_weights(
+            bare,
+            dataclasses.replace(SOURCE, model=ModelConfig(depth=3, base_filters=2)),
+            read_run_inputs(store_b, SOURCE),
+        )
 
 
 def test_resolving_the_source(source, tmp_path):
@@ -133,9 +151,11 @@ def test_resolving_the_source(source, tmp_path):
 
     assert resolve_init_source(source).model_path == checkpoint_path(source, "last").resolve()
     assert resolve_init_source(checkpoint_path(source, "best")).checkpoint == "best"
-    for path, message in [(tmp_path / "nothing", "no such run folder or .keras model"),
-                          (tmp_path, "not a training run folder"),
-                          (source / "config.json", "no such run folder or .keras model")]:
+    for path, message in [
+        (tmp_path / "nothing", "no such run folder or .keras model"),
+        (tmp_path, "not a training run folder"),
+        (source / "config.json", "no such run folder or .keras model"),
+    ]:
         with pytest.raises(RunError, match=message):
             resolve_init_source(path)
 
@@ -146,8 +166,11 @@ def test_another_preprocessing_is_refused_naming_the_key_and_both_values(source,
 
     other = {**PREPROCESS, "window_hu": [-100.0, 240.0]}
     store_c = _store(tmp_path_factory.mktemp("store_c"), 1, other)
-    with pytest.raises(RunError, match=r"differ in preprocess\.window_hu \(\[-135\.0, 250\.0\] in .*input_contract"
-                                       r"\.json vs \[-100\.0, 240\.0\] in .*catalog\.json\)"):
+    with pytest.raises(
+        RunError,
+        match=r"differ in preprocess\.window_hu \(\[-135\.0, 250\.0\] in .*input_contract"
+        r"\.json vs \[-100\.0, 240\.0\] in .*catalog\.json\)",
+    ):
         train(store_c, tmp_path / "tuned", SOURCE, init_from=source)
     assert _listing(tmp_path) == []
 
@@ -158,16 +181,26 @@ def test_limits_alone_may_differ():
     looser = {**PREPROCESS, "limits": {**PREPROCESS["limits"], "max_spacing_mm": 30.0}}
     assert preprocess_differences(PREPROCESS, looser) == []
     assert preprocess_differences(PREPROCESS, {**PREPROCESS, "target_spacing_mm": [1.0, 1.0, 2.0]}) == [
-        ("preprocess.target_spacing_mm", [1.0, 1.0, 1.0], [1.0, 1.0, 2.0])]
+        ("preprocess.target_spacing_mm", [1.0, 1.0, 1.0], [1.0, 1.0, 2.0])
+    ]
     assert preprocess_differences({}, {"equalize": True}) == [("preprocess.equalize", "(not recorded)", True)]
 
 
-@pytest.mark.parametrize("model, message", [
-    (ModelConfig(depth=3, base_filters=2), r"model\.depth differs \(the source model has 2, the training config "
-                                           r"builds 3\); set model\.depth: 2 in the training config"),
-    (ModelConfig(depth=2, base_filters=4), r"model\.base_filters differs \(the source model has 2, the training "
-                                           r"config builds 4\)"),
-])
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (
+            ModelConfig(depth=3, base_filters=2),
+            r"model\.depth differs \(the source model has 2, the training config "
+            r"builds 3\); set model\.depth: 2 in the training config",
+        ),
+        (
+            ModelConfig(depth=2, base_filters=4),
+            r"model\.base_filters differs \(the source model has 2, the training "
+            r"config builds 4\)",
+        ),
+    ],
+)
 def test_another_model_shape_is_refused(source, store_b, tmp_path, model, message):
     from training.run import train
 
@@ -181,21 +214,34 @@ def test_init_from_with_resume_is_refused(source, store_b, tmp_path, capsys):
 
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump(to_dict(SOURCE)))
-    code = main(["train", "--store", str(store_b), "--config", str(config), "--out", str(source), "--resume",
-                 "--init-from", str(source)])
+    code = main(
+        [
+            "train",
+            "--store",
+            str(store_b),
+            "--config",
+            str(config),
+            "--out",
+            str(source),
+            "--resume",
+            "--init-from",
+            str(source),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--init-from starts a new run" in err[0] and "--resume" in err[0], err
     assert read_state(source).epoch == 2  # the run is untouched
 
 
 # ---------------------------------------------------------------- a resume before the first epoch
-def test_a_fine_tuning_run_killed_before_its_first_epoch_resumes_from_the_source(source, store_b, tmp_path,
-                                                                                monkeypatch):
+def test_a_fine_tuning_run_killed_before_its_first_epoch_resumes_from_the_source(
+    source, store_b, tmp_path, monkeypatch
+):
     from training.run import train
 
     run_dir = tmp_path / "tuned"
     monkeypatch.setenv(ENOSPC_ENV, "checkpoint-last:written")  # the first epoch never commits
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="No space left"):
         train(store_b, run_dir, STILL, init_from=source)
     monkeypatch.delenv(ENOSPC_ENV)
     assert read_state(run_dir) is None and read_fingerprints(run_dir).init_from["checkpoint"] == "last"
@@ -207,7 +253,7 @@ def test_a_fine_tuning_run_killed_before_its_first_epoch_resumes_from_the_source
 
     copy, again = shutil.copytree(source, tmp_path / "source_copy"), tmp_path / "again"
     monkeypatch.setenv(ENOSPC_ENV, "checkpoint-last:written")
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="No space left"):
         train(store_b, again, STILL, init_from=copy)
     monkeypatch.delenv(ENOSPC_ENV)
     last = checkpoint_path(copy, "last")

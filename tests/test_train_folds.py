@@ -1,5 +1,6 @@
 """`pancreas train --fold k`: fold k's manifests, the fold recorded, a missing fold or another
 fold's resume refused before anything is written."""
+
 from __future__ import annotations
 
 import json
@@ -8,15 +9,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytest.importorskip("tensorflow")
+from dataset.common.configio import to_dict
+from dataset.contract.run import RunError
+from dataset.contract.store import StoreError
+from training.config import LossConfig, ModelConfig, TrainConfig
 
-from dataset.common.configio import to_dict  # noqa: E402
-from dataset.contract.run import RunError  # noqa: E402
-from dataset.contract.store import StoreError  # noqa: E402
-from training.config import LossConfig, ModelConfig, TrainConfig  # noqa: E402
-
-ONE_EPOCH = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, image_patches=0,
-                        model=ModelConfig(depth=2, base_filters=4), loss=LossConfig(name="dice_cross_entropy"))
+ONE_EPOCH = TrainConfig(
+    epochs=1,
+    steps_per_epoch=2,
+    batch_size=2,
+    image_patches=0,
+    model=ModelConfig(depth=2, base_filters=4),
+    loss=LossConfig(name="dice_cross_entropy"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +38,9 @@ def two_fold_store(tmp_path_factory) -> Path:
         image, label = synthetic_case((24, 48, 48), i)
         records[f"c{i}"] = write_case(store, f"c{i}", label, seed=i, image=image)
     write_catalog_for(store, records)
-    build_index(store, IndexConfig(train_patch_xyz=(32, 32, 16), val_patch_xyz=(48, 48, 16), folds=2),
-                workers=0, progress=False)
+    build_index(
+        store, IndexConfig(train_patch_xyz=(32, 32, 16), val_patch_xyz=(48, 48, 16), folds=2), workers=0, progress=False
+    )
     return store
 
 
@@ -77,8 +83,11 @@ def test_the_run_trains_on_its_folds_manifests_and_records_the_fold(two_fold_sto
 def test_a_fold_the_index_lacks_is_refused_with_nothing_written(two_fold_store, tmp_path, fold):
     from training.run import train
 
-    with pytest.raises(StoreError, match=rf"{two_fold_store}.*no fold {fold}: the index has 2 fold\(s\), 0..1; "
-                                         r"pass --fold 0..1"):
+    with pytest.raises(
+        StoreError,
+        match=rf"{two_fold_store}.*no fold {fold}: the index has 2 fold\(s\), 0..1; "
+        r"pass --fold 0..1",
+    ):
         train(two_fold_store, tmp_path / "run", ONE_EPOCH, fold=fold)
     assert not (tmp_path / "run").exists()
 
@@ -94,7 +103,7 @@ def test_cli_bad_fold_is_one_line_for_train_and_profile(two_fold_store, tmp_path
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and str(two_fold_store) in err[0] and "2 fold(s)" in err[0] and "--fold" in err[0]
     assert not (tmp_path / "run").exists()
-    assert main(base[:-1] + ["1", "--profile-input", "--steps", "1"]) == 0
+    assert main([*base[:-1], "1", "--profile-input", "--steps", "1"]) == 0
     assert "on fold 1" in capsys.readouterr().out
 
 
@@ -102,8 +111,11 @@ def _snapshot(run_dir: Path) -> dict[str, bytes]:
     """Every file's bytes but the lock's (it records who held the folder last)."""
     from dataset.common.files import LOCK_NAME
 
-    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and p.name != LOCK_NAME}
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.name != LOCK_NAME
+    }
 
 
 def test_resume_with_another_fold_is_refused_and_leaves_the_run(two_fold_store, fold_1_run, tmp_path):
@@ -138,6 +150,6 @@ def test_cli_resume_on_the_same_fold_says_which(two_fold_store, fold_1_run, tmp_
     cfg = tmp_path / "two_epochs.yaml"
     cfg.write_text(yaml.safe_dump({**to_dict(ONE_EPOCH), "epochs": 2}))
     args = ["train", "--store", str(two_fold_store), "--config", str(cfg), "--out", str(run_dir), "--resume"]
-    assert main(args + ["--fold", "1"]) == 0
+    assert main([*args, "--fold", "1"]) == 0
     assert "epochs: 1 -> 2 (completed) on fold 1 (of 2)" in capsys.readouterr().out
     assert json.loads((run_dir / "input_contract.json").read_text())["fold"] == 1

@@ -1,12 +1,12 @@
 """Generalized Dice / cross-entropy vs hand-computed and brute-force values."""
+
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from training.losses import (  # noqa: E402
+from training.losses import (
     CrossEntropyLoss,
     DiceCrossEntropyLoss,
     GeneralizedDiceLoss,
@@ -40,8 +40,8 @@ def brute_gdl(y, p, per_sample, exclude_background=False):
         w = np.array([1 / n**2 if n > 0 else np.inf for n in counts])
         finite = w[np.isfinite(w)]
         w[~np.isfinite(w)] = finite.max() if finite.size else 1.0
-        num = 2 * sum(w[l] * (r[:, l] * q[:, l]).sum() for l in range(c))
-        den = sum(w[l] * (r[:, l].sum() + q[:, l].sum()) for l in range(c))
+        num = 2 * sum(w[k] * (r[:, k] * q[:, k]).sum() for k in range(c))
+        den = sum(w[k] * (r[:, k].sum() + q[:, k].sum()) for k in range(c))
         out.append(1 - num / den)
     return np.array(out)
 
@@ -92,11 +92,17 @@ def test_matches_brute_force(per_sample, exclude_background):
 
 def test_class_indices_equal_one_hot():
     labels = np.array([[0, 0, 0, 1]], np.uint8)
-    np.testing.assert_allclose(np.asarray(generalized_dice_loss(labels, PROBS)),
-                               np.asarray(generalized_dice_loss(one_hot(labels), PROBS)), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(cross_entropy_loss(labels, PROBS)),
-                               np.asarray(cross_entropy_loss(one_hot(labels), PROBS)), rtol=1e-6)
-    assert float(GeneralizedDiceLoss()(labels, PROBS)) == pytest.approx(float(GeneralizedDiceLoss()(one_hot(labels), PROBS)))
+    np.testing.assert_allclose(
+        np.asarray(generalized_dice_loss(labels, PROBS)),
+        np.asarray(generalized_dice_loss(one_hot(labels), PROBS)),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        np.asarray(cross_entropy_loss(labels, PROBS)), np.asarray(cross_entropy_loss(one_hot(labels), PROBS)), rtol=1e-6
+    )
+    assert float(GeneralizedDiceLoss()(labels, PROBS)) == pytest.approx(
+        float(GeneralizedDiceLoss()(one_hot(labels), PROBS))
+    )
 
 
 def test_nothing_present_costs_false_positives():
@@ -113,8 +119,11 @@ def test_cross_entropy_hand_computed():
 
 def test_loss_classes_reduce_and_round_trip():
     y = one_hot([[0, 0, 0, 1]])
-    for loss in (GeneralizedDiceLoss(reduction_mode="sample", smooth_nr=0, smooth_dr=0),
-                 CrossEntropyLoss(), DiceCrossEntropyLoss(ce_weight=0.5)):
+    for loss in (
+        GeneralizedDiceLoss(reduction_mode="sample", smooth_nr=0, smooth_dr=0),
+        CrossEntropyLoss(),
+        DiceCrossEntropyLoss(ce_weight=0.5),
+    ):
         clone = keras.losses.deserialize(keras.losses.serialize(loss))
         assert type(clone) is type(loss) and clone.get_config() == loss.get_config()
         assert float(clone(y, PROBS)) == pytest.approx(float(loss(y, PROBS)), rel=1e-6)

@@ -1,12 +1,12 @@
 """Per-class epoch Dice from accumulated TP/FP/FN counts."""
+
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from training.metrics import ClassDice, dice_metrics  # noqa: E402
+from training.metrics import ClassDice, dice_metrics
 
 
 def one_hot(labels):

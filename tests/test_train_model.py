@@ -1,13 +1,13 @@
 """U-Net shapes, naming, dtype under mixed precision, and .keras round trip."""
+
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from training.config import check_patch_size  # noqa: E402
-from training.model import build_unet  # noqa: E402
+from training.config import check_patch_size
+from training.model import build_unet
 
 
 @pytest.mark.parametrize("shape", [(16, 32, 32), (8, 16, 24)])

@@ -1,18 +1,19 @@
 """tf.data pipeline: shapes, dtypes, ranges, alignment of augmented image and label, determinism."""
+
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-tf = pytest.importorskip("tensorflow")
-
-from dataset.contract.manifest import manifest_path, write_manifest  # noqa: E402
-from dataset.contract.reader import PatchReader  # noqa: E402
-from pancreas.synthetic.store import write_case, write_catalog_for  # noqa: E402
-from training.config import AugmentConfig, TrainConfig  # noqa: E402
-from training.pipeline import (  # noqa: E402
+from dataset.contract.manifest import manifest_path, write_manifest
+from dataset.contract.reader import PatchReader
+from pancreas.synthetic.store import write_case, write_catalog_for
+from pancreas.synthetic.training import make_synthetic_store
+from training.config import AugmentConfig, TrainConfig
+from training.pipeline import (
     apply_augment,
     draw_augment_params,
     index_stream,
@@ -20,7 +21,6 @@ from training.pipeline import (  # noqa: E402
     training_dataset,
     validation_dataset,
 )
-from pancreas.synthetic.training import make_synthetic_store  # noqa: E402
 
 PATCH = (8, 16, 16)
 
@@ -28,8 +28,9 @@ PATCH = (8, 16, 16)
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
-    make_synthetic_store(root, n_cases=3, shape_zyx=(12, 24, 24), train_patch_zyx=PATCH,
-                         val_patch_zyx=(8, 24, 24), patches_per_case=4)
+    make_synthetic_store(
+        root, n_cases=3, shape_zyx=(12, 24, 24), train_patch_zyx=PATCH, val_patch_zyx=(8, 24, 24), patches_per_case=4
+    )
     return root
 
 
@@ -41,9 +42,23 @@ def threshold_store(tmp_path_factory):
     image = ((xx * 13 + yy * 5 + zz * 3) % 256).astype(np.uint8)
     label = np.where(image >= 200, 2, np.where(image >= 100, 1, 0)).astype(np.uint8)
     write_catalog_for(root, {"c": write_case(root, "c", label, image=image)})
-    rows = [{"case_id": "c", "z0": 0, "y0": 0, "x0": 0, "dz": PATCH[0], "dy": PATCH[1], "dx": PATCH[2],
-             "n_pancreas": int((label == 1).sum()), "n_tumour": int((label == 2).sum()),
-             "foreground": 1, "padded": 0, "seed": s} for s in range(6)]
+    rows = [
+        {
+            "case_id": "c",
+            "z0": 0,
+            "y0": 0,
+            "x0": 0,
+            "dz": PATCH[0],
+            "dy": PATCH[1],
+            "dx": PATCH[2],
+            "n_pancreas": int((label == 1).sum()),
+            "n_tumour": int((label == 2).sum()),
+            "foreground": 1,
+            "padded": 0,
+            "seed": s,
+        }
+        for s in range(6)
+    ]
     write_manifest(manifest_path(root, "train", 0), rows)
     return root, image, label
 
@@ -55,7 +70,7 @@ def test_training_batches_shapes_dtypes_ranges(store):
         assert image.shape == (2, *PATCH, 1) and image.dtype == tf.float32
         assert label.shape == (2, *PATCH) and label.dtype == tf.uint8
         x = image.numpy()
-        assert 0.0 <= x.min() and x.max() <= 1.0
+        assert x.min() >= 0.0 and x.max() <= 1.0
         assert set(np.unique(label.numpy())) <= {0, 1, 2}
 
 
@@ -73,7 +88,7 @@ def test_validation_finite_in_order_and_unaugmented(store):
 def test_index_stream_is_a_permutation_per_epoch():
     draws = [(int(d), int(i)) for d, i in index_stream(7, seed=3).take(21)]
     assert [d for d, _ in draws] == list(range(21))
-    epochs = [[i for _, i in draws[k:k + 7]] for k in (0, 7, 14)]
+    epochs = [[i for _, i in draws[k : k + 7]] for k in (0, 7, 14)]
     assert all(sorted(e) == list(range(7)) for e in epochs)
     assert epochs[0] != epochs[1] or epochs[1] != epochs[2]  # reshuffled
     again = [int(i) for _, i in index_stream(7, seed=3).take(21)]
@@ -82,7 +97,7 @@ def test_index_stream_is_a_permutation_per_epoch():
 
 @pytest.mark.parametrize("axes", [(1, 2), (0, 1, 2)])
 def test_flips_keep_image_and_label_aligned(threshold_store, axes):
-    root, image, label = threshold_store
+    root, image, _label = threshold_store
     aug = AugmentConfig(flip_axes=axes, flip_probability=0.5, noise_probability=0.0, offset_probability=0.0)
     config = TrainConfig(batch_size=1, augment=aug)
     rows = load_rows(root, "train")
@@ -103,14 +118,16 @@ def test_flips_keep_image_and_label_aligned(threshold_store, axes):
 
 def _flip_combos(axes):
     import itertools
+
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
 def test_noise_and_offset_change_image_not_label():
     levels = tf.fill(PATCH, tf.constant(128, tf.uint8))
     label = tf.ones(PATCH, tf.uint8)
-    aug = AugmentConfig(flip_probability=0.0, noise_probability=1.0, noise_std=0.05,
-                        offset_probability=1.0, offset_max=0.1)
+    aug = AugmentConfig(
+        flip_probability=0.0, noise_probability=1.0, noise_std=0.05, offset_probability=1.0, offset_max=0.1
+    )
     params = draw_augment_params(tf.constant([4, 2], tf.int64), aug)
     x, y = apply_augment(levels, label, params, aug)
     x = x.numpy()

@@ -1,4 +1,5 @@
 """Training runs: learning on a synthetic store, resume after SIGKILL, bad input, two replicas."""
+
 from __future__ import annotations
 
 import csv
@@ -17,27 +18,37 @@ import numpy as np
 import pytest
 import yaml
 
-pytest.importorskip("tensorflow")
-
-from dataset.common.configio import ConfigError, to_dict  # noqa: E402
-from dataset.contract.manifest import manifest_path, write_manifest  # noqa: E402
-from dataset.contract.store import StoreError  # noqa: E402
-from training.config import LossConfig, ModelConfig, TrainConfig  # noqa: E402
-from pancreas.synthetic.training import make_synthetic_store  # noqa: E402
+from dataset.common.configio import ConfigError, to_dict
+from dataset.contract.manifest import manifest_path, write_manifest
+from dataset.contract.store import StoreError
+from pancreas.synthetic.training import make_synthetic_store
+from training.config import LossConfig, ModelConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = TrainConfig(epochs=6, steps_per_epoch=10, batch_size=2, learning_rate=0.01, image_patches=1,
-                   model=ModelConfig(depth=2, base_filters=4),
-                   # the default Generalized Dice needs ~100 steps to leave its all-foreground
-                   # start on this toy; Dice + CE shows learning within 60 (GDL is unit-tested)
-                   loss=LossConfig(name="dice_cross_entropy"))
+TINY = TrainConfig(
+    epochs=6,
+    steps_per_epoch=10,
+    batch_size=2,
+    learning_rate=0.01,
+    image_patches=1,
+    model=ModelConfig(depth=2, base_filters=4),
+    # the default Generalized Dice needs ~100 steps to leave its all-foreground
+    # start on this toy; Dice + CE shows learning within 60 (GDL is unit-tested)
+    loss=LossConfig(name="dice_cross_entropy"),
+)
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
-    make_synthetic_store(root, n_cases=4, shape_zyx=(16, 48, 48), train_patch_zyx=(16, 32, 32),
-                         val_patch_zyx=(16, 48, 48), patches_per_case=8)
+    make_synthetic_store(
+        root,
+        n_cases=4,
+        shape_zyx=(16, 48, 48),
+        train_patch_zyx=(16, 32, 32),
+        val_patch_zyx=(16, 48, 48),
+        patches_per_case=8,
+    )
     return root
 
 
@@ -55,8 +66,14 @@ def test_tiny_unet_learns_and_writes_the_run_folder(store, tmp_path):
     assert len(dice) == 6 and summary.epochs_completed == 6 and summary.stopped == "completed"
     assert max(dice[2:]) > dice[0] + 0.2 and dice[-1] > 0.6, dice
     assert summary.best_val_dice["pancreas"] == pytest.approx(max(dice), rel=1e-6)
-    for name in ("config.json", "fingerprints.json", "input_contract.json", "state.json",
-                 "checkpoints/best.keras", "checkpoints/last.keras"):
+    for name in (
+        "config.json",
+        "fingerprints.json",
+        "input_contract.json",
+        "state.json",
+        "checkpoints/best.keras",
+        "checkpoints/last.keras",
+    ):
         assert (run_dir / name).is_file(), name
     contract = json.loads((run_dir / "input_contract.json").read_text())
     assert contract["patch_size_zyx"] == [16, 32, 32] and contract["val_patch_size_zyx"] == [16, 48, 48]
@@ -86,9 +103,13 @@ def _check_tensorboard_events(log_dir: Path) -> None:
                     side = 32 if value.tag.startswith("train/") else 48
                     assert image.shape == (side, 3 * side, 1)  # CT | truth | prediction
                     assert image[:, :side].max() > 200  # CT at full brightness, not halved
-                    assert set(np.unique(image[:, side:2 * side])) <= {0, 128, 255}  # labels 0, 1, 2
-    assert {"train/epoch_loss", "train/epoch_dice_pancreas", "train/epoch_learning_rate",
-            "validation/epoch_dice_tumour"} <= tags
+                    assert set(np.unique(image[:, side : 2 * side])) <= {0, 128, 255}  # labels 0, 1, 2
+    assert {
+        "train/epoch_loss",
+        "train/epoch_dice_pancreas",
+        "train/epoch_learning_rate",
+        "validation/epoch_dice_tumour",
+    } <= tags
     assert steps == set(range(6))
 
 
@@ -128,11 +149,11 @@ def test_bad_inputs_leave_the_run_untouched(store, tmp_path):
 def test_with_the_real_indexer_and_stale_index(tmp_path):
     """Manifests from dataset.index.build (augmented variants included) train; a store changed
     after indexing is refused."""
-    from dataset.index.config import IndexConfig
     from dataset.index.build import build_index
+    from dataset.index.config import IndexConfig
     from pancreas.synthetic.store import write_case, write_catalog_for
-    from training.run import train
     from pancreas.synthetic.training import synthetic_case
+    from training.run import train
 
     store = tmp_path / "store"
     records = {}
@@ -140,8 +161,12 @@ def test_with_the_real_indexer_and_stale_index(tmp_path):
         image, label = synthetic_case((24, 48, 48), i)
         records[f"c{i}"] = write_case(store, f"c{i}", label, seed=i, image=image)
     write_catalog_for(store, records)
-    index = build_index(store, IndexConfig(train_patch_xyz=(32, 32, 16), val_patch_xyz=(48, 48, 16),
-                                           val_fraction=0.3, folds=2), workers=0, progress=False)
+    index = build_index(
+        store,
+        IndexConfig(train_patch_xyz=(32, 32, 16), val_patch_xyz=(48, 48, 16), val_fraction=0.3, folds=2),
+        workers=0,
+        progress=False,
+    )
     assert index.per_fold[0].train_augmented_entries > 0  # trains on fold 0
     config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "steps_per_epoch": 2})
     summary = train(store, tmp_path / "run", config)
@@ -222,8 +247,18 @@ def test_resume_after_sigkill(store, tmp_path):
     cfg_path = tmp_path / "train.yaml"
     cfg_path.write_text(yaml.safe_dump(to_dict(config)))
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pancreas.cli", "train", "--store", str(store), "--config", str(cfg_path),
-           "--out", str(run_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pancreas.cli",
+        "train",
+        "--store",
+        str(store),
+        "--config",
+        str(cfg_path),
+        "--out",
+        str(run_dir),
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     state_path = run_dir / "state.json"
     deadline = time.monotonic() + 240
@@ -244,8 +279,9 @@ def test_resume_after_sigkill(store, tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr
     assert json.loads(state_path.read_text()) == state
 
-    from training.run import train
     import keras
+
+    from training.run import train
 
     summary = train(store, run_dir, config, resume=True)
     assert summary.initial_epoch == killed_after and summary.epochs_completed == 3
@@ -267,11 +303,12 @@ def test_mirrored_strategy_on_two_logical_cpus(store, tmp_path):
         from training.config import TrainConfig
         from training.run import train
         config = from_dict(TrainConfig, json.loads({json.dumps(json.dumps(to_dict(config)))}))
-        summary = train({str(store)!r}, {str(tmp_path / 'run')!r}, config)
+        summary = train({str(store)!r}, {str(tmp_path / "run")!r}, config)
         print("RESULT", json.dumps({{"replicas": summary.replicas, "epochs": summary.epochs_completed}}))
     """)
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.split("RESULT", 1)[1])
     assert result == {"replicas": 2, "epochs": 1}
@@ -287,13 +324,13 @@ def test_cli_profile_modes_and_training_summary(store, tmp_path, capsys):
     data = {**to_dict(TINY), "epochs": 1, "steps_per_epoch": 2, "image_patches": 0, "precision": "mixed_bfloat16"}
     cfg.write_text(yaml.safe_dump(data))
     base = ["train", "--store", str(store), "--config", str(cfg)]
-    assert main(base + ["--profile-input", "--steps", "3"]) == 0
+    assert main([*base, "--profile-input", "--steps", "3"]) == 0
     out = capsys.readouterr().out
     assert "augmented patches/s" in out and "(16, 32, 32)" in out
-    assert main(base + ["--synthetic-input", "--steps", "2"]) == 0
+    assert main([*base, "--synthetic-input", "--steps", "2"]) == 0
     assert "s/step" in capsys.readouterr().out
     assert not (tmp_path / "run").exists()
-    assert main(base + ["--out", str(tmp_path / "run")]) == 0
+    assert main([*base, "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "best val Dice (epoch 1)" in out and "tensorboard --logdir" in out
     import keras

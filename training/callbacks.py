@@ -4,10 +4,12 @@
 commit protocol in ``training.checkpoints`` (re-exported here). It runs last, after the
 other callbacks have updated their counters.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.checkpoints import BEST_MONITOR, RunCheckpoint, save_model_atomic  # noqa: F401 (re-exported)
+from training.checkpoints import BEST_MONITOR, RunCheckpoint, save_model_atomic
 from training.summaries import write_image, write_scalar
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ class _Resumable:
 
     STATE_KEYS: tuple[str, ...] = ()
 
-    def _init_state(self, initial_state: dict[str, Any] | None) -> None:
+    def _init_state(self, initial_state: Mapping[str, Any] | None) -> None:
         self.initial_state = dict(initial_state or {})
 
     def on_train_begin(self, logs=None):
@@ -46,7 +48,7 @@ class _Resumable:
 class ResumableReduceLROnPlateau(_Resumable, keras.callbacks.ReduceLROnPlateau):
     STATE_KEYS = ("wait", "best", "cooldown_counter")
 
-    def __init__(self, initial_state: dict[str, Any] | None = None, **kwargs) -> None:
+    def __init__(self, initial_state: Mapping[str, Any] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self._init_state(initial_state)
 
@@ -54,7 +56,7 @@ class ResumableReduceLROnPlateau(_Resumable, keras.callbacks.ReduceLROnPlateau):
 class ResumableEarlyStopping(_Resumable, keras.callbacks.EarlyStopping):
     STATE_KEYS = ("wait", "best", "best_epoch")
 
-    def __init__(self, initial_state: dict[str, Any] | None = None, **kwargs) -> None:
+    def __init__(self, initial_state: Mapping[str, Any] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self._init_state(initial_state)
 
@@ -81,7 +83,7 @@ class ImageSummaries(keras.callbacks.Callback):
         super().__init__()
         self.log_dir = Path(log_dir)
         self.samples = samples  # split -> [(name, image (z, y, x) float, label (z, y, x))]
-        self._writer = None
+        self._writer: Any = None  # a tf.summary file writer, made on the first epoch
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if not any(self.samples.values()):
@@ -161,6 +163,14 @@ class StepTimer(keras.callbacks.Callback):
 
 
 __all__ = [
-    "BEST_MONITOR", "EpochScalars", "ImageSummaries", "ResumableEarlyStopping", "ResumableReduceLROnPlateau",
-    "RunCheckpoint", "StepTimer", "foreground_slice", "save_model_atomic", "summary_panel",
+    "BEST_MONITOR",
+    "EpochScalars",
+    "ImageSummaries",
+    "ResumableEarlyStopping",
+    "ResumableReduceLROnPlateau",
+    "RunCheckpoint",
+    "StepTimer",
+    "foreground_slice",
+    "save_model_atomic",
+    "summary_panel",
 ]

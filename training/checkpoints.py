@@ -21,14 +21,16 @@ Why renames and not copies or links: at rest the folder holds only ``best.keras`
 ``last.keras`` (the paths ``predict`` loads), an epoch costs no more disk than one extra
 checkpoint while it commits, and nothing depends on the filesystem supporting links.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 
@@ -81,8 +83,10 @@ def check_resumable(run_dir: Path, state: RunState | None) -> None:
         return
     for kind, epoch in (("last", state.epoch), ("best", state.best_epoch)):
         if epoch is not None and not checkpoint_path(run_dir, kind).is_file():
-            raise RunError(f"{run_dir}: {STATE_NAME} records the {kind} checkpoint of epoch {epoch} but there is "
-                           f"no {CHECKPOINTS_DIR}/{kind}.keras; cannot resume")
+            raise RunError(
+                f"{run_dir}: {STATE_NAME} records the {kind} checkpoint of epoch {epoch} but there is "
+                f"no {CHECKPOINTS_DIR}/{kind}.keras; cannot resume"
+            )
 
 
 def load_for_resume(run_dir: Path, state: RunState) -> keras.Model:
@@ -96,6 +100,8 @@ def load_for_resume(run_dir: Path, state: RunState) -> keras.Model:
             f"{state.epoch} at step {state.iterations}; the checkpoint and state disagree, so the run cannot "
             "be resumed exactly: start a new run"
         )
+    if state.learning_rate is None:
+        raise RunError(f"{run_dir}: {STATE_NAME} records no learning rate for epoch {state.epoch}; cannot resume")
     model.optimizer.learning_rate = float(state.learning_rate)
     log.info("resuming %s at epoch %d (lr %g, optimizer step %d)", run_dir, state.epoch, state.learning_rate, steps)
     return model
@@ -132,15 +138,19 @@ class RunCheckpoint(keras.callbacks.Callback):
         if not _finite(logs, ("loss", "val_loss")):
             self.stopped_on_nan = True
             self.model.stop_training = True
-            log.error("epoch %d: loss is not finite; stopping, keeping the checkpoint of epoch %s",
-                      epoch + 1, self.state.epoch)
+            log.error(
+                "epoch %d: loss is not finite; stopping, keeping the checkpoint of epoch %s",
+                epoch + 1,
+                self.state.epoch,
+            )
             return
         generation, state = epoch + 1, self.state
         current = logs.get(BEST_MONITOR)
         if current is not None and (state.best_value is None or float(current) > state.best_value):
             save_model_atomic(self.model, generation_path(self.run_dir, "best", generation), "checkpoint-best")
-            state = dataclasses.replace(state, best_value=float(current), best_epoch=generation,
-                                        best_logs=_floats(logs))
+            state = dataclasses.replace(
+                state, best_value=float(current), best_epoch=generation, best_logs=_floats(logs)
+            )
         save_model_atomic(self.model, generation_path(self.run_dir, "last", generation), "checkpoint-last")
         optimizer = self.model.optimizer
         state = dataclasses.replace(

@@ -4,6 +4,7 @@
 Patch sizes are *not* here: they come from the index manifests (``STORE/index``), so the
 trainer can never disagree with what the indexer cut. This module imports no TensorFlow.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,9 +71,7 @@ class AugmentConfig:
     offset_max: float = 0.05  # global offset drawn uniformly in [-offset_max, offset_max]
 
     def __post_init__(self) -> None:
-        if any(a not in (0, 1, 2) for a in self.flip_axes) or len(set(self.flip_axes)) != len(
-            self.flip_axes
-        ):
+        if any(a not in (0, 1, 2) for a in self.flip_axes) or len(set(self.flip_axes)) != len(self.flip_axes):
             raise ValueError(f"augment.flip_axes must be distinct axes among 0, 1, 2, got {self.flip_axes}")
         for key in ("flip_probability", "noise_probability", "offset_probability"):
             value = getattr(self, key)
@@ -132,8 +131,10 @@ class TrainConfig:
         if self.jit_compile is True and self.deterministic:
             # Keras turns XLA off under op determinism, and the U-Net's GPU max-pool gradient
             # has no deterministic XLA kernel (keras-team/keras#20315)
-            raise ValueError("jit_compile: true cannot be combined with deterministic: true (XLA has no "
-                             "deterministic GPU max-pool gradient); use jit_compile: auto or false")
+            raise ValueError(
+                "jit_compile: true cannot be combined with deterministic: true (XLA has no "
+                "deterministic GPU max-pool gradient); use jit_compile: auto or false"
+            )
 
 
 def load_train_config(path: str | Path | None) -> TrainConfig:

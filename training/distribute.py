@@ -11,17 +11,19 @@ keras-team/keras#19005, which is why Keras' own ``auto`` turns it off there too)
 ``deterministic`` is false (the U-Net's max-pool gradient has no deterministic XLA kernel on
 GPUs, keras-team/keras#20315). An explicit ``true`` under a strategy is refused up front.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import keras
 import tensorflow as tf
 
 from dataset.common.configio import ConfigError
+from dataset.common.errors import PancreasError
 from training import environment
 from training.config import TrainConfig
 from training.environment import Gpu, describe_devices
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 STRATEGY_CLASS = {"mirrored": "MirroredStrategy", "multiworker": "MultiWorkerMirroredStrategy"}
 
 
-class NoGpuError(ValueError):
+class NoGpuError(PancreasError, ValueError):
     """``--require-gpu`` on a machine where TensorFlow sees no GPU."""
 
 
@@ -49,8 +51,10 @@ def resolve_jit_compile(setting: bool | str, n_gpus: int, strategy: str | None, 
     if setting == "auto":
         return n_gpus > 0 and strategy is None and not deterministic
     if setting and strategy is not None:
-        raise ConfigError(f"jit_compile: true cannot run under {strategy} (XLA fails with tf.distribute, "
-                          "keras-team/keras#19005); use jit_compile: auto or false, or strategy: none")
+        raise ConfigError(
+            f"jit_compile: true cannot run under {strategy} (XLA fails with tf.distribute, "
+            "keras-team/keras#19005); use jit_compile: auto or false, or strategy: none"
+        )
     return bool(setting)
 
 
@@ -79,10 +83,14 @@ def plan_execution(config: TrainConfig, gpus: list[Gpu] | None = None) -> Execut
     gpus = environment.visible_gpus() if gpus is None else gpus
     strategy = distributed(config.strategy, len(gpus))
     return ExecutionPlan(
-        gpus=tuple(gpus), precision=config.precision, strategy=config.strategy, distribution=strategy,
+        gpus=tuple(gpus),
+        precision=config.precision,
+        strategy=config.strategy,
+        distribution=strategy,
         replicas=_replicas(config.strategy, strategy, len(gpus)),
         jit_compile=resolve_jit_compile(config.jit_compile, len(gpus), strategy, config.deterministic),
-        jit_setting=config.jit_compile, deterministic=config.deterministic,
+        jit_setting=config.jit_compile,
+        deterministic=config.deterministic,
     )
 
 
@@ -99,9 +107,11 @@ def execution_line(plan: ExecutionPlan) -> str:
     strategy = "default strategy" if plan.distribution is None else plan.distribution
     replicas = "replicas set by TF_CONFIG's cluster" if plan.replicas is None else f"{plan.replicas} replica(s)"
     jit = "on" if plan.jit_compile else "off"
-    return (f"devices {describe_devices(list(plan.gpus))}; precision {plan.precision}; strategy {plan.strategy}: "
-            f"{strategy}, {replicas}; XLA {jit} (jit_compile {str(plan.jit_setting).lower()}); "
-            f"deterministic {'on' if plan.deterministic else 'off'}")
+    return (
+        f"devices {describe_devices(list(plan.gpus))}; precision {plan.precision}; strategy {plan.strategy}: "
+        f"{strategy}, {replicas}; XLA {jit} (jit_compile {str(plan.jit_setting).lower()}); "
+        f"deterministic {'on' if plan.deterministic else 'off'}"
+    )
 
 
 def plan_warnings(plan: ExecutionPlan) -> list[str]:
@@ -110,11 +120,16 @@ def plan_warnings(plan: ExecutionPlan) -> list[str]:
         return []
     found = []
     if plan.precision == "mixed_bfloat16":
-        found.append("precision mixed_bfloat16 but no GPU is visible: it runs on the CPU, faster than float32 only "
-                     "on CPUs with AVX-512 BF16 or AMX")
+        found.append(
+            "precision mixed_bfloat16 but no GPU is visible: it runs on the CPU, faster than float32 only "
+            "on CPUs with AVX-512 BF16 or AMX"
+        )
     if plan.strategy in STRATEGY_CLASS:
-        replicas = "each worker trains on its CPU" if plan.replicas is None else (
-            f"its {plan.replicas} replica(s) are CPU devices")
+        replicas = (
+            "each worker trains on its CPU"
+            if plan.replicas is None
+            else (f"its {plan.replicas} replica(s) are CPU devices")
+        )
         found.append(f"strategy {plan.strategy} asks for several GPUs but none is visible: {replicas}")
     return found
 
@@ -128,12 +143,16 @@ def check_execution(config: TrainConfig, require_gpu: bool = False) -> Execution
     """
     plan = plan_execution(config)
     if require_gpu and not plan.gpus:
-        raise NoGpuError("--require-gpu: TensorFlow sees no GPU (check nvidia-smi and CUDA_VISIBLE_DEVICES; the GPU "
-                         "build needs `make install-gpu`; `pancreas env` lists what TensorFlow sees)")
+        raise NoGpuError(
+            "--require-gpu: TensorFlow sees no GPU (check nvidia-smi and CUDA_VISIBLE_DEVICES; the GPU "
+            "build needs `make install-gpu`; `pancreas env` lists what TensorFlow sees)"
+        )
     if plan.precision == "mixed_float16" and not plan.gpus:
-        raise ConfigError("precision mixed_float16 needs a GPU and none is visible: TensorFlow has no float16 CPU "
-                          "kernel for the U-Net's MaxPool3D, so the first step would fail; use precision: float32 "
-                          "(or mixed_bfloat16) here")
+        raise ConfigError(
+            "precision mixed_float16 needs a GPU and none is visible: TensorFlow has no float16 CPU "
+            "kernel for the U-Net's MaxPool3D, so the first step would fail; use precision: float32 "
+            "(or mixed_bfloat16) here"
+        )
     return plan
 
 

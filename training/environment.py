@@ -8,6 +8,7 @@ machine without a GPU. Listing physical devices does not start TensorFlow's runt
 TensorFlow itself is imported only inside the functions that need it, so ``pancreas env``
 still reports everything else when TensorFlow is missing.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -23,9 +24,16 @@ from typing import Any
 from dataset.contract.run import EnvironmentRecord
 
 # (shown name, distribution names to look up); hdf5 is the library h5py was built with
-PACKAGES = (("tensorflow", ("tensorflow", "tensorflow-cpu")), ("keras", ("keras",)), ("numpy", ("numpy",)),
-            ("SimpleITK", ("SimpleITK",)), ("h5py", ("h5py",)), ("hdf5plugin", ("hdf5plugin",)),
-            ("dask", ("dask",)), ("elasticdeform", ("elasticdeform",)))
+PACKAGES = (
+    ("tensorflow", ("tensorflow", "tensorflow-cpu")),
+    ("keras", ("keras",)),
+    ("numpy", ("numpy",)),
+    ("SimpleITK", ("SimpleITK",)),
+    ("h5py", ("h5py",)),
+    ("hdf5plugin", ("hdf5plugin",)),
+    ("dask", ("dask",)),
+    ("elasticdeform", ("elasticdeform",)),
+)
 CUDA_WHEEL = "nvidia-cudnn-cu12"  # one of the CUDA libraries `pip install .[gpu]` (tensorflow[and-cuda]) brings
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,8 +58,13 @@ def visible_gpus() -> list[Gpu]:
     for device in tf.config.list_physical_devices("GPU"):
         details = tf.config.experimental.get_device_details(device)
         capability = details.get("compute_capability")
-        gpus.append(Gpu(device.name.replace("/physical_device:", ""), str(details.get("device_name", "")),
-                        tuple(capability) if capability else None))
+        gpus.append(
+            Gpu(
+                device.name.replace("/physical_device:", ""),
+                str(details.get("device_name", "")),
+                tuple(capability) if capability else None,
+            )
+        )
     return gpus
 
 
@@ -117,7 +130,7 @@ def check_blosc() -> str:
             with h5py.File(path, "r") as f:
                 back = f["x"][...]
         return "ok" if np.array_equal(back, data) else "failed: the data read back differs from what was written"
-    except Exception as err:  # noqa: BLE001 - any failure is the finding
+    except Exception as err:
         return f"failed: {type(err).__name__}: {err} (reinstall hdf5plugin: pip install --force-reinstall hdf5plugin)"
 
 
@@ -135,8 +148,9 @@ def check_elasticdeform() -> str:
 def git_commit(root: Path = PACKAGE_ROOT) -> str | None:
     """``git rev-parse HEAD`` of the checkout this code runs from; ``None`` for an installed copy."""
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     lines = out.stdout.split()
@@ -155,12 +169,18 @@ def collect_environment(epoch: int = 0, execution: dict[str, Any] | None = None)
         gpus = []
     return EnvironmentRecord(
         epoch=epoch,
-        started_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        started_utc=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         git_commit=git_commit(),
         platform=platform.platform(),
         packages=versions,
-        gpus=[{"name": g.name, "description": g.description,
-               "compute_capability": list(g.compute_capability) if g.compute_capability else None} for g in gpus],
+        gpus=[
+            {
+                "name": g.name,
+                "description": g.description,
+                "compute_capability": list(g.compute_capability) if g.compute_capability else None,
+            }
+            for g in gpus
+        ],
         cuda_build=cuda_build(),
         cpu_threads=cpu_threads(),
         checks={"packages": _missing(versions), "blosc": check_blosc(), "elasticdeform": check_elasticdeform()},
@@ -187,8 +207,12 @@ def environment_lines(record: EnvironmentRecord) -> list[str]:
         ("devices", devices),
         ("cuda (TF build)", build.get("cuda") or "none (not a CUDA build of TensorFlow)"),
         ("cudnn (TF build)", build.get("cudnn") or "none"),
-        ("cuda libraries", f"{CUDA_WHEEL} {cuda_wheel}" if cuda_wheel else "not installed from pip (make install-gpu "
-                                                                           "adds them: tensorflow[and-cuda])"),
+        (
+            "cuda libraries",
+            f"{CUDA_WHEEL} {cuda_wheel}"
+            if cuda_wheel
+            else "not installed from pip (make install-gpu adds them: tensorflow[and-cuda])",
+        ),
         ("cpu threads", str(record.cpu_threads)),
         ("platform", record.platform),
         ("git commit", record.git_commit or "unknown (not a git checkout)"),
@@ -203,6 +227,16 @@ def checks_passed(record: EnvironmentRecord) -> bool:
 
 
 __all__ = [
-    "Gpu", "check_blosc", "check_elasticdeform", "checks_passed", "collect_environment", "cpu_threads",
-    "cuda_build", "describe_devices", "environment_lines", "git_commit", "package_versions", "visible_gpus",
+    "Gpu",
+    "check_blosc",
+    "check_elasticdeform",
+    "checks_passed",
+    "collect_environment",
+    "cpu_threads",
+    "cuda_build",
+    "describe_devices",
+    "environment_lines",
+    "git_commit",
+    "package_versions",
+    "visible_gpus",
 ]

@@ -26,6 +26,7 @@ temporaries. DIR's lock is held throughout and carried into the new folder (a ha
 to the same lock file), so a second export into DIR stops at once. A DIR that exists, is
 not empty and holds no ``export.json`` is refused before anything is written.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dataset.common.errors import PancreasError
 from dataset.common.files import (
     LOCK_NAME,
     TMP_SUFFIX,
@@ -62,14 +64,24 @@ EXPORT_RECORD = "export.json"
 README_NAME = "README.txt"
 CHECKPOINTS = ("best", "last")
 # what an export folder holds (the SavedModel, our three files, the lock): anything else is not ours
-EXPORT_FILES = frozenset({"saved_model.pb", "fingerprint.pb", "variables", "assets", INPUT_CONTRACT_NAME,
-                          README_NAME, EXPORT_RECORD, LOCK_NAME})
+EXPORT_FILES = frozenset(
+    {
+        "saved_model.pb",
+        "fingerprint.pb",
+        "variables",
+        "assets",
+        INPUT_CONTRACT_NAME,
+        README_NAME,
+        EXPORT_RECORD,
+        LOCK_NAME,
+    }
+)
 SIGNATURE = "serving_default"
 INPUT_KEY = "image"  # the U-Net's input layer name (training.model.build_unet)
 OUTPUT_KEY = "output_0"  # Keras' name for a single-output model's result
 
 
-class ExportError(ValueError):
+class ExportError(PancreasError, ValueError):
     """An export that cannot be written where asked; the message names the folder."""
 
 
@@ -104,14 +116,21 @@ def holds_export(out: Path) -> bool:
         except ValueError:
             record = None
         foreign = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES and TMP_SUFFIX not in p.name)
-        if not isinstance(record, dict) or not {"signature", "checkpoint", "model_fingerprint"} <= set(record) or foreign:
+        if (
+            not isinstance(record, dict)
+            or not {"signature", "checkpoint", "model_fingerprint"} <= set(record)
+            or foreign
+        ):
             what = f"also holds {', '.join(foreign)}" if foreign else f"its {EXPORT_RECORD} is not ours"
-            raise ExportError(f"{out}: {what}; an export replaces only an earlier `pancreas export` folder, "
-                              "choose another --out")
+            raise ExportError(
+                f"{out}: {what}; an export replaces only an earlier `pancreas export` folder, choose another --out"
+            )
         return True
     if any(p.name != LOCK_NAME for p in out.iterdir()):
-        raise ExportError(f"{out}: exists, is not empty and is not an earlier `pancreas export` "
-                          f"(no {EXPORT_RECORD}); choose another --out")
+        raise ExportError(
+            f"{out}: exists, is not empty and is not an earlier `pancreas export` "
+            f"(no {EXPORT_RECORD}); choose another --out"
+        )
     return False
 
 
@@ -192,8 +211,13 @@ def _export_record(summary: ExportSummary) -> dict[str, Any]:
         "run_dir": str(summary.run_dir.resolve()),
         "checkpoint": summary.checkpoint,
         "model_fingerprint": fingerprint_file(summary.model_path),
-        "signature": {"name": SIGNATURE, "input": INPUT_KEY, "output": OUTPUT_KEY,
-                      "input_shape": list(summary.input_shape), "spatial_multiple": summary.spatial_multiple},
+        "signature": {
+            "name": SIGNATURE,
+            "input": INPUT_KEY,
+            "output": OUTPUT_KEY,
+            "input_shape": list(summary.input_shape),
+            "spatial_multiple": summary.spatial_multiple,
+        },
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }
@@ -206,8 +230,12 @@ def _write_export(folder: Path, contract: InputContract, summary: ExportSummary)
 
     model = keras.saving.load_model(summary.model_path, compile=False)
     shape = (None, *model.inputs[0].shape[1:])  # batch always dynamic; spatial as the model allows
-    model.export(str(folder), format="tf_saved_model", verbose=False,
-                 input_signature=[tf.TensorSpec(shape, tf.float32, name=INPUT_KEY)])
+    model.export(
+        str(folder),
+        format="tf_saved_model",
+        verbose=False,
+        input_signature=[tf.TensorSpec(shape, tf.float32, name=INPUT_KEY)],
+    )
     summary = dataclasses.replace(summary, input_shape=tuple(shape))
     write_input_contract(folder, contract)
     (folder / README_NAME).write_text(readme_text(contract, summary))
@@ -243,5 +271,13 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "best") -
     return summary
 
 
-__all__ = ["CHECKPOINTS", "EXPORT_RECORD", "ExportError", "ExportSummary", "README_NAME", "export_run",
-           "holds_export", "readme_text"]
+__all__ = [
+    "CHECKPOINTS",
+    "EXPORT_RECORD",
+    "README_NAME",
+    "ExportError",
+    "ExportSummary",
+    "export_run",
+    "holds_export",
+    "readme_text",
+]

@@ -32,13 +32,15 @@ weights again (and refuses if that file has changed since). One gap: a kill betw
 run that cannot know it was a fine-tuning run, so its ``--resume`` starts from random
 weights; it has trained nothing, so delete that folder and start again.
 """
+
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import keras
 import numpy as np
@@ -64,8 +66,10 @@ from training.model import N_CLASSES
 
 log = logging.getLogger(__name__)
 
-INIT_WITH_RESUME = ("--init-from starts a new run from other weights and --resume continues RUN_DIR's own "
-                    "checkpoint: pass only one of them")
+INIT_WITH_RESUME = (
+    "--init-from starts a new run from other weights and --resume continues RUN_DIR's own "
+    "checkpoint: pass only one of them"
+)
 UNCHECKED_PREPROCESS = "limits"  # decides which cases are accepted, never what an accepted case stores
 _POOL = re.compile(r"^enc(\d+)_pool$")
 
@@ -97,8 +101,10 @@ def resolve_init_source(path: str | Path) -> InitSource:
             raise RunError(f"--init-from {path}: not a training run folder (no run config) and not a .keras model")
         model = checkpoint_path(path, "last")
         if not model.is_file():
-            raise RunError(f"--init-from {path}: the run has no {CHECKPOINTS_DIR}/{model.name} yet (no epoch "
-                           "completed); wait for one, or name a .keras file")
+            raise RunError(
+                f"--init-from {path}: the run has no {CHECKPOINTS_DIR}/{model.name} yet (no epoch "
+                "completed); wait for one, or name a .keras file"
+            )
         return InitSource(model.resolve(), path.resolve(), "last")
     if path.suffix != ".keras" or not path.is_file():
         raise RunError(f"--init-from {path}: no such run folder or .keras model")
@@ -114,30 +120,40 @@ def preprocess_differences(source: Mapping[str, Any], store: Mapping[str, Any]) 
     theirs = {k: v for k, v in store.items() if k != UNCHECKED_PREPROCESS}
     a, b = flatten_mapping(mine, "preprocess"), flatten_mapping(theirs, "preprocess")
     missing = "(not recorded)"
-    return [(k, a.get(k, missing), b.get(k, missing)) for k in [*a, *(k for k in b if k not in a)]
-            if a.get(k, missing) != b.get(k, missing)]
+    return [
+        (k, a.get(k, missing), b.get(k, missing))
+        for k in [*a, *(k for k in b if k not in a)]
+        if a.get(k, missing) != b.get(k, missing)
+    ]
 
 
 def check_preprocess(source: InitSource, contract: InputContract, inputs: RunInputs) -> None:
     """The source run's preprocessing and input must be the new store's (module docstring)."""
+    assert source.run_dir is not None, "checked only for a model in its run folder"
     where = source.run_dir / INPUT_CONTRACT_NAME
     if contract.input and contract.input != MODEL_INPUT:
-        raise RunError(f"--init-from {source.run_dir}: its model takes input {contract.input!r} ({where}) but "
-                       f"this code feeds {MODEL_INPUT!r}; cannot fine-tune it")
+        raise RunError(
+            f"--init-from {source.run_dir}: its model takes input {contract.input!r} ({where}) but "
+            f"this code feeds {MODEL_INPUT!r}; cannot fine-tune it"
+        )
     differences = preprocess_differences(contract.preprocess, inputs.catalog.config)
     if differences:
         key, theirs, ours = differences[0]
-        raise RunError(f"--init-from {source.run_dir}: the input contracts differ in {key} ({theirs!r} in {where} "
-                       f"vs {ours!r} in {catalog_path(inputs.store)}); fine-tuning needs a store preprocessed "
-                       "with the source run's preprocessing config")
+        raise RunError(
+            f"--init-from {source.run_dir}: the input contracts differ in {key} ({theirs!r} in {where} "
+            f"vs {ours!r} in {catalog_path(inputs.store)}); fine-tuning needs a store preprocessed "
+            "with the source run's preprocessing config"
+        )
 
 
 def architecture_of(model: keras.Model, where: str | Path) -> dict[str, int]:
     """``model.depth``, ``model.base_filters``, ``n_classes``, input channels of a ``build_unet`` model."""
     names = {layer.name for layer in model.layers}
     if "enc0_conv1" not in names or "head_conv" not in names:
-        raise RunError(f"--init-from {where}: not a U-Net built by this project (no layer enc0_conv1/head_conv); "
-                       "cannot copy its weights")
+        raise RunError(
+            f"--init-from {where}: not a U-Net built by this project (no layer enc0_conv1/head_conv); "
+            "cannot copy its weights"
+        )
     return {
         "model.depth": sum(1 for n in names if _POOL.match(n)),
         "model.base_filters": int(model.get_layer("enc0_conv1").filters),
@@ -148,18 +164,27 @@ def architecture_of(model: keras.Model, where: str | Path) -> dict[str, int]:
 
 def expected_architecture(config: TrainConfig) -> dict[str, int]:
     """What the configured run builds (``training.model.build_unet``)."""
-    return {"model.depth": config.model.depth, "model.base_filters": config.model.base_filters,
-            "n_classes": N_CLASSES, "input channels": 1}
+    return {
+        "model.depth": config.model.depth,
+        "model.base_filters": config.model.base_filters,
+        "n_classes": N_CLASSES,
+        "input channels": 1,
+    }
 
 
 def check_architecture(found: Mapping[str, int], config: TrainConfig, where: str | Path) -> None:
     """One line naming the first key on which the source model and the config differ."""
     for key, wanted in expected_architecture(config).items():
         if found[key] != wanted:
-            fix = f"set {key}: {found[key]} in the training config" if key.startswith("model.") else \
-                "start from a model of this project's U-Net"
-            raise RunError(f"--init-from {where}: {key} differs (the source model has {found[key]}, the training "
-                           f"config builds {wanted}); {fix}")
+            fix = (
+                f"set {key}: {found[key]} in the training config"
+                if key.startswith("model.")
+                else "start from a model of this project's U-Net"
+            )
+            raise RunError(
+                f"--init-from {where}: {key} differs (the source model has {found[key]}, the training "
+                f"config builds {wanted}); {fix}"
+            )
 
 
 # ----------------------------------------------------------------------------- loading
@@ -177,9 +202,11 @@ def init_record(source: InitSource, contract: InputContract | None) -> dict[str,
 def _load_weights(source: InitSource, config: TrainConfig) -> dict[str, list[np.ndarray]]:
     try:
         model = keras.saving.load_model(source.model_path, compile=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is one line
-        raise RunError(f"--init-from {source.model_path}: cannot load the model ({type(err).__name__}: "
-                       f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    except Exception as err:
+        raise RunError(
+            f"--init-from {source.model_path}: cannot load the model ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
     check_architecture(architecture_of(model, source.model_path), config, source.model_path)
     return {layer.name: [np.array(w) for w in layer.get_weights()] for layer in model.layers if layer.weights}
 
@@ -192,8 +219,12 @@ def load_init_weights(path: str | Path, config: TrainConfig, inputs: RunInputs) 
         contract = read_input_contract(source.run_dir)
         check_preprocess(source, contract, inputs)
     else:
-        log.warning("--init-from %s: a bare model without its run folder: its preprocessing could not be "
-                    "checked; make sure %s was preprocessed like the model's training data", path, inputs.store)
+        log.warning(
+            "--init-from %s: a bare model without its run folder: its preprocessing could not be "
+            "checked; make sure %s was preprocessed like the model's training data",
+            path,
+            inputs.store,
+        )
     weights = _load_weights(source, config)
     return InitWeights(source, weights, init_record(source, contract))
 
@@ -208,9 +239,11 @@ def recorded_init_weights(run_dir: Path, config: TrainConfig, inputs: RunInputs)
     path = Path(record["path"])
     now = fingerprint_file(path) if path.is_file() else "missing"
     if now != record.get("model_fingerprint"):
-        raise RunError(f"{run_dir}: started from {path}, which has changed or is gone since (fingerprint "
-                       f"{record.get('model_fingerprint')} then, {now} now); start a new run with --init-from "
-                       "into another --out")
+        raise RunError(
+            f"{run_dir}: started from {path}, which has changed or is gone since (fingerprint "
+            f"{record.get('model_fingerprint')} then, {now} now); start a new run with --init-from "
+            "into another --out"
+        )
     return load_init_weights(path, config, inputs)
 
 
@@ -223,15 +256,30 @@ def apply_init_weights(model: keras.Model, init: InitWeights) -> None:
         shapes = [tuple(w.shape) for w in layer.weights]
         if weights is None or [w.shape for w in weights] != shapes:
             found = None if weights is None else [w.shape for w in weights]
-            raise RunError(f"--init-from {init.source.model_path}: layer {layer.name} has weights {found} in the "
-                           f"source but {shapes} in the configured model")
+            raise RunError(
+                f"--init-from {init.source.model_path}: layer {layer.name} has weights {found} in the "
+                f"source but {shapes} in the configured model"
+            )
         layer.set_weights(weights)
-    log.info("starting from the weights of %s (%s): fresh optimizer at step 0", init.source.model_path,
-             init.source.checkpoint or "bare model")
+    log.info(
+        "starting from the weights of %s (%s): fresh optimizer at step 0",
+        init.source.model_path,
+        init.source.checkpoint or "bare model",
+    )
 
 
 __all__ = [
-    "INIT_WITH_RESUME", "InitSource", "InitWeights", "apply_init_weights", "architecture_of", "check_architecture",
-    "check_preprocess", "expected_architecture", "init_record", "load_init_weights", "preprocess_differences",
-    "recorded_init_weights", "resolve_init_source",
+    "INIT_WITH_RESUME",
+    "InitSource",
+    "InitWeights",
+    "apply_init_weights",
+    "architecture_of",
+    "check_architecture",
+    "check_preprocess",
+    "expected_architecture",
+    "init_record",
+    "load_init_weights",
+    "preprocess_differences",
+    "recorded_init_weights",
+    "resolve_init_source",
 ]

@@ -3,6 +3,7 @@
 Runs inside ``training.run.train``, which holds the run folder's lock and has prepared
 the folder; ``RunCheckpoint`` (``training.checkpoints``) commits each epoch.
 """
+
 from __future__ import annotations
 
 import logging
@@ -91,20 +92,35 @@ def pad_for_replicas(rows: list[dict[str, Any]], batch_size: int, replicas: int)
 def _scheduler_callbacks(config: TrainConfig, state: RunState) -> dict[str, keras.callbacks.Callback]:
     """Callbacks whose counters ``state.json`` keeps, restored from it."""
     saved = state.callbacks or {}
-    stateful: dict[str, keras.callbacks.Callback] = {"reduce_lr": ResumableReduceLROnPlateau(
-        initial_state=saved.get("reduce_lr"), monitor="val_loss", mode="min", factor=config.lr_factor,
-        patience=config.lr_patience, min_lr=config.min_learning_rate, verbose=1,
-    )}
+    stateful: dict[str, keras.callbacks.Callback] = {
+        "reduce_lr": ResumableReduceLROnPlateau(
+            initial_state=saved.get("reduce_lr"),
+            monitor="val_loss",
+            mode="min",
+            factor=config.lr_factor,
+            patience=config.lr_patience,
+            min_lr=config.min_learning_rate,
+            verbose=1,
+        )
+    }
     if config.early_stopping_patience > 0:
         stateful["early_stopping"] = ResumableEarlyStopping(
-            initial_state=saved.get("early_stopping"), monitor=BEST_MONITOR, mode="max",
-            patience=config.early_stopping_patience, verbose=1,
+            initial_state=saved.get("early_stopping"),
+            monitor=BEST_MONITOR,
+            mode="max",
+            patience=config.early_stopping_patience,
+            verbose=1,
         )
     return stateful
 
 
-def _callbacks(run_dir: Path, config: TrainConfig, inputs: RunInputs, state: RunState,
-               stateful: dict[str, keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
+def _callbacks(
+    run_dir: Path,
+    config: TrainConfig,
+    inputs: RunInputs,
+    state: RunState,
+    stateful: dict[str, keras.callbacks.Callback],
+) -> list[keras.callbacks.Callback]:
     """In this order: schedulers update their counters before ``RunCheckpoint`` commits them."""
     samples = {
         "train": choose_image_samples(inputs.store, inputs.train_rows, config.image_patches, config.seed),
@@ -122,8 +138,13 @@ def _callbacks(run_dir: Path, config: TrainConfig, inputs: RunInputs, state: Run
 
 def _datasets(inputs: RunInputs, config: TrainConfig, replicas: int, initial_epoch: int):
     """(training stream skipping the batches already seen, validation set, validation steps)."""
-    train_ds = training_dataset(inputs.store, inputs.train_rows, config, config.batch_size * replicas,
-                                skip_batches=initial_epoch * config.steps_per_epoch)
+    train_ds = training_dataset(
+        inputs.store,
+        inputs.train_rows,
+        config,
+        config.batch_size * replicas,
+        skip_batches=initial_epoch * config.steps_per_epoch,
+    )
     val_rows = pad_for_replicas(inputs.val_rows, config.val_batch_size, replicas)
     val_ds = validation_dataset(inputs.store, val_rows, config.val_batch_size * replicas, config.input_threads)
     return train_ds, val_ds, math.ceil(len(val_rows) / (config.val_batch_size * replicas))
@@ -143,8 +164,14 @@ def _model(run_dir: Path, config: TrainConfig, state: RunState, init: InitWeight
     return model
 
 
-def fit(run_dir: Path, config: TrainConfig, inputs: RunInputs, state: RunState | None,
-        init: InitWeights | None = None, progress: bool = True) -> TrainSummary:
+def fit(
+    run_dir: Path,
+    config: TrainConfig,
+    inputs: RunInputs,
+    state: RunState | None,
+    init: InitWeights | None = None,
+    progress: bool = True,
+) -> TrainSummary:
     """Build, fine-tune (``init``) or resume the model and train it from ``state``'s epoch to ``config.epochs``."""
     keras.utils.set_random_seed(config.seed)
     state = state or RunState()
@@ -173,13 +200,24 @@ def fit(run_dir: Path, config: TrainConfig, inputs: RunInputs, state: RunState |
     return summary
 
 
-def _summary(run_dir: Path, config: TrainConfig, inputs: RunInputs, initial_epoch: int, checkpoint: RunCheckpoint,
-             stateful: dict[str, Any], model: keras.Model, history: keras.callbacks.History,
-             replicas: int) -> TrainSummary:
+def _summary(
+    run_dir: Path,
+    config: TrainConfig,
+    inputs: RunInputs,
+    initial_epoch: int,
+    checkpoint: RunCheckpoint,
+    stateful: dict[str, Any],
+    model: keras.Model,
+    history: keras.callbacks.History,
+    replicas: int,
+) -> TrainSummary:
     final = checkpoint.state
     early = stateful.get("early_stopping")
-    stopped = "nan" if checkpoint.stopped_on_nan or model.stop_training and _nan_in(history) else (
-        "early_stopping" if early is not None and early.stopped_epoch > 0 else "completed")
+    stopped = (
+        "nan"
+        if checkpoint.stopped_on_nan or (model.stop_training and _nan_in(history))
+        else ("early_stopping" if early is not None and early.stopped_epoch > 0 else "completed")
+    )
     return TrainSummary(
         run_dir=run_dir,
         initial_epoch=initial_epoch,

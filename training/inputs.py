@@ -4,11 +4,12 @@ Reads only contract files (``dataset.contract``): the catalog, the committed ind
 (``check_index``: complete, and still built on this store and these manifests) and the
 manifests. Nothing here writes, so a bad store or index leaves RUN_DIR untouched.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from dataset.contract.catalog import Catalog, read_catalog
 from dataset.contract.fingerprints import store_fingerprint
@@ -64,8 +65,17 @@ def read_run_inputs(store: str | Path, config: TrainConfig, fold: int = 0) -> Ru
         preprocess_fingerprint=catalog.config_fingerprint,
         index_config_fingerprint=summary.config_fingerprint,
     )
-    return RunInputs(store, catalog, train_rows, val_rows, tuple(patch), tuple(val_patch), fingerprints,
-                     fold=fold, n_folds=summary.folds)
+    return RunInputs(
+        store,
+        catalog,
+        train_rows,
+        val_rows,
+        cast("tuple[int, int, int]", tuple(patch)),
+        cast("tuple[int, int, int]", tuple(val_patch)),
+        fingerprints,
+        fold=fold,
+        n_folds=summary.folds,
+    )
 
 
 def _refuse_missing_fold(store: Path, catalog: Catalog, fold: int) -> None:
@@ -90,8 +100,10 @@ def input_contract(inputs: RunInputs, config: TrainConfig) -> InputContract:
         store_fingerprint=inputs.fingerprints.store_fingerprint,
         index_fingerprint=inputs.fingerprints.index_fingerprint,
         # predict mirrors along these axes by default (test-time augmentation, as nnU-Net)
-        flip_augment={"flip_axes": list(config.augment.flip_axes),
-                      "flip_probability": float(config.augment.flip_probability)},
+        flip_augment={
+            "flip_axes": list(config.augment.flip_axes),
+            "flip_probability": float(config.augment.flip_probability),
+        },
         fold=inputs.fold,  # evaluate --run scores this fold's validation cases
         n_folds=inputs.n_folds,
     )

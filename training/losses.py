@@ -28,6 +28,7 @@ Alternatives (``LossConfig.name``): ``cross_entropy`` (categorical cross-entropy
 3 softmax classes; the seed project called its version "bce") and ``dice_cross_entropy``
 (GDL + ``ce_weight`` * CE, the nnU-Net-style compound).
 """
+
 from __future__ import annotations
 
 import keras
@@ -168,12 +169,12 @@ class DiceCrossEntropyLoss(GeneralizedDiceLoss):
 
 def make_loss(config) -> keras.losses.Loss:
     """The loss a ``training.config.LossConfig`` names."""
-    dice_kwargs = dict(
-        reduction_mode=config.reduction,
-        exclude_background=config.exclude_background,
-        smooth_nr=config.smooth_nr,
-        smooth_dr=config.smooth_dr,
-    )
+    dice_kwargs = {
+        "reduction_mode": config.reduction,
+        "exclude_background": config.exclude_background,
+        "smooth_nr": config.smooth_nr,
+        "smooth_dr": config.smooth_dr,
+    }
     if config.name == "generalized_dice":
         return GeneralizedDiceLoss(**dice_kwargs)
     if config.name == "cross_entropy":

@@ -10,6 +10,7 @@ Counts are int64: an epoch of 250 batches of 2 x 128x128x64 is 5e8 voxels, beyon
 2^24 integers float32 holds exactly. A class absent from both ground truth and
 prediction over the whole epoch scores 1.0 (nothing to find, nothing wrongly found).
 """
+
 from __future__ import annotations
 
 import keras

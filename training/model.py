@@ -13,6 +13,7 @@ doubled per level, transposed-convolution upsampling, 3 classes):
 * ``base_filters=64`` (the seed project's): 90,310,467 parameters (90,298,691 trainable),
   16x more (conv parameters scale with filters squared).
 """
+
 from __future__ import annotations
 
 import keras

@@ -22,17 +22,20 @@ applying them (:func:`apply_augment`).
 
 Validation: the validation manifest in file order, no augmentation, finite.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import tensorflow as tf
 
+from dataset.common.errors import UsageError
 from dataset.contract.manifest import manifest_path, read_manifest
 from dataset.contract.reader import PatchReader
 from dataset.contract.store import IMAGE_LEVELS
@@ -50,7 +53,7 @@ def load_rows(store: str | Path, split: str, fold: int = 0) -> list[dict[str, An
     path = manifest_path(store, split, fold)
     rows = read_manifest(path)
     if not rows:
-        raise ValueError(f"{path}: the {split} manifest has no rows; rerun `pancreas index`")
+        raise UsageError(f"{path}: the {split} manifest has no rows; rerun `pancreas index`")
     return rows
 
 
@@ -58,7 +61,7 @@ def patch_size_of(rows: Sequence[dict[str, Any]], what: str) -> tuple[int, int, 
     """The one (dz, dy, dx) every row of a manifest shares."""
     sizes = {(int(r["dz"]), int(r["dy"]), int(r["dx"])) for r in rows}
     if len(sizes) != 1:
-        raise ValueError(f"{what} manifest mixes patch sizes {sorted(sizes)}; expected one")
+        raise UsageError(f"{what} manifest mixes patch sizes {sorted(sizes)}; expected one")
     return sizes.pop()
 
 
@@ -115,8 +118,8 @@ def apply_augment(levels, label, params: dict[str, tf.Tensor], config: AugmentCo
     for axis in config.flip_axes:
         levels, label = tf.cond(
             params["flip"][axis],
-            lambda i=levels, l=label, a=axis: (tf.reverse(i, [a]), tf.reverse(l, [a])),
-            lambda i=levels, l=label: (i, l),
+            lambda i=levels, y=label, a=axis: (tf.reverse(i, [a]), tf.reverse(y, [a])),
+            lambda i=levels, y=label: (i, y),
         )
     image = to_intensity(levels)
     if config.noise_probability > 0 and config.noise_std > 0:

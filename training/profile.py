@@ -2,9 +2,11 @@
 
 Neither mode writes anything (no RUN_DIR, so no lock).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -18,11 +20,11 @@ from training.model import N_CLASSES
 from training.pipeline import measure_patches_per_second, training_dataset
 
 
-def profile_input(store: str | Path, config: TrainConfig, batches: int = 20, fold: int = 0) -> dict[str, float]:
+def profile_input(store: str | Path, config: TrainConfig, batches: int = 20, fold: int = 0) -> dict[str, Any]:
     """The training pipeline alone (no model) on fold ``fold``'s manifest: augmented patches per second."""
     inputs = read_run_inputs(store, config, fold)
     ds = training_dataset(inputs.store, inputs.train_rows, config)
-    result = measure_patches_per_second(ds, batches)
+    result: dict[str, Any] = measure_patches_per_second(ds, batches)
     result["patch_size_zyx"] = list(inputs.patch_size_zyx)
     return result
 

@@ -25,14 +25,20 @@ The pieces, one concern each: ``training.inputs`` (what is read from the store),
 ``training.checkpoints`` (the per-epoch commit), ``training.distribute`` (strategy,
 precision, the compiled model), ``training.profile`` (profiling modes).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from dataset.contract.run import HISTORY_NAME, RunError
 from training.config import TrainConfig
-from training.distribute import (build_compiled_model, check_execution, execution_settings, make_strategy,
-                                 precision_policy)
+from training.distribute import (
+    build_compiled_model,
+    check_execution,
+    execution_settings,
+    make_strategy,
+    precision_policy,
+)
 from training.finetune import INIT_WITH_RESUME, load_init_weights, recorded_init_weights
 from training.fit import TrainSummary, choose_image_samples, fit, pad_for_replicas
 from training.inputs import RunInputs, input_contract, read_run_inputs
@@ -40,8 +46,15 @@ from training.profile import profile_input, synthetic_step_time
 from training.rundir import RESUMABLE_CHANGES, check_run_dir, open_run_dir, prepare_run_dir
 
 
-def train(store: str | Path, run_dir: str | Path, config: TrainConfig, resume: bool = False,
-          fold: int = 0, init_from: str | Path | None = None, progress: bool = True) -> TrainSummary:
+def train(
+    store: str | Path,
+    run_dir: str | Path,
+    config: TrainConfig,
+    resume: bool = False,
+    fold: int = 0,
+    init_from: str | Path | None = None,
+    progress: bool = True,
+) -> TrainSummary:
     """Train (or continue, ``resume``; or fine-tune from ``init_from``, ``training.finetune``) a U-Net
     on fold ``fold`` of a store's index; see the module docstring."""
     run_dir = Path(run_dir)
@@ -61,6 +74,7 @@ def train(store: str | Path, run_dir: str | Path, config: TrainConfig, resume: b
 
 def run_dir_summary_lines(summary: TrainSummary) -> list[str]:
     """Human-readable lines for the CLI."""
+
     def fmt(d: dict[str, float]) -> str:
         return ", ".join(f"{k} {v:.3f}" for k, v in d.items()) or "n/a"
 
@@ -76,7 +90,19 @@ def run_dir_summary_lines(summary: TrainSummary) -> list[str]:
 
 
 __all__ = [
-    "RESUMABLE_CHANGES", "RunInputs", "TrainSummary", "build_compiled_model", "check_run_dir",
-    "choose_image_samples", "input_contract", "make_strategy", "pad_for_replicas", "precision_policy",
-    "profile_input", "read_run_inputs", "run_dir_summary_lines", "synthetic_step_time", "train",
+    "RESUMABLE_CHANGES",
+    "RunInputs",
+    "TrainSummary",
+    "build_compiled_model",
+    "check_run_dir",
+    "choose_image_samples",
+    "input_contract",
+    "make_strategy",
+    "pad_for_replicas",
+    "precision_policy",
+    "profile_input",
+    "read_run_inputs",
+    "run_dir_summary_lines",
+    "synthetic_step_time",
+    "train",
 ]

@@ -5,14 +5,16 @@
 can refuse a run happens before anything is written, and only the lock holder sweeps
 leftovers (temporaries, uncommitted checkpoint generations).
 """
+
 from __future__ import annotations
 
 import contextlib
 import csv
 import dataclasses
 import logging
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from dataset.common.configio import ConfigError, to_dict
 from dataset.common.files import LOCK_NAME, TMP_SUFFIX, atomic_path, exclusive_lock, remove_stale_temporaries
@@ -81,8 +83,10 @@ def check_run_dir(run_dir: Path, config: TrainConfig, inputs: RunInputs, resume:
     existing = run_files_present(run_dir)
     if not resume:
         if existing:
-            raise RunError(f"{run_dir}: holds another run ({', '.join(existing)}); pass --resume to continue it "
-                           "or choose another --out")
+            raise RunError(
+                f"{run_dir}: holds another run ({', '.join(existing)}); pass --resume to continue it "
+                "or choose another --out"
+            )
         if run_dir.is_dir() and _foreign_files(run_dir):  # e.g. the store itself
             raise RunError(f"{run_dir}: exists and is not empty; choose a new --out for the run")
         return None
@@ -95,8 +99,9 @@ def check_run_dir(run_dir: Path, config: TrainConfig, inputs: RunInputs, resume:
     if (run_dir / FINGERPRINTS_NAME).is_file():
         old, now = read_fingerprints(run_dir), inputs.fingerprints
         for key in ("store_fingerprint", "index_fingerprint"):
-            check_fingerprint(key.replace("_", " "), getattr(old, key), getattr(now, key), run_dir, inputs.store,
-                              NEW_RUN)
+            check_fingerprint(
+                key.replace("_", " "), getattr(old, key), getattr(now, key), run_dir, inputs.store, NEW_RUN
+            )
     read_environment(run_dir)  # appended to at the start: an unreadable one is refused before anything is written
     return read_state(run_dir)
 
@@ -121,12 +126,19 @@ def _check_same_fold(run_dir: Path, fold: int) -> None:
         return
     recorded = read_input_contract(run_dir).fold or 0
     if recorded != fold:
-        raise RunError(f"{run_dir}: the run trains fold {recorded}; cannot resume it with --fold {fold} "
-                       f"(pass --fold {recorded}, or train fold {fold} into another --out)")
+        raise RunError(
+            f"{run_dir}: the run trains fold {recorded}; cannot resume it with --fold {fold} "
+            f"(pass --fold {recorded}, or train fold {fold} into another --out)"
+        )
 
 
-def prepare_run_dir(run_dir: Path, config: TrainConfig, inputs: RunInputs, state: RunState | None,
-                    init_from: Mapping[str, Any] | None = None) -> None:
+def prepare_run_dir(
+    run_dir: Path,
+    config: TrainConfig,
+    inputs: RunInputs,
+    state: RunState | None,
+    init_from: Mapping[str, Any] | None = None,
+) -> None:
     """Sweep what a killed run left, settle its checkpoints, write the run's hand-over files.
 
     Call with the lock held and after ``check_run_dir``. ``init_from``: a fine-tuning run's

@@ -6,6 +6,7 @@ Those wrappers only attach plugin metadata to ``tf.summary.write``; this module 
 same with TensorFlow's own ``SummaryMetadata`` proto, so the files are what TensorBoard
 reads (install ``tensorboard`` only where the logs are viewed).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -12,6 +12,7 @@ is not a number), and each error is one line naming the file, the dotted key and
 defaults): the value is read as YAML and goes through the same checks, so a misspelt key
 or a wrong type is refused the same way, named ``--set model.depth`` instead of the file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,15 +20,21 @@ import json
 import re
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-T = TypeVar("T")
+from dataset.common.errors import PancreasError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
-class ConfigError(ValueError):
+class ConfigError(PancreasError, ValueError):
     """A configuration file or value that cannot be used; the message names it."""
 
 
@@ -69,7 +76,7 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         return _convert_union(value, typing.get_args(annotation), where)
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         return _convert_section(value, annotation, where)
     if origin is tuple:
         return _convert_tuple(value, typing.get_args(annotation), where)
@@ -143,9 +150,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(str(k) for k in set(data) - names)
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}"
-        )
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
     kwargs = {k: _convert(v, hints[k], _child(where, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)

@@ -24,6 +24,7 @@ The rules every writer in this project follows (the "commit protocol"):
   fail as a full disk would (``OSError`` ENOSPC); in normal use all are unset and a
   point costs three environment lookups.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,8 +38,11 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from dataset.common.errors import PancreasError
 
 TMP_SUFFIX = ".pancreas-tmp"
 LOCK_NAME = ".pancreas.lock"
@@ -48,11 +52,11 @@ ENOSPC_ENV = "PANCREAS_ENOSPC_AT"
 NO_FSYNC_ENV = "PANCREAS_NO_FSYNC"
 
 
-class LockedError(RuntimeError):
+class LockedError(PancreasError, RuntimeError):
     """Another live process holds the folder's lock; the message names it."""
 
 
-class ReadError(ValueError):
+class ReadError(PancreasError, ValueError):
     """A JSON hand-over file that is missing or unreadable; the message names it."""
 
 
@@ -103,8 +107,9 @@ def _mkstemp_like(path: Path, ending: str) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, keep_identical: bool = False, ending: str = "",
-                point: str | None = None) -> Iterator[Path]:
+def atomic_path(
+    path: str | Path, keep_identical: bool = False, ending: str = "", point: str | None = None
+) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; commit it to ``path`` if the block succeeds.
 
     Commit = fsync the temporary, rename it over ``path``, fsync the folder.
@@ -211,8 +216,9 @@ def exclusive_lock(folder: str | Path, create: bool = True) -> Iterator[Path]:
     try:  # O_NOFOLLOW: a lock "file" that is a link must never truncate the file it points to
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666 & ~_umask())
     except OSError as err:
-        raise LockedError(f"{folder}: cannot open its lock file {LOCK_NAME} ({err.strerror or err}); "
-                          "remove it if it is a link") from None
+        raise LockedError(
+            f"{folder}: cannot open its lock file {LOCK_NAME} ({err.strerror or err}); remove it if it is a link"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -222,10 +228,16 @@ def exclusive_lock(folder: str | Path, create: bool = True) -> Iterator[Path]:
         ) from None
     except OSError as err:  # e.g. Lustre mounted without -o flock: refuse rather than run unguarded
         os.close(fd)
-        raise LockedError(f"{folder}: this filesystem cannot lock files ({err.strerror or err}); "
-                          "use a local or lock-capable filesystem for outputs") from None
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-            "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:])[:200]}
+        raise LockedError(
+            f"{folder}: this filesystem cannot lock files ({err.strerror or err}); "
+            "use a local or lock-capable filesystem for outputs"
+        ) from None
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.time(),
+        "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:])[:200],
+    }
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
     _held[key] = (fd, 1)
@@ -289,7 +301,19 @@ def inside(path: str | Path, folder: str | Path) -> bool:
 
 
 __all__ = [
-    "LockedError", "ReadError", "atomic_path", "commit_point", "exclusive_lock", "fingerprint_file",
-    "fingerprint_json", "fsync_path", "holds_lock", "inside", "read_json", "remove_stale_temporaries",
-    "write_json_atomic", "TMP_SUFFIX", "LOCK_NAME",
+    "LOCK_NAME",
+    "TMP_SUFFIX",
+    "LockedError",
+    "ReadError",
+    "atomic_path",
+    "commit_point",
+    "exclusive_lock",
+    "fingerprint_file",
+    "fingerprint_json",
+    "fsync_path",
+    "holds_lock",
+    "inside",
+    "read_json",
+    "remove_stale_temporaries",
+    "write_json_atomic",
 ]

@@ -6,6 +6,7 @@ failed to import". That says nothing about the fix, which is one command: compil
 here, against the NumPy installed here. ``import_elasticdeform`` swallows NumPy's page and
 raises ``DependencyError`` whose message is that command; the CLI prints it as one line.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,10 @@ import io
 import sys
 from types import ModuleType
 
+from dataset.common.errors import PancreasError
 
-class DependencyError(ImportError):
+
+class DependencyError(PancreasError, ImportError):
     """A dependency that is missing or cannot be imported; the message says how to fix it."""
 
 
@@ -28,8 +31,10 @@ def elasticdeform_fix_command(python: str | None = None) -> str:
     ``--no-build-isolation``: its setup.py imports numpy, which must be the NumPy here.
     """
     pip = f"{python or sys.executable} -m pip install"
-    return (f"{pip} setuptools wheel && {pip} --force-reinstall --no-deps --no-binary elasticdeform "
-            "--no-build-isolation elasticdeform==0.5.1")
+    return (
+        f"{pip} setuptools wheel && {pip} --force-reinstall --no-deps --no-binary elasticdeform "
+        "--no-build-isolation elasticdeform==0.5.1"
+    )
 
 
 def import_elasticdeform() -> ModuleType:
@@ -42,9 +47,12 @@ def import_elasticdeform() -> ModuleType:
         import numpy
 
         first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        what = ("is not installed" if isinstance(err, ModuleNotFoundError) and err.name == "elasticdeform"
-                else f"cannot be imported beside NumPy {numpy.__version__} ({first}; its PyPI wheel is built "
-                     "against NumPy 1)")
+        what = (
+            "is not installed"
+            if isinstance(err, ModuleNotFoundError) and err.name == "elasticdeform"
+            else f"cannot be imported beside NumPy {numpy.__version__} ({first}; its PyPI wheel is built "
+            "against NumPy 1)"
+        )
         raise DependencyError(
             f"elasticdeform {what}; compile it against this NumPy (needs a C compiler and Python's headers): "
             f"{elasticdeform_fix_command()}"

@@ -15,6 +15,7 @@ dropped from the case id, and the label is ``labelsTr/<case><file_ending>``. Eit
 ``labels`` comes out as MSD's ``{"0": "background", ...}`` and a single CT channel is
 required (``modality`` or ``channel_names``).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dataset.common.errors import PancreasError
 from dataset.common.files import inside
 from dataset.common.nnunet import check_single_ct_channel, is_v2, labels_by_value, split_channel
 
@@ -33,7 +35,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SPLIT_FOLDERS = {"training": ("imagesTr", "labelsTr"), "test": ("imagesTs", None)}
 
 
-class MsdDatasetError(ValueError):
+class MsdDatasetError(PancreasError, ValueError):
     """A dataset folder or dataset.json that cannot be used; the message names it."""
 
 
@@ -81,9 +83,7 @@ def _resolve(root: Path, entry: Any, where: str) -> Path:
         raise MsdDatasetError(f"{root / DATASET_JSON}: {where}: expected a relative path, got {entry!r}")
     path = (root / entry).resolve()
     if not path.is_relative_to(root):
-        raise MsdDatasetError(
-            f"{root / DATASET_JSON}: {where} {entry!r} resolves outside the dataset folder ({path})"
-        )
+        raise MsdDatasetError(f"{root / DATASET_JSON}: {where} {entry!r} resolves outside the dataset folder ({path})")
     return path
 
 
@@ -102,9 +102,7 @@ def _listed_cases(root: Path, meta: dict[str, Any]) -> list[MsdCase]:
     cases = []
     for i, entry in enumerate(meta.get("training") or []):
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-            raise MsdDatasetError(
-                f"{root / DATASET_JSON}: training[{i}] must have 'image' and 'label', got {entry!r}"
-            )
+            raise MsdDatasetError(f"{root / DATASET_JSON}: training[{i}] must have 'image' and 'label', got {entry!r}")
         image = _resolve(root, entry["image"], f"training[{i}].image")
         label = _resolve(root, entry["label"], f"training[{i}].label")
         if _skip_listed(image, entry["image"]):
@@ -124,8 +122,10 @@ def _resolve_scanned(root: Path, path: Path) -> Path:
     """``path`` with links resolved; refused, like a listed entry, if that leaves ``root``."""
     resolved = path.resolve()
     if not inside(resolved, root):
-        raise MsdDatasetError(f"{path}: resolves outside the dataset folder ({resolved}); "
-                              f"copy the file into {root} instead of linking to it")
+        raise MsdDatasetError(
+            f"{path}: resolves outside the dataset folder ({resolved}); "
+            f"copy the file into {root} instead of linking to it"
+        )
     return resolved
 
 
@@ -154,8 +154,9 @@ def _v2_images(root: Path, folder: Path, ending: str) -> list[tuple[str, Path]]:
         if parts is None:
             raise MsdDatasetError(f"{path}: no channel suffix; nnU-Net v2 images are named <case>_0000{ending}")
         if parts[1] != 0:
-            raise MsdDatasetError(f"{path}: channel {parts[1]:04d} of case {parts[0]!r}; this pipeline reads a "
-                                  f"single CT channel (_0000)")
+            raise MsdDatasetError(
+                f"{path}: channel {parts[1]:04d} of case {parts[0]!r}; this pipeline reads a single CT channel (_0000)"
+            )
         found.append((parts[0], _resolve_scanned(root, path)))
     return found
 
@@ -163,15 +164,20 @@ def _v2_images(root: Path, folder: Path, ending: str) -> list[tuple[str, Path]]:
 def _v2_cases(root: Path, meta: dict[str, Any], meta_path: Path) -> list[MsdCase]:
     """Cases of an nnU-Net v2 raw dataset: its folders scanned, channel suffixes dropped."""
     if "dataset" in meta:
-        raise MsdDatasetError(f"{meta_path}: 'dataset' (nnU-Net's explicit file list) is not supported; put the "
-                              "files in imagesTr/, labelsTr/ and imagesTs/")
+        raise MsdDatasetError(
+            f"{meta_path}: 'dataset' (nnU-Net's explicit file list) is not supported; put the "
+            "files in imagesTr/, labelsTr/ and imagesTs/"
+        )
     ending = meta.get("file_ending", ".nii.gz")
     if ending not in NIFTI_SUFFIXES:
-        raise MsdDatasetError(f"{meta_path}: 'file_ending' {ending!r} is not one of {list(NIFTI_SUFFIXES)}; "
-                              "this pipeline reads NIfTI (or DICOM with `pancreas predict`)")
+        raise MsdDatasetError(
+            f"{meta_path}: 'file_ending' {ending!r} is not one of {list(NIFTI_SUFFIXES)}; "
+            "this pipeline reads NIfTI (or DICOM with `pancreas predict`)"
+        )
     if "training" in meta or "test" in meta:
-        log.warning("%s: nnU-Net v2 dataset.json: its 'training'/'test' lists are ignored, the folders are "
-                    "scanned", meta_path)
+        log.warning(
+            "%s: nnU-Net v2 dataset.json: its 'training'/'test' lists are ignored, the folders are scanned", meta_path
+        )
     cases = []
     for split, (images, labels) in SPLIT_FOLDERS.items():
         for case_id, image in _v2_images(root, root / images, ending):
@@ -180,16 +186,17 @@ def _v2_cases(root: Path, meta: dict[str, Any], meta_path: Path) -> list[MsdCase
     declared = meta.get("numTraining")
     n_training = sum(c.split == "training" for c in cases)
     if isinstance(declared, int) and declared != n_training:
-        raise MsdDatasetError(f"{meta_path}: 'numTraining' is {declared} but {root / 'imagesTr'} holds "
-                              f"{n_training} case(s); correct numTraining or the folder")
+        raise MsdDatasetError(
+            f"{meta_path}: 'numTraining' is {declared} but {root / 'imagesTr'} holds "
+            f"{n_training} case(s); correct numTraining or the folder"
+        )
     return cases
 
 
 def _labels(meta: dict[str, Any], meta_path: Path, v2: bool) -> dict[str, str]:
     """Declared labels as ``{"0": "background", ...}``, after checking the single CT channel."""
     try:
-        check_single_ct_channel(meta.get("channel_names" if v2 else "modality"),
-                                "channel_names" if v2 else "modality")
+        check_single_ct_channel(meta.get("channel_names" if v2 else "modality"), "channel_names" if v2 else "modality")
         return labels_by_value(meta.get("labels") or {"0": "background"})
     except ValueError as err:
         raise MsdDatasetError(f"{meta_path}: {err}") from None

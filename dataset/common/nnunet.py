@@ -18,10 +18,14 @@ name case-insensitively ("ct" selects its CT normalisation), and so do we.
 The functions here are pure (names and JSON in, names and values out); the folder scan
 is ``dataset.common.msd``.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
+
+from dataset.common.errors import UsageError
 
 V2_KEYS = ("channel_names", "file_ending")
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -51,23 +55,27 @@ def labels_by_value(labels: Any) -> dict[str, str]:
     knows (pancreas, tumour/tumor/cancer) must have its Task07 value.
     """
     if not isinstance(labels, dict):
-        raise ValueError(f"'labels' must map integer values to names, got {labels!r}")
+        raise UsageError(f"'labels' must map integer values to names, got {labels!r}")
     if all(str(k).isdigit() for k in labels):
         by_value = {str(k): str(v) for k, v in labels.items()}
     else:
         by_value = {}
         for name, value in labels.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"'labels' must map integer values to names (MSD) or names to one integer value "
-                                 f"(nnU-Net v2), got {name!r}: {value!r}")
+                raise UsageError(
+                    f"'labels' must map integer values to names (MSD) or names to one integer value "
+                    f"(nnU-Net v2), got {name!r}: {value!r}"
+                )
             if str(value) in by_value:
-                raise ValueError(f"'labels' gives value {value} to both {by_value[str(value)]!r} and {name!r}")
+                raise UsageError(f"'labels' gives value {value} to both {by_value[str(value)]!r} and {name!r}")
             by_value[str(value)] = str(name)
     for value, name in by_value.items():
         wanted = KNOWN_LABELS.get(name.casefold())
         if wanted is not None and int(value) != wanted:
-            raise ValueError(f"'labels' declares {name!r} as {value}; this pipeline's label 1 is the pancreas and 2 "
-                             "the tumour: relabel the files and dataset.json")
+            raise UsageError(
+                f"'labels' declares {name!r} as {value}; this pipeline's label 1 is the pancreas and 2 "
+                "the tumour: relabel the files and dataset.json"
+            )
     return by_value
 
 
@@ -76,14 +84,17 @@ def check_single_ct_channel(channels: Any, key: str) -> None:
     if channels is None:
         return
     if not isinstance(channels, dict) or not channels:
-        raise ValueError(f"{key!r} must map channel numbers to names, got {channels!r}")
+        raise UsageError(f"{key!r} must map channel numbers to names, got {channels!r}")
     if len(channels) > 1:
-        raise ValueError(f"{key!r} declares {len(channels)} channels {channels!r}; this pipeline reads a single "
-                         "CT channel")
-    (number, name), = channels.items()
+        raise UsageError(
+            f"{key!r} declares {len(channels)} channels {channels!r}; this pipeline reads a single CT channel"
+        )
+    ((number, name),) = channels.items()
     if not str(number).isdigit() or int(number) != 0 or str(name).casefold() != CT_NAME:
-        raise ValueError(f"{key!r} declares channel {number} as {name!r}; this pipeline windows CT in Hounsfield "
-                         "units and reads a single channel named CT")
+        raise UsageError(
+            f"{key!r} declares channel {number} as {name!r}; this pipeline windows CT in Hounsfield "
+            "units and reads a single channel named CT"
+        )
 
 
 def stripped_case_ids(stems: Iterable[str]) -> dict[str, str] | None:
@@ -97,11 +108,14 @@ def stripped_case_ids(stems: Iterable[str]) -> dict[str, str] | None:
     parts = {stem: split_channel(stem) for stem in stems}
     if not stems or any(p is None for p in parts.values()):
         return None
-    first_channel = {case for case, channel in parts.values() if channel == 0}
-    for stem, (case, channel) in parts.items():
+    split = {stem: p for stem, p in parts.items() if p is not None}  # every stem, after the check above
+    first_channel = {case for case, channel in split.values() if channel == 0}
+    for stem, (case, channel) in split.items():
         if channel != 0 and case in first_channel:
-            raise ValueError(f"{stem}: channel {channel:04d} of case {case!r} (nnU-Net channel suffix); this "
-                             "pipeline reads a single CT channel (_0000) per case")
+            raise UsageError(
+                f"{stem}: channel {channel:04d} of case {case!r} (nnU-Net channel suffix); this "
+                "pipeline reads a single CT channel (_0000) per case"
+            )
     if len(first_channel) != len(stems):
         return None  # user numbering (scan_0001, scan_0002): names as they stand
-    return {stem: case for stem, (case, _) in parts.items()}
+    return {stem: case for stem, (case, _) in split.items()}

@@ -7,13 +7,20 @@ lock (threads never read HDF5 in parallel) and SimpleITK/elasticdeform work is C
 each process opens its own files. ``preprocess`` and ``index`` share this one function so
 ``--workers`` and ``--scheduler`` mean the same thing in both.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
 import time
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from dataset.common.errors import PancreasError
+
+if TYPE_CHECKING:
+    import distributed
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +28,7 @@ WORKER_MEMORY_LIMIT = 4 << 30  # bytes per local worker process, at most (a 751-
 SCHEDULER_TIMEOUT_S = 30
 
 
-class SchedulerError(ValueError):
+class SchedulerError(PancreasError, ValueError):
     """The Dask scheduler given with ``--scheduler`` cannot be reached."""
 
 
@@ -39,7 +46,7 @@ def worker_memory_limit(workers: int) -> int:
 
 
 @contextlib.contextmanager
-def dask_client(workers: int | None = None, scheduler: str | None = None) -> Iterator["distributed.Client"]:  # noqa: F821
+def dask_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[distributed.Client]:
     """Yield a ``distributed.Client``; a local cluster is closed on exit.
 
     ``scheduler`` (e.g. ``tcp://host:8786``) connects to a running cluster and ignores
@@ -58,10 +65,18 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
             yield client
         return
     n = workers or os.cpu_count() or 1
-    with LocalCluster(
-        n_workers=n, threads_per_worker=1, processes=True, memory_limit=worker_memory_limit(n),
-        dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False}, silence_logs=logging.ERROR,
-    ) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=worker_memory_limit(n),
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         log.info("started a local Dask cluster of %d worker process(es)", n)
         yield client
 
@@ -85,8 +100,14 @@ def one_line(err: BaseException) -> str:
 
 
 def run_cases(
-    fn: Callable[..., Any], items: Iterable[T], args: tuple = (), *, name: str,
-    key: Callable[[T], str] = str, workers: int | None = None, scheduler: str | None = None,
+    fn: Callable[..., Any],
+    items: Iterable[T],
+    args: tuple = (),
+    *,
+    name: str,
+    key: Callable[[T], str] = str,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> Iterator[tuple[T, Any, str | None]]:
     """Run ``fn(item, *args)`` for every item; yield ``(item, result, error)`` as each finishes.
 
@@ -103,7 +124,7 @@ def run_cases(
         for item in items:
             try:
                 yield item, fn(item, *args), None
-            except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
+            except Exception as err:
                 log.debug("%s %s failed", name, key(item), exc_info=True)
                 yield item, None, one_line(err)
         return
@@ -111,13 +132,14 @@ def run_cases(
 
     with dask_client(workers, scheduler) as client:
         run_id = f"{os.getpid()}-{time.time_ns()}"
-        futures = {client.submit(fn, item, *args, key=f"{name}-{key(item)}-{run_id}", pure=False): item
-                   for item in items}
+        futures = {
+            client.submit(fn, item, *args, key=f"{name}-{key(item)}-{run_id}", pure=False): item for item in items
+        }
         for future in as_completed(futures):
             item = futures[future]
             try:
                 result = future.result()
-            except Exception as err:  # noqa: BLE001 - a failed task or a killed worker fails one case
+            except Exception as err:
                 yield item, None, f"worker error: {one_line(err)}"
             else:
                 yield item, result, None

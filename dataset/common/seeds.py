@@ -4,6 +4,7 @@ Hashing (seed, purpose, case, position, ...) gives each decision its own stream,
 adding a case or changing one case's patches never reshuffles the others, and the
 order of a directory listing or of Dask task completion cannot leak into the result.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -13,6 +13,7 @@ by ``dataset.contract.reader.PatchReader`` for manifest rows whose ``variant`` i
 Each shard is committed by its own atomic, durable rename (crash point ``augmented``);
 the index's ``summary.json`` commits the set.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -28,12 +28,14 @@ seconds             float, time the case took
 Readers: ``pancreas index`` (which cases to index), ``pancreas train`` (the run's
 contract), ``pancreas evaluate --run`` (source files of validation cases).
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from dataset.common.files import read_json, write_json_atomic
 from dataset.contract.store import CASES_DIR, SCHEMA_VERSION, StoreError
@@ -62,7 +64,7 @@ class CatalogRecord:
         return self.status == "done"
 
     @classmethod
-    def new(cls, case_id: str, split: str, has_label: bool, **fields: Any) -> "CatalogRecord":
+    def new(cls, case_id: str, split: str, has_label: bool, **fields: Any) -> CatalogRecord:
         return cls(split=split, shard=f"{CASES_DIR}/{case_id}.h5", has_label=has_label, **fields)
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,7 +75,7 @@ class CatalogRecord:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str) -> "CatalogRecord":
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> CatalogRecord:
         if not isinstance(data, Mapping):
             raise StoreError(f"{where}: a catalog record must be a mapping, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -100,16 +102,20 @@ class Catalog:
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
-    def new(cls, root: str | Path, name: str, labels: Mapping[str, str], config: Mapping[str, Any],
-            config_fingerprint: str) -> "Catalog":
+    def new(
+        cls, root: str | Path, name: str, labels: Mapping[str, str], config: Mapping[str, Any], config_fingerprint: str
+    ) -> Catalog:
         """An empty catalog for the dataset at ``root`` (``pancreas preprocess`` starts every run with one)."""
-        return cls(dataset={"root": str(root), "name": name, "labels": dict(labels)}, config=config,
-                   config_fingerprint=config_fingerprint)
+        return cls(
+            dataset={"root": str(root), "name": name, "labels": dict(labels)},
+            config=config,
+            config_fingerprint=config_fingerprint,
+        )
 
-    def with_case(self, case_id: str, record: CatalogRecord) -> "Catalog":
+    def with_case(self, case_id: str, record: CatalogRecord) -> Catalog:
         return dataclasses.replace(self, cases={**self.cases, case_id: record})
 
-    def ordered(self, case_ids: list[str]) -> "Catalog":
+    def ordered(self, case_ids: list[str]) -> Catalog:
         """Only ``case_ids`` (in that order): the dataset's own order, cases no longer listed dropped."""
         return dataclasses.replace(self, cases={c: self.cases[c] for c in case_ids if c in self.cases})
 
@@ -117,22 +123,31 @@ class Catalog:
         return sorted(c for c, r in self.cases.items() if r.done and r.has_label)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": self.schema_version, "dataset": dict(self.dataset), "config": dict(self.config),
-                "config_fingerprint": self.config_fingerprint,
-                "cases": {c: r.to_dict() for c, r in self.cases.items()}}
+        return {
+            "schema_version": self.schema_version,
+            "dataset": dict(self.dataset),
+            "config": dict(self.config),
+            "config_fingerprint": self.config_fingerprint,
+            "cases": {c: r.to_dict() for c, r in self.cases.items()},
+        }
 
     @classmethod
-    def from_dict(cls, data: Any, where: str) -> "Catalog":
+    def from_dict(cls, data: Any, where: str) -> Catalog:
         if not isinstance(data, dict):
             raise StoreError(f"{where}: not a catalog (a JSON object is expected)")
         if data.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(f"{where}: schema version {data.get('schema_version')} but this code reads {SCHEMA_VERSION}")
+            raise StoreError(
+                f"{where}: schema version {data.get('schema_version')} but this code reads {SCHEMA_VERSION}"
+            )
         cases = data.get("cases")
         if not isinstance(cases, dict):
             raise StoreError(f"{where}: no 'cases' mapping")
-        return cls(dataset=data.get("dataset") or {}, config=data.get("config") or {},
-                    config_fingerprint=str(data.get("config_fingerprint") or ""),
-                    cases={c: CatalogRecord.from_dict(r, f"{where}: case {c}") for c, r in cases.items()})
+        return cls(
+            dataset=data.get("dataset") or {},
+            config=data.get("config") or {},
+            config_fingerprint=str(data.get("config_fingerprint") or ""),
+            cases={c: CatalogRecord.from_dict(r, f"{where}: case {c}") for c, r in cases.items()},
+        )
 
 
 def catalog_path(store: str | Path) -> Path:

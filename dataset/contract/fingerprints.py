@@ -7,6 +7,7 @@ the store; a run: the store and the index; predictions: the model and settings),
 later stage compares what was recorded with what is there now through
 ``check_fingerprint``, so every mismatch is worded the same way.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,13 +19,22 @@ from dataset.contract.store import StoreError
 
 def store_fingerprint(catalog: Catalog) -> str:
     """What the index depends on in the store: case ids, status, labels, inputs, config."""
-    parts = [(cid, r.status, bool(r.has_label), r.input_fingerprint, r.config_fingerprint)
-             for cid, r in sorted(catalog.cases.items())]
+    parts = [
+        (cid, r.status, bool(r.has_label), r.input_fingerprint, r.config_fingerprint)
+        for cid, r in sorted(catalog.cases.items())
+    ]
     return fingerprint_json([catalog.config_fingerprint, parts])
 
 
-def check_fingerprint(what: str, recorded: str | None, current: str, made: str | Path, now: str | Path,
-                      remedy: str, error: type[Exception] = StoreError) -> None:
+def check_fingerprint(
+    what: str,
+    recorded: str | None,
+    current: str,
+    made: str | Path,
+    now: str | Path,
+    remedy: str,
+    error: type[Exception] = StoreError,
+) -> None:
     """Raise ``error`` when ``recorded`` (what ``made`` was built on) differs from ``current``.
 
     ``what``: the fingerprint's name ("store fingerprint"); ``made``: the output that

@@ -18,12 +18,14 @@ one fold), ``max_cases`` (int | null), ``folds`` (a list of K ``{"train": [...],
 one seeded ``val_fraction`` split), ``skipped`` ({case id: reason} of cases the catalog
 lists as failed or pending).
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from dataset.common.files import read_json, write_json_atomic
 from dataset.contract.catalog import Catalog
@@ -73,16 +75,22 @@ class Split:
     def fold(self, k: int) -> Fold:
         """Fold ``k`` (0..K-1); a clear error for a fold the split does not have."""
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(self.folds):
-            raise StoreError(f"fold {k!r} is not in the split: it has {len(self.folds)} fold(s), "
-                             f"0..{len(self.folds) - 1}")
+            raise StoreError(
+                f"fold {k!r} is not in the split: it has {len(self.folds)} fold(s), 0..{len(self.folds) - 1}"
+            )
         return self.folds[k]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "val_fraction": self.val_fraction, "max_cases": self.max_cases,
-                "folds": [f.to_dict() for f in self.folds], "skipped": dict(self.skipped)}
+        return {
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "max_cases": self.max_cases,
+            "folds": [f.to_dict() for f in self.folds],
+            "skipped": dict(self.skipped),
+        }
 
     @classmethod
-    def from_dict(cls, data: Any, where: str) -> "Split":
+    def from_dict(cls, data: Any, where: str) -> Split:
         if isinstance(data, dict) and "folds" not in data and "train" in data:
             raise StoreError(f"{where}: a split from before cross-validation folds (no 'folds'); {REINDEX}")
         if not isinstance(data, dict) or not isinstance(data.get("folds"), list) or not data["folds"]:
@@ -94,8 +102,13 @@ class Split:
                 if case_id in seen:
                     raise StoreError(f"{where}: case {case_id} validates in folds {seen[case_id]} and {k}")
                 seen[case_id] = k
-        return cls(seed=int(data.get("seed", 0)), val_fraction=float(data.get("val_fraction", 0.0)),
-                   max_cases=data.get("max_cases"), folds=folds, skipped=dict(data.get("skipped") or {}))
+        return cls(
+            seed=int(data.get("seed", 0)),
+            val_fraction=float(data.get("val_fraction", 0.0)),
+            max_cases=data.get("max_cases"),
+            folds=folds,
+            skipped=dict(data.get("skipped") or {}),
+        )
 
 
 def _fold_from_dict(data: Any, where: str) -> Fold:
@@ -171,22 +184,26 @@ class IndexSummary:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Any, where: str) -> "IndexSummary":
+    def from_dict(cls, data: Any, where: str) -> IndexSummary:
         if not isinstance(data, dict) or "store_fingerprint" not in data:
             raise StoreError(f"{where}: not an index summary; {REINDEX}")
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
         count_names = {f.name for f in dataclasses.fields(FoldCounts)}
         try:
-            values["per_fold"] = [FoldCounts(**{k: v for k, v in c.items() if k in count_names})
-                                  for c in values.get("per_fold") or []]
+            values["per_fold"] = [
+                FoldCounts(**{k: v for k, v in c.items() if k in count_names}) for c in values.get("per_fold") or []
+            ]
         except (AttributeError, TypeError):
             raise StoreError(f"{where}: 'per_fold' is not a list of fold counts; {REINDEX}") from None
         return cls(**values)
 
     def files_present(self, folder: Path) -> bool:
-        needed = [SPLIT_NAME, *self.augmented_shards,
-                  *(f"{FOLD_PREFIX}{k}/{name}" for k in range(self.folds) for name in MANIFEST_NAMES)]
+        needed = [
+            SPLIT_NAME,
+            *self.augmented_shards,
+            *(f"{FOLD_PREFIX}{k}/{name}" for k in range(self.folds) for name in MANIFEST_NAMES),
+        ]
         return all((folder / name).is_file() for name in needed)
 
 
@@ -198,8 +215,9 @@ def read_index_summary(store: str | Path) -> IndexSummary:
     """The committed index's summary; a clear error when the index is incomplete."""
     path = summary_path(store)
     if not path.is_file():
-        raise StoreError(f"{path.parent}: incomplete index (no {SUMMARY_NAME}: `pancreas index` did not finish); "
-                         f"{REINDEX}")
+        raise StoreError(
+            f"{path.parent}: incomplete index (no {SUMMARY_NAME}: `pancreas index` did not finish); {REINDEX}"
+        )
     return IndexSummary.from_dict(read_json(path, "index summary", REINDEX, StoreError), str(path))
 
 
@@ -232,17 +250,47 @@ def check_index(store: str | Path, catalog: Catalog, fold: int | None = None) ->
     """
     store = Path(store)
     summary = read_index_summary(store)
-    check_fingerprint("store fingerprint", summary.store_fingerprint, store_fingerprint(catalog),
-                      index_dir(store), store, f"cases were redone or added; {REINDEX}")
-    check_fingerprint("index fingerprint", summary.index_fingerprint, index_fingerprint(store),
-                      index_dir(store), f"{FOLD_PREFIX}<k>/train.csv, val.csv", f"the manifests were edited; {REINDEX}")
+    check_fingerprint(
+        "store fingerprint",
+        summary.store_fingerprint,
+        store_fingerprint(catalog),
+        index_dir(store),
+        store,
+        f"cases were redone or added; {REINDEX}",
+    )
+    check_fingerprint(
+        "index fingerprint",
+        summary.index_fingerprint,
+        index_fingerprint(store),
+        index_dir(store),
+        f"{FOLD_PREFIX}<k>/train.csv, val.csv",
+        f"the manifests were edited; {REINDEX}",
+    )
     if fold is not None and not 0 <= fold < summary.folds:
-        raise StoreError(f"{index_dir(store)}: no fold {fold}: the index has {summary.folds} fold(s), "
-                         f"0..{summary.folds - 1}; pass --fold 0..{summary.folds - 1} or rerun "
-                         f"`pancreas index --folds K` with K > {fold}")
+        raise StoreError(
+            f"{index_dir(store)}: no fold {fold}: the index has {summary.folds} fold(s), "
+            f"0..{summary.folds - 1}; pass --fold 0..{summary.folds - 1} or rerun "
+            f"`pancreas index --folds K` with K > {fold}"
+        )
     return summary
 
 
-__all__ = ["AUGMENTED_DIR", "INDEX_DIR", "Fold", "FoldCounts", "IndexSummary", "LEGACY_MANIFEST_NAMES", "Split",
-           "check_index", "commit_index", "fold_dir", "index_dir", "manifest_path",
-           "previous_summary", "read_index_summary", "read_split", "uncommit_index", "write_split"]
+__all__ = [
+    "AUGMENTED_DIR",
+    "INDEX_DIR",
+    "LEGACY_MANIFEST_NAMES",
+    "Fold",
+    "FoldCounts",
+    "IndexSummary",
+    "Split",
+    "check_index",
+    "commit_index",
+    "fold_dir",
+    "index_dir",
+    "manifest_path",
+    "previous_summary",
+    "read_index_summary",
+    "read_split",
+    "uncommit_index",
+    "write_split",
+]

@@ -30,18 +30,34 @@ with_replacement  int 0/1, background entry drawn with replacement (case short o
                   background patches)
 ================  =========================================================================
 """
+
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 from typing import Any
 
+from dataset.common.errors import UsageError
 from dataset.common.files import atomic_path
 from dataset.contract.store import StoreError
 
 MANIFEST_COLUMNS = (
-    "case_id", "z0", "y0", "x0", "dz", "dy", "dx", "n_pancreas", "n_tumour",
-    "foreground", "padded", "variant", "seed", "kind", "copy", "with_replacement",
+    "case_id",
+    "z0",
+    "y0",
+    "x0",
+    "dz",
+    "dy",
+    "dx",
+    "n_pancreas",
+    "n_tumour",
+    "foreground",
+    "padded",
+    "variant",
+    "seed",
+    "kind",
+    "copy",
+    "with_replacement",
 )
 STR_COLUMNS = frozenset({"case_id", "variant", "kind"})
 INT_COLUMNS = tuple(c for c in MANIFEST_COLUMNS if c not in STR_COLUMNS)
@@ -63,9 +79,9 @@ def fold_dir(store: str | Path, fold: int) -> Path:
 def manifest_path(store: str | Path, split: str, fold: int) -> Path:
     """``STORE/index/fold_<fold>/<split>.csv`` for split "train" or "val"."""
     if split not in SPLITS:
-        raise ValueError(f"unknown manifest {split!r}; expected one of {', '.join(SPLITS)}")
+        raise UsageError(f"unknown manifest {split!r}; expected one of {', '.join(SPLITS)}")
     if isinstance(fold, bool) or not isinstance(fold, int) or fold < 0:
-        raise ValueError(f"fold must be an integer >= 0, got {fold!r}")
+        raise UsageError(f"fold must be an integer >= 0, got {fold!r}")
     return fold_dir(store, fold) / MANIFEST_NAMES[SPLITS.index(split)]
 
 

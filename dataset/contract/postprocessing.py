@@ -26,12 +26,15 @@ scores              optional: what ``evaluate --cv`` measured to decide (free-fo
 Optional fields are left out of the file when unknown, so a decision read and written
 again is the same JSON.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+from dataset.common.errors import PancreasError
 from dataset.common.files import read_json, write_json_atomic
 
 POSTPROCESSING_NAME = "postprocessing.json"
@@ -40,7 +43,7 @@ _FIELDS = ("largest_component", "store_fingerprint", "chosen_on", "scores")
 _HINT = "not a postprocessing decision written by `pancreas evaluate --cv`"
 
 
-class PostprocessingError(ValueError):
+class PostprocessingError(PancreasError, ValueError):
     """A postprocessing file that cannot be used; the message names it."""
 
 
@@ -56,8 +59,10 @@ class PostprocessingDecision:
     def __post_init__(self) -> None:
         keys = set(self.largest_component)
         if keys != set(REGIONS) or not all(isinstance(v, bool) for v in self.largest_component.values()):
-            raise PostprocessingError(f"largest_component must map exactly {', '.join(REGIONS)} to true/false, "
-                                      f"got {dict(self.largest_component)!r}")
+            raise PostprocessingError(
+                f"largest_component must map exactly {', '.join(REGIONS)} to true/false, "
+                f"got {dict(self.largest_component)!r}"
+            )
         if not isinstance(self.store_fingerprint, str) or not self.store_fingerprint:
             raise PostprocessingError(f"store_fingerprint must be a non-empty string, got {self.store_fingerprint!r}")
 
@@ -67,27 +72,41 @@ class PostprocessingDecision:
         return tuple(r for r in REGIONS if self.largest_component[r])
 
     def to_dict(self) -> dict[str, Any]:
-        data = {"largest_component": {r: bool(self.largest_component[r]) for r in REGIONS},
-                "store_fingerprint": self.store_fingerprint, "chosen_on": self.chosen_on,
-                "scores": dict(self.scores) if self.scores is not None else None}
+        data = {
+            "largest_component": {r: bool(self.largest_component[r]) for r in REGIONS},
+            "store_fingerprint": self.store_fingerprint,
+            "chosen_on": self.chosen_on,
+            "scores": dict(self.scores) if self.scores is not None else None,
+        }
         return {k: v for k, v in data.items() if v is not None}
 
     @classmethod
-    def from_dict(cls, data: Any, where: str | Path) -> "PostprocessingDecision":
+    def from_dict(cls, data: Any, where: str | Path) -> PostprocessingDecision:
         if not isinstance(data, Mapping):
             raise PostprocessingError(f"{where}: {_HINT} (expected a JSON object)")
         unknown = sorted(set(data) - set(_FIELDS))
         missing = [k for k in _FIELDS[:2] if k not in data]
         if unknown or missing:
-            detail = "; ".join(p for p in (f"missing key(s) {', '.join(missing)}" if missing else "",
-                                           f"unknown key(s) {', '.join(unknown)}" if unknown else "") if p)
+            detail = "; ".join(
+                p
+                for p in (
+                    f"missing key(s) {', '.join(missing)}" if missing else "",
+                    f"unknown key(s) {', '.join(unknown)}" if unknown else "",
+                )
+                if p
+            )
             raise PostprocessingError(f"{where}: {_HINT} ({detail})")
         if not isinstance(data["largest_component"], Mapping):
-            raise PostprocessingError(f"{where}: 'largest_component' must be a mapping, "
-                                      f"got {data['largest_component']!r}")
+            raise PostprocessingError(
+                f"{where}: 'largest_component' must be a mapping, got {data['largest_component']!r}"
+            )
         try:
-            return cls(largest_component=dict(data["largest_component"]), store_fingerprint=data["store_fingerprint"],
-                       chosen_on=data.get("chosen_on"), scores=data.get("scores"))
+            return cls(
+                largest_component=dict(data["largest_component"]),
+                store_fingerprint=data["store_fingerprint"],
+                chosen_on=data.get("chosen_on"),
+                scores=data.get("scores"),
+            )
         except PostprocessingError as err:
             raise PostprocessingError(f"{where}: {err}") from None
 
@@ -112,12 +131,18 @@ def read_postprocessing(path: str | Path) -> PostprocessingDecision:
     path = Path(path)
     if path.is_dir():
         path = postprocessing_path(path)
-    data = read_json(path, "postprocessing decision", hint="`pancreas evaluate --cv` writes it",
-                     error=PostprocessingError)
+    data = read_json(
+        path, "postprocessing decision", hint="`pancreas evaluate --cv` writes it", error=PostprocessingError
+    )
     return PostprocessingDecision.from_dict(data, path)
 
 
 __all__ = [
-    "POSTPROCESSING_NAME", "PostprocessingDecision", "PostprocessingError", "REGIONS", "postprocessing_path",
-    "read_postprocessing", "write_postprocessing",
+    "POSTPROCESSING_NAME",
+    "REGIONS",
+    "PostprocessingDecision",
+    "PostprocessingError",
+    "postprocessing_path",
+    "read_postprocessing",
+    "write_postprocessing",
 ]

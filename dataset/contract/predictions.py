@@ -39,13 +39,16 @@ A case is up to date when its record is ``done`` with the same input and setting
 fingerprints and its ``<case>.nii.gz`` exists. Readers: ``pancreas predict``; ``pancreas
 evaluate`` reads the label maps by name (``label_name``) and skips ``probabilities_name``.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+from dataset.common.errors import PancreasError
 from dataset.common.files import read_json, write_json_atomic
 
 PREDICTIONS_NAME = "predictions.json"
@@ -55,7 +58,7 @@ STATUSES = ("done", "failed", "pending")
 _REMEDY = "move the folder's files away or choose another output folder"
 
 
-class PredictionsError(ValueError):
+class PredictionsError(PancreasError, ValueError):
     """A ``predictions.json`` that cannot be read; the message names it."""
 
 
@@ -93,7 +96,7 @@ class PredictionRecord:
         return data
 
     @classmethod
-    def from_dict(cls, data: Any, where: str) -> "PredictionRecord":
+    def from_dict(cls, data: Any, where: str) -> PredictionRecord:
         names = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(data, Mapping) or set(data) - names or "input" not in data:
             keys = sorted(data) if isinstance(data, Mapping) else type(data).__name__
@@ -116,7 +119,7 @@ class Predictions:
     config: Mapping[str, Any]
     cases: Mapping[str, PredictionRecord] = field(default_factory=dict)
 
-    def with_case(self, case_id: str, record: PredictionRecord) -> "Predictions":
+    def with_case(self, case_id: str, record: PredictionRecord) -> Predictions:
         """A copy with ``case_id``'s record set (a case already listed keeps its place)."""
         return dataclasses.replace(self, cases={**self.cases, case_id: record})
 
@@ -125,16 +128,23 @@ class Predictions:
         return any(name in (label_name(c), probabilities_name(c)) for c in self.cases)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cases": {c: r.to_dict() for c, r in self.cases.items()}, "run": self.run,
-                "settings_fingerprint": self.settings_fingerprint, "config": dict(self.config)}
+        return {
+            "cases": {c: r.to_dict() for c, r in self.cases.items()},
+            "run": self.run,
+            "settings_fingerprint": self.settings_fingerprint,
+            "config": dict(self.config),
+        }
 
     @classmethod
-    def from_dict(cls, data: Any, where: str) -> "Predictions":
+    def from_dict(cls, data: Any, where: str) -> Predictions:
         if not isinstance(data, dict) or not isinstance(data.get("cases"), dict):
             raise PredictionsError(f"{where}: not a predictions record (no 'cases' mapping); {_REMEDY}")
-        return cls(run=str(data.get("run") or ""), settings_fingerprint=str(data.get("settings_fingerprint") or ""),
-                   config=dict(data.get("config") or {}),
-                   cases={c: PredictionRecord.from_dict(r, f"{where}: case {c}") for c, r in data["cases"].items()})
+        return cls(
+            run=str(data.get("run") or ""),
+            settings_fingerprint=str(data.get("settings_fingerprint") or ""),
+            config=dict(data.get("config") or {}),
+            cases={c: PredictionRecord.from_dict(r, f"{where}: case {c}") for c, r in data["cases"].items()},
+        )
 
 
 def predictions_path(folder: str | Path) -> Path:
@@ -155,6 +165,16 @@ def write_predictions(folder: str | Path, predictions: Predictions) -> None:
 
 
 __all__ = [
-    "LABEL_SUFFIX", "PREDICTIONS_NAME", "PROBABILITIES_SUFFIX", "PredictionRecord", "Predictions", "PredictionsError",
-    "STATUSES", "label_name", "predictions_path", "probabilities_name", "read_predictions", "write_predictions",
+    "LABEL_SUFFIX",
+    "PREDICTIONS_NAME",
+    "PROBABILITIES_SUFFIX",
+    "STATUSES",
+    "PredictionRecord",
+    "Predictions",
+    "PredictionsError",
+    "label_name",
+    "predictions_path",
+    "probabilities_name",
+    "read_predictions",
+    "write_predictions",
 ]

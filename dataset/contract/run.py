@@ -67,14 +67,17 @@ unfinished commit and is deleted. So after a kill at any point ``state.json``,
 ``last.keras`` and ``best.keras`` describe the same epoch. A ``state.json`` without
 ``generation`` predates this protocol; its ``last.keras`` is checked against ``iterations``.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+from dataset.common.errors import PancreasError
 from dataset.common.files import read_json, write_json_atomic
 
 CONFIG_NAME = "config.json"
@@ -85,14 +88,22 @@ HISTORY_NAME = "history.csv"
 ENVIRONMENT_NAME = "environment.json"
 CHECKPOINTS_DIR = "checkpoints"
 LOGS_DIR = "logs"
-RUN_FILES = (CONFIG_NAME, STATE_NAME, INPUT_CONTRACT_NAME, FINGERPRINTS_NAME, HISTORY_NAME, CHECKPOINTS_DIR,
-             LOGS_DIR, ENVIRONMENT_NAME)
+RUN_FILES = (
+    CONFIG_NAME,
+    STATE_NAME,
+    INPUT_CONTRACT_NAME,
+    FINGERPRINTS_NAME,
+    HISTORY_NAME,
+    CHECKPOINTS_DIR,
+    LOGS_DIR,
+    ENVIRONMENT_NAME,
+)
 MODEL_INPUT = "(N, z, y, x, 1) float32 in [0, 1] = stored uint8 level / 255"
 MODEL_OUTPUT = "(N, z, y, x, 3) float32 softmax"
 _GENERATION_FILE = re.compile(r"^(best|last)\.(\d+)\.keras$")
 
 
-class RunError(ValueError):
+class RunError(PancreasError, ValueError):
     """A run folder, or one of its files, that cannot be used; the message names it."""
 
 
@@ -139,13 +150,25 @@ def _read(run_dir: str | Path, name: str, what: str, error: type[Exception]) -> 
     return path, data
 
 
-def _check_keys(path: Path, data: Mapping[str, Any], known: tuple[str, ...], required: tuple[str, ...],
-                what: str, error: type[Exception]) -> None:
+def _check_keys(
+    path: Path,
+    data: Mapping[str, Any],
+    known: tuple[str, ...],
+    required: tuple[str, ...],
+    what: str,
+    error: type[Exception],
+) -> None:
     unknown = sorted(set(data) - set(known))
     missing = [k for k in required if k not in data]
     if unknown or missing:
-        detail = "; ".join(part for part in (f"missing key(s) {', '.join(missing)}" if missing else "",
-                                             f"unknown key(s) {', '.join(unknown)}" if unknown else "") if part)
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing key(s) {', '.join(missing)}" if missing else "",
+                f"unknown key(s) {', '.join(unknown)}" if unknown else "",
+            )
+            if part
+        )
         raise error(f"{path}: not the {what} this code reads ({detail})")
 
 
@@ -200,7 +223,8 @@ def read_fingerprints(run_dir: str | Path, error: type[Exception] = RunError) ->
     init_from = data.get("init_from")
     if init_from is not None and not (isinstance(init_from, Mapping) and isinstance(init_from.get("path"), str)):
         raise error(f"{path}: 'init_from' must be a mapping with the 'path' the run started from, got {init_from!r}")
-    return RunFingerprints(**{k: v if k == "init_from" else str(v) for k, v in data.items()})
+    fields: dict[str, Any] = {k: v if k == "init_from" else str(v) for k, v in data.items()}
+    return RunFingerprints(**fields)
 
 
 # ---------------------------------------------------------------------------- input_contract.json
@@ -246,7 +270,7 @@ class InputContract:
         return {k: _plain(v) for k, v in data.items() if v is not None or k in self.REQUIRED}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str | Path, error: type[Exception] = RunError) -> "InputContract":
+    def from_dict(cls, data: Mapping[str, Any], where: str | Path, error: type[Exception] = RunError) -> InputContract:
         names = tuple(f.name for f in dataclasses.fields(cls))
         _check_keys(Path(where), data, names, cls.REQUIRED, "input contract", error)
         if not isinstance(data["preprocess"], Mapping):
@@ -266,13 +290,18 @@ class InputContract:
 
 def _flip_augment(value: Any, where: str | Path, error: type[Exception]) -> dict[str, Any]:
     """``flip_augment`` checked: distinct axes among 0, 1, 2 and a probability in [0, 1]."""
-    wrong = f"{where}: 'flip_augment' must be {{\"flip_axes\": [axes among 0, 1, 2], \"flip_probability\": p}}"
+    wrong = f'{where}: \'flip_augment\' must be {{"flip_axes": [axes among 0, 1, 2], "flip_probability": p}}'
     if not isinstance(value, Mapping) or set(value) != {"flip_axes", "flip_probability"}:
         raise error(f"{wrong}, got {value!r}")
     axes, probability = value["flip_axes"], value["flip_probability"]
-    if (not isinstance(axes, (list, tuple)) or any(isinstance(a, bool) or a not in (0, 1, 2) for a in axes)
-            or len(set(axes)) != len(axes) or isinstance(probability, bool)
-            or not isinstance(probability, (int, float)) or not 0 <= probability <= 1):
+    if (
+        not isinstance(axes, (list, tuple))
+        or any(isinstance(a, bool) or a not in (0, 1, 2) for a in axes)
+        or len(set(axes)) != len(axes)
+        or isinstance(probability, bool)
+        or not isinstance(probability, (int, float))
+        or not 0 <= probability <= 1
+    ):
         raise error(f"{wrong}, got {dict(value)!r}")
     return {"flip_axes": [int(a) for a in axes], "flip_probability": float(probability)}
 
@@ -308,7 +337,7 @@ class EnvironmentRecord:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, data: Any, where: str | Path, error: type[Exception] = RunError) -> "EnvironmentRecord":
+    def from_dict(cls, data: Any, where: str | Path, error: type[Exception] = RunError) -> EnvironmentRecord:
         if not isinstance(data, Mapping):
             raise error(f"{where}: each start must be a JSON object, got {data!r}")
         names = tuple(f.name for f in dataclasses.fields(cls))
@@ -321,8 +350,9 @@ class EnvironmentRecord:
 
 def write_environment(run_dir: str | Path, starts: list[EnvironmentRecord]) -> None:
     """Every start so far, the newest last (crash point ``run-environment``)."""
-    write_json_atomic(Path(run_dir) / ENVIRONMENT_NAME, {"starts": [s.to_dict() for s in starts]},
-                      point="run-environment")
+    write_json_atomic(
+        Path(run_dir) / ENVIRONMENT_NAME, {"starts": [s.to_dict() for s in starts]}, point="run-environment"
+    )
 
 
 def read_environment(run_dir: str | Path, error: type[Exception] = RunError) -> list[EnvironmentRecord]:
@@ -331,7 +361,7 @@ def read_environment(run_dir: str | Path, error: type[Exception] = RunError) -> 
         return []
     path, data = _read(run_dir, ENVIRONMENT_NAME, "environment record", error)
     if set(data) != {"starts"} or not isinstance(data["starts"], list):
-        raise error(f"{path}: not the environment record this code reads (expected {{\"starts\": [...]}})")
+        raise error(f'{path}: not the environment record this code reads (expected {{"starts": [...]}})')
     return [EnvironmentRecord.from_dict(item, path, error) for item in data["starts"]]
 
 
@@ -358,7 +388,7 @@ class RunState:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str | Path, error: type[Exception] = RunError) -> "RunState":
+    def from_dict(cls, data: Mapping[str, Any], where: str | Path, error: type[Exception] = RunError) -> RunState:
         names = tuple(f.name for f in dataclasses.fields(cls))
         _check_keys(Path(where), data, names, ("epoch",), "run state", error)
         try:
@@ -381,10 +411,35 @@ def read_state(run_dir: str | Path, error: type[Exception] = RunError) -> RunSta
 
 
 __all__ = [
-    "CHECKPOINTS_DIR", "CONFIG_NAME", "ENVIRONMENT_NAME", "EnvironmentRecord", "FINGERPRINTS_NAME", "HISTORY_NAME",
-    "INPUT_CONTRACT_NAME", "InputContract", "LOGS_DIR", "MODEL_INPUT", "MODEL_OUTPUT", "RUN_FILES", "RunError", "RunFingerprints",
-    "RunState", "STATE_NAME", "checkpoint_path", "generation_files", "generation_path", "holds_run",
-    "read_environment", "read_fingerprints", "read_input_contract", "read_run_config", "read_state",
-    "run_files_present", "write_environment", "write_fingerprints", "write_input_contract", "write_run_config",
+    "CHECKPOINTS_DIR",
+    "CONFIG_NAME",
+    "ENVIRONMENT_NAME",
+    "FINGERPRINTS_NAME",
+    "HISTORY_NAME",
+    "INPUT_CONTRACT_NAME",
+    "LOGS_DIR",
+    "MODEL_INPUT",
+    "MODEL_OUTPUT",
+    "RUN_FILES",
+    "STATE_NAME",
+    "EnvironmentRecord",
+    "InputContract",
+    "RunError",
+    "RunFingerprints",
+    "RunState",
+    "checkpoint_path",
+    "generation_files",
+    "generation_path",
+    "holds_run",
+    "read_environment",
+    "read_fingerprints",
+    "read_input_contract",
+    "read_run_config",
+    "read_state",
+    "run_files_present",
+    "write_environment",
+    "write_fingerprints",
+    "write_input_contract",
+    "write_run_config",
     "write_state",
 ]

@@ -27,7 +27,7 @@ origin                 (3,) float64, physical centre of voxel [0, 0, 0] of the s
 direction              (9,) float64, row-major direction matrix of the stored grid (identity)
 source_image           str, absolute path of the input image (file or DICOM folder)
 source_label           str, absolute path of the input label, "" if none
-input_fingerprint      str, fingerprint of image + label files and declared labels, taken when planned (preprocess.inputs)
+input_fingerprint      str, fingerprint of image + label files and declared labels, taken when planned
 original_size          (3,) int64, input size (x, y, z)
 original_spacing       (3,) float64
 original_origin        (3,) float64
@@ -49,15 +49,17 @@ puts them back over the scan; ``inference`` does exactly that.
 
 The catalog (``catalog.json``) is ``dataset.contract.catalog``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
 import h5py
-import hdf5plugin  # noqa: F401  (registers the Blosc filter for every reader)
+import hdf5plugin
 import numpy as np
 
+from dataset.common.errors import PancreasError
 from dataset.common.files import atomic_path
 
 SCHEMA_VERSION = 1
@@ -67,7 +69,7 @@ CASES_DIR = "cases"
 IMAGE_LEVELS = 255  # uint8 level v <-> intensity v / IMAGE_LEVELS
 
 
-class StoreError(RuntimeError):
+class StoreError(PancreasError, RuntimeError):
     """A store, catalog or shard that cannot be used; the message names it."""
 
 
@@ -98,16 +100,12 @@ def create_h5(path: str | Path) -> h5py.File:
     return h5py.File(path, "w", rdcc_nbytes=0)
 
 
-def write_shard(
-    path: str | Path, image: np.ndarray, label: np.ndarray | None, attrs: dict[str, Any]
-) -> None:
+def write_shard(path: str | Path, image: np.ndarray, label: np.ndarray | None, attrs: dict[str, Any]) -> None:
     """Write one case shard atomically (temporary name, then rename)."""
     if image.dtype != np.uint8 or image.ndim != 3:
         raise StoreError(f"{path}: image must be 3D uint8, got {image.ndim}D {image.dtype}")
     if label is not None and (label.shape != image.shape or label.dtype != np.uint8):
-        raise StoreError(
-            f"{path}: label must be uint8 of shape {image.shape}, got {label.dtype} {label.shape}"
-        )
+        raise StoreError(f"{path}: label must be uint8 of shape {image.shape}, got {label.dtype} {label.shape}")
     with atomic_path(path, point="shard") as tmp:
         with create_h5(tmp) as f:
             f.create_dataset("image", data=image, chunks=_chunks(image.shape), **compression())

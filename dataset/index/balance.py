@@ -10,19 +10,20 @@ any foreground patch contributes ``background_without_foreground`` background en
 Draws use hash-derived orders (dataset.common.seeds), so they do not depend on NumPy's
 generator algorithms or on which other cases exist.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from dataset.index.config import IndexConfig
-from dataset.index.grid import Zyx, centred_start, grid_boxes, is_padded
+from dataset.common.seeds import derive_seed
 from dataset.contract.manifest import variant_ref
 from dataset.contract.reader import box_slices
-from dataset.common.seeds import derive_seed
+from dataset.index.config import IndexConfig
+from dataset.index.grid import Zyx, centred_start, grid_boxes, is_padded
 
 Row = dict[str, Any]
 
@@ -39,38 +40,60 @@ class CaseBalance:
     background_short: int  # entries wanted but impossible (a case with no background patch)
 
 
-def patch_rows(case_id: str, shape_zyx: Zyx, starts, patch_zyx: Zyx, n_pancreas: np.ndarray,
-               n_tumour: np.ndarray, foreground: np.ndarray) -> list[Row]:
+def patch_rows(
+    case_id: str,
+    shape_zyx: Zyx,
+    starts,
+    patch_zyx: Zyx,
+    n_pancreas: np.ndarray,
+    n_tumour: np.ndarray,
+    foreground: np.ndarray,
+) -> list[Row]:
     """One row per grid patch (copy 0, stored patch), C order of the grid."""
     rows = []
     for start, n_p, n_t, fg in zip(grid_boxes(starts), n_pancreas.ravel(), n_tumour.ravel(), foreground.ravel()):
-        rows.append(make_row(case_id, start, patch_zyx, int(n_p), int(n_t), bool(fg),
-                             is_padded(start, patch_zyx, shape_zyx)))
+        rows.append(
+            make_row(case_id, start, patch_zyx, int(n_p), int(n_t), bool(fg), is_padded(start, patch_zyx, shape_zyx))
+        )
     return rows
 
 
-def make_row(case_id: str, start: Zyx, size: Zyx, n_p: int, n_t: int, fg: bool, padded: bool,
-             kind: str = "grid", copy: int = 0) -> Row:
-    return {"case_id": case_id, "z0": start[0], "y0": start[1], "x0": start[2],
-            "dz": size[0], "dy": size[1], "dx": size[2], "n_pancreas": n_p, "n_tumour": n_t,
-            "foreground": int(fg), "padded": int(padded), "variant": "", "seed": 0,
-            "kind": kind, "copy": copy, "with_replacement": 0}
+def make_row(
+    case_id: str, start: Zyx, size: Zyx, n_p: int, n_t: int, fg: bool, padded: bool, kind: str = "grid", copy: int = 0
+) -> Row:
+    return {
+        "case_id": case_id,
+        "z0": start[0],
+        "y0": start[1],
+        "x0": start[2],
+        "dz": size[0],
+        "dy": size[1],
+        "dx": size[2],
+        "n_pancreas": n_p,
+        "n_tumour": n_t,
+        "foreground": int(fg),
+        "padded": int(padded),
+        "variant": "",
+        "seed": 0,
+        "kind": kind,
+        "copy": copy,
+        "with_replacement": 0,
+    }
 
 
 def background_wanted(n_foreground_entries: int, config: IndexConfig) -> int:
     if n_foreground_entries == 0:
         return config.background_without_foreground
-    return int(math.floor(config.background_ratio * n_foreground_entries + 0.5))
+    return math.floor(config.background_ratio * n_foreground_entries + 0.5)
 
 
 def draw_background(case_id: str, background: list[Row], wanted: int, seed: int) -> list[Row]:
     """``wanted`` background entries: without replacement first, then with (flagged)."""
     if not background:
         return []
-    order = sorted(range(len(background)),
-                   key=lambda i: derive_seed(seed, "background", case_id, _pos(background[i])))
+    order = sorted(range(len(background)), key=lambda i: derive_seed(seed, "background", case_id, _pos(background[i])))
     chosen = [dict(background[i]) for i in sorted(order[:wanted])]
-    uses = {i: 1 for i in order[:wanted]}
+    uses = dict.fromkeys(order[:wanted], 1)
     for k in range(wanted - len(chosen)):
         i = derive_seed(seed, "background-again", case_id, k) % len(background)
         chosen.append(dict(background[i], copy=uses[i], with_replacement=1))
@@ -92,8 +115,14 @@ def balance_case(case_id: str, rows: list[Row], config: IndexConfig) -> tuple[li
     wanted = background_wanted(len(fg) * config.foreground_copies, config)
     drawn = draw_background(case_id, bg, wanted, config.seed)
     entries.extend(drawn)
-    stats = CaseBalance(len(fg), len(bg), len(fg) * config.foreground_copies, len(drawn),
-                        sum(r["with_replacement"] for r in drawn), wanted - len(drawn))
+    stats = CaseBalance(
+        len(fg),
+        len(bg),
+        len(fg) * config.foreground_copies,
+        len(drawn),
+        sum(r["with_replacement"] for r in drawn),
+        wanted - len(drawn),
+    )
     return entries, stats
 
 
@@ -114,11 +143,22 @@ def centred_rows(case_id: str, label: np.ndarray, patch_zyx: Zyx, config: IndexC
         tumour = voxels[2].size and (rng.random() < config.centred_tumour_probability or not voxels[1].size)
         pool = voxels[2] if tumour else voxels[1]
         centre = np.unravel_index(pool[rng.integers(pool.size)], label.shape)
-        start = centred_start(tuple(int(c) for c in centre), patch_zyx)
+        start = centred_start(cast(Zyx, tuple(int(c) for c in centre)), patch_zyx)
         n_p, n_t = _count_box(label, start, patch_zyx)
         fg = n_p + n_t >= config.min_foreground_voxels and (n_t > 0 or not config.require_tumour)
-        rows.append(make_row(case_id, start, patch_zyx, n_p, n_t, fg,
-                             is_padded(start, patch_zyx, label.shape), kind="centred", copy=k))
+        rows.append(
+            make_row(
+                case_id,
+                start,
+                patch_zyx,
+                n_p,
+                n_t,
+                fg,
+                is_padded(start, patch_zyx, label.shape),
+                kind="centred",
+                copy=k,
+            )
+        )
     return rows
 
 

@@ -18,6 +18,7 @@ input leaves nothing partial; every file is written atomically. A rerun with the
 same store and config is a no-op; a changed one rebuilds the manifests and only the
 augmented shards whose inputs changed.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,15 +31,11 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from dataset.index import balance
-from dataset.contract.augmented import augmented_shard_matches
-from dataset.index.augment import AUGMENT_VERSION, AugmentEntry, build_augmented_shard
-from dataset.index.classify import class_counts, is_foreground
-from dataset.index.config import IndexConfig
 from dataset.common.configio import to_dict
-from dataset.common.runner import run_cases
 from dataset.common.files import exclusive_lock, fingerprint_json, fsync_path, remove_stale_temporaries
-from dataset.index.grid import grid_starts
+from dataset.common.runner import run_cases
+from dataset.common.seeds import derive_seed
+from dataset.contract.augmented import augmented_shard_matches
 from dataset.contract.catalog import CatalogRecord, read_catalog
 from dataset.contract.fingerprints import store_fingerprint
 from dataset.contract.index import (
@@ -61,9 +58,13 @@ from dataset.contract.manifest import (
     parse_variant,
     write_manifest,
 )
-from dataset.common.seeds import derive_seed
-from dataset.index.split import has_tumour, make_folds, usable_cases
 from dataset.contract.store import StoreError, shard_path
+from dataset.index import balance
+from dataset.index.augment import AUGMENT_VERSION, AugmentEntry, build_augmented_shard
+from dataset.index.classify import class_counts, is_foreground
+from dataset.index.config import IndexConfig
+from dataset.index.grid import grid_starts
+from dataset.index.split import has_tumour, make_folds, usable_cases
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,13 @@ def grid_rows(case_id: str, label: np.ndarray, patch_zyx, config: IndexConfig) -
     return balance.patch_rows(case_id, label.shape, starts, patch_zyx, n_p, n_t, fg)
 
 
-def build_index(store: str | Path, config: IndexConfig | None = None, workers: int | None = None,
-                scheduler: str | None = None, progress: bool = True) -> IndexSummary:
+def build_index(
+    store: str | Path,
+    config: IndexConfig | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = True,
+) -> IndexSummary:
     """Build (or confirm) the patch index of ``store``.
 
     ``workers``: Dask worker processes for the augmentation (default all cores); 0
@@ -130,14 +136,29 @@ def _build(store, index_dir, catalog, config, workers, scheduler, progress, t0) 
     records = catalog.cases
     tumour = {c for c in usable if has_tumour(records[c])}
     folds = make_folds(store, usable, tumour, config.folds, config.val_fraction, config.seed, config.max_cases)
-    split = Split(seed=config.seed, val_fraction=config.val_fraction, max_cases=config.max_cases, folds=folds,
-                  skipped=dict(failed))
-    summary = IndexSummary(store=str(store), index_dir=str(index_dir), folds=len(folds), skipped_cases=dict(failed),
-                           store_fingerprint=store_fingerprint(catalog), config_fingerprint=config_fingerprint(config),
-                           config=to_dict(config))
+    split = Split(
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        max_cases=config.max_cases,
+        folds=folds,
+        skipped=dict(failed),
+    )
+    summary = IndexSummary(
+        store=str(store),
+        index_dir=str(index_dir),
+        folds=len(folds),
+        skipped_cases=dict(failed),
+        store_fingerprint=store_fingerprint(catalog),
+        config_fingerprint=config_fingerprint(config),
+        config=to_dict(config),
+    )
     prev = previous_summary(store)
-    if (prev and prev.store_fingerprint == summary.store_fingerprint
-            and prev.config_fingerprint == summary.config_fingerprint and prev.files_present(index_dir)):
+    if (
+        prev
+        and prev.store_fingerprint == summary.store_fingerprint
+        and prev.config_fingerprint == summary.config_fingerprint
+        and prev.files_present(index_dir)
+    ):
         prev.unchanged, prev.augmented_built = True, 0
         prev.augmented_reused, prev.seconds = len(prev.augmented_shards), time.perf_counter() - t0
         _tidy(index_dir, prev)
@@ -179,7 +200,7 @@ def _remove_folds_from(index_dir: Path, first: int) -> None:
     fold folder with a manifest, so one that came back after a power cut would make the
     committed index look edited."""
     for folder in sorted(index_dir.glob(f"{FOLD_PREFIX}*")):
-        number = folder.name[len(FOLD_PREFIX):]
+        number = folder.name[len(FOLD_PREFIX) :]
         if not (folder.is_dir() and number.isdigit() and int(number) >= first):
             continue
         for name in MANIFEST_NAMES:
@@ -262,17 +283,28 @@ def _warn_unbalanced(case_id: str, stats: balance.CaseBalance) -> None:
     if stats.foreground_patches == 0:
         log.warning("case %s: %d background training entries only", case_id, stats.background_entries)
     if stats.background_short:
-        log.warning("case %s has no background patch: %d background entries missing",
-                    case_id, stats.background_short)
+        log.warning("case %s has no background patch: %d background entries missing", case_id, stats.background_short)
 
 
 def _augment_job(case_id, augmented, record, config) -> tuple[list[AugmentEntry], str]:
     augmented = sorted(augmented, key=lambda r: parse_variant(r["variant"])[1])
-    entries = [AugmentEntry((r["z0"], r["y0"], r["x0"]), (r["dz"], r["dy"], r["dx"]),
-                            derive_seed(config.seed, "elastic", case_id, (r["z0"], r["y0"], r["x0"]), r["copy"]))
-               for r in augmented]
-    fingerprint = fingerprint_json([AUGMENT_VERSION, record.input_fingerprint, record.config_fingerprint,
-                                    to_dict(config.elastic), [asdict(e) for e in entries]])
+    entries = [
+        AugmentEntry(
+            (r["z0"], r["y0"], r["x0"]),
+            (r["dz"], r["dy"], r["dx"]),
+            derive_seed(config.seed, "elastic", case_id, (r["z0"], r["y0"], r["x0"]), r["copy"]),
+        )
+        for r in augmented
+    ]
+    fingerprint = fingerprint_json(
+        [
+            AUGMENT_VERSION,
+            record.input_fingerprint,
+            record.config_fingerprint,
+            to_dict(config.elastic),
+            [asdict(e) for e in entries],
+        ]
+    )
     return entries, fingerprint
 
 
@@ -281,17 +313,31 @@ def _count(train_rows: Rows, val_rows: Rows, fold, tumour: set[str]) -> FoldCoun
     fg = sum(r["foreground"] for r in train_rows)
     val_fg = sum(r["foreground"] for r in val_rows)
     return FoldCounts(
-        train_cases=len(fold.train), val_cases=len(fold.val), val_tumour_cases=len(tumour & set(fold.val)),
-        train_entries=len(train_rows), train_foreground_entries=fg, train_background_entries=len(train_rows) - fg,
+        train_cases=len(fold.train),
+        val_cases=len(fold.val),
+        val_tumour_cases=len(tumour & set(fold.val)),
+        train_entries=len(train_rows),
+        train_foreground_entries=fg,
+        train_background_entries=len(train_rows) - fg,
         train_augmented_entries=sum(bool(r["variant"]) for r in train_rows),
         train_with_replacement=sum(r["with_replacement"] for r in train_rows),
         train_centred_entries=sum(r["kind"] == "centred" for r in train_rows),
-        val_entries=len(val_rows), val_foreground_entries=val_fg, val_background_entries=len(val_rows) - val_fg,
+        val_entries=len(val_rows),
+        val_foreground_entries=val_fg,
+        val_background_entries=len(val_rows) - val_fg,
     )
 
 
-def _run_augmentation(store: Path, index_dir: Path, jobs, config: IndexConfig, summary: IndexSummary,
-                      workers: int | None, scheduler: str | None, progress: bool) -> None:
+def _run_augmentation(
+    store: Path,
+    index_dir: Path,
+    jobs,
+    config: IndexConfig,
+    summary: IndexSummary,
+    workers: int | None,
+    scheduler: str | None,
+    progress: bool,
+) -> None:
     """Build the augmented shards whose fingerprints changed; drop shards no longer used."""
     aug_dir = index_dir / AUGMENTED_DIR
     wanted = {case_id: aug_dir / f"{case_id}.h5" for case_id in jobs}
@@ -302,16 +348,24 @@ def _run_augmentation(store: Path, index_dir: Path, jobs, config: IndexConfig, s
         return
     errors: list[str] = []
     with tqdm(total=len(todo), desc="augment", unit="case", disable=not progress) as bar:
-        for case_id, _result, error in run_cases(_augment_case, todo, (str(store), jobs, config.elastic, str(aug_dir)),
-                                                 name="augment", workers=workers, scheduler=scheduler):
+        for case_id, _result, error in run_cases(
+            _augment_case,
+            todo,
+            (str(store), jobs, config.elastic, str(aug_dir)),
+            name="augment",
+            workers=workers,
+            scheduler=scheduler,
+        ):
             if error:
                 log.error("case %s: augmentation failed: %s", case_id, error)
                 errors.append(f"{case_id}: {error}")
             bar.update()
     summary.augmented_built = len(todo) - len(errors)
     if errors:  # the manifests name every augmented shard: the index cannot be committed without them
-        raise StoreError(f"augmentation failed for {len(errors)} case(s), index not committed (the others are kept "
-                         f"for the rerun): {'; '.join(errors)}")
+        raise StoreError(
+            f"augmentation failed for {len(errors)} case(s), index not committed (the others are kept "
+            f"for the rerun): {'; '.join(errors)}"
+        )
 
 
 def _augment_case(case_id: str, store: str, jobs, elastic, aug_dir: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ cheap direction in C order), and each patch's interval is then a difference of
 cumulative segment sums. Overlapping or padded patches need nothing special. One full
 pass over the label per class; everything after works on arrays a few segments wide.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -61,8 +62,9 @@ def box_sums(volume: np.ndarray, starts: tuple[list[int], list[int], list[int]],
     return out
 
 
-def class_counts(label: np.ndarray, starts: tuple[list[int], list[int], list[int]],
-                 patch_zyx: Zyx) -> tuple[np.ndarray, np.ndarray]:
+def class_counts(
+    label: np.ndarray, starts: tuple[list[int], list[int], list[int]], patch_zyx: Zyx
+) -> tuple[np.ndarray, np.ndarray]:
     """(n_pancreas, n_tumour) per grid box, each (len(z), len(y), len(x)) int64."""
     n_tumour = box_sums(label == 2, starts, patch_zyx)
     n_pancreas = box_sums(label == 1, starts, patch_zyx)

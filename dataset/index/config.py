@@ -1,4 +1,4 @@
-"""Parameters of ``pancreas index`` (configs/dataset.yaml mirrors the defaults).
+"""Parameters of ``pancreas index`` (configs/index.yaml mirrors the defaults).
 
 Patch sizes are written (x, y, z) like every size a user reads in a viewer or a paper
 (the seed project's 128x128x64); ``*_zyx`` properties give numpy's order, which is
@@ -10,6 +10,7 @@ patches; it builds no model). A YAML that still has ``model_depth`` is refused w
 message saying where the key went, rather than accepted and ignored: a value that
 silently stops doing anything is how two files drift apart.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,11 +26,11 @@ class ElasticConfig:
     B-splines (elasticdeform). The defaults are mild: organ shapes stay plausible.
     """
 
-    sigma_voxels: float = 4.0       # std of control-point displacements, voxels
-    control_points: int = 3         # per axis, >= 2
-    image_order: int = 1            # spline order for the image: 1 (linear, ~20% faster) or 3
-    mode: str = "nearest"           # how values outside the read-out region are filled
-    margin_voxels: int = 0          # read this much extra context per side, then crop
+    sigma_voxels: float = 4.0  # std of control-point displacements, voxels
+    control_points: int = 3  # per axis, >= 2
+    image_order: int = 1  # spline order for the image: 1 (linear, ~20% faster) or 3
+    mode: str = "nearest"  # how values outside the read-out region are filled
+    margin_voxels: int = 0  # read this much extra context per side, then crop
 
     def __post_init__(self) -> None:
         if not self.sigma_voxels >= 0:
@@ -50,23 +51,23 @@ class IndexConfig:
 
     MOVED_KEYS: ClassVar[dict[str, str]] = {
         "model_depth": "the U-Net depth is set only in train.yaml's model.depth, and `pancreas train` "
-                       "checks the index's patch sizes against it; delete model_depth from this file",
+        "checks the index's patch sizes against it; delete model_depth from this file",
     }
 
     seed: int = 0
-    folds: int = 5                            # K-fold cross-validation by case (1: one val_fraction split)
-    val_fraction: float = 0.2                 # share of labelled cases for validation when folds is 1
-    max_cases: int | None = None              # use only this many labelled cases (seed project: 150)
+    folds: int = 5  # K-fold cross-validation by case (1: one val_fraction split)
+    val_fraction: float = 0.2  # share of labelled cases for validation when folds is 1
+    max_cases: int | None = None  # use only this many labelled cases (seed project: 150)
     train_patch_xyz: tuple[int, int, int] = (128, 128, 64)
     val_patch_xyz: tuple[int, int, int] = (256, 256, 64)
-    overlap: float = 0.0                      # fraction of a patch shared by grid neighbours
-    min_foreground_voxels: int = 1            # pancreas + tumour voxels that make a patch foreground
-    require_tumour: bool = False              # foreground also needs >= 1 tumour voxel
-    foreground_copies: int = 2                # entries per foreground patch: stored + (copies-1) augmented
-    background_ratio: float = 1.5             # background entries per foreground entry, per case
-    background_without_foreground: int = 4    # background entries from a case with no foreground patch
-    centred_per_case: int = 0                 # extra foreground-centred entries per training case (0 = off)
-    centred_tumour_probability: float = 0.5   # chance a centred entry is centred on tumour (if the case has it)
+    overlap: float = 0.0  # fraction of a patch shared by grid neighbours
+    min_foreground_voxels: int = 1  # pancreas + tumour voxels that make a patch foreground
+    require_tumour: bool = False  # foreground also needs >= 1 tumour voxel
+    foreground_copies: int = 2  # entries per foreground patch: stored + (copies-1) augmented
+    background_ratio: float = 1.5  # background entries per foreground entry, per case
+    background_without_foreground: int = 4  # background entries from a case with no foreground patch
+    centred_per_case: int = 0  # extra foreground-centred entries per training case (0 = off)
+    centred_tumour_probability: float = 0.5  # chance a centred entry is centred on tumour (if the case has it)
     elastic: ElasticConfig = ElasticConfig()
 
     def __post_init__(self) -> None:

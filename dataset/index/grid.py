@@ -5,6 +5,7 @@ of the volume's end, one more patch is placed flush with the end (so every voxel
 covered and no patch sticks out). An axis shorter than the patch gets a single patch
 centred on the volume: its start is negative and the reader pads both sides.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -14,7 +15,7 @@ Zyx = tuple[int, int, int]
 
 def stride_for(patch: int, overlap: float) -> int:
     """Step between neighbouring patches for an overlap fraction in [0, 1)."""
-    return max(1, patch - int(round(patch * overlap)))
+    return max(1, patch - round(patch * overlap))
 
 
 def axis_starts(extent: int, patch: int, stride: int) -> list[int]:

@@ -7,11 +7,12 @@ exactly one fold, fold sizes differ by at most one, and each fold gets
 floor(T / K) or ceil(T / K) of the T tumour cases (at least one when T >= K). K = 1
 is the single ``val_fraction`` split.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
-from typing import Collection
 
 from dataset.common.seeds import derive_seed
 from dataset.contract.catalog import Catalog, CatalogRecord
@@ -59,8 +60,9 @@ def seeded_order(case_ids: Collection[str], seed: int, max_cases: int | None = N
     return order if max_cases is None else order[:max_cases]
 
 
-def split_cases(case_ids: list[str], val_fraction: float, seed: int,
-                max_cases: int | None = None) -> tuple[list[str], list[str]]:
+def split_cases(
+    case_ids: list[str], val_fraction: float, seed: int, max_cases: int | None = None
+) -> tuple[list[str], list[str]]:
     """(train, validation) case ids, each sorted: the one-fold split.
 
     Cases are ordered by a hash of (seed, case id): the same seed gives the same split
@@ -84,8 +86,15 @@ def fold_cases(case_ids: list[str], with_tumour: Collection[str], folds: int, se
     return [sorted(dealt[k::folds]) for k in range(folds)]
 
 
-def make_folds(store: str | Path, case_ids: list[str], with_tumour: Collection[str], folds: int,
-               val_fraction: float, seed: int, max_cases: int | None = None) -> tuple[Fold, ...]:
+def make_folds(
+    store: str | Path,
+    case_ids: list[str],
+    with_tumour: Collection[str],
+    folds: int,
+    val_fraction: float,
+    seed: int,
+    max_cases: int | None = None,
+) -> tuple[Fold, ...]:
     """The split's folds; ``StoreError`` naming the store when K does not fit the cases."""
     if folds < 1:
         raise StoreError(f"{store}: folds must be >= 1, got {folds}")
@@ -95,11 +104,18 @@ def make_folds(store: str | Path, case_ids: list[str], with_tumour: Collection[s
     cases = seeded_order(case_ids, seed, max_cases)
     if folds > len(cases):
         subset = f" (max_cases {max_cases})" if max_cases is not None and max_cases < len(case_ids) else ""
-        raise StoreError(f"{store}: {folds} folds need at least {folds} labelled cases, but {len(cases)} are "
-                         f"indexed{subset}; use --folds {len(cases)} or fewer")
+        raise StoreError(
+            f"{store}: {folds} folds need at least {folds} labelled cases, but {len(cases)} are "
+            f"indexed{subset}; use --folds {len(cases)} or fewer"
+        )
     vals = fold_cases(cases, with_tumour, folds, seed)
     n_tumour = len(set(cases) & set(with_tumour))
     if n_tumour < folds:
-        log.warning("only %d of %d indexed cases have tumour: %d of %d folds validate on no tumour case",
-                    n_tumour, len(cases), folds - n_tumour, folds)
+        log.warning(
+            "only %d of %d indexed cases have tumour: %d of %d folds validate on no tumour case",
+            n_tumour,
+            len(cases),
+            folds - n_tumour,
+            folds,
+        )
     return tuple(Fold(tuple(sorted(set(cases) - set(val))), tuple(val)) for val in vals)

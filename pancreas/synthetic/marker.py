@@ -15,11 +15,13 @@ synth gives): then the files it names, their ``labelsTs/`` twins and the junk fi
 count as synth's (``legacy_synth_files``), and the run writes the marker. A real MSD
 ``dataset.json`` names no such reference, so a real dataset stays refused.
 """
+
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+from dataset.common.errors import UsageError
 from dataset.common.files import read_json, write_json_atomic
 from pancreas.synthetic.params import CaseParams
 
@@ -60,8 +62,12 @@ def stale_case_files(out: Path, planned: set[str], listed: set[str]) -> list[Pat
     stale = []
     for rel in sorted(listed - planned):
         parts = rel.split("/")  # only "<split folder>/<a name synth gives>": a marker is data, not trusted paths
-        if (len(parts) != 2 or parts[0] not in folders or (out / parts[0]).is_symlink()
-                or not SYNTH_CASE_FILE.fullmatch(parts[1])):
+        if (
+            len(parts) != 2
+            or parts[0] not in folders
+            or (out / parts[0]).is_symlink()
+            or not SYNTH_CASE_FILE.fullmatch(parts[1])
+        ):
             continue
         path = out / rel
         if path.is_file() and not path.is_symlink():
@@ -76,27 +82,33 @@ def read_synth_marker(out: Path) -> set[str]:
         return set()
     data = read_json(path, "synth marker", "choose a new --out folder")
     if not isinstance(data, dict) or not isinstance(data.get("files"), list):
-        raise ValueError(f"{path}: not a `pancreas synth` marker (no 'files' list)")
+        raise UsageError(f"{path}: not a `pancreas synth` marker (no 'files' list)")
     return {str(f) for f in data["files"]}
 
 
 def write_synth_marker(out: Path, files: set[str]) -> None:
     """Record ``files`` (sorted, so a rerun writes the same bytes) as synth's in ``out``."""
-    write_json_atomic(out / SYNTH_MARKER, {"written_by": "pancreas synth", "files": sorted(files)},
-                      keep_identical=True, point="synth-marker")
+    write_json_atomic(
+        out / SYNTH_MARKER,
+        {"written_by": "pancreas synth", "files": sorted(files)},
+        keep_identical=True,
+        point="synth-marker",
+    )
 
 
 def _entry_name(entry: object, folder: str) -> str | None:
     """``name`` of a dataset.json entry ``./<folder>/<name>`` when it is a name synth gives."""
     prefix = f"./{folder}/"
-    if isinstance(entry, str) and entry.startswith(prefix) and SYNTH_FILE_NAME.fullmatch(entry[len(prefix):]):
-        return entry[len(prefix):]
+    if isinstance(entry, str) and entry.startswith(prefix) and SYNTH_FILE_NAME.fullmatch(entry[len(prefix) :]):
+        return entry[len(prefix) :]
     return None
 
 
 def _training_name(entry: object) -> str | None:
     """The file name of a training entry synth could have written (image and label named alike)."""
-    name = _entry_name(entry.get("image"), "imagesTr") if isinstance(entry, dict) else None
+    if not isinstance(entry, dict):
+        return None
+    name = _entry_name(entry.get("image"), "imagesTr")
     return name if name and entry.get("label") == f"./labelsTr/{name}" else None
 
 
@@ -111,9 +123,13 @@ def legacy_synth_files(out: Path) -> set[str]:
         data = read_json(out / "dataset.json", "dataset.json")
     except ValueError:
         return set()
-    if (not isinstance(data, dict) or data.get("reference") != SYNTH_REFERENCE
-            or not str(data.get("description", "")).startswith(SYNTH_DESCRIPTION)
-            or not isinstance(data.get("training"), list) or not isinstance(data.get("test"), list)):
+    if (
+        not isinstance(data, dict)
+        or data.get("reference") != SYNTH_REFERENCE
+        or not str(data.get("description", "")).startswith(SYNTH_DESCRIPTION)
+        or not isinstance(data.get("training"), list)
+        or not isinstance(data.get("test"), list)
+    ):
         return set()
     train = [_training_name(e) for e in data["training"]]
     test = [_entry_name(e, "imagesTs") for e in data["test"]]
@@ -121,8 +137,9 @@ def legacy_synth_files(out: Path) -> set[str]:
         return set()
     split_names = {"training": train, "test": test}
     files = {"dataset.json", *(f"{folder}/{JUNK_NAME}" for folder in SPLIT_DIRS["training"])}
-    return files | {f"{folder}/{name}" for split, names in split_names.items()
-                    for folder in SPLIT_DIRS[split] for name in names}
+    return files | {
+        f"{folder}/{name}" for split, names in split_names.items() for folder in SPLIT_DIRS[split] for name in names
+    }
 
 
 def synth_files(out: Path) -> set[str]:
@@ -136,6 +153,8 @@ def check_not_replacing(out: Path, planned: set[str], listed: set[str]) -> None:
     foreign = sorted(rel for rel in planned - listed if (out / rel).exists() or (out / rel).is_symlink())
     if foreign:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
-        raise ValueError(f"--out {out}: holds {foreign[0]}{more}, not written by `pancreas synth` (not listed in "
-                         f"{SYNTH_MARKER} nor in a dataset.json synth wrote); synth would replace it: "
-                         "choose a new or empty --out folder")
+        raise UsageError(
+            f"--out {out}: holds {foreign[0]}{more}, not written by `pancreas synth` (not listed in "
+            f"{SYNTH_MARKER} nor in a dataset.json synth wrote); synth would replace it: "
+            "choose a new or empty --out folder"
+        )

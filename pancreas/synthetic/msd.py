@@ -26,6 +26,7 @@ The pieces, one concern each:
 * ``pancreas.synthetic.marker``: which files of the output folder synth may replace
   (``.pancreas-synth.json``); ``make_dataset`` refuses any other before writing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,10 +36,21 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from dataset.common.errors import UsageError
 from dataset.common.files import atomic_path, exclusive_lock, remove_stale_temporaries, write_json_atomic
 from pancreas.synthetic.marker import (
-    JUNK_NAME, LAYOUTS, NNUNET_ENDING, SPLIT_DIRS, SYNTH_DESCRIPTION, SYNTH_REFERENCE, case_file_names,
-    check_not_replacing, planned_files, stale_case_files, synth_files, write_synth_marker,
+    JUNK_NAME,
+    LAYOUTS,
+    NNUNET_ENDING,
+    SPLIT_DIRS,
+    SYNTH_DESCRIPTION,
+    SYNTH_REFERENCE,
+    case_file_names,
+    check_not_replacing,
+    planned_files,
+    stale_case_files,
+    synth_files,
+    write_synth_marker,
 )
 from pancreas.synthetic.nifti import stored_array, to_image, write_nifti
 from pancreas.synthetic.noise import add_ct_noise
@@ -60,8 +72,9 @@ def render_case(params: CaseParams) -> tuple[np.ndarray, np.ndarray]:
     return hu, label
 
 
-def make_case(index: int, seed: int = 0, size: str = "small",
-              tumours: str = "profile") -> tuple[sitk.Image, sitk.Image]:
+def make_case(
+    index: int, seed: int = 0, size: str = "small", tumours: str = "profile"
+) -> tuple[sitk.Image, sitk.Image]:
     """Render case ``index``: (float32 HU image before dtype storage, uint8 label).
 
     Its parameters are ``draw_case_params(index, seed, size, tumours=tumours)``.
@@ -71,14 +84,22 @@ def make_case(index: int, seed: int = 0, size: str = "small",
     return to_image(hu, params), to_image(label, params)
 
 
-def write_case(folder_images: Path, folder_labels: Path, index: int, seed: int, size: str,
-               layout: str = "msd", tumours: str = "profile") -> CaseParams:
+def write_case(
+    folder_images: Path,
+    folder_labels: Path,
+    index: int,
+    seed: int,
+    size: str,
+    layout: str = "msd",
+    tumours: str = "profile",
+) -> CaseParams:
     """Render case ``index`` and write its image and label; return its parameters."""
     params = draw_case_params(index, seed, size, tumours=tumours)
     hu, label = render_case(params)
     image_name, label_name = case_file_names(params, layout)
-    write_nifti(folder_images / image_name, to_image(stored_array(hu, params), params),
-                params.scl_slope, params.scl_inter)
+    write_nifti(
+        folder_images / image_name, to_image(stored_array(hu, params), params), params.scl_slope, params.scl_inter
+    )
     write_nifti(folder_labels / label_name, to_image(label, params))
     return params
 
@@ -96,13 +117,14 @@ def _what(seed: int, size: str, tumours: str) -> str:
     return f"seed {seed}, size {size}" + (f", tumours {tumours}" if tumours != "profile" else "")
 
 
-def dataset_json(train: list[CaseParams], test: list[CaseParams], seed: int, size: str,
-                 tumours: str = "profile") -> dict:
+def dataset_json(
+    train: list[CaseParams], test: list[CaseParams], seed: int, size: str, tumours: str = "profile"
+) -> dict:
     """The MSD ``dataset.json`` for the written cases (its reference and description mark it as synth's)."""
     return {
         "name": "Pancreas",
         "description": f"{SYNTH_DESCRIPTION} ({_what(seed, size, tumours)}), "
-                       "in the Medical Segmentation Decathlon Task07 layout",
+        "in the Medical Segmentation Decathlon Task07 layout",
         "reference": SYNTH_REFERENCE,
         "licence": "CC-BY-SA 4.0",
         "release": "1.0",
@@ -111,8 +133,7 @@ def dataset_json(train: list[CaseParams], test: list[CaseParams], seed: int, siz
         "labels": dict(LABELS),
         "numTraining": len(train),
         "numTest": len(test),
-        "training": [{"image": f"./imagesTr/{p.filename}", "label": f"./labelsTr/{p.filename}"}
-                     for p in train],
+        "training": [{"image": f"./imagesTr/{p.filename}", "label": f"./labelsTr/{p.filename}"} for p in train],
         "test": [f"./imagesTs/{p.filename}" for p in test],
     }
 
@@ -150,9 +171,16 @@ def _prepare_output(out: Path, planned: set[str], layout: str = "msd") -> dict[s
     return folders
 
 
-def make_dataset(out_dir: str | Path, n_cases: int, seed: int = 0, size: str = "small",
-                 n_test: int | None = None, progress: bool = True, layout: str = "msd",
-                 tumours: str = "profile") -> Path:
+def make_dataset(
+    out_dir: str | Path,
+    n_cases: int,
+    seed: int = 0,
+    size: str = "small",
+    n_test: int | None = None,
+    progress: bool = True,
+    layout: str = "msd",
+    tumours: str = "profile",
+) -> Path:
     """Write ``n_cases`` labelled and ``n_test`` (default max(1, n_cases // 4)) test cases.
 
     ``layout``: "msd" (MSD Task07) or "nnunet" (nnU-Net v2 raw dataset); see the module docstring.
@@ -163,17 +191,17 @@ def make_dataset(out_dir: str | Path, n_cases: int, seed: int = 0, size: str = "
     file it did not write; see ``pancreas.synthetic.marker``.
     """
     if n_cases < 1:
-        raise ValueError(f"--cases must be >= 1, got {n_cases}")
+        raise UsageError(f"--cases must be >= 1, got {n_cases}")
     n_test = max(1, n_cases // 4) if n_test is None else n_test
     if n_test < 0:
-        raise ValueError(f"--test must be >= 0, got {n_test}")
+        raise UsageError(f"--test must be >= 0, got {n_test}")
     if size not in SIZES:
-        raise ValueError(f"size {size!r} is not one of {SIZES}")
+        raise UsageError(f"size {size!r} is not one of {SIZES}")
     if layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r} is not one of {LAYOUTS}")
+        raise UsageError(f"layout {layout!r} is not one of {LAYOUTS}")
     out = Path(out_dir)
     if tumours not in TUMOURS:
-        raise ValueError(f"tumours {tumours!r} is not one of {TUMOURS}")
+        raise UsageError(f"tumours {tumours!r} is not one of {TUMOURS}")
     planned = planned_files(dataset_params(n_cases, seed, size, n_test, tumours), n_cases, layout)
     check_not_replacing(out, planned, synth_files(out))  # before the lock file is made there
     with exclusive_lock(out):
@@ -186,15 +214,19 @@ def make_dataset(out_dir: str | Path, n_cases: int, seed: int = 0, size: str = "
                 test.append(write_case(folders["imagesTs"], folders["labelsTs"], i, seed, size, layout, tumours))
         for key in SPLIT_DIRS["training"]:
             _write_junk(folders[key], seed)
-        meta = (dataset_json(train, test, seed, size, tumours) if layout == "msd"
-                else nnunet_dataset_json(train, seed, size, tumours))
+        meta = (
+            dataset_json(train, test, seed, size, tumours)
+            if layout == "msd"
+            else nnunet_dataset_json(train, seed, size, tumours)
+        )
         write_json_atomic(out / "dataset.json", meta, keep_identical=True)
     log.info("wrote %d training and %d test cases to %s", len(train), len(test), out)
     return out
 
 
-def dataset_params(n_cases: int, seed: int = 0, size: str = "small",
-                   n_test: int | None = None, tumours: str = "profile") -> list[CaseParams]:
+def dataset_params(
+    n_cases: int, seed: int = 0, size: str = "small", n_test: int | None = None, tumours: str = "profile"
+) -> list[CaseParams]:
     """Parameters of the cases ``make_dataset`` writes, training first (nothing rendered)."""
     n_test = max(1, n_cases // 4) if n_test is None else n_test
     return [draw_case_params(i, seed, size, tumours=tumours) for i in range(n_cases + n_test)]

@@ -4,6 +4,7 @@ The writing side only (``preprocess.nifti`` reads headers back). The same case a
 gives the same bytes: gzip runs with mtime 0 and writes go through ``atomic_path`` with
 ``keep_identical``, so a rerun leaves identical files untouched.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -47,7 +48,9 @@ def _nifti_bytes(img: sitk.Image, slope: float = 1.0, inter: float = 0.0) -> byt
         path = Path(tmp) / "case.nii"
         sitk.WriteImage(img, str(path), useCompression=False)
         data = bytearray(path.read_bytes())
-    endian = parse_header(bytes(data)).endian
+    header = parse_header(bytes(data))
+    assert header is not None, "SimpleITK wrote a NIfTI-1 header"
+    endian = header.endian
     if (slope, inter) != (1.0, 0.0):
         struct.pack_into(endian + "ff", data, 112, slope, inter)
     return bytes(data)
@@ -58,8 +61,10 @@ def write_nifti(path: Path, img: sitk.Image, slope: float = 1.0, inter: float = 
     data = _nifti_bytes(img, slope, inter)
     with atomic_path(path, keep_identical=True) as tmp:
         if path.name.endswith(".gz"):
-            with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
-                                                        compresslevel=1, mtime=0) as gz:
+            with (
+                open(tmp, "wb") as raw,
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=1, mtime=0) as gz,
+            ):
                 gz.write(data)
         else:
             tmp.write_bytes(data)

@@ -1,4 +1,5 @@
 """What the scanner adds to the phantom: partial-volume blur and CT-like correlated noise."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,12 +14,13 @@ def smoothing_noise_gain(sigma_vox: tuple[float, ...]) -> float:
             delta = np.zeros(41)
             delta[20] = 1.0
             w = ndimage.gaussian_filter1d(delta, sg, mode="constant")
-            gain *= float(np.sqrt(np.sum(w ** 2)))
+            gain *= float(np.sqrt(np.sum(w**2)))
     return gain
 
 
-def add_ct_noise(hu: np.ndarray, noise_sd_hu: float, sigma_vox: tuple[float, float, float],
-                 rng: np.random.Generator) -> np.ndarray:
+def add_ct_noise(
+    hu: np.ndarray, noise_sd_hu: float, sigma_vox: tuple[float, ...], rng: np.random.Generator
+) -> np.ndarray:
     """Slightly blur (partial volume) and add correlated Gaussian noise of SD ``noise_sd_hu``.
 
     The noise is drawn white, scaled up by the smoothing gain and blurred with the image,

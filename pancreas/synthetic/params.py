@@ -20,12 +20,15 @@ Pure numpy, nothing rendered or written: ``pancreas.synthetic.msd`` turns these 
 files. The helpers below draw from one generator in a fixed order (extent, placement,
 storage scaling, anatomy, noise); reordering them changes every case.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import numpy as np
 
+from dataset.common.errors import UsageError
 from pancreas.synthetic.phantom import Anatomy
 from pancreas.synthetic.task07 import draw_msd_extent, draw_tumour_semi_axes
 
@@ -36,8 +39,8 @@ DTYPES = ("int16", "int16_scaled", "float32", "int32")
 ORIENTATIONS: dict[str, tuple[float, ...]] = {
     "LPS": (1, 0, 0, 0, 1, 0, 0, 0, 1),
     "RAS": (-1, 0, 0, 0, -1, 0, 0, 0, 1),
-    "LPI": (1, 0, 0, 0, 1, 0, 0, 0, -1),        # slices stored top to bottom
-    "PLS": (0, 1, 0, 1, 0, 0, 0, 0, 1),         # first array axis runs along y
+    "LPI": (1, 0, 0, 0, 1, 0, 0, 0, -1),  # slices stored top to bottom
+    "PLS": (0, 1, 0, 1, 0, 0, 0, 0, 1),  # first array axis runs along y
 }
 ORIENTATION_CYCLE = ("LPS", "RAS", "LPI", "PLS")
 THIN_CASE_INDEX = 3
@@ -82,15 +85,20 @@ def case_name(index: int) -> str:
     return f"pancreas_{index + 1:03d}"
 
 
-def _grid(direction: tuple[float, ...], phys_size: np.ndarray, phys_spacing: np.ndarray,
-          centre: np.ndarray) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...]]:
+def _grid(
+    direction: tuple[float, ...], phys_size: np.ndarray, phys_spacing: np.ndarray, centre: np.ndarray
+) -> tuple[tuple[int, int, int], tuple[float, float, float], tuple[float, float, float]]:
     """Stored size, spacing and origin of a grid with physical extents centred on ``centre``."""
     d = np.asarray(direction, dtype=float).reshape(3, 3)
     phys_axis = np.abs(d).argmax(axis=0)  # physical axis each stored axis runs along
     size = phys_size[phys_axis].astype(int)
     spacing = phys_spacing[phys_axis]
     origin = centre - d @ (spacing * (size - 1) / 2.0)
-    return tuple(int(v) for v in size), tuple(float(v) for v in spacing), tuple(float(v) for v in origin)
+    return (
+        cast("tuple[int, int, int]", tuple(int(v) for v in size)),
+        cast("tuple[float, float, float]", tuple(float(v) for v in spacing)),
+        cast("tuple[float, float, float]", tuple(float(v) for v in origin)),
+    )
 
 
 def _draw_extent(rng: np.random.Generator, size: str, thin: bool) -> tuple[float, int, float, int]:
@@ -109,8 +117,9 @@ def _draw_extent(rng: np.random.Generator, size: str, thin: bool) -> tuple[float
     return inplane, n_xy, thickness, n_z
 
 
-def _draw_placement(rng: np.random.Generator, fov_mm: float, n_z: int, thickness_mm: float,
-                    thin: bool) -> tuple[np.ndarray, np.ndarray]:
+def _draw_placement(
+    rng: np.random.Generator, fov_mm: float, n_z: int, thickness_mm: float, thin: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """LPS body centre (the table position: somewhere plausible in scanner coordinates)
     and the field-of-view centre, shifted a little from it."""
     centre = np.array([rng.uniform(-20, 20), rng.uniform(-40, 40), rng.uniform(-900, -300)])
@@ -134,7 +143,7 @@ def _draw_anatomy(rng: np.random.Generator, centre: np.ndarray, scale: float, si
 def _task07_tumour(rng: np.random.Generator, anatomy: Anatomy) -> Anatomy:
     """``tumours="task07"``: Task07's tumour size at the phantom's gland scale, widening the gland."""
     factor = gland_scale(anatomy)
-    semi = tuple(v * factor for v in draw_tumour_semi_axes(rng))
+    semi = cast("tuple[float, float, float]", tuple(v * factor for v in draw_tumour_semi_axes(rng)))
     return replace(anatomy, tumour_semi_axes_mm=semi, tumour_widens_gland=True)
 
 
@@ -149,9 +158,9 @@ def _draw_base_anatomy(rng: np.random.Generator, centre: np.ndarray, scale: floa
     body = (rng.uniform(180, 195), rng.uniform(132, 148))
     has_tumour = bool(rng.random() < 0.8)
     return Anatomy(
-        centre_mm=tuple(float(v) for v in centre),
+        centre_mm=cast("tuple[float, float, float]", tuple(float(v) for v in centre)),
         inplane_scale=scale,
-        body_semi_axes_mm=tuple(float(v) for v in body),
+        body_semi_axes_mm=cast("tuple[float, float]", tuple(float(v) for v in body)),
         fat_thickness_mm=float(rng.uniform(12, 25)),
         muscle_thickness_mm=float(rng.uniform(8, 12)),
         visceral_hu=float(rng.uniform(-60, -20)),
@@ -176,13 +185,14 @@ def _draw_base_anatomy(rng: np.random.Generator, centre: np.ndarray, scale: floa
         has_tumour=has_tumour,
         tumour_position=float(rng.uniform(0.1, 0.85)),
         tumour_offset=(float(rng.uniform(-0.2, 0.2)), float(rng.uniform(-0.2, 0.2))),
-        tumour_semi_axes_mm=tuple(float(v) for v in rng.uniform(2.0, 5.5, size=3)),
+        tumour_semi_axes_mm=cast("tuple[float, float, float]", tuple(float(v) for v in rng.uniform(2.0, 5.5, size=3))),
         tumour_hu=float(rng.uniform(20, 50)),
     )
 
 
-def draw_case_params(index: int, seed: int = 0, size: str = "small",
-                     inplane_voxels: int | None = None, tumours: str = "profile") -> CaseParams:
+def draw_case_params(
+    index: int, seed: int = 0, size: str = "small", inplane_voxels: int | None = None, tumours: str = "profile"
+) -> CaseParams:
     """Draw one case's parameters from ``default_rng([seed, index])``.
 
     ``inplane_voxels`` ("msd" only, for tests) renders the same patient and field of view
@@ -190,13 +200,13 @@ def draw_case_params(index: int, seed: int = 0, size: str = "small",
     ``tumours``: "profile" (the size's own tumours) or "task07" (see the module docstring).
     """
     if size not in SIZES:
-        raise ValueError(f"size {size!r} is not one of {SIZES}")
+        raise UsageError(f"size {size!r} is not one of {SIZES}")
     if index < 0 or seed < 0:
-        raise ValueError(f"case index {index} and seed {seed} must be >= 0")
+        raise UsageError(f"case index {index} and seed {seed} must be >= 0")
     if inplane_voxels is not None and size != "msd":
-        raise ValueError(f"inplane_voxels applies to size 'msd' only, not {size!r}")
+        raise UsageError(f"inplane_voxels applies to size 'msd' only, not {size!r}")
     if tumours not in TUMOURS:
-        raise ValueError(f"tumours {tumours!r} is not one of {TUMOURS}")
+        raise UsageError(f"tumours {tumours!r} is not one of {TUMOURS}")
     rng = np.random.default_rng([seed, index])
     thin = index == THIN_CASE_INDEX and size != "msd"
     if size == "msd":
@@ -207,16 +217,27 @@ def draw_case_params(index: int, seed: int = 0, size: str = "small",
     centre, fov_centre = _draw_placement(rng, fov, n_z, thickness, thin)
     orientation = ORIENTATION_CYCLE[index % len(ORIENTATION_CYCLE)]
     direction = tuple(float(v) for v in ORIENTATIONS[orientation])
-    grid_size, spacing, origin = _grid(direction, np.array([n_xy, n_xy, n_z]),
-                                       np.array([inplane, inplane, thickness]), fov_centre)
+    grid_size, spacing, origin = _grid(
+        direction, np.array([n_xy, n_xy, n_z]), np.array([inplane, inplane, thickness]), fov_centre
+    )
     dtype = DTYPES[(index + index // len(DTYPES)) % len(DTYPES)]
     slope, inter = SCALINGS[int(rng.integers(len(SCALINGS)))] if dtype == "int16_scaled" else (1.0, 0.0)
     anatomy = _draw_anatomy(rng, centre, fov / REFERENCE_FOV_MM, size)
     params = CaseParams(
-        index=index, name=case_name(index), size=size, orientation=orientation,
-        direction=direction, grid_size=grid_size, spacing_mm=spacing, origin_mm=origin,
-        dtype=dtype, scl_slope=slope, scl_inter=inter, compressed=index % 6 != 5,
-        noise_sd_hu=float(rng.uniform(10, 20)), noise_seed=int(rng.integers(2**31)),
+        index=index,
+        name=case_name(index),
+        size=size,
+        orientation=orientation,
+        direction=direction,
+        grid_size=grid_size,
+        spacing_mm=spacing,
+        origin_mm=origin,
+        dtype=dtype,
+        scl_slope=slope,
+        scl_inter=inter,
+        compressed=index % 6 != 5,
+        noise_sd_hu=float(rng.uniform(10, 20)),
+        noise_seed=int(rng.integers(2**31)),
         anatomy=anatomy,
     )
     if tumours == "task07" and size != "msd":  # drawn last: every other draw stays as the profile's
@@ -227,17 +248,20 @@ def draw_case_params(index: int, seed: int = 0, size: str = "small",
 def reoriented(params: CaseParams, orientation: str) -> CaseParams:
     """The same patient and field of view stored with another direction matrix."""
     if orientation not in ORIENTATIONS:
-        raise ValueError(f"orientation {orientation!r} is not one of {tuple(ORIENTATIONS)}")
+        raise UsageError(f"orientation {orientation!r} is not one of {tuple(ORIENTATIONS)}")
     old = np.asarray(params.direction).reshape(3, 3)
     phys_axis = np.abs(old).argmax(axis=0)
     phys_size, phys_spacing = np.zeros(3, int), np.zeros(3)
     phys_size[phys_axis] = params.grid_size
     phys_spacing[phys_axis] = params.spacing_mm
-    centre = np.asarray(params.origin_mm) + old @ (np.asarray(params.spacing_mm) * (np.asarray(params.grid_size) - 1) / 2)
+    centre = np.asarray(params.origin_mm) + old @ (
+        np.asarray(params.spacing_mm) * (np.asarray(params.grid_size) - 1) / 2
+    )
     direction = tuple(float(v) for v in ORIENTATIONS[orientation])
     size, spacing, origin = _grid(direction, phys_size, phys_spacing, centre)
-    return replace(params, orientation=orientation, direction=direction, grid_size=size,
-                   spacing_mm=spacing, origin_mm=origin)
+    return replace(
+        params, orientation=orientation, direction=direction, grid_size=size, spacing_mm=spacing, origin_mm=origin
+    )
 
 
 def grid_coordinates(params: CaseParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

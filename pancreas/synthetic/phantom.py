@@ -13,6 +13,7 @@ at the level of the pancreas. ``Anatomy.inplane_scale`` shrinks the in-plane lay
 thick enough (>= ``min_pancreas_radius_mm``) to survive resampling. Scanner blur and
 noise are added afterwards (``pancreas.synthetic.noise``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,14 +50,14 @@ class Anatomy:
     pancreas_hu: float = 115.0
     # pancreas centre line: x from head (patient right) to tail (left), reference mm
     pancreas_x_range_mm: tuple[float, float] = (-55.0, 85.0)
-    pancreas_body_y_mm: float = -4.0       # y of the body, anterior to the aorta
-    pancreas_tail_rise_mm: float = 30.0    # how far posterior the tail curves
-    pancreas_z_tilt: float = 0.15          # mm of z per mm of x (tail superior)
-    pancreas_yz_shear: float = 0.2         # mm of y per mm of z (tube leans with z)
+    pancreas_body_y_mm: float = -4.0  # y of the body, anterior to the aorta
+    pancreas_tail_rise_mm: float = 30.0  # how far posterior the tail curves
+    pancreas_z_tilt: float = 0.15  # mm of z per mm of x (tail superior)
+    pancreas_yz_shear: float = 0.2  # mm of y per mm of z (tube leans with z)
     pancreas_radii_mm: tuple[float, float, float] = (12.0, 9.0, 8.0)  # head, body, tail
     min_pancreas_radius_mm: float = 6.5
     has_tumour: bool = True
-    tumour_position: float = 0.5           # 0 head .. 1 tail along the centre line
+    tumour_position: float = 0.5  # 0 head .. 1 tail along the centre line
     tumour_offset: tuple[float, float] = (0.0, 0.0)  # (y, z) in units of the local radius
     tumour_semi_axes_mm: tuple[float, float, float] = (5.0, 4.0, 4.0)
     tumour_hu: float = 35.0
@@ -87,12 +88,12 @@ def _box(coords: tuple[np.ndarray, np.ndarray, np.ndarray], lo, hi) -> tuple[sli
     """
     ndim = max(c.ndim for c in coords)
     slices = [slice(None)] * ndim
-    for c, l, h in zip(coords, lo, hi):
+    for c, low, h in zip(coords, lo, hi):
         axes = [a for a in range(c.ndim) if c.shape[a] > 1]
         if len(axes) != 1:
             continue
         v = c.reshape(-1)
-        idx = np.nonzero((v >= l) & (v <= h))[0]
+        idx = np.nonzero((v >= low) & (v <= h))[0]
         a = axes[0]
         slices[a] = slice(int(idx[0]), int(idx[-1]) + 1) if idx.size else slice(0, 0)
     return tuple(slices)
@@ -102,7 +103,7 @@ def _sub(c: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
     return c[tuple(s if c.shape[a] > 1 else slice(None) for a, s in enumerate(box))]
 
 
-def pancreas_centreline(x: np.ndarray, z: np.ndarray, anat: Anatomy):
+def pancreas_centreline(x: np.ndarray | float, z: np.ndarray | float, anat: Anatomy):
     """Centre (y, z) and radius of the pancreas tube at relative in-plane x (scaled mm).
 
     The tube runs along x (head on the patient's right, tail on the left), bends
@@ -117,8 +118,11 @@ def pancreas_centreline(x: np.ndarray, z: np.ndarray, anat: Anatomy):
     zc = anat.pancreas_z_tilt * (xc - xb)
     yc = anat.pancreas_body_y_mm * s + bend * (xc - xb) ** 2 + anat.pancreas_yz_shear * (z - zc)
     t = (xc - x0) / (x1 - x0)
-    r_ref = np.interp(t, [0.0, 0.25, 0.6, 1.0], [anat.pancreas_radii_mm[0], anat.pancreas_radii_mm[1],
-                                                  anat.pancreas_radii_mm[1], anat.pancreas_radii_mm[2]])
+    r_ref = np.interp(
+        t,
+        [0.0, 0.25, 0.6, 1.0],
+        [anat.pancreas_radii_mm[0], anat.pancreas_radii_mm[1], anat.pancreas_radii_mm[1], anat.pancreas_radii_mm[2]],
+    )
     r = np.maximum(r_ref * s, anat.min_pancreas_radius_mm)
     return yc, zc, r, xc
 
@@ -162,8 +166,16 @@ def _paint_spine(hu: np.ndarray, x, y, anat: Anatomy) -> None:
     _paint(hu, _ellipse(x, y, 0.0, 78 * s, 5 * s, 16 * s), anat.bone_hu)
 
 
-def _paint_organ(hu: np.ndarray, coords, s: float, centre, semi, value: float,
-                 inner: float | None = None, inner_value: float | None = None) -> None:
+def _paint_organ(
+    hu: np.ndarray,
+    coords,
+    s: float,
+    centre,
+    semi,
+    value: float,
+    inner: float | None = None,
+    inner_value: float | None = None,
+) -> None:
     """An ellipsoid organ (in-plane reference mm scaled by ``s``), cropped to its box;
     ``inner`` paints a core of that relative size (the kidney medulla)."""
     c = (centre[0] * s, centre[1] * s, centre[2])
@@ -173,6 +185,7 @@ def _paint_organ(hu: np.ndarray, coords, s: float, centre, semi, value: float,
     sub = hu[box]
     _paint(sub, _ellipsoid(sx, sy, sz, c, a), value)
     if inner is not None:
+        assert inner_value is not None, "inner needs inner_value"
         _paint(sub, _ellipsoid(sx, sy, sz, c, tuple(v * inner for v in a)), inner_value)
 
 
@@ -180,12 +193,20 @@ def _paint_organs(hu: np.ndarray, coords, anat: Anatomy) -> None:
     """Liver, spleen and kidneys (3D), then the in-plane vessels and the duodenum."""
     x, y, _ = coords
     s = anat.inplane_scale
-    _paint_organ(hu, coords, s, (-85.0, -5.0, 40.0), (75.0, 85.0, 130.0), anat.liver_hu)   # liver, patient right
-    _paint_organ(hu, coords, s, (100.0, 40.0, 50.0), (32.0, 48.0, 70.0), anat.spleen_hu)   # spleen, left posterior
-    for side in (-1.0, 1.0):                                                                 # kidneys
-        _paint_organ(hu, coords, s, (side * 68.0, 55.0, -20.0), (24.0, 30.0, 55.0), anat.kidney_cortex_hu,
-                     inner=0.65, inner_value=anat.kidney_medulla_hu)
-    _paint(hu, _ellipse(x, y, 14 * s, 26 * s, 11 * s, 11 * s), anat.aorta_hu)   # anterior-left of spine
+    _paint_organ(hu, coords, s, (-85.0, -5.0, 40.0), (75.0, 85.0, 130.0), anat.liver_hu)  # liver, patient right
+    _paint_organ(hu, coords, s, (100.0, 40.0, 50.0), (32.0, 48.0, 70.0), anat.spleen_hu)  # spleen, left posterior
+    for side in (-1.0, 1.0):  # kidneys
+        _paint_organ(
+            hu,
+            coords,
+            s,
+            (side * 68.0, 55.0, -20.0),
+            (24.0, 30.0, 55.0),
+            anat.kidney_cortex_hu,
+            inner=0.65,
+            inner_value=anat.kidney_medulla_hu,
+        )
+    _paint(hu, _ellipse(x, y, 14 * s, 26 * s, 11 * s, 11 * s), anat.aorta_hu)  # anterior-left of spine
     _paint(hu, _ellipse(x, y, -24 * s, 26 * s, 12 * s, 10 * s), anat.ivc_hu)
     _paint(hu, _ellipse(x, y, -72 * s, 0.0, 11 * s, 13 * s), anat.duodenum_hu)  # beside the head
 
@@ -246,8 +267,9 @@ def _paint_pancreas(hu: np.ndarray, label: np.ndarray, coords, anat: Anatomy) ->
         _paint_tumour(hu[box], label[box], (sx, sy, sz), panc, anat)
 
 
-def render_phantom(x_mm: np.ndarray, y_mm: np.ndarray, z_mm: np.ndarray,
-                   anat: Anatomy) -> tuple[np.ndarray, np.ndarray]:
+def render_phantom(
+    x_mm: np.ndarray, y_mm: np.ndarray, z_mm: np.ndarray, anat: Anatomy
+) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free HU (float32) and label (uint8: 0, 1 pancreas, 2 tumour) at LPS points.
 
     ``x_mm``, ``y_mm``, ``z_mm`` broadcast to the output shape; for an axis-aligned grid

@@ -4,6 +4,7 @@ Not a substitute for ``pancreas synth`` + ``pancreas preprocess``: it writes sha
 a catalog directly from given label volumes, so indexer tests need neither SimpleITK
 nor the preprocessing stage.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,29 +35,57 @@ def image_for(label: np.ndarray, seed: int) -> np.ndarray:
     return image
 
 
-def write_case(store: str | Path, case_id: str, label: np.ndarray, seed: int = 0,
-               image: np.ndarray | None = None) -> CatalogRecord:
+def write_case(
+    store: str | Path, case_id: str, label: np.ndarray, seed: int = 0, image: np.ndarray | None = None
+) -> CatalogRecord:
     """Write one labelled shard; return its catalog record."""
     image = image_for(label, seed) if image is None else image
     counts = [int((label == k).sum()) for k in range(3)]
     fp = fingerprint_json([case_id, seed, list(label.shape), counts])
-    write_shard(shard_path(store, case_id), image, label,
-                {"case_id": case_id, "input_fingerprint": fp, "config_fingerprint": "synthetic",
-                 "label_counts": np.asarray(counts, np.int64)})
-    return CatalogRecord.new(case_id, "training", True, status="done", shape_zyx=tuple(label.shape),
-                             label_counts=tuple(counts), input_fingerprint=fp, config_fingerprint="synthetic")
+    write_shard(
+        shard_path(store, case_id),
+        image,
+        label,
+        {
+            "case_id": case_id,
+            "input_fingerprint": fp,
+            "config_fingerprint": "synthetic",
+            "label_counts": np.asarray(counts, np.int64),
+        },
+    )
+    return CatalogRecord.new(
+        case_id,
+        "training",
+        True,
+        status="done",
+        shape_zyx=tuple(label.shape),
+        label_counts=tuple(counts),
+        input_fingerprint=fp,
+        config_fingerprint="synthetic",
+    )
 
 
 def failed_record(case_id: str, error: str = "synthetic failure") -> CatalogRecord:
-    return CatalogRecord.new(case_id, "training", True, status="failed", error=error, input_fingerprint="x",
-                             config_fingerprint="synthetic")
+    return CatalogRecord.new(
+        case_id, "training", True, status="failed", error=error, input_fingerprint="x", config_fingerprint="synthetic"
+    )
 
 
 def write_catalog_for(store: str | Path, records: dict[str, CatalogRecord]) -> None:
     """The catalog of a synthetic store, written by the contract's own writer."""
-    write_catalog(store, Catalog(dataset={"root": "synthetic", "name": "synthetic",
-                                          "labels": {"0": "background", "1": "pancreas", "2": "tumour"}},
-                                 config={}, config_fingerprint="synthetic", cases=dict(records)))
+    write_catalog(
+        store,
+        Catalog(
+            dataset={
+                "root": "synthetic",
+                "name": "synthetic",
+                "labels": {"0": "background", "1": "pancreas", "2": "tumour"},
+            },
+            config={},
+            config_fingerprint="synthetic",
+            cases=dict(records),
+        ),
+    )
 
 
 def make_store(store: str | Path, labels: dict[str, np.ndarray]) -> dict[str, CatalogRecord]:
