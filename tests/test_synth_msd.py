@@ -120,7 +120,7 @@ def test_a_centimetre_tumour_widens_the_gland_with_consistent_labels():
     # every tumour voxel lies inside the drawn ellipsoid (physical mm)
     x, y, z = (np.broadcast_to(c, label.shape)[label == 2] for c in grid_coordinates(params))
     (tx, ty, tz), _ = tumour_centre(anat)
-    cx, cy, cz = (*np.array(anat.centre_mm), tx, ty, tz)
+    cx, cy, cz = np.asarray(anat.centre_mm) + np.array([tx, ty, tz])
     a = anat.tumour_semi_axes_mm
     assert np.all(((x - cx) / a[0]) ** 2 + ((y - cy) / a[1]) ** 2 + ((z - cz) / a[2]) ** 2 <= 1.0 + 1e-9)
     ellipsoid_ml = 4.0 / 3.0 * np.pi * np.prod(a) / 1000.0
