@@ -46,9 +46,9 @@ PATCH_ZYX = (64, 128, 128)
 
 def patch_around_pancreas(case_index: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A stored-grid (levels, label) patch of ``PATCH_ZYX`` centred on the case's gland."""
-    from pancreas.synthetic.msd import make_case
     from preprocess.config import PreprocessConfig
     from preprocess.pipeline import preprocess_image
+    from sources.synthetic.msd import make_case
 
     image, label = make_case(case_index, seed, "full")
     case = preprocess_image(image, label, PreprocessConfig())

@@ -30,7 +30,7 @@ from dataset.contract.manifest import manifest_path, read_manifest
 from dataset.contract.reader import PatchReader
 from dataset.index.build import build_index, grid_rows, read_label
 from dataset.index.config import IndexConfig
-from pancreas.synthetic.store import blob_label, make_store
+from pancreas.testing.store import blob_label, make_store
 
 
 def synthetic_labels(n: int, shape: tuple[int, int, int]) -> dict[str, np.ndarray]:

@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
-from pancreas.synthetic.training import make_synthetic_store
+from pancreas.testing.runs import make_synthetic_store
 from training.callbacks import StepTimer
 from training.config import ModelConfig, TrainConfig
 from training.pipeline import input_thread_count, load_rows, measure_patches_per_second, training_dataset

@@ -41,10 +41,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset.common.configio import to_dict
-from inference.config import PredictConfig
-from inference.predict import predict_cases
-from pancreas.synthetic.msd import make_dataset
+from prediction.config import PredictConfig
+from prediction.predict import predict_cases
 from preprocess.config import PreprocessConfig
+from sources.synthetic.msd import make_dataset
 
 DEFAULT_WINDOW_ZYX = (64, 256, 256)  # IndexConfig().val_patch_xyz reversed
 SMALL = {"size": "small", "window": [32, 64, 64]}  # the default network on a small case and window
@@ -82,7 +82,7 @@ def warmed_up(run_dir: Path, window_zyx: tuple[int, int, int], batch_size: int):
     call), so every scenario measures the steady state, not a one-off start-up."""
     import numpy as np
 
-    from inference.settings import load_predict_fn
+    from prediction.runs import load_predict_fn
 
     predict_fn = load_predict_fn(run_dir)
     predict_fn(np.zeros((batch_size, *window_zyx, 1), np.float32))
@@ -192,7 +192,7 @@ def main() -> int:
 
 
 def _grid_of(result, window) -> list:
-    from inference.sliding import window_grid
+    from prediction.sliding import window_grid
 
     return window_grid([max(s, w) for s, w in zip(result.shape_zyx, window)], window, PredictConfig().overlap)
 

@@ -77,11 +77,11 @@ def run_with_workers(data: Path, store: Path, workers: int) -> tuple[float, list
 
 def step_breakdown(data: Path, scratch: Path) -> dict[str, float]:
     """Seconds per step for the first case, in this process with one SimpleITK thread."""
-    from dataset.common.msd import load_msd_dataset
     from preprocess.config import PreprocessConfig
     from preprocess.geometry import set_itk_threads
     from preprocess.intensity import window_to_int16
     from preprocess.pipeline import preprocess_file, write_case
+    from sources.msd import load_msd_dataset
 
     set_itk_threads(1)
     config = PreprocessConfig()
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     from dataset.common.runner import quiet_dask_logs
-    from pancreas.synthetic.msd import make_dataset
+    from sources.synthetic.msd import make_dataset
 
     quiet_dask_logs()
 

@@ -239,7 +239,7 @@ def worker_peaks(records: list[dict]) -> list[dict]:
 
 def synthesise(data: Path, n: int, seed: int, size: str) -> bool:
     """Write the dataset unless an earlier ``--keep`` run left it; True when written now."""
-    from pancreas.synthetic.msd import make_dataset
+    from sources.synthetic.msd import make_dataset
 
     if (data / "dataset.json").is_file():
         import json
@@ -262,7 +262,7 @@ def read_cases(data: Path) -> list[Case]:
     """The training cases with their input grids (from the headers) and input file sizes."""
     import SimpleITK as sitk
 
-    from dataset.common.msd import load_msd_dataset
+    from sources.msd import load_msd_dataset
 
     cases = []
     for case in load_msd_dataset(data).cases:
@@ -417,8 +417,8 @@ def _bench_predict():
 
 
 def run_predict_stage(scratch: Path, case: Case, model: str) -> Stage:
-    from inference.config import PredictConfig
-    from inference.predict import CaseInput, predict_cases
+    from prediction.config import PredictConfig
+    from prediction.predict import CaseInput, predict_cases
 
     bench_predict = _bench_predict()
     depth, filters = PREDICT_MODELS[model]

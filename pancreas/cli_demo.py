@@ -17,7 +17,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from dataset.common.imports import import_elasticdeform
     from dataset.common.runner import quiet_dask_logs
-    from inference.evaluate import report_ok, report_table
+    from evaluation.evaluate import report_ok, report_table
     from pancreas.demo import run_demo
 
     import_elasticdeform()  # a broken install stops here, not after synth and preprocess

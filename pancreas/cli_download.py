@@ -29,9 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from dataset.common.configio import load_config
-    from dataset.common.files import LockedError
-    from inference.config import DownloadConfig
-    from inference.download import DownloadError, download_dataset
+    from dataset.common.locks import LockedError
+    from sources.config import DownloadConfig
+    from sources.download import DownloadError, download_dataset
 
     config = load_config(DownloadConfig, args.config, args.overrides)
     changes = {k: v for k, v in (("url", args.url), ("md5", args.md5)) if v is not None}

@@ -66,8 +66,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from dataset.common.configio import load_config
-    from inference.config import PredictConfig
-    from inference.evaluate import check_report_path, evaluate_dirs, evaluate_run, report_ok, report_table, write_report
+    from evaluation.evaluate import (
+        check_report_path,
+        evaluate_dirs,
+        evaluate_run,
+        report_ok,
+        report_table,
+        write_report,
+    )
+    from prediction.config import PredictConfig
 
     if args.cv:
         if args.pred or args.truth or args.run_dir or not args.store or not args.out:
@@ -99,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_cv(args: argparse.Namespace, config) -> int:
-    from inference.crossval import CSV_NAME, REPORT_NAME, evaluate_cv
-    from inference.evaluate import report_ok, report_table
+    from evaluation.crossval import CSV_NAME, REPORT_NAME, evaluate_cv
+    from evaluation.evaluate import report_ok, report_table
 
     report = evaluate_cv(
         args.cv, args.store, args.out, config, checkpoint=args.checkpoint, progress=not args.no_progress

@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from dataset.common.configio import load_config
-    from inference.config import PredictConfig
-    from inference.predict import predict_cases
+    from prediction.config import PredictConfig
+    from prediction.predict import predict_cases
 
     config = load_config(PredictConfig, args.config, args.overrides)
     if args.no_mirror:

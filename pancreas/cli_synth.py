@@ -49,8 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pancreas.synthetic.marker import case_file_names
-    from pancreas.synthetic.msd import dataset_params, make_dataset
+    from sources.synthetic.marker import case_file_names
+    from sources.synthetic.msd import dataset_params, make_dataset
 
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")

@@ -36,7 +36,7 @@ import yaml
 from dataset.common.configio import from_dict, load_config, to_dict
 from dataset.common.errors import PancreasError
 from dataset.index.config import IndexConfig
-from inference.config import PredictConfig
+from prediction.config import PredictConfig
 from preprocess.config import PreprocessConfig
 from training.config import TrainConfig  # no TensorFlow: that is imported by training.run
 
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 DEMO_TRAIN_CASES = 10
 DEMO_TEST_CASES = 3
-# Task07's tumour sizes at the small phantoms' scale (``pancreas.synthetic.params``): with
+# Task07's tumour sizes at the small phantoms' scale (``sources.synthetic.params``): with
 # the small profile's own 5-8 mm tumours the demo's model found none in its budget (tumour
 # Dice 0); with these (8-26 mm) and 48 epochs it finds them (README: "A demo run").
 DEMO_TUMOURS = "task07"
@@ -111,7 +111,7 @@ class DemoResult:
 
 def write_configs(configs: DemoConfigs, folder: Path) -> dict[str, Path]:
     """Write each resolved config as YAML (usable with ``--config``)."""
-    from dataset.common.files import atomic_path
+    from dataset.common.atomic import atomic_path
 
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -151,8 +151,8 @@ def _build_store(
 ) -> None:
     """synth -> preprocess -> index."""
     from dataset.index.build import build_index
-    from pancreas.synthetic.msd import make_dataset
     from preprocess.driver import run_preprocess
+    from sources.synthetic.msd import make_dataset
 
     with _timed(seconds, "synth"):
         make_dataset(
@@ -177,8 +177,8 @@ def _train_and_score(
 ) -> dict[str, Any]:
     """train -> predict the held-out cases -> evaluate; the evaluation report."""
     from dataset.contract.run import holds_run
-    from inference.evaluate import evaluate_dirs, write_report
-    from inference.predict import predict_cases
+    from evaluation.evaluate import evaluate_dirs, write_report
+    from prediction.predict import predict_cases
     from training.run import train
 
     with _timed(seconds, "train"):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dataset.common.configio import load_config, to_dict
-from dataset.common.files import fingerprint_json
+from dataset.common.fingerprints import fingerprint_json
 
 INTERPOLATIONS = ("linear", "bspline")
 INT16_RANGE = (-32768, 32767)

@@ -8,7 +8,7 @@ shard (nothing open is pickled; HDF5 is never shared between processes) and retu
 
 Resuming: a case whose shard holds the same input and config fingerprints is skipped
 without work. The input fingerprint is taken when the case is planned and checked again
-by the worker right after reading (``preprocess.inputs``), so a file replaced during the
+by the worker right after reading (``preprocess.input_files``), so a file replaced during the
 run fails its case instead of being stored under a fingerprint it was not made from. A
 bad case becomes a "failed" record with a one-line reason; the shard of an earlier good
 run stays on disk (shards are only ever replaced by an atomic rename).
@@ -27,14 +27,15 @@ import h5py
 import hdf5plugin  # noqa: F401
 from tqdm import tqdm
 
+from dataset.common.atomic import remove_stale_temporaries
 from dataset.common.errors import UsageError
-from dataset.common.files import exclusive_lock, remove_stale_temporaries
-from dataset.common.msd import MsdCase, MsdDataset, MsdDatasetError, load_msd_dataset
+from dataset.common.locks import exclusive_lock
 from dataset.common.runner import one_line, run_cases
 from dataset.contract.catalog import Catalog, CatalogRecord, read_catalog, write_catalog
 from dataset.contract.store import CASES_DIR, StoreError, shard_path
 from preprocess.config import PreprocessConfig, config_fingerprint, config_from_dict, config_to_dict
-from preprocess.inputs import CaseInputs, take_inputs
+from preprocess.input_files import CaseInputs, take_inputs
+from sources.msd import MsdCase, MsdDataset, MsdDatasetError, load_msd_dataset
 
 log = logging.getLogger(__name__)
 

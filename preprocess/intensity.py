@@ -28,6 +28,8 @@ import math
 
 import numpy as np
 
+from dataset.common.slabs import z_slabs
+
 LEVELS = 255  # == dataset.contract.store.IMAGE_LEVELS (kept local: this module imports numpy only)
 SLAB_VOXELS = 1 << 20  # voxels handled per slab
 
@@ -83,13 +85,6 @@ def to_levels(x: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(x, 0.0, 1.0) * LEVELS).astype(np.uint8)
 
 
-def z_slabs(shape: tuple[int, ...], voxels: int = SLAB_VOXELS) -> list[slice]:
-    """Slices along the first axis covering ``shape`` with at most ``voxels`` each (one slice at least)."""
-    per_slice = max(1, int(np.prod(shape[1:])))
-    step = max(1, voxels // per_slice)
-    return [slice(z, min(z + step, shape[0])) for z in range(0, shape[0], step)]
-
-
 def _value_index(hu_slab: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Index (v - lo) of the windowed integer value of each voxel of a slab."""
     v = np.rint(hu_slab, dtype=np.float32)
@@ -102,7 +97,7 @@ def value_counts(hu: np.ndarray, window_hu: tuple[float, float], min_hu: float |
     """Voxel count of each integer HU value of the window (only voxels with hu > min_hu)."""
     lo, hi = integer_window(window_hu)
     counts = np.zeros(hi - lo + 1, dtype=np.int64)
-    for z in z_slabs(hu.shape):
+    for z in z_slabs(hu.shape, SLAB_VOXELS):
         index = _value_index(hu[z], lo, hi)
         if min_hu is not None:
             index = index[hu[z] > min_hu]
@@ -114,7 +109,7 @@ def apply_lut(hu: np.ndarray, window_hu: tuple[float, float], lut_levels: np.nda
     """uint8 levels of each voxel: ``lut_levels[v - lo]`` of its windowed integer value."""
     lo, hi = integer_window(window_hu)
     out = np.empty(hu.shape, dtype=np.uint8)
-    for z in z_slabs(hu.shape):
+    for z in z_slabs(hu.shape, SLAB_VOXELS):
         out[z] = lut_levels[_value_index(hu[z], lo, hi)]
     return out
 

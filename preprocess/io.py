@@ -7,7 +7,7 @@ lists them), and the series may then also lie in folders below it.
 
 Every problem raises ``InputError`` with one line naming the file and what is wrong, so
 the driver can report it and carry on with the other cases. The byte-level NIfTI checks
-ITK cannot make (truncation, stored NaN) are ``preprocess.nifti``; writing images is
+ITK cannot make (truncation, stored NaN) are ``sources.nifti``; writing images is
 ``preprocess.output``. SimpleITK's
 (x, y, z) order appears here and in ``geometry``; everything handed on is either an
 ``sitk.Image`` or a numpy (z, y, x) array.
@@ -24,10 +24,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from dataset.common.errors import PancreasError
-from preprocess import nifti
+from dataset.common.slabs import z_slabs
 from preprocess.dicom import series_files, series_ids
-from preprocess.intensity import z_slabs
 from preprocess.limits import STREAM_SLAB_VOXELS
+from sources import nifti
 
 PIXEL_NAMES = {
     sitk.sitkUInt8: "uint8",

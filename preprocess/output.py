@@ -13,7 +13,7 @@ from typing import cast
 import numpy as np
 import SimpleITK as sitk
 
-from dataset.common.files import atomic_path
+from dataset.common.atomic import atomic_path
 
 
 def image_array(image: sitk.Image) -> np.ndarray:

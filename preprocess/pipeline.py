@@ -21,7 +21,7 @@ from dataset.contract.store import write_shard
 from preprocess.body import body_box, expand_box
 from preprocess.config import PreprocessConfig, config_fingerprint, config_to_dict
 from preprocess.geometry import IDENTITY_DIRECTION, Grid, edge_aligned_grid, resample
-from preprocess.inputs import CaseInputs, changed_file, take_inputs
+from preprocess.input_files import CaseInputs, changed_file, take_inputs
 from preprocess.intensity import hu_to_levels
 from preprocess.io import PIXEL_NAMES, InputError, grid_mismatch, label_value_counts, read_case, read_image_info
 from preprocess.limits import case_bytes, geometry_problem, memory_budget_bytes, memory_problem, resampled_size

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from dataset.common.configio import to_dict
 from dataset.contract.catalog import Catalog, CatalogRecord, write_catalog
-from pancreas.synthetic.msd import dataset_params
-from pancreas.synthetic.training import make_synthetic_store
+from pancreas.testing.runs import make_synthetic_store
 from preprocess.config import PreprocessConfig
 from preprocess.pipeline import preprocess_file, write_case
+from sources.synthetic.msd import dataset_params
 
 
 def write_contract_run(run_dir: Path, window=(32, 64, 64), depth: int = 2) -> Path:

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def lock_held_elsewhere(folder: Path) -> Iterator[int]:
     """Another process holds ``folder``'s lock for the block; yields its pid."""
     code = (
-        "import sys\nfrom dataset.common.files import exclusive_lock\n"
+        "import sys\nfrom dataset.common.locks import exclusive_lock\n"
         "with exclusive_lock(sys.argv[1]):\n    print('held', flush=True)\n    sys.stdin.read()\n"
     )
     proc = subprocess.Popen(

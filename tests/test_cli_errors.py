@@ -10,7 +10,7 @@ import pytest
 
 from dataset.common.configio import ConfigError
 from dataset.common.errors import PancreasError, UsageError
-from dataset.common.files import LockedError
+from dataset.common.locks import LockedError
 from dataset.contract.store import StoreError
 from pancreas.cli import main
 
@@ -58,7 +58,7 @@ def test_every_error_class_of_the_project_has_the_one_base():
 
     root = Path(__file__).resolve().parents[1]
     found = []
-    for package in ("dataset", "preprocess", "training", "inference", "pancreas"):
+    for package in ("dataset", "sources", "preprocess", "training", "prediction", "evaluation", "pancreas"):
         for path in (root / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if isinstance(node, ast.ClassDef) and node.name.endswith("Error"):

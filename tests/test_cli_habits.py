@@ -178,8 +178,8 @@ def test_predict_and_download_hand_the_overridden_config_on(tmp_path, monkeypatc
         seen["download"], seen["progress"] = config, progress
         raise UsageError("stop here")
 
-    _fake_module(monkeypatch, "inference.predict", predict_cases=predict_cases)
-    monkeypatch.setattr("inference.download.download_dataset", download_dataset)
+    _fake_module(monkeypatch, "prediction.predict", predict_cases=predict_cases)
+    monkeypatch.setattr("sources.download.download_dataset", download_dataset)
     assert (
         main(
             [

@@ -147,7 +147,7 @@ def test_a_mapping_given_for_a_section_merges_key_by_key(tmp_path):
 
 
 def test_an_entry_of_a_mapping_field_keeps_the_others():
-    from inference.config import PredictConfig
+    from prediction.config import PredictConfig
 
     assert load_config(PredictConfig, None, ["nsd_tolerance_mm.tumour=2"]).nsd_tolerance_mm == {
         **PredictConfig().nsd_tolerance_mm,

@@ -2,7 +2,7 @@
 
 For ``preprocess`` and ``index`` (and ``train``, in tests/test_train_crash.py) a first
 uninterrupted run lists every commit point it reaches (``PANCREAS_CRASH_LOG``: a
-temporary written, renamed, a record updated; see dataset/common/files.py). Then, for
+temporary written, renamed, a record updated; see dataset/common/atomic.py). Then, for
 each point in turn, a fresh copy of the inputs is run with ``PANCREAS_CRASH_AT`` set to
 that point, which SIGKILLs the process there; a rerun must finish, and its result must
 equal the uninterrupted run's (timings aside), with no temporary left behind and no
@@ -23,8 +23,9 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 
-from dataset.common.files import CRASH_ENV, CRASH_LOG_ENV, TMP_SUFFIX
-from pancreas.synthetic.msd import make_dataset
+from dataset.common.atomic import TMP_SUFFIX
+from dataset.common.crashpoints import CRASH_ENV, CRASH_LOG_ENV
+from sources.synthetic.msd import make_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -182,7 +183,7 @@ def test_full_disk_gives_one_line_no_partial_file_and_keeps_earlier_results(data
     """A write that fails with ENOSPC (simulated at the commit point, as a full disk would fail
     the temporary's write): one line naming the case or file, nothing half-written, and a rerun
     with space again finishes without redoing what was committed."""
-    from dataset.common.files import ENOSPC_ENV
+    from dataset.common.crashpoints import ENOSPC_ENV
 
     store = tmp_path / "store"
     first = cli(

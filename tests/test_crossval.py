@@ -16,9 +16,9 @@ from dataset.contract.index import Fold, IndexSummary, Split, commit_index, mani
 from dataset.contract.manifest import index_fingerprint, write_manifest
 from dataset.contract.postprocessing import read_postprocessing
 from dataset.contract.store import StoreError
-from inference.crossval import CrossValidationError, choose_postprocessing, evaluate_cv, variant_dice
+from evaluation.crossval import CrossValidationError, choose_postprocessing, evaluate_cv, variant_dice
 from pancreas.cli import main
-from pancreas.synthetic.msd import make_dataset
+from sources.synthetic.msd import make_dataset
 
 
 # ----------------------------------------------------------------------------- the decision, pure
@@ -187,7 +187,7 @@ def test_cli_needs_store_and_out(two_folds, capsys):
 
 
 def test_a_postprocessing_in_the_config_does_not_touch_the_out_of_fold_maps(two_folds, tmp_path):
-    from inference.config import PredictConfig
+    from prediction.config import PredictConfig
 
     _data, store, runs, _folds = two_folds
     fns = [everything_is_pancreas, nothing]

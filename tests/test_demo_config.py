@@ -11,8 +11,8 @@ import yaml
 
 from dataset.common.configio import check_patch_fits_depth, from_dict, load_config
 from dataset.index.config import IndexConfig
-from inference.config import PredictConfig
 from pancreas.demo import DEMO_CONFIG_DIR, DEMO_OVERRIDES, demo_configs
+from prediction.config import PredictConfig
 from preprocess.config import PreprocessConfig
 from training.config import LossConfig, ModelConfig, TrainConfig
 

@@ -12,10 +12,10 @@ import pytest
 import SimpleITK as sitk
 from helpers import write_contract_run
 
-from inference.config import PredictConfig
-from inference.inputs import CaseInput, PredictError, discover_inputs
-from inference.predict import predict_cases
 from pancreas.cli import main
+from prediction.cases import CaseInput, PredictError, discover_inputs
+from prediction.config import PredictConfig
+from prediction.predict import predict_cases
 from preprocess.dicom import find_series, uid_suffix
 from preprocess.io import InputError, read_image, read_label
 
@@ -92,7 +92,7 @@ def one_folder(tmp_path: Path) -> Path:
 
 
 def test_two_series_in_one_folder_are_two_cases_with_stable_names(one_folder: Path, caplog):
-    with caplog.at_level(logging.INFO, logger="inference.inputs"):
+    with caplog.at_level(logging.INFO, logger="prediction.cases"):
         cases = discover_inputs(one_folder)
     assert cases == [
         CaseInput(f"patient7_{SUFFIX_A}", one_folder, UID_A),

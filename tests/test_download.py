@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from lockholder import lock_held_elsewhere
 
-from dataset.common.files import LOCK_NAME, holds_lock
-from inference.config import DownloadConfig
-from inference.download import DownloadError, download_dataset, download_file, extract_archive
+from dataset.common.locks import LOCK_NAME, holds_lock
+from sources.config import DownloadConfig
+from sources.download import DownloadError, download_dataset, download_file, extract_archive
 
 NAME = "Task07_Pancreas.tar"
 REPO = Path(__file__).resolve().parents[1]
@@ -349,7 +349,7 @@ def test_crafted_archive_is_refused_in_one_line_before_anything_is_written(tmp_p
 
 def test_data_filter_is_a_second_wall(tmp_path: Path, monkeypatch):
     """Were the member scan ever to let a link through, the 'data' filter still stops it."""
-    import inference.archive as archive_module
+    import sources.archive as archive_module
 
     monkeypatch.setattr(archive_module, "_member_problem", lambda *args: None)
     archive = tmp_path / NAME
@@ -363,7 +363,7 @@ def test_data_filter_is_a_second_wall(tmp_path: Path, monkeypatch):
 # ----------------------------------------------------------------------------- retries
 def test_http_5xx_is_retried_with_exponential_backoff(tmp_path: Path, monkeypatch):
     waits: list[float] = []
-    monkeypatch.setattr("inference.download.time.sleep", waits.append)
+    monkeypatch.setattr("sources.download.time.sleep", waits.append)
     with Server(GOOD) as server:
         server.fail_first = [503, 500, 502]
         download_dataset(config_for(server, GOOD, retries=3, retry_wait_s=0.5), tmp_path)
@@ -374,7 +374,7 @@ def test_http_5xx_is_retried_with_exponential_backoff(tmp_path: Path, monkeypatc
 
 def test_dropped_connections_resume_and_progress_resets_the_count(tmp_path: Path, monkeypatch):
     waits: list[float] = []
-    monkeypatch.setattr("inference.download.time.sleep", waits.append)
+    monkeypatch.setattr("sources.download.time.sleep", waits.append)
     with Server(GOOD) as server:
         server.drops = [5000, 5000, 5000]
         download_dataset(config_for(server, GOOD, retries=1, retry_wait_s=0.25), tmp_path)
@@ -386,7 +386,7 @@ def test_dropped_connections_resume_and_progress_resets_the_count(tmp_path: Path
 
 def test_retries_run_out_with_one_line_and_the_part_file_kept(tmp_path: Path, monkeypatch):
     waits: list[float] = []
-    monkeypatch.setattr("inference.download.time.sleep", waits.append)
+    monkeypatch.setattr("sources.download.time.sleep", waits.append)
     with Server(GOOD) as server:
         server.drops = [4096]
         server.fail_first = [None, 503, 503]  # None: serve (and drop, above)
@@ -402,7 +402,7 @@ def test_retries_run_out_with_one_line_and_the_part_file_kept(tmp_path: Path, mo
 
 
 def test_client_errors_are_not_retried(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr("inference.download.time.sleep", lambda s: None)
+    monkeypatch.setattr("sources.download.time.sleep", lambda s: None)
     with Server(GOOD) as server:
         server.fail_first = [404]
         with pytest.raises(DownloadError, match="HTTP 404"):
@@ -444,7 +444,7 @@ def test_second_download_into_one_folder_fails_at_once(tmp_path: Path, capsys):
 
 
 def test_lock_is_held_through_download_and_extraction(tmp_path: Path, monkeypatch):
-    import inference.download as download
+    import sources.download as download
 
     seen = []
     real_fetch, real_extract = download.download_file, download.extract_archive

@@ -14,12 +14,12 @@ import SimpleITK as sitk
 from helpers import preprocessed_store
 from lockholder import lock_held_elsewhere
 
-from dataset.common.files import LockedError
+from dataset.common.locks import LockedError
 from dataset.contract.fingerprints import store_fingerprint
 from dataset.contract.index import Fold, IndexSummary, Split, commit_index, manifest_path, write_split
 from dataset.contract.manifest import index_fingerprint, write_manifest
 from dataset.contract.store import StoreError
-from inference.evaluate import (
+from evaluation.evaluate import (
     CasePair,
     EvaluationError,
     evaluate_dirs,
@@ -28,9 +28,9 @@ from inference.evaluate import (
     report_ok,
     report_table,
 )
-from inference.predict import PredictError
 from pancreas.cli import main
-from pancreas.synthetic.msd import make_dataset
+from prediction.predict import PredictError
+from sources.synthetic.msd import make_dataset
 
 SPACING_XYZ = (0.8, 0.8, 3.0)
 DIRECTION_RAS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
@@ -258,7 +258,7 @@ def test_report_never_replaces_a_file_that_is_not_a_report(folders, tmp_path: Pa
 def test_evaluate_reads_only_hand_over_files():
     """Evaluation goes through dataset.contract: never the index stage or training code."""
     code = (
-        "import sys, inference.evaluate, pancreas.cli_evaluate;"
+        "import sys, evaluation.evaluate, pancreas.cli_evaluate;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'training' or m.startswith('dataset.index')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -266,7 +266,7 @@ def test_evaluate_reads_only_hand_over_files():
 
 
 def test_a_foreign_out_file_is_refused_before_any_scoring(folders, tmp_path, monkeypatch, capsys):
-    import inference.evaluate as evaluate_module
+    import evaluation.evaluate as evaluate_module
 
     pred, truth = folders
     mine = tmp_path / "notes.json"

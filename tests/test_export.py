@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset.common.files import LOCK_NAME, TMP_SUFFIX
+from dataset.common.atomic import TMP_SUFFIX
+from dataset.common.locks import LOCK_NAME
 from dataset.contract.run import InputContract, checkpoint_path, write_input_contract
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +135,7 @@ def test_an_earlier_export_is_replaced_and_another_folder_refused_untouched(run_
 
 
 HOLD = (
-    "import sys; from dataset.common.files import exclusive_lock\n"
+    "import sys; from dataset.common.locks import exclusive_lock\n"
     "with exclusive_lock(sys.argv[1]):\n    print('ready', flush=True); sys.stdin.read()\n"
 )
 

@@ -1,4 +1,4 @@
-"""Durable atomic writes, locks, crash points and fingerprints (dataset.common.files)."""
+"""Atomic writes, locks, crash points and fingerprints (dataset.common)."""
 
 import errno
 import json
@@ -9,22 +9,18 @@ import sys
 
 import pytest
 
-from dataset.common.files import (
-    LOCK_NAME,
+from dataset.common.atomic import (
     TMP_SUFFIX,
-    LockedError,
     ReadError,
     atomic_path,
-    commit_point,
-    exclusive_lock,
-    fingerprint_file,
-    fingerprint_json,
-    holds_lock,
-    inside,
     read_json,
     remove_stale_temporaries,
     write_json_atomic,
 )
+from dataset.common.crashpoints import commit_point
+from dataset.common.fingerprints import fingerprint_file, fingerprint_json
+from dataset.common.locks import LOCK_NAME, LockedError, exclusive_lock, holds_lock
+from dataset.common.paths import inside
 
 
 def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
@@ -100,7 +96,7 @@ def test_lock_is_reentrant_within_a_process(tmp_path):
 
 def test_commit_point_kills_at_the_named_occurrence_and_logs_every_point(tmp_path):
     code = (
-        "from dataset.common.files import write_json_atomic as w\n"
+        "from dataset.common.atomic import write_json_atomic as w\n"
         "import sys\nfor i in range(3):\n    w(sys.argv[1], {'i': i}, point='state')\n"
     )
     target, log = tmp_path / "state.json", tmp_path / "points.log"

@@ -6,7 +6,7 @@ import numpy as np
 
 from dataset.index.augment import ElasticParams, apply, make_params
 from dataset.index.config import ElasticConfig
-from pancreas.synthetic.store import blob_label, image_for
+from pancreas.testing.store import blob_label, image_for
 
 CFG = ElasticConfig()
 

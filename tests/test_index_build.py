@@ -13,8 +13,9 @@ import pytest
 import yaml
 from lockholder import lock_held_elsewhere
 
+from dataset.common.atomic import TMP_SUFFIX
 from dataset.common.configio import to_dict
-from dataset.common.files import TMP_SUFFIX, LockedError
+from dataset.common.locks import LockedError
 from dataset.contract.catalog import read_catalog, write_catalog
 from dataset.contract.index import check_index, manifest_path, read_split
 from dataset.contract.manifest import read_manifest
@@ -23,7 +24,7 @@ from dataset.contract.store import StoreError
 from dataset.index.build import build_index
 from dataset.index.config import IndexConfig
 from pancreas.cli import main
-from pancreas.synthetic.store import blob_label, failed_record, make_store, write_case
+from pancreas.testing.store import blob_label, failed_record, make_store, write_case
 
 CFG = IndexConfig(train_patch_xyz=(16, 16, 8), val_patch_xyz=(32, 32, 8), val_fraction=0.25)
 TUMOUR = {f"case_{i}" for i in range(5)}  # of the 8 labelled cases below

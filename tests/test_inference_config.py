@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from dataset.common.configio import ConfigError, from_dict, load_config
-from inference.config import DownloadConfig, PredictConfig
+from prediction.config import PredictConfig
+from sources.config import DownloadConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -41,7 +42,7 @@ def test_window_from_yaml_becomes_a_tuple():
 def test_predict_window_check_is_the_shared_one_with_predicts_error_type():
     from dataset.common.configio import check_patch_fits_depth
     from dataset.contract.run import InputContract
-    from inference.predict import PredictError, resolve_config
+    from prediction.predict import PredictError, resolve_config
 
     contract = InputContract(val_patch_size_zyx=(32, 64, 64), n_classes=3, model_depth=2, preprocess={})
     with pytest.raises(PredictError) as err:

@@ -12,11 +12,11 @@ import pytest
 
 from dataset.common.configio import to_dict
 from dataset.contract.run import InputContract, RunError, read_input_contract, write_input_contract
-from inference.config import PredictConfig
-from inference.predict import CaseInput, PredictError, predict_cases, predict_volume, resolve_config
-from inference.settings import load_runs
-from pancreas.synthetic.msd import dataset_params, make_dataset
+from prediction.config import PredictConfig
+from prediction.predict import CaseInput, PredictError, predict_cases, predict_volume, resolve_config
+from prediction.runs import load_runs
 from preprocess.config import PreprocessConfig
+from sources.synthetic.msd import dataset_params, make_dataset
 
 WINDOW = (32, 64, 64)
 FLIPS_Y_X = {"flip_axes": [1, 2], "flip_probability": 0.5}
@@ -171,14 +171,14 @@ def test_mirror_axes_come_from_the_run_unless_the_config_names_them(flips, confi
 
 def test_old_contract_without_flips_mirrors_nothing_with_one_log_line(tmp_path: Path, caplog):
     run = write_run(tmp_path / "old", flips=None)
-    with caplog.at_level(logging.WARNING, logger="inference.settings"):
+    with caplog.at_level(logging.WARNING, logger="prediction.runs"):
         settings = load_runs(run, PredictConfig(), model_a)
     assert settings.config.mirror_axes == () and settings.mirror_axes == [()]
     notes = [r.getMessage() for r in caplog.records]
     assert len(notes) == 1 and "no test-time mirroring" in notes[0] and str(run / "input_contract.json") in notes[0]
     assert "\n" not in notes[0]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="inference.settings"):
+    with caplog.at_level(logging.WARNING, logger="prediction.runs"):
         assert load_runs(run, PredictConfig(mirror_axes=(2,)), model_a).config.mirror_axes == (2,)
     assert not caplog.records  # the config chose: nothing to note
 
@@ -334,7 +334,7 @@ def test_cli_with_two_model_runs(msd: Path, tmp_path: Path, monkeypatch, extra, 
     from pancreas.cli import main
 
     loader = CountingLoader()
-    monkeypatch.setattr("inference.predict.load_predict_fns", loader)
+    monkeypatch.setattr("prediction.predict.load_predict_fns", loader)
     r1, r2 = write_run(tmp_path / "r1"), write_run(tmp_path / "r2")
     out = tmp_path / "out"
     assert (
@@ -345,7 +345,7 @@ def test_cli_with_two_model_runs(msd: Path, tmp_path: Path, monkeypatch, extra, 
     record = json.loads((out / "predictions.json").read_text())
     assert record["config"]["mirror_axes"] == mirror
     (case,) = record["cases"].values()
-    from inference.sliding import window_grid
+    from prediction.sliding import window_grid
 
     n_batches = -(-len(window_grid([max(s, w) for s, w in zip(case["shape_zyx"], WINDOW)], WINDOW, 0.5)) // 2)
     assert loader.calls == 2 * passes_per_batch * n_batches  # two models, each once per mirror combination

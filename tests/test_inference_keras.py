@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from dataset.common.configio import to_dict
-from inference.config import PredictConfig
-from inference.predict import predict_cases
-from pancreas.synthetic.msd import make_dataset
+from prediction.config import PredictConfig
+from prediction.predict import predict_cases
 from preprocess.config import PreprocessConfig
+from sources.synthetic.msd import make_dataset
 
 
 def test_importing_inference_does_not_import_tensorflow():
     code = (
-        "import sys, inference.predict, inference.evaluate, inference.download, pancreas.cli_predict;"
+        "import sys, prediction.predict, evaluation.evaluate, sources.download, pancreas.cli_predict;"
         "print('tensorflow' in sys.modules or 'keras' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

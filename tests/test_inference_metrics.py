@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from dataset.common.configio import ConfigError, from_dict
-from inference.config import PredictConfig
-from inference.metrics import (
+from evaluation.metrics import (
     NSD_TOLERANCE_MM,
     REGIONS,
     dice,
@@ -20,6 +19,7 @@ from inference.metrics import (
     summarise,
     surface,
 )
+from prediction.config import PredictConfig
 
 
 def cube(shape, start, size):

@@ -16,11 +16,11 @@ from dataset.contract.postprocessing import (
     read_postprocessing,
     write_postprocessing,
 )
-from inference.config import PredictConfig
-from inference.postprocess import apply_postprocessing, keep_largest_component
-from inference.predict import PredictError, predict_cases
-from pancreas.synthetic.msd import make_dataset
+from prediction.config import PredictConfig
+from prediction.postprocess import apply_postprocessing, keep_largest_component
+from prediction.predict import PredictError, predict_cases
 from preprocess.config import PreprocessConfig
+from sources.synthetic.msd import make_dataset
 
 
 def decision(pancreas: bool, tumour: bool, store: str = "store-1") -> PostprocessingDecision:
@@ -226,7 +226,7 @@ def test_a_decision_from_another_store_is_refused_naming_the_file(msd: Path, tmp
 
 
 def test_a_run_without_a_store_fingerprint_cannot_be_checked_and_is_noted(tmp_path: Path, caplog):
-    from inference.settings import load_runs
+    from prediction.runs import load_runs
 
     path = write_postprocessing(tmp_path, decision(True, False))
     settings = load_runs(

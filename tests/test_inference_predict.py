@@ -16,12 +16,14 @@ import pytest
 from helpers import write_contract_run
 from lockholder import lock_held_elsewhere
 
-from dataset.common.files import CRASH_ENV, TMP_SUFFIX, LockedError
+from dataset.common.atomic import TMP_SUFFIX
+from dataset.common.crashpoints import CRASH_ENV
+from dataset.common.locks import LockedError
 from dataset.contract.run import InputContract
 from dataset.contract.store import levels_to_intensity
-from inference.config import PredictConfig
-from inference.metrics import dice
-from inference.predict import (
+from evaluation.metrics import dice
+from prediction.config import PredictConfig
+from prediction.predict import (
     CaseInput,
     PredictError,
     discover_inputs,
@@ -30,11 +32,11 @@ from inference.predict import (
     predict_volume,
     resolve_config,
 )
-from inference.sliding import batches, extract_windows, pad_to_window, window_grid
-from pancreas.synthetic.msd import dataset_params, make_dataset
+from prediction.sliding import batches, extract_windows, pad_to_window, window_grid
 from preprocess.config import PreprocessConfig
 from preprocess.io import read_label
 from preprocess.pipeline import preprocess_file
+from sources.synthetic.msd import dataset_params, make_dataset
 
 N_TRAIN = 4  # indices 0..3: orientations LPS, RAS, LPI, PLS; dtypes int16, scaled int16, float32, int32; #3 thin
 
@@ -270,7 +272,7 @@ def test_cli_predict_without_run_is_a_one_line_error(tmp_path: Path, capsys):
 
 
 def test_argmax_labels_matches_numpy_including_ties():
-    from inference.predict import argmax_labels
+    from prediction.predict import argmax_labels
 
     rng = np.random.default_rng(3)
     probs = rng.random((3, 37, 5, 6)).astype(np.float32)
@@ -460,7 +462,7 @@ def test_a_killed_run_resumes_over_its_own_files(msd: Path, tmp_path: Path):
     case = dataset_params(N_TRAIN, seed=0, n_test=1)[N_TRAIN]
     run, out = write_contract_run(tmp_path / "run"), tmp_path / "out"
     script = (
-        "import sys\nfrom inference.predict import predict_cases\n"
+        "import sys\nfrom prediction.predict import predict_cases\n"
         "from tests_model import pointwise_model\n"
         "predict_cases(sys.argv[1], sys.argv[2], sys.argv[3], predict_fn=pointwise_model, progress=False)\n"
     )

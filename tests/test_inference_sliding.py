@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.sliding import (
+from prediction.sliding import (
     Stitcher,
     gaussian_weights,
     mirror_combinations,

@@ -10,7 +10,7 @@ import surface_distance
 from scipy import ndimage
 from surface_distance import lookup_tables
 
-from inference.surface import _CORNERS, cube_codes, surface_dice, surfel_area_table
+from evaluation.surface import _CORNERS, cube_codes, surface_dice, surfel_area_table
 
 ISO, CT, THICK = (1.0, 1.0, 1.0), (2.5, 0.8, 0.8), (3.0, 0.8, 0.8)
 ODD = (0.7, 1.3, 2.9)  # (z, y, x): a different spacing on every axis catches a swapped axis

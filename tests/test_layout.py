@@ -1,19 +1,26 @@
-"""The package layering: contract <- stages <- CLI, with no sideways edges between stages.
+"""The package layering: common <- contract and sources <- stages <- CLI, with no sideways edges.
 
 Layers (lowest first); a module may import its own package, anything in a lower layer,
 and nothing beside or above it:
 
-* ``dataset.common``: files, locks, config loading, the Dask runner, seeds, the MSD input format
-* ``dataset.contract``: every file one stage hands to another
-* the stages: ``preprocess``, ``dataset.index``, ``training``, ``inference``
-* ``pancreas`` (CLI, demo, synthetic data) and ``bench``
+* ``dataset.common``: atomic writes, locks, crash points, fingerprints, config loading,
+  the Dask runner, seeds, the label regions
+* ``dataset.contract`` (every file one stage hands to another) and ``sources`` (where
+  raw data comes from: the MSD and nnU-Net folder formats, NIfTI headers, the download,
+  synthetic phantoms); neither imports the other
+* the stages: ``preprocess``, ``dataset.index``, ``training``, ``prediction``, ``evaluation``
+* ``pancreas`` (CLI, demo, test scaffolding) and ``bench``
 
-One edge between stages is allowed on purpose: ``inference -> preprocess``. Prediction
-must turn a new CT into the model's input with exactly the code that made the training
-store (the style guide: "inference reuses the preprocessing code; it never copies it"),
-so ``inference`` calls ``preprocess.pipeline`` with the config the run's input contract
-records. Copying that code into the contract would be the train/inference skew the
-style guide warns about.
+Two edges between stages are allowed on purpose:
+
+* ``prediction -> preprocess``: prediction must turn a new CT into the model's input with
+  exactly the code that made the training store (the style guide: "inference reuses the
+  preprocessing code; it never copies it"), so ``prediction`` calls ``preprocess.pipeline``
+  with the config the run's input contract records. Copying that code into the contract
+  would be the train/inference skew the style guide warns about.
+* ``evaluation -> prediction`` and ``evaluation -> preprocess``: ``evaluate --run`` and
+  ``--cv`` predict the cases they score with the same code as ``pancreas predict``, and
+  read label maps and scans with the same reader as the preprocessing.
 """
 
 from __future__ import annotations
@@ -22,9 +29,9 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("dataset", "preprocess", "training", "inference", "pancreas")
-STAGES = ("preprocess", "dataset.index", "training", "inference")
-ALLOWED_BETWEEN_STAGES = {("inference", "preprocess")}
+PACKAGES = ("dataset", "sources", "preprocess", "training", "prediction", "evaluation", "pancreas")
+STAGES = ("preprocess", "dataset.index", "training", "prediction", "evaluation")
+ALLOWED_BETWEEN_STAGES = {("prediction", "preprocess"), ("evaluation", "prediction"), ("evaluation", "preprocess")}
 
 
 def module_name(path: Path) -> str:
@@ -67,6 +74,8 @@ def layer(module: str) -> tuple[int, str]:
         return 0, "dataset.common"
     if module.startswith("dataset.contract"):
         return 1, "dataset.contract"
+    if module == "sources" or module.startswith("sources."):
+        return 1, "sources"
     for stage in STAGES:
         if module == stage or module.startswith(stage + "."):
             return 2, stage
@@ -86,7 +95,11 @@ def bad_edges(graph: dict[str, set[str]]) -> list[str]:
 
 
 def test_layer_function_knows_every_package():
-    assert layer("dataset.common.files") == (0, "dataset.common")
+    assert layer("dataset.common.atomic") == (0, "dataset.common")
+    assert layer("sources.synthetic.phantom") == (1, "sources")
+    assert bad_edges({"sources.msd": {"dataset.contract.store"}}) == ["sources.msd -> dataset.contract.store"]
+    assert bad_edges({"evaluation.crossval": {"prediction.predict"}}) == []
+    assert bad_edges({"prediction.predict": {"evaluation.metrics"}}) == ["prediction.predict -> evaluation.metrics"]
     assert layer("dataset.contract.catalog") == (1, "dataset.contract")
     assert layer("dataset.index.build") == (2, "dataset.index")
     assert layer("pancreas.cli") == (3, "pancreas")

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from helpers import write_contract_run
 
-from dataset.common.msd import MsdDatasetError, load_msd_dataset
-from dataset.common.nnunet import labels_by_value, split_channel, stripped_case_ids
 from dataset.contract.store import read_shard, shard_path
-from inference.config import PredictConfig
-from inference.inputs import CaseInput, PredictError, discover_inputs
-from inference.predict import predict_cases
 from pancreas.cli import main
-from pancreas.synthetic.msd import make_dataset
+from prediction.cases import CaseInput, PredictError, discover_inputs
+from prediction.config import PredictConfig
+from prediction.predict import predict_cases
 from preprocess.config import PreprocessConfig
 from preprocess.driver import run_preprocess
+from sources.msd import MsdDatasetError, load_msd_dataset
+from sources.nnunet import labels_by_value, split_channel, stripped_case_ids
+from sources.synthetic.msd import make_dataset
 
 V2_META = {
     "channel_names": {"0": "CT"},

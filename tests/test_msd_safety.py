@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dataset.common.msd import MsdDatasetError, load_msd_dataset
+from sources.msd import MsdDatasetError, load_msd_dataset
 
 
 def make_folder(tmp_path: Path, meta: dict | None = None) -> Path:

@@ -18,15 +18,16 @@ import pytest
 import SimpleITK as sitk
 
 import preprocess.pipeline as pipeline
-from dataset.common.files import TMP_SUFFIX, LockedError
-from dataset.common.msd import MsdDatasetError
+from dataset.common.atomic import TMP_SUFFIX
+from dataset.common.locks import LockedError
 from dataset.common.runner import SchedulerError
 from dataset.contract.catalog import read_catalog
 from dataset.contract.store import StoreError, read_shard, shard_path
 from pancreas.cli import main
-from pancreas.synthetic.msd import make_dataset
 from preprocess.config import PreprocessConfig
 from preprocess.driver import run_preprocess
+from sources.msd import MsdDatasetError
+from sources.synthetic.msd import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -338,7 +339,7 @@ def test_store_of_another_dataset_is_not_overwritten(tmp_path):
 
 HOLD_LOCK = """
 import sys, time
-from dataset.common.files import exclusive_lock
+from dataset.common.locks import exclusive_lock
 with exclusive_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
@@ -447,10 +448,10 @@ def test_another_simpleitk_or_numpy_version_redoes_every_case(data, tmp_path, mo
 def test_a_worker_with_other_library_versions_fails_its_case_instead_of_redoing_it_forever(tmp_path):
     """With --scheduler, a worker's SimpleITK/NumPy may differ from the driver's: its shards
     would carry another config fingerprint and never count as up to date."""
-    from dataset.common.msd import load_msd_dataset
     from preprocess.config import PreprocessConfig, config_fingerprint, config_to_dict
     from preprocess.driver import PlannedCase, process_case
-    from preprocess.inputs import take_inputs
+    from preprocess.input_files import take_inputs
+    from sources.msd import load_msd_dataset
 
     data = make_dataset(tmp_path / "data", 1, seed=2, n_test=0, progress=False)
     dataset = load_msd_dataset(data)

@@ -6,9 +6,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset.common.msd import load_msd_dataset
-from pancreas.synthetic.msd import make_dataset
-from pancreas.synthetic.params import draw_case_params
 from preprocess.config import PreprocessConfig
 from preprocess.geometry import (
     IDENTITY_DIRECTION,
@@ -20,6 +17,9 @@ from preprocess.geometry import (
     to_canonical,
 )
 from preprocess.pipeline import preprocess_file, preprocess_image
+from sources.msd import load_msd_dataset
+from sources.synthetic.msd import make_dataset
+from sources.synthetic.params import draw_case_params
 
 RAS = (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0)
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset.common.msd import MsdDatasetError, case_id_of, load_msd_dataset
-from preprocess import nifti
 from preprocess.config import PreprocessConfig
 from preprocess.io import InputError, read_case, read_image
 from preprocess.pipeline import preprocess_file
+from sources import nifti
+from sources.msd import MsdDatasetError, case_id_of, load_msd_dataset
 
 ALLOWED = (0, 1, 2)
 
@@ -261,7 +261,7 @@ def test_non_finite_in_scaled_float_nifti_is_refused(tmp_path):
 
 
 def test_raw_scan_skipped_when_no_voxel_could_stand_for_nan(tmp_path, monkeypatch):
-    import preprocess.nifti as nifti
+    import sources.nifti as nifti
 
     scans = []
     real = nifti.has_non_finite

@@ -122,7 +122,7 @@ def test_a_large_nifti_read_in_slabs_equals_one_read(scan, tmp_path):
 
 
 def test_a_scaled_int16_nifti_read_in_slabs_keeps_its_scaling(tmp_path):
-    from pancreas.synthetic.nifti import write_nifti
+    from sources.synthetic.nifti import write_nifti
 
     stored = (np.arange(40 * 30 * 20) % 3000).reshape(40, 30, 20).astype(np.int16)
     path = tmp_path / "scaled.nii.gz"

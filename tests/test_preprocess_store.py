@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 import dataset.contract.store as store_module
-from dataset.common.files import fingerprint_file, fingerprint_json
+from dataset.common.fingerprints import fingerprint_file, fingerprint_json
 from dataset.contract.catalog import catalog_path
 from dataset.contract.store import CHUNK_ZYX, SCHEMA_VERSION, read_shard, shard_path
-from pancreas.synthetic.msd import make_dataset
 from preprocess.config import PreprocessConfig, config_fingerprint, config_to_dict
 from preprocess.driver import run_preprocess
+from sources.synthetic.msd import make_dataset
 
 BLOSC_FILTER_ID = 32001
 CATALOG_CASE_KEYS = {

@@ -11,7 +11,7 @@ import pytest
 from dataset.contract.manifest import MANIFEST_COLUMNS, read_manifest, write_manifest
 from dataset.contract.reader import PatchReader, box_slices
 from dataset.contract.store import StoreError, levels_to_intensity
-from pancreas.synthetic.store import image_for, make_store
+from pancreas.testing.store import image_for, make_store
 
 
 def brute_box(volume: np.ndarray, start, size) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests of the synthetic MSD-format dataset generator (pancreas.synthetic: msd, params, phantom, marker)."""
+"""Tests of the synthetic MSD-format dataset generator (sources.synthetic: msd, params, phantom, marker)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import pytest
 import SimpleITK as sitk
 from lockholder import lock_held_elsewhere
 
-from dataset.common.files import LOCK_NAME, LockedError
+from dataset.common.locks import LOCK_NAME, LockedError
 from pancreas.cli import main
-from pancreas.synthetic.marker import SYNTH_MARKER
-from pancreas.synthetic.msd import make_case, make_dataset, render_case
-from pancreas.synthetic.params import ORIENTATIONS, THIN_CASE_INDEX, draw_case_params, grid_coordinates, reoriented
-from pancreas.synthetic.phantom import Anatomy, render_phantom
+from sources.synthetic.marker import SYNTH_MARKER
+from sources.synthetic.msd import make_case, make_dataset, render_case
+from sources.synthetic.params import ORIENTATIONS, THIN_CASE_INDEX, draw_case_params, grid_coordinates, reoriented
+from sources.synthetic.phantom import Anatomy, render_phantom
 
 NIFTI_DTYPE = {4: "int16", 8: "int32", 16: "float32"}
 
@@ -163,8 +163,8 @@ def _physical_centroid(image: sitk.Image, label: np.ndarray, value: int) -> np.n
 
 
 def test_same_physical_anatomy_in_every_orientation(tmp_path):
-    from pancreas.synthetic.nifti import to_image as _to_image
-    from pancreas.synthetic.nifti import write_nifti
+    from sources.synthetic.nifti import to_image as _to_image
+    from sources.synthetic.nifti import write_nifti
 
     base = draw_case_params(4, seed=0)  # stored LPS
     centroids = []
@@ -349,7 +349,7 @@ def test_concurrent_synth_into_the_same_folder_fails_at_once(tmp_path, capsys):
 
 
 def test_stale_file_cleanup_never_follows_a_marker_entry_outside_the_folder(tmp_path):
-    from pancreas.synthetic.marker import stale_case_files
+    from sources.synthetic.marker import stale_case_files
 
     out = tmp_path / "data"
     (out / "imagesTr").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""Tests of the ``msd`` synth profile (pancreas.synthetic.task07 and its use in params/phantom).
+"""Tests of the ``msd`` synth profile (sources.synthetic.task07 and its use in params/phantom).
 
 The drawn CaseParams are checked against the cited Task07 figures; rendering stays tiny
 (``inplane_voxels`` samples the same patient on a coarse in-plane grid).
@@ -11,10 +11,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pancreas.synthetic.msd import dataset_params
-from pancreas.synthetic.params import draw_case_params, grid_coordinates
-from pancreas.synthetic.phantom import render_phantom, tumour_centre
-from pancreas.synthetic.task07 import (
+from sources.synthetic.msd import dataset_params
+from sources.synthetic.params import draw_case_params, grid_coordinates
+from sources.synthetic.phantom import render_phantom, tumour_centre
+from sources.synthetic.task07 import (
     MSD_FEWEST,
     MSD_MAX_SLICES,
     MSD_MIN_SLICES,
@@ -131,7 +131,7 @@ def test_a_centimetre_tumour_widens_the_gland_with_consistent_labels():
 
 
 def test_task07_tumours_change_only_the_tumour_of_the_small_and_full_profiles():
-    from pancreas.synthetic.params import gland_scale
+    from sources.synthetic.params import gland_scale
 
     for size in ("small", "full"):
         for i in range(12):
@@ -159,7 +159,7 @@ def test_task07_tumours_change_only_the_tumour_of_the_small_and_full_profiles():
 def test_task07_tumours_are_larger_against_the_gland_and_recorded(tmp_path):
     import json
 
-    from pancreas.synthetic.msd import make_case, make_dataset
+    from sources.synthetic.msd import make_case, make_dataset
 
     diameters = {
         t: [_diameter_mm(p) for p in dataset_params(40, 0, "small", 0, t) if p.anatomy.has_tumour]

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from dataset.common.configio import to_dict
-from dataset.common.files import CRASH_ENV, LOCK_NAME
+from dataset.common.crashpoints import CRASH_ENV
+from dataset.common.locks import LOCK_NAME
 from dataset.contract.run import RunError, RunState, checkpoint_path, generation_path, read_state
 from training.config import LossConfig, ModelConfig, TrainConfig
 
@@ -140,6 +141,8 @@ def test_commit_points_of_an_epoch_in_order(train_store, config_file, tmp_path):
         "input-contract:renamed",
         "run-environment:written",
         "run-environment:renamed",
+        "progress:written",  # progress.png, redrawn before the epoch's commit
+        "progress:renamed",
         "checkpoint-best:written",
         "checkpoint-best:renamed",
         "checkpoint-last:written",
@@ -227,7 +230,7 @@ def test_state_json_keeps_its_keys_and_order(tmp_path):
 
 # ---------------------------------------------------------------- D: the run holds RUN_DIR's lock
 HOLD = (
-    "import sys; from dataset.common.files import exclusive_lock\n"
+    "import sys; from dataset.common.locks import exclusive_lock\n"
     "with exclusive_lock(sys.argv[1]):\n    print('ready', flush=True); sys.stdin.read()\n"
 )
 
@@ -264,7 +267,7 @@ def test_a_second_train_on_a_locked_run_dir_fails_at_once(train_store, config_fi
 
 def test_the_lock_is_held_for_the_whole_fit(train_store, tmp_path, monkeypatch):
     import training.run as run_module
-    from dataset.common.files import holds_lock
+    from dataset.common.locks import holds_lock
 
     seen = []
     monkeypatch.setattr(run_module, "fit", lambda run_dir, *args: seen.append(holds_lock(run_dir)))

@@ -9,7 +9,7 @@ import pytest
 
 from dataset.contract.run import RunFingerprints, read_input_contract, write_input_contract
 from training.config import AugmentConfig, TrainConfig
-from training.inputs import RunInputs, input_contract
+from training.preflight import RunInputs, input_contract
 
 
 def inputs() -> RunInputs:

@@ -16,7 +16,7 @@ import yaml
 from helpers import tiny_train_store
 
 from dataset.common.configio import to_dict
-from dataset.common.files import ENOSPC_ENV
+from dataset.common.crashpoints import ENOSPC_ENV
 from dataset.contract.catalog import read_catalog, write_catalog
 from dataset.contract.run import RunError, checkpoint_path, read_fingerprints, read_state
 from preprocess.config import PreprocessConfig
@@ -114,7 +114,7 @@ def test_the_initial_model_holds_exactly_the_source_weights_at_optimizer_step_0(
 
     from training.distribute import build_compiled_model
     from training.finetune import apply_init_weights, load_init_weights
-    from training.inputs import read_run_inputs
+    from training.preflight import read_run_inputs
 
     init = load_init_weights(checkpoint_path(source, "best"), SOURCE, read_run_inputs(store_b, SOURCE))
     assert (init.source.checkpoint, init.source.run_dir) == ("best", source.resolve())
@@ -127,7 +127,7 @@ def test_the_initial_model_holds_exactly_the_source_weights_at_optimizer_step_0(
 
 def test_a_bare_model_is_checked_for_shape_and_warned_about_preprocessing(source, store_b, tmp_path, caplog):
     from training.finetune import load_init_weights
-    from training.inputs import read_run_inputs
+    from training.preflight import read_run_inputs
 
     bare = tmp_path / "model.keras"
     shutil.copyfile(checkpoint_path(source, "last"), bare)

@@ -29,8 +29,8 @@ def two_fold_store(tmp_path_factory) -> Path:
     """Four tiny cases indexed by the real indexer into 2 folds (2 validation cases each)."""
     from dataset.index.build import build_index
     from dataset.index.config import IndexConfig
-    from pancreas.synthetic.store import write_case, write_catalog_for
-    from pancreas.synthetic.training import synthetic_case
+    from pancreas.testing.runs import synthetic_case
+    from pancreas.testing.store import write_case, write_catalog_for
 
     store = tmp_path_factory.mktemp("store")
     records = {}
@@ -109,7 +109,7 @@ def test_cli_bad_fold_is_one_line_for_train_and_profile(two_fold_store, tmp_path
 
 def _snapshot(run_dir: Path) -> dict[str, bytes]:
     """Every file's bytes but the lock's (it records who held the folder last)."""
-    from dataset.common.files import LOCK_NAME
+    from dataset.common.locks import LOCK_NAME
 
     return {
         str(p.relative_to(run_dir)): p.read_bytes()

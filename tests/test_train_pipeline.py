@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from dataset.contract.manifest import manifest_path, write_manifest
 from dataset.contract.reader import PatchReader
-from pancreas.synthetic.store import write_case, write_catalog_for
-from pancreas.synthetic.training import make_synthetic_store
+from pancreas.testing.runs import make_synthetic_store
+from pancreas.testing.store import write_case, write_catalog_for
 from training.config import AugmentConfig, TrainConfig
 from training.pipeline import (
     apply_augment,

@@ -14,6 +14,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import matplotlib.image
 import numpy as np
 import pytest
 import yaml
@@ -21,7 +22,7 @@ import yaml
 from dataset.common.configio import ConfigError, to_dict
 from dataset.contract.manifest import manifest_path, write_manifest
 from dataset.contract.store import StoreError
-from pancreas.synthetic.training import make_synthetic_store
+from pancreas.testing.runs import make_synthetic_store
 from training.config import LossConfig, ModelConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,6 +86,9 @@ def test_tiny_unet_learns_and_writes_the_run_folder(store, tmp_path):
         assert list((run_dir / "logs" / split).glob("events.out.tfevents.*")), split
     _check_tensorboard_events(run_dir / "logs")
     assert not list(run_dir.rglob("*.tmp"))
+    assert all(row["epoch_seconds"] > 0 for row in history(run_dir))
+    picture = matplotlib.image.imread(run_dir / "progress.png")
+    assert picture.shape[0] > 400 and picture.std() > 0.05  # drawn, not blank
 
 
 def _check_tensorboard_events(log_dir: Path) -> None:
@@ -151,8 +155,8 @@ def test_with_the_real_indexer_and_stale_index(tmp_path):
     after indexing is refused."""
     from dataset.index.build import build_index
     from dataset.index.config import IndexConfig
-    from pancreas.synthetic.store import write_case, write_catalog_for
-    from pancreas.synthetic.training import synthetic_case
+    from pancreas.testing.runs import synthetic_case
+    from pancreas.testing.store import write_case, write_catalog_for
     from training.run import train
 
     store = tmp_path / "store"

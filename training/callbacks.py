@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from training.checkpoints import BEST_MONITOR, RunCheckpoint, save_model_atomic
+from training.progress import write_progress
 from training.summaries import write_image, write_scalar
 
 log = logging.getLogger(__name__)
@@ -162,10 +163,48 @@ class StepTimer(keras.callbacks.Callback):
         return float(np.median(self.times)) if self.times else float("nan")
 
 
+class EpochTimer(keras.callbacks.Callback):
+    """Adds ``epoch_seconds`` (training plus validation wall time) to each epoch's logs.
+
+    Runs first, so ``history.csv`` (Keras' CSVLogger) and TensorBoard record it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        if logs is not None:
+            logs["epoch_seconds"] = round(time.perf_counter() - self._start, 3)
+
+
+class ProgressPicture(keras.callbacks.Callback):
+    """Redraws ``RUN_DIR/progress.png`` from ``history.csv`` after each epoch (runs after CSVLogger).
+
+    A picture that cannot be drawn is logged and skipped: it must never stop a training run.
+    A full disk still stops the run at the next checkpoint, which says so.
+    """
+
+    def __init__(self, history_csv: Path, out: Path, title: str = "") -> None:
+        super().__init__()
+        self.history_csv, self.out, self.title = history_csv, out, title
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        try:
+            write_progress(self.history_csv, self.out, self.title)
+        except (OSError, ValueError) as err:
+            log.warning("%s: not redrawn (%s)", self.out, err)
+
+
 __all__ = [
     "BEST_MONITOR",
     "EpochScalars",
+    "EpochTimer",
     "ImageSummaries",
+    "ProgressPicture",
     "ResumableEarlyStopping",
     "ResumableReduceLROnPlateau",
     "RunCheckpoint",

@@ -34,7 +34,8 @@ from typing import Any
 
 import keras
 
-from dataset.common.files import atomic_path, commit_point, fsync_path
+from dataset.common.atomic import atomic_path, fsync_path
+from dataset.common.crashpoints import commit_point
 from dataset.contract.run import (
     CHECKPOINTS_DIR,
     STATE_NAME,
@@ -111,8 +112,13 @@ def _finite(logs: dict[str, Any], keys: Sequence[str]) -> bool:
     return all(math.isfinite(float(logs[k])) for k in keys if k in logs and logs[k] is not None)
 
 
+# wall-clock figures of an epoch: in history.csv and progress.png, never in state.json,
+# which stays bit-identical between an uninterrupted run and a killed-and-resumed one
+TIMING_KEYS = frozenset({"epoch_seconds"})
+
+
 def _floats(logs: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in logs.items()}
+    return {k: float(v) for k, v in logs.items() if k not in TIMING_KEYS}
 
 
 class RunCheckpoint(keras.callbacks.Callback):

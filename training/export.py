@@ -39,16 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dataset.common.atomic import TMP_SUFFIX, fsync_path, read_json, write_json_atomic
 from dataset.common.errors import PancreasError
-from dataset.common.files import (
-    LOCK_NAME,
-    TMP_SUFFIX,
-    exclusive_lock,
-    fingerprint_file,
-    fsync_path,
-    read_json,
-    write_json_atomic,
-)
+from dataset.common.fingerprints import fingerprint_file
+from dataset.common.locks import LOCK_NAME, exclusive_lock
 from dataset.contract.run import (
     INPUT_CONTRACT_NAME,
     InputContract,

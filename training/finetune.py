@@ -46,7 +46,7 @@ import keras
 import numpy as np
 
 from dataset.common.configio import flatten_mapping
-from dataset.common.files import fingerprint_file
+from dataset.common.fingerprints import fingerprint_file
 from dataset.contract.catalog import catalog_path
 from dataset.contract.run import (
     CHECKPOINTS_DIR,
@@ -61,8 +61,8 @@ from dataset.contract.run import (
     read_input_contract,
 )
 from training.config import TrainConfig
-from training.inputs import RunInputs
 from training.model import N_CLASSES
+from training.preflight import RunInputs
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,9 @@ from dataset.contract.run import HISTORY_NAME, LOGS_DIR, RunState
 from training.callbacks import (
     BEST_MONITOR,
     EpochScalars,
+    EpochTimer,
     ImageSummaries,
+    ProgressPicture,
     ResumableEarlyStopping,
     ResumableReduceLROnPlateau,
 )
@@ -29,8 +31,9 @@ from training.checkpoints import RunCheckpoint, load_for_resume
 from training.config import TrainConfig
 from training.distribute import build_compiled_model, jit_compile_for, make_strategy
 from training.finetune import InitWeights, apply_init_weights
-from training.inputs import RunInputs
 from training.pipeline import training_dataset, validation_dataset
+from training.preflight import RunInputs
+from training.progress import PROGRESS_NAME
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +130,13 @@ def _callbacks(
         "validation": choose_image_samples(inputs.store, inputs.val_rows, config.image_patches, config.seed),
     }
     return [
+        EpochTimer(),
         keras.callbacks.TerminateOnNaN(),
         *stateful.values(),
         ImageSummaries(run_dir / LOGS_DIR, samples),
         EpochScalars(run_dir / LOGS_DIR),
         keras.callbacks.CSVLogger(str(run_dir / HISTORY_NAME), append=state.epoch > 0),
+        ProgressPicture(run_dir / HISTORY_NAME, run_dir / PROGRESS_NAME, title=run_dir.name),
         RunCheckpoint(run_dir, state, stateful),
     ]
 

@@ -15,9 +15,9 @@ import tensorflow as tf
 from training.callbacks import StepTimer
 from training.config import TrainConfig, check_patch_size
 from training.distribute import build_compiled_model, precision_policy
-from training.inputs import read_run_inputs
 from training.model import N_CLASSES
 from training.pipeline import measure_patches_per_second, training_dataset
+from training.preflight import read_run_inputs
 
 
 def profile_input(store: str | Path, config: TrainConfig, batches: int = 20, fold: int = 0) -> dict[str, Any]:

@@ -20,7 +20,7 @@ The run holds RUN_DIR's lock throughout. Every check (store, index, patch sizes,
 folder) happens before anything is written, so a bad call leaves an existing run
 untouched; each epoch's checkpoints and state are one commit (``training.checkpoints``).
 
-The pieces, one concern each: ``training.inputs`` (what is read from the store),
+The pieces, one concern each: ``training.preflight`` (what is read from the store),
 ``training.rundir`` (the folder's lifecycle), ``training.fit`` (the fit),
 ``training.checkpoints`` (the per-epoch commit), ``training.distribute`` (strategy,
 precision, the compiled model), ``training.profile`` (profiling modes).
@@ -41,7 +41,7 @@ from training.distribute import (
 )
 from training.finetune import INIT_WITH_RESUME, load_init_weights, recorded_init_weights
 from training.fit import TrainSummary, choose_image_samples, fit, pad_for_replicas
-from training.inputs import RunInputs, input_contract, read_run_inputs
+from training.preflight import RunInputs, input_contract, read_run_inputs
 from training.profile import profile_input, synthetic_step_time
 from training.rundir import RESUMABLE_CHANGES, check_run_dir, open_run_dir, prepare_run_dir
 

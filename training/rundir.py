@@ -16,8 +16,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from dataset.common.atomic import TMP_SUFFIX, atomic_path, remove_stale_temporaries
 from dataset.common.configio import ConfigError, to_dict
-from dataset.common.files import LOCK_NAME, TMP_SUFFIX, atomic_path, exclusive_lock, remove_stale_temporaries
+from dataset.common.locks import LOCK_NAME, exclusive_lock
 from dataset.contract.fingerprints import check_fingerprint
 from dataset.contract.run import (
     CHECKPOINTS_DIR,
@@ -43,7 +44,7 @@ from training.checkpoints import check_resumable, settle_checkpoints
 from training.config import TrainConfig
 from training.distribute import plan_execution
 from training.environment import collect_environment
-from training.inputs import RunInputs, input_contract
+from training.preflight import RunInputs, input_contract
 
 log = logging.getLogger(__name__)
 

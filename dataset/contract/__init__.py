@@ -4,7 +4,7 @@ Each file below has exactly one writer and one reader module here (typed records
 dataclasses where the file is a record), its name in one constant, and its fields
 documented in that module's docstring. No other module opens these files by name
 (tests/test_contract.py checks that). Every writer follows the commit protocol of
-``dataset.common.files``: atomic (temporary name, rename), durable (fsync file and
+``dataset.common.atomic``: atomic (temporary name, rename), durable (fsync file and
 folder) and done under the output folder's lock.
 
 =======================================  ==============  ======================  =======================================

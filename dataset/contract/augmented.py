@@ -22,7 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from dataset.common.files import atomic_path
+from dataset.common.atomic import atomic_path
 from dataset.contract.store import compression, create_h5
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataset.common.files import read_json, write_json_atomic
+from dataset.common.atomic import read_json, write_json_atomic
 from dataset.contract.store import CASES_DIR, SCHEMA_VERSION, StoreError
 
 CATALOG_NAME = "catalog.json"

@@ -1,7 +1,7 @@
 """Fingerprints that tie each stage's output to the inputs it was made from, and the one
 function that compares them.
 
-A fingerprint is a short hash (``dataset.common.files.fingerprint_json``). Outputs record
+A fingerprint is a short hash (``dataset.common.fingerprints.fingerprint_json``). Outputs record
 the fingerprints of what they were made from (shards: input files and config; the index:
 the store; a run: the store and the index; predictions: the model and settings), and a
 later stage compares what was recorded with what is there now through
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataset.common.files import fingerprint_json
+from dataset.common.fingerprints import fingerprint_json
 from dataset.contract.catalog import Catalog
 from dataset.contract.store import StoreError
 

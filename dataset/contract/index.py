@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataset.common.files import read_json, write_json_atomic
+from dataset.common.atomic import read_json, write_json_atomic
 from dataset.contract.catalog import Catalog
 from dataset.contract.fingerprints import check_fingerprint, store_fingerprint
 from dataset.contract.manifest import (
@@ -231,7 +231,7 @@ def previous_summary(store: str | Path) -> IndexSummary | None:
 
 def uncommit_index(store: str | Path) -> None:
     """Remove ``summary.json`` before changing anything in the index (see the module docstring)."""
-    from dataset.common.files import fsync_path
+    from dataset.common.atomic import fsync_path
 
     path = summary_path(store)
     if path.exists():

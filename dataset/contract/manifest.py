@@ -37,8 +37,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from dataset.common.atomic import atomic_path
 from dataset.common.errors import UsageError
-from dataset.common.files import atomic_path
 from dataset.contract.store import StoreError
 
 MANIFEST_COLUMNS = (

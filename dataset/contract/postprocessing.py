@@ -3,7 +3,7 @@
 ``pancreas evaluate --cv`` chooses it on out-of-fold predictions (each case predicted by
 the fold model that did not train on it) and writes it; ``pancreas predict
 --postprocessing FILE`` reads it and applies it to every label map
-(``inference.postprocess.apply_postprocessing``). Layout::
+(``prediction.postprocess.apply_postprocessing``). Layout::
 
     {"largest_component": {"pancreas": true, "tumour": false},
      "store_fingerprint": "...", "chosen_on": "...", "scores": {...}}
@@ -14,7 +14,7 @@ Fields (``PostprocessingDecision``, in this order):
 largest_component   {region: bool} for both regions: keep only the region's largest
                     26-connected component. "pancreas" = the whole gland (labels 1 and 2
                     together), "tumour" = label 2; the exact rule is in
-                    ``inference.postprocess.apply_postprocessing``
+                    ``prediction.postprocess.apply_postprocessing``
 store_fingerprint   the store whose cases the decision was chosen on; predict refuses the file
                     with runs whose ``input_contract.json`` records another store fingerprint
 chosen_on           optional: one line saying what the decision was measured on
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dataset.common.atomic import read_json, write_json_atomic
 from dataset.common.errors import PancreasError
-from dataset.common.files import read_json, write_json_atomic
 
 POSTPROCESSING_NAME = "postprocessing.json"
 REGIONS = ("pancreas", "tumour")  # pancreas: labels 1 and 2 (the whole gland); tumour: label 2
@@ -118,7 +118,7 @@ def postprocessing_path(folder: str | Path) -> Path:
 def write_postprocessing(folder: str | Path, decision: PostprocessingDecision) -> Path:
     """Write ``folder/postprocessing.json`` atomically (crash point ``postprocessing``); returns its path.
 
-    Call with the folder's lock held (``dataset.common.files.exclusive_lock``), as every writer.
+    Call with the folder's lock held (``dataset.common.locks.exclusive_lock``), as every writer.
     """
     path = postprocessing_path(folder)
     write_json_atomic(path, decision.to_dict(), point="postprocessing")

@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dataset.common.atomic import read_json, write_json_atomic
 from dataset.common.errors import PancreasError
-from dataset.common.files import read_json, write_json_atomic
 
 PREDICTIONS_NAME = "predictions.json"
 LABEL_SUFFIX = ".nii.gz"

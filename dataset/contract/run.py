@@ -77,8 +77,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dataset.common.atomic import read_json, write_json_atomic
 from dataset.common.errors import PancreasError
-from dataset.common.files import read_json, write_json_atomic
 
 CONFIG_NAME = "config.json"
 FINGERPRINTS_NAME = "fingerprints.json"

@@ -59,8 +59,8 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from dataset.common.atomic import atomic_path
 from dataset.common.errors import PancreasError
-from dataset.common.files import atomic_path
 
 SCHEMA_VERSION = 1
 CHUNK_ZYX = (32, 32, 32)

@@ -31,8 +31,10 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from dataset.common.atomic import fsync_path, remove_stale_temporaries
 from dataset.common.configio import to_dict
-from dataset.common.files import exclusive_lock, fingerprint_json, fsync_path, remove_stale_temporaries
+from dataset.common.fingerprints import fingerprint_json
+from dataset.common.locks import exclusive_lock
 from dataset.common.runner import run_cases
 from dataset.common.seeds import derive_seed
 from dataset.contract.augmented import augmented_shard_matches

@@ -1,0 +1,45 @@
+"""Pictures as files: matplotlib figures rendered on the Agg canvas and written atomically.
+
+Every picture of this project (case sheets, report plots, ``progress.png``) is a
+``matplotlib.figure.Figure`` built with the object API and rendered by the Agg canvas:
+no display, no pyplot state shared between threads, no backend switch.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from dataset.common.atomic import write_bytes_atomic
+
+# Okabe and Ito's palette: its colours stay distinguishable for colour-blind readers
+OKABE_ITO = {
+    "blue": "#0072B2",
+    "orange": "#E69F00",
+    "green": "#009E73",
+    "pink": "#CC79A7",
+    "sky": "#56B4E9",
+    "vermillion": "#D55E00",
+    "yellow": "#F0E442",
+}
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """``fig`` rendered as PNG by matplotlib's Agg canvas."""
+    buffer = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buffer)
+    return buffer.getvalue()
+
+
+def write_figure(fig: Figure, path: str | Path, point: str | None = None) -> Path:
+    """Render ``fig`` and write it to ``path`` atomically, every byte checked; return the path."""
+    write_bytes_atomic(path, png_bytes(fig), point=point)
+    return Path(path)
+
+
+def plain_text(text: str) -> str:
+    """``text`` drawn as itself: matplotlib would read ``$...$`` in a case id as mathematics."""
+    return text.replace("$", r"\$")

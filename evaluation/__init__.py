@@ -1,0 +1,1 @@
+"""Scoring label maps against truth: metrics, reports, cross-validation, pictures."""

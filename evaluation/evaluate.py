@@ -1,0 +1,301 @@
+"""``pancreas evaluate``: Dice, NSD and HD95 per case and region, a JSON report and a table.
+
+Two ways in: two folders of label maps paired by case name (``evaluate_dirs``), or a
+training run plus its store (``evaluate_run``): the run's validation cases (from the
+index's ``split.json``, ``dataset.contract.index.read_split``, once ``check_index`` has found
+the index committed and matching the store) are predicted end to end
+from their original images (the catalog shard's ``source_image``) and compared with
+``source_label`` on the scan's own grid, so the score includes every resampling step a
+user's prediction goes through. The run must have been trained on this store and index
+(``check_fingerprint``), and its predictions may not go into a folder of the dataset, the
+store or the truth (``--pred-out``): predictions written over the truth would score
+themselves. ``evaluate_run`` holds the prediction folder's lock while it predicts and scores.
+
+Reads only hand-over files (``dataset.contract``): never the index stage or training code.
+
+The metrics and their conventions (absent regions, undefined HD95, NSD tolerances) are in
+``evaluation.metrics``. A prediction whose grid (size, spacing, origin, direction)
+differs from its truth is an error for that case, never silently resampled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from dataset.common.atomic import read_json, write_json_atomic
+from dataset.common.errors import PancreasError
+from dataset.common.locks import exclusive_lock
+from dataset.contract.catalog import read_catalog
+from dataset.contract.fingerprints import check_fingerprint, store_fingerprint
+from dataset.contract.index import check_index, index_dir, read_split
+from dataset.contract.manifest import index_fingerprint
+from dataset.contract.predictions import PROBABILITIES_SUFFIX, label_name
+from dataset.contract.run import InputContract
+from dataset.contract.store import StoreError, read_shard_attrs, shard_path
+from evaluation.metrics import NSD_TOLERANCE_MM, REGIONS, score_case, summarise
+from prediction.config import PredictConfig
+from sources.msd import case_id_of, is_image_name
+
+log = logging.getLogger(__name__)
+REPORT_KEYS = ("cases", "summary")  # what an existing --out file must hold to be replaced
+WRONG_STORE = "evaluate it on the store and index it was trained on"
+
+
+class EvaluationError(PancreasError, ValueError):
+    """A case or folder that cannot be scored; the message names it."""
+
+
+@dataclass(frozen=True)
+class CasePair:
+    case_id: str
+    prediction: Path
+    truth: Path
+
+
+def _read_labels(path: Path, what: str, case_id: str):
+    from preprocess.io import InputError, label_value_counts, read_label
+    from preprocess.output import image_array
+
+    try:
+        image = read_label(path)
+    except InputError as err:
+        raise EvaluationError(f"{case_id}: {what}: {err}") from None
+    array = image_array(image)
+    if label_value_counts(array) is None:
+        raise EvaluationError(f"{case_id}: {what} {path} holds values that are not integers in 0..255")
+    return image, array.astype(np.uint8, copy=False)
+
+
+def read_pair(pair: CasePair) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """(prediction, truth, spacing z, y, x) of one case; EvaluationError naming the case on
+    unreadable files or a grid mismatch (never silently resampled)."""
+    from preprocess.io import grid_mismatch
+    from preprocess.output import spacing_zyx
+
+    pred_image, pred = _read_labels(pair.prediction, "prediction", pair.case_id)
+    truth_image, truth = _read_labels(pair.truth, "truth", pair.case_id)
+    mismatch = grid_mismatch(truth_image, pred_image)
+    if mismatch:
+        raise EvaluationError(
+            f"{pair.case_id}: prediction {pair.prediction} does not match its truth's grid: {mismatch}"
+        )
+    return pred, truth, spacing_zyx(truth_image)
+
+
+def evaluate_pair(pair: CasePair, nsd_tolerance_mm: dict[str, float] = NSD_TOLERANCE_MM) -> dict[str, dict[str, Any]]:
+    """Scores of one case; EvaluationError naming the case on unreadable files or a grid mismatch."""
+    pred, truth, spacing = read_pair(pair)
+    return score_case(pred, truth, spacing, nsd_tolerance_mm=nsd_tolerance_mm)
+
+
+def evaluate_pairs(
+    pairs: Sequence[CasePair], progress: bool = True, nsd_tolerance_mm: dict[str, float] = NSD_TOLERANCE_MM
+) -> dict[str, Any]:
+    """The report for ``pairs``: cases, summary, and errors for cases that could not be scored."""
+    cases: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for pair in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
+        try:
+            cases[pair.case_id] = evaluate_pair(pair, nsd_tolerance_mm)
+        except EvaluationError as err:
+            log.error("%s", err)
+            errors[pair.case_id] = str(err)
+    return {
+        "cases": cases,
+        "summary": summarise(cases),
+        "errors": errors,
+        "regions": {k: list(v) for k, v in REGIONS.items()},
+        "nsd_tolerance_mm": dict(nsd_tolerance_mm),
+    }
+
+
+def _label_files(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: folder not found")
+    return {
+        case_id_of(p): p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and is_image_name(p.name) and not p.name.endswith(PROBABILITIES_SUFFIX)
+    }
+
+
+def evaluate_dirs(
+    pred_dir: str | Path,
+    truth_dir: str | Path,
+    progress: bool = True,
+    nsd_tolerance_mm: dict[str, float] = NSD_TOLERANCE_MM,
+) -> dict[str, Any]:
+    """Pair ``<case>.nii.gz`` files of two folders; cases without a prediction are listed and fail the run."""
+    if Path(pred_dir).resolve() == Path(truth_dir).resolve():
+        raise EvaluationError(f"--pred {pred_dir} is the --truth folder {truth_dir}: the labels would score themselves")
+    preds, truths = _label_files(Path(pred_dir)), _label_files(Path(truth_dir))
+    if not truths:
+        raise EvaluationError(f"{truth_dir}: no NIfTI label files")
+    pairs = [CasePair(c, preds[c], truths[c]) for c in sorted(truths) if c in preds]
+    report = evaluate_pairs(pairs, progress, nsd_tolerance_mm)
+    report["missing_predictions"] = sorted(set(truths) - set(preds))
+    report["predictions_without_truth"] = sorted(set(preds) - set(truths))
+    for case_id in report["missing_predictions"]:
+        log.error("%s: no prediction %s in %s", case_id, f"{case_id}.nii.gz", pred_dir)
+    return report
+
+
+def validation_cases(store: str | Path, fold: int = 0) -> list[tuple[str, Path, Path]]:
+    """(case id, source image, source label) of fold ``fold``'s validation cases, from the store."""
+    store = Path(store)
+    catalog = read_catalog(store)
+    check_index(store, catalog, fold)  # the split is committed, still matches the store, and has the fold
+    out = []
+    for case_id in read_split(store).fold(fold).val:
+        if case_id not in catalog.cases:
+            raise StoreError(f"{index_dir(store)}: validation case {case_id} is not in the catalog")
+        attrs = read_shard_attrs(shard_path(store, case_id))
+        image, label = str(attrs.get("source_image", "")), str(attrs.get("source_label", ""))
+        if not image or not label:
+            raise StoreError(f"{case_id}: shard records no source_image/source_label")
+        out.append((case_id, Path(image), Path(label)))
+    return out
+
+
+def check_run_matches_store(contract: InputContract, store: str | Path, run_dir: str | Path) -> None:
+    """The run must have been trained on this store and this index: otherwise its
+    "validation" cases may be another split's training cases, and the score a lie."""
+    if contract.store_fingerprint:
+        check_fingerprint(
+            "store fingerprint",
+            contract.store_fingerprint,
+            store_fingerprint(read_catalog(store)),
+            run_dir,
+            store,
+            WRONG_STORE,
+        )
+    if contract.index_fingerprint:
+        check_fingerprint(
+            "index fingerprint",
+            contract.index_fingerprint,
+            index_fingerprint(store),
+            run_dir,
+            index_dir(store),
+            WRONG_STORE,
+        )
+
+
+def protected_folders(store: str | Path, cases: Sequence[tuple[str, Path, Path]]) -> list[tuple[str, Path]]:
+    """Folders ``evaluate --run`` reads, which its predictions must stay out of."""
+    root = read_catalog(store).dataset.get("root")
+    folders = [("truth folder", label.parent) for _, _, label in cases]  # the most specific first
+    folders += [("input folder", image.parent) for _, image, _ in cases]
+    folders += ([("dataset folder", Path(root))] if root else []) + [("store", Path(store))]
+    return list(dict.fromkeys(folders))
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    store: str | Path,
+    config: PredictConfig = PredictConfig(),
+    pred_dir: str | Path | None = None,
+    predict_fn=None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predict the run's validation cases from their original images and score them."""
+    from dataset.contract.run import read_input_contract
+    from prediction.guard import check_output
+    from prediction.predict import CaseInput, PredictError, predict_cases
+
+    contract = read_input_contract(run_dir, error=PredictError)
+    check_run_matches_store(contract, store, run_dir)
+    cases = validation_cases(store, contract.fold or 0)  # the fold the run trained on holds its validation cases
+    pred_dir = Path(pred_dir) if pred_dir is not None else Path(run_dir) / "validation_predictions"
+    check_output(
+        pred_dir, protected_folders(store, cases), [c for c, _, _ in cases], config.save_probabilities, "--pred-out"
+    )  # before the lock file is made: a refused run leaves the folder as it was
+    with exclusive_lock(pred_dir):
+        summary = predict_cases(
+            run_dir,
+            [CaseInput(c, img) for c, img, _ in cases],
+            pred_dir,
+            config,
+            predict_fn=predict_fn,
+            progress=progress,
+            out_flag="--pred-out",
+        )
+        failed = {r.case_id: r.error for r in summary.failed}
+        pairs = [CasePair(c, pred_dir / label_name(c), label) for c, _, label in cases if c not in failed]
+        report = evaluate_pairs(pairs, progress, config.nsd_tolerance_mm)
+    report["errors"].update({c: f"prediction failed: {e}" for c, e in failed.items()})
+    report["missing_predictions"] = sorted(failed)
+    report["run"] = str(Path(run_dir).resolve())
+    report["predictions"] = str(pred_dir)
+    return report
+
+
+def check_report_path(path: str | Path) -> None:
+    """An existing ``--out`` file is replaced only if it is an earlier report; checked before
+    any work (a wrong --out must not cost a whole evaluation) and again when writing."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        try:
+            earlier = read_json(path, "report")
+        except ValueError:
+            earlier = None
+        if not isinstance(earlier, dict) or not all(k in earlier for k in REPORT_KEYS):
+            raise EvaluationError(
+                f"--out {path}: exists and is not a report of `pancreas evaluate`; choose another --out file"
+            )
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> None:
+    """Write the report; an existing file is replaced only if it is an earlier report."""
+    check_report_path(path)
+    write_json_atomic(path, report, point="report")
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def report_table(report: dict[str, Any]) -> str:
+    """Per-case rows and the summary as a terminal table."""
+    regions = list(REGIONS)
+    head = f"{'case':<24}" + "".join(f" {r + ' Dice':>14} {r + ' HD95 mm':>17}" for r in regions)
+    lines = [head, "-" * len(head)]
+    for case_id, scores in report["cases"].items():
+        row = f"{case_id:<24}"
+        for r in regions:
+            s = scores[r]
+            dice_text = _fmt(s["dice"], 3) if s["status"] != "absent" else "absent"
+            row += f" {dice_text:>14} {_fmt(s['hd95_mm'], 2):>17}"
+        lines.append(row)
+    lines.append("-" * len(head))
+    for stat in ("mean", "median"):
+        row = f"{stat:<24}"
+        for r in regions:
+            s = report["summary"][r]
+            row += f" {_fmt(s['dice'][stat], 3):>14} {_fmt(s['hd95_mm'][stat], 2):>17}"
+        lines.append(row)
+    for r in regions:
+        d, h = report["summary"][r]["dice"], report["summary"][r]["hd95_mm"]
+        lines.append(
+            f"{r}: Dice over {d['n']} case(s), {d['n_absent']} absent from both; "
+            f"HD95 over {h['n']}, {h['n_undefined']} undefined (region in only one map)"
+        )
+    for case_id, error in report.get("errors", {}).items():
+        lines.append(f"error: {error}" if error.startswith(case_id) else f"error {case_id}: {error}")
+    for case_id in report.get("missing_predictions", []):
+        if case_id not in report.get("errors", {}):
+            lines.append(f"missing prediction: {case_id}")
+    for case_id in report.get("predictions_without_truth", []):
+        lines.append(f"not scored (no truth): {case_id}")
+    return "\n".join(lines)
+
+
+def report_ok(report: dict[str, Any]) -> bool:
+    return not report.get("errors") and not report.get("missing_predictions")

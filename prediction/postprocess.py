@@ -1,0 +1,111 @@
+"""Connected-component clean-up of a label map: pure numpy/scipy, no files.
+
+Two entry points, both returning a new array (the input is never changed):
+
+* ``keep_largest_component(labels, mode)``: the predict config's ``largest_component``
+  ("off", "foreground", "per_class"), set by hand;
+* ``apply_postprocessing(labels, decision)``: a ``postprocessing.json`` decision
+  (``dataset.contract.postprocessing``) that ``pancreas evaluate --cv`` chose on
+  out-of-fold predictions, applied by ``pancreas predict --postprocessing FILE``.
+
+Components are 26-connected (faces, edges and corners touch), as in nnU-Net. Of two
+equally large components the one that starts first in C order (z, then y, then x) is kept
+(``scipy.ndimage.label`` numbers components in that order, ``np.argmax`` takes the first).
+
+``apply_postprocessing``'s rule, one step per region the decision names, in this order:
+
+1. **pancreas** (the whole gland, labels 1 and 2 together): G = the largest component of
+   ``labels > 0``; every voxel of label 1 or 2 outside G becomes 0. A tumour touching the
+   gland is part of G and survives.
+2. **tumour** (label 2): T = the largest component of ``labels == 2``; every label-2 voxel
+   outside T becomes 1 (pancreas) when its component of ``labels > 0`` (taken before this
+   step) holds at least one label-1 voxel, else 0. A second "tumour" inside gland tissue
+   is most likely gland, and turning it to 0 would punch a hole in the pancreas; one
+   floating alone is most likely background. After step 1 there is one foreground
+   component left, so there every removed tumour voxel becomes 1 unless the gland holds no
+   label-1 voxel at all.
+
+Neither step adds foreground, and the pancreas region (labels > 0) after step 2 is a
+subset of the one before. A map without foreground (or without tumour) passes unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from dataset.contract.postprocessing import PostprocessingDecision
+from prediction.cases import PredictError
+
+CONNECTIVITY_26 = np.ones((3, 3, 3), bool)
+PANCREAS, TUMOUR = 1, 2
+
+
+def largest_component_mask(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a boolean mask (the mask itself if it has <= 1)."""
+    components, n = ndimage.label(mask, structure=CONNECTIVITY_26)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return components == int(np.argmax(sizes))
+
+
+def keep_largest_component(labels: np.ndarray, mode: str) -> np.ndarray:
+    """Remove all but the largest 26-connected component ("foreground": of all non-zero
+    labels together, so a tumour touching the gland survives; "per_class": of each label)."""
+    if mode == "off":
+        return labels
+    out = labels.copy()
+    if mode == "foreground":
+        mask = labels > 0
+        out[mask & ~largest_component_mask(mask)] = 0
+    elif mode == "per_class":
+        for value in np.unique(labels):
+            if value:
+                mask = labels == value
+                out[mask & ~largest_component_mask(mask)] = 0
+    else:
+        raise PredictError(f"unknown largest_component mode {mode!r}")
+    return out
+
+
+def keep_largest_gland(labels: np.ndarray) -> np.ndarray:
+    """Step 1 (module docstring): labels 1 and 2 outside the largest foreground component -> 0."""
+    return keep_largest_component(labels, "foreground")
+
+
+def keep_largest_tumour(labels: np.ndarray) -> np.ndarray:
+    """Step 2 (module docstring): label 2 outside the largest tumour component -> 1 inside
+    gland tissue (a foreground component holding label 1), else 0."""
+    tumour = labels == TUMOUR
+    removed = tumour & ~largest_component_mask(tumour)
+    out = labels.copy()
+    if not removed.any():
+        return out
+    components, _ = ndimage.label(labels > 0, structure=CONNECTIVITY_26)
+    with_gland = np.unique(components[labels == PANCREAS])
+    out[removed] = 0
+    out[removed & np.isin(components, with_gland)] = PANCREAS
+    return out
+
+
+_STEPS = {"pancreas": keep_largest_gland, "tumour": keep_largest_tumour}
+
+
+def apply_postprocessing(labels: np.ndarray, decision: PostprocessingDecision) -> np.ndarray:
+    """The decision's clean-up of a (z, y, x) label map, as the module docstring defines it."""
+    out = labels.copy()
+    for region in decision.regions:  # pancreas first, then tumour
+        out = _STEPS[region](out)
+    return out
+
+
+__all__ = [
+    "CONNECTIVITY_26",
+    "apply_postprocessing",
+    "keep_largest_component",
+    "keep_largest_gland",
+    "keep_largest_tumour",
+    "largest_component_mask",
+]

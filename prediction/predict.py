@@ -1,0 +1,318 @@
+"""``pancreas predict``: CT files in, label maps on the original scan grid out.
+
+Layers (nnU-Net style), one module each: ``prediction.cases`` (what ``--input`` holds, the
+case names), ``prediction.guard`` (where predict may write), ``prediction.runs`` (the
+run's contract, preprocessing and model), ``prediction.volume`` (stored-grid levels in,
+probabilities and labels out: pure numpy around a model callable), ``prediction.summary``
+(what a run reports), and here the two that touch files: ``predict_case`` (one file: read,
+the run's own preprocessing, sliding window, post-processing, back to the scan grid,
+atomic write) and ``predict_cases``: the refusals that need no lock
+(``prediction.guard.check_output``, before the lock file is made), then under the output
+folder's lock the record (``PRED_DIR/predictions.json``, ``dataset.contract.predictions``:
+what is up to date, what this command may replace) and the per-case loop
+(``_predict_all``: resumable, one bad case never stops the others).
+
+Each CT goes through ``preprocess.pipeline.preprocess_image`` with the preprocessing
+config recorded in the run's ``input_contract.json`` (``dataset.contract.run``): the very
+code path of ``pancreas preprocess``, so training and inference cannot disagree.
+
+Several runs make an ensemble: their softmax is averaged (``prediction.volume``), after
+each model's own test-time mirroring (by default along the axes its trainer flipped);
+their contracts must agree on what changes the input or output (``prediction.runs``).
+A post-processing decision (``PredictConfig.postprocessing``, ``--postprocessing FILE``)
+is applied to the label map on the scan's grid (``prediction.postprocess.apply_postprocessing``),
+the grid of the label maps ``evaluate --cv`` chose it on; the config's ``largest_component``
+(off by default, exclusive with a decision) acts on the stored grid, before restoring.
+
+Safe to point at real data: the output folder may not be, or lie inside, a folder the
+inputs come from, and predict replaces only files its own ``predictions.json`` lists; a
+refused run leaves the folder as it was. It holds the output folder's lock for the whole
+run, so a second predict into the same folder fails at once.
+
+Back to the scan grid: the *label map* is resampled with nearest neighbour
+(``preprocess.geometry.restore_to_original``), not the probabilities linearly. Reasons:
+one uint8 resample instead of C float32 ones (at 512x512x100 that is about 0.15 s and
+26 MB instead of about 1 s and 300 MB per class, which would break both the memory bound
+and the "everything but the model under 15%" goal); the stored grid (1 mm) is finer than or
+about as fine as the scan's slices, so nearest neighbour moves a boundary by at most half
+a stored voxel (0.5 mm), below annotation uncertainty; and it is the one path the store
+contract already round-trips and tests. Optional probability maps use linear resampling.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from dataset.common.atomic import remove_stale_temporaries
+from dataset.common.configio import to_dict
+from dataset.common.fingerprints import fingerprint_file
+from dataset.common.locks import exclusive_lock
+from dataset.contract.postprocessing import PostprocessingDecision
+from dataset.contract.predictions import (
+    PredictionRecord,
+    Predictions,
+    label_name,
+    probabilities_name,
+    read_predictions,
+    write_predictions,
+)
+from prediction.cases import CaseInput, PredictError, discover_inputs, gather_inputs, input_folders
+from prediction.config import PredictConfig
+from prediction.guard import check_output, check_owned
+from prediction.postprocess import apply_postprocessing, keep_largest_component
+from prediction.runs import RunSettings, load_predict_fns, load_runs, resolve_config
+from prediction.summary import CaseResult, PredictSummary
+from prediction.volume import PredictFn, argmax_labels, predict_volume
+
+log = logging.getLogger(__name__)
+
+# discover_inputs and resolve_config are imported from here by the tests and other modules
+__all__ = [
+    "CaseInput",
+    "CaseResult",
+    "PredictError",
+    "PredictSummary",
+    "apply_postprocessing",
+    "argmax_labels",
+    "discover_inputs",
+    "keep_largest_component",
+    "predict_case",
+    "predict_cases",
+    "predict_volume",
+    "resolve_config",
+]
+
+
+# ----------------------------------------------------------------------------- one case
+
+
+def predict_case(
+    case: CaseInput,
+    predict_fn: PredictFn | Sequence[PredictFn],
+    config: PredictConfig,
+    preprocess_config,
+    out_dir: Path,
+    *,
+    n_classes: int | None = None,
+    mirror_axes: Sequence[Sequence[int]] | None = None,
+    postprocessing: PostprocessingDecision | None = None,
+    progress: bool = True,
+) -> CaseResult:
+    """Predict one CT and write ``out_dir/<case>.nii.gz`` (uint8, the scan's exact grid).
+
+    ``predict_fn``: one model or an ensemble's list; ``mirror_axes``: each model's (default
+    ``config.mirror_axes``); ``postprocessing``: the decision, applied on the scan's grid.
+    """
+    from preprocess.io import read_image
+    from preprocess.pipeline import preprocess_image
+
+    result = CaseResult(case.case_id, str(case.path))
+    t = time.perf_counter()
+    image, _dtype = read_image(case.path, case.series_uid)
+    pre = preprocess_image(image, None, preprocess_config)
+    result.shape_zyx = tuple(int(s) for s in pre.levels.shape)
+    result.seconds["preprocess"] = time.perf_counter() - t
+
+    timings: dict[str, float] = {}
+    probs = predict_volume(pre.levels, predict_fn, config, mirror_axes=mirror_axes, progress=progress, timings=timings)
+    if n_classes is not None and probs.shape[0] != n_classes:
+        raise PredictError(f"model gives {probs.shape[0]} classes, the run's contract says {n_classes}")
+    result.n_windows = int(timings["windows"])
+    result.seconds["model"], result.seconds["stitch"] = timings["model"], timings["stitch"]
+
+    t = time.perf_counter()
+    result.output = str(_write_case(case.case_id, probs, pre, image, config, out_dir, postprocessing))
+    result.seconds["export"] = time.perf_counter() - t
+    return result
+
+
+def _write_case(
+    case_id: str,
+    probs: np.ndarray,
+    pre,
+    image,
+    config: PredictConfig,
+    out_dir: Path,
+    postprocessing: PostprocessingDecision | None = None,
+) -> Path:
+    """Labels (and the optional probabilities) back on the scan's grid, written atomically."""
+    from preprocess.geometry import restore_to_original
+    from preprocess.io import grid_mismatch
+    from preprocess.output import compose, copy_geometry, image_array, labels_image, write_image_atomic
+
+    labels = keep_largest_component(argmax_labels(probs), config.largest_component)
+    restored = restore_to_original(labels, pre.attrs, "nearest", 0)
+    mismatch = grid_mismatch(image, restored)
+    if mismatch:
+        raise PredictError(f"restored label map is not on the scan's grid: {mismatch}")
+    if postprocessing is not None:  # on the scan's grid: where `evaluate --cv` chose it, on the label maps
+        restored = labels_image(apply_postprocessing(image_array(restored), postprocessing), image)
+    out_path = out_dir / label_name(case_id)
+    write_image_atomic(copy_geometry(restored, image), out_path)
+    if config.save_probabilities:
+        channels = [  # voxels cropped away by preprocessing: background (1), other classes 0
+            copy_geometry(restore_to_original(np.ascontiguousarray(p), pre.attrs, "linear", 0.0 if c else 1.0), image)
+            for c, p in enumerate(probs)
+        ]
+        write_image_atomic(compose(channels), out_dir / probabilities_name(case_id))
+    return out_path
+
+
+# ----------------------------------------------------------------------------- the record
+
+
+def _input_fingerprint(path: Path) -> str | None:
+    try:
+        return fingerprint_file(path)
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run of ``predict_cases`` will do: the record so far, each input's fingerprint
+    (taken now, before reading), and the cases to predict (the rest are up to date)."""
+
+    record: Predictions
+    input_fingerprints: dict[str, str | None]
+    todo: tuple[CaseInput, ...]
+
+
+def _up_to_date(record: Predictions, case: CaseInput, input_fp: str | None, out: Path) -> bool:
+    prev = record.cases.get(case.case_id)
+    return (
+        prev is not None
+        and prev.done
+        and prev.input_fingerprint == input_fp
+        and prev.settings_fingerprint == record.settings_fingerprint
+        and (out / label_name(case.case_id)).is_file()
+    )
+
+
+def plan_run(out: Path, run: RunSettings, cases: Sequence[CaseInput], overwrite: bool, flag: str) -> Plan:
+    """Read the folder's record, decide what to predict, check it replaces only its own files,
+    and list those cases as pending before any of their files is written."""
+    previous = read_predictions(out)
+    record = Predictions(
+        run=run.runs_text,
+        settings_fingerprint=run.fingerprint,
+        config=to_dict(run.config),
+        cases=previous.cases if previous else {},
+    )
+    fps = {c.case_id: _input_fingerprint(c.path) for c in cases}
+    todo = tuple(c for c in cases if overwrite or not _up_to_date(record, c, fps[c.case_id], out))
+    check_owned(out, previous, [c.case_id for c in todo], run.config.save_probabilities, flag)
+    for case in todo:
+        record = record.with_case(case.case_id, PredictionRecord(case.source, fps[case.case_id], run.fingerprint))
+    if todo:
+        write_predictions(out, record)
+    return Plan(record, fps, todo)
+
+
+def _record_of(case: CaseInput, result: CaseResult, input_fp: str | None, settings_fp: str) -> PredictionRecord:
+    return PredictionRecord(
+        input=case.source,
+        input_fingerprint=input_fp,
+        settings_fingerprint=settings_fp,
+        status="failed" if result.error else "done",
+        error=result.error,
+        output=result.output,
+        shape_zyx=result.shape_zyx,
+        seconds=result.seconds,
+    )
+
+
+# ----------------------------------------------------------------------------- many cases
+
+
+def _predict_or_report(
+    case: CaseInput, predict_fns: Sequence[PredictFn], run: RunSettings, out: Path, progress: bool
+) -> CaseResult:
+    """One case; any failure becomes the case's one-line error (it must not stop the others)."""
+    try:
+        return predict_case(
+            case,
+            predict_fns,
+            run.config,
+            run.preprocess,
+            out,
+            n_classes=int(run.contract.n_classes),
+            mirror_axes=run.mirror_axes,
+            postprocessing=run.postprocessing,
+            progress=progress,
+        )
+    except Exception as err:
+        log.debug("case %s failed", case.case_id, exc_info=True)
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if str(case.path) not in text:
+            text = f"{case.path}: {text}"
+        log.error("case %s failed: %s", case.case_id, text)
+        return CaseResult(case.case_id, str(case.path), error=text)
+
+
+def _predict_all(
+    cases: Sequence[CaseInput],
+    plan: Plan,
+    predict_fns: Sequence[PredictFn] | None,
+    run: RunSettings,
+    out: Path,
+    progress: bool,
+) -> list[CaseResult]:
+    """Predict the planned cases in input order, committing each one's record as it ends."""
+    todo = {c.case_id for c in plan.todo}
+    record, results = plan.record, []
+    for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
+        if case.case_id not in todo:
+            results.append(CaseResult(case.case_id, str(case.path), str(out / label_name(case.case_id)), skipped=True))
+            continue
+        assert predict_fns is not None  # loaded whenever the plan has a case to predict
+        result = _predict_or_report(case, predict_fns, run, out, progress)
+        entry = _record_of(case, result, plan.input_fingerprints[case.case_id], run.fingerprint)
+        record = record.with_case(case.case_id, entry)
+        write_predictions(out, record)
+        results.append(result)
+    return results
+
+
+def predict_cases(
+    run_dirs: str | Path | Sequence[str | Path],
+    inputs: str | Path | Sequence[CaseInput],
+    out_dir: str | Path,
+    config: PredictConfig = PredictConfig(),
+    *,
+    predict_fn: PredictFn | Sequence[PredictFn] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    out_flag: str = "--out",
+) -> PredictSummary:
+    """Predict every input case into ``out_dir``; resumable, failures reported per case.
+
+    ``run_dirs``: one training run, or several (an ensemble: the mean of their softmax;
+    their contracts must agree, ``prediction.runs``). ``predict_fn``: one model callable
+    per run in place of its Keras checkpoint (tests, other backends). Up-to-date outputs
+    (same input fingerprint, models, contracts, config and post-processing, recorded in
+    ``out_dir/predictions.json``) are skipped unless ``overwrite``. ``out_flag`` names the
+    option that chose ``out_dir`` in refusals (``evaluate --run`` passes ``--pred-out``).
+    """
+    t0 = time.perf_counter()
+    run = load_runs(run_dirs, config, predict_fn)
+    predict_fns = None if predict_fn is None else [predict_fn] if callable(predict_fn) else list(predict_fn)
+    cases = gather_inputs(inputs)
+    out = Path(out_dir)
+    protected = [("input folder", f) for f in input_folders(inputs, cases)]
+    # refusals that need no lock first: a refused run leaves no lock file in somebody else's folder
+    check_output(out, protected, [c.case_id for c in cases], run.config.save_probabilities, out_flag)
+    with exclusive_lock(out):
+        remove_stale_temporaries(out)
+        plan = plan_run(out, run, cases, overwrite, out_flag)
+        if plan.todo and predict_fns is None:
+            predict_fns = load_predict_fns(run.run_dirs, run.config.checkpoint)  # a missing model stops the run
+        results = _predict_all(cases, plan, predict_fns, run, out, progress)
+    return PredictSummary(out, results, time.perf_counter() - t0)
