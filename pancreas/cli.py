@@ -35,7 +35,9 @@ COMMANDS = {
 }
 
 # top-level packages of this project: a missing one is a bug, not a missing dependency
-OWN_PACKAGES = frozenset({"pancreas", "preprocess", "dataset", "sources", "training", "prediction", "evaluation"})
+OWN_PACKAGES = frozenset(
+    {"pancreas", "preprocess", "dataset", "sources", "review", "training", "prediction", "evaluation"}
+)
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

@@ -58,7 +58,7 @@ def test_every_error_class_of_the_project_has_the_one_base():
 
     root = Path(__file__).resolve().parents[1]
     found = []
-    for package in ("dataset", "sources", "preprocess", "training", "prediction", "evaluation", "pancreas"):
+    for package in ("dataset", "sources", "review", "preprocess", "training", "prediction", "evaluation", "pancreas"):
         for path in (root / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if isinstance(node, ast.ClassDef) and node.name.endswith("Error"):

@@ -163,3 +163,15 @@ def test_a_lock_file_that_is_a_link_never_truncates_its_target(tmp_path):
         with exclusive_lock(out):
             pass
     assert target.read_text() == "the only copy"
+
+
+def test_write_bytes_atomic_refuses_a_short_file_and_keeps_the_old_one(tmp_path, request):
+    from dataset.common.atomic import write_bytes_atomic
+
+    target = tmp_path / "picture.png"
+    write_bytes_atomic(target, b"old bytes")
+    assert target.read_bytes() == b"old bytes"
+    request.getfixturevalue("short_writes")
+    with pytest.raises(OSError, match=r"picture\.png: only 5 of 10 bytes reached the disk \(is .* full\?\)"):
+        write_bytes_atomic(target, b"new bytes!")
+    assert target.read_bytes() == b"old bytes" and [p.name for p in tmp_path.iterdir()] == ["picture.png"]

@@ -5,9 +5,11 @@ and nothing beside or above it:
 
 * ``dataset.common``: atomic writes, locks, crash points, fingerprints, config loading,
   the Dask runner, seeds, the label regions
-* ``dataset.contract`` (every file one stage hands to another) and ``sources`` (where
-  raw data comes from: the MSD and nnU-Net folder formats, NIfTI headers, the download,
-  synthetic phantoms); neither imports the other
+* ``dataset.contract`` (every file one stage hands to another), ``sources`` (where raw
+  data comes from: the MSD and nnU-Net folder formats, NIfTI headers, the download,
+  synthetic phantoms) and ``review`` (what a person looks at: statistics of a label map,
+  tumour detection, case sheets, HTML pages; pure functions on arrays and dicts, used by
+  prediction, evaluation and qc alike); none imports another
 * the stages: ``preprocess``, ``dataset.index``, ``training``, ``prediction``, ``evaluation``
 * ``pancreas`` (CLI, demo, test scaffolding) and ``bench``
 
@@ -29,7 +31,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("dataset", "sources", "preprocess", "training", "prediction", "evaluation", "pancreas")
+PACKAGES = ("dataset", "sources", "review", "preprocess", "training", "prediction", "evaluation", "pancreas")
 STAGES = ("preprocess", "dataset.index", "training", "prediction", "evaluation")
 ALLOWED_BETWEEN_STAGES = {("prediction", "preprocess"), ("evaluation", "prediction"), ("evaluation", "preprocess")}
 
@@ -74,8 +76,9 @@ def layer(module: str) -> tuple[int, str]:
         return 0, "dataset.common"
     if module.startswith("dataset.contract"):
         return 1, "dataset.contract"
-    if module == "sources" or module.startswith("sources."):
-        return 1, "sources"
+    for room in ("sources", "review"):
+        if module == room or module.startswith(room + "."):
+            return 1, room
     for stage in STAGES:
         if module == stage or module.startswith(stage + "."):
             return 2, stage
@@ -97,6 +100,8 @@ def bad_edges(graph: dict[str, set[str]]) -> list[str]:
 def test_layer_function_knows_every_package():
     assert layer("dataset.common.atomic") == (0, "dataset.common")
     assert layer("sources.synthetic.phantom") == (1, "sources")
+    assert layer("review.sheet") == (1, "review")
+    assert bad_edges({"review.sheet": {"sources.msd"}}) == ["review.sheet -> sources.msd"]
     assert bad_edges({"sources.msd": {"dataset.contract.store"}}) == ["sources.msd -> dataset.contract.store"]
     assert bad_edges({"evaluation.crossval": {"prediction.predict"}}) == []
     assert bad_edges({"prediction.predict": {"evaluation.metrics"}}) == ["prediction.predict -> evaluation.metrics"]

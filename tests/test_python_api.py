@@ -1,4 +1,4 @@
-"""The README's Python API example runs as written (in a temporary working folder)."""
+"""The Python API example of docs/python-api.md runs as written (in a temporary working folder)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.slow
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
 
 
 def api_example() -> str:
-    section = README.read_text(encoding="utf-8").split("## Python API", 1)[1]
+    section = PAGE.read_text(encoding="utf-8").split("## The whole protocol in Python", 1)[1]
     return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
 
 
-def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
+def test_the_python_api_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    exec(compile(api_example(), "README.md:Python API", "exec"), {"__name__": "readme_example"})
+    exec(compile(api_example(), "docs/python-api.md", "exec"), {"__name__": "readme_example"})
     printed = capsys.readouterr().out
     assert "pancreas_007" in printed and "'pancreas':" in printed
     assert (tmp_path / "work" / "cv" / "report.csv").is_file()
