@@ -28,7 +28,6 @@ Outputs, each written atomically under CV_DIR's lock::
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
@@ -39,7 +38,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from dataset.common.atomic import atomic_path, write_json_atomic
+from dataset.common.atomic import write_json_atomic
+from dataset.common.configio import to_dict
 from dataset.common.errors import PancreasError
 from dataset.common.locks import exclusive_lock
 from dataset.contract.catalog import read_catalog
@@ -54,9 +54,13 @@ from evaluation.evaluate import (
     check_run_matches_store,
     protected_folders,
     read_pair,
+    read_pair_on_grid,
+    score_read_case,
+    summarise_cases,
     validation_cases,
 )
 from evaluation.metrics import REGIONS, dice, region_mask, score_case, summarise
+from evaluation.report_files import ReportFiles, check_report_files, write_report_files
 from prediction.config import PredictConfig
 from prediction.postprocess import apply_postprocessing, keep_largest_gland, keep_largest_tumour
 
@@ -65,19 +69,6 @@ log = logging.getLogger(__name__)
 REPORT_NAME = "report.json"
 CSV_NAME = "report.csv"
 PREDICTIONS_DIR = "predictions"
-CSV_COLUMNS = (
-    "case_id",
-    "fold",
-    "region",
-    "dice",
-    "nsd",
-    "hd95_mm",
-    "status",
-    "dice_postprocessed",
-    "nsd_postprocessed",
-    "hd95_mm_postprocessed",
-    "status_postprocessed",
-)
 CANDIDATES = ("pancreas", "tumour")  # tried in this order; the tumour step given the gland's decision
 
 
@@ -95,7 +86,6 @@ class FoldCases:
 # ----------------------------------------------------------------------------- checks
 def check_runs(run_dirs: Sequence[str | Path], store: str | Path) -> list[FoldCases]:
     """One run per fold, in fold order, each trained on this store's index and its own fold."""
-    from prediction.cases import PredictError
 
     store = Path(store)
     folds = read_split(store).folds
@@ -108,7 +98,7 @@ def check_runs(run_dirs: Sequence[str | Path], store: str | Path) -> list[FoldCa
         raise CrossValidationError("--cv names the same run twice; give one run per fold")
     out = []
     for k, run in enumerate(run_dirs):
-        contract = read_input_contract(run, error=PredictError)
+        contract = read_input_contract(run)
         trained = 0 if contract.fold is None else contract.fold
         if trained != k:
             raise CrossValidationError(
@@ -223,71 +213,45 @@ def choose_postprocessing(per_case: Sequence[dict[str, dict[str, float | None]]]
     return choice, scores
 
 
-def _pairs(folds: list[FoldCases], cv_dir: Path, failed: dict[str, str]) -> list[tuple[int, str, Path, Path]]:
+def _pairs(folds: list[FoldCases], cv_dir: Path, failed: dict[str, str]) -> list[CasePair]:
     return [
-        (f.fold, c, cv_dir / PREDICTIONS_DIR / f"fold_{f.fold}" / label_name(c), label)
+        CasePair(c, cv_dir / PREDICTIONS_DIR / f"fold_{f.fold}" / label_name(c), label, image)
         for f in folds
-        for c, _, label in f.cases
+        for c, image, label in f.cases
         if c not in failed
     ]
 
 
-def score_pooled(pairs, tolerances, progress: bool):
-    """First pass: full scores without postprocessing and every variant's Dice, case by case
-    (one case in memory at a time: 282 full-size cases do not fit together)."""
+def score_pooled(pairs: Sequence[CasePair], config: PredictConfig, progress: bool, files: ReportFiles | None):
+    """First pass: full scores without postprocessing, tumour detection, statistics and the
+    picture (``files``), and every variant's Dice, case by case (one case in memory at a
+    time: 282 full-size cases do not fit together)."""
     cases, dices, errors = {}, [], {}
-    for _fold, case_id, pred_path, truth_path in tqdm(pairs, desc="score", unit="case", disable=not progress):
+    for pair in tqdm(pairs, desc="score", unit="case", disable=not progress):
         try:
-            pred, truth, spacing = read_pair(CasePair(case_id, pred_path, truth_path))
+            pred, truth, grid = read_pair_on_grid(pair)
         except EvaluationError as err:
             log.error("%s", err)
-            errors[case_id] = str(err)
+            errors[pair.case_id] = str(err)
             continue
-        cases[case_id] = score_case(pred, truth, spacing, nsd_tolerance_mm=tolerances)
+        cases[pair.case_id] = score_read_case(pair, pred, truth, grid, config, files)
         dices.append(variant_dice(pred, truth))
     return cases, dices, errors
 
 
-def score_postprocessed(pairs, decision: PostprocessingDecision, tolerances, progress: bool) -> dict:
+def score_postprocessed(
+    pairs: Sequence[CasePair], decision: PostprocessingDecision, tolerances, progress: bool
+) -> dict:
     """Second pass, only when the decision changes something: full scores with it applied."""
     cases = {}
-    for _fold, case_id, pred_path, truth_path in tqdm(
-        pairs, desc="score postprocessed", unit="case", disable=not progress
-    ):
+    for pair in tqdm(pairs, desc="score postprocessed", unit="case", disable=not progress):
+        case_id = pair.case_id
         try:
-            pred, truth, spacing = read_pair(CasePair(case_id, pred_path, truth_path))
+            pred, truth, spacing = read_pair(pair)
         except EvaluationError:
             continue  # already reported by the first pass
         cases[case_id] = score_case(apply_postprocessing(pred, decision), truth, spacing, nsd_tolerance_mm=tolerances)
     return cases
-
-
-# ----------------------------------------------------------------------------- outputs
-def write_csv(path: Path, report: dict[str, Any]) -> None:
-    """One row per case and region: scores without and with the chosen postprocessing."""
-    after = report["postprocessing"]["cases"]
-    with atomic_path(path, point="cv-report-csv") as tmp:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(CSV_COLUMNS)
-            for case_id, scores in report["cases"].items():
-                for region in REGIONS:
-                    s, p = scores[region], after.get(case_id, scores)[region]
-                    writer.writerow(
-                        [
-                            case_id,
-                            report["case_folds"][case_id],
-                            region,
-                            *(_cell(s[m]) for m in ("dice", "nsd", "hd95_mm")),
-                            s["status"],
-                            *(_cell(p[m]) for m in ("dice", "nsd", "hd95_mm")),
-                            p["status"],
-                        ]
-                    )
-
-
-def _cell(value: Any) -> str:
-    return "" if value is None else f"{float(value):.6g}"
 
 
 # ----------------------------------------------------------------------------- the protocol
@@ -299,8 +263,11 @@ def evaluate_cv(
     checkpoint: str = "last",
     predict_fns: Sequence[Callable] | None = None,
     progress: bool = True,
+    pictures: bool = True,
+    command: str = "",
 ) -> dict[str, Any]:
-    """The whole protocol (module docstring); returns the report written to ``CV_DIR/report.json``."""
+    """The whole protocol (module docstring); returns the report written to ``CV_DIR/report.json``
+    (beside it: report.csv, report.html, its plot and ``pictures/<case>.png`` unless ``pictures`` is off)."""
     from prediction.guard import check_output_folder
 
     if checkpoint not in ("last", "best"):
@@ -310,6 +277,8 @@ def evaluate_cv(
     all_cases = [c for f in folds for c in f.cases]
     check_output_folder(cv_dir, protected_folders(store, all_cases), "--out")
     check_cv_outputs(cv_dir)
+    files = ReportFiles.beside(cv_dir / REPORT_NAME)
+    check_report_files(files, pictures=pictures)
     # the out-of-fold maps are scored raw: a postprocessing from the config would be chosen on top of itself
     config = dataclasses.replace(config, checkpoint=checkpoint, postprocessing=None, largest_component="off")
     missing = (
@@ -324,7 +293,7 @@ def evaluate_cv(
     with exclusive_lock(cv_dir):
         failed = predict_folds(folds, cv_dir, config, predict_fns, progress)
         pairs = _pairs(folds, cv_dir, failed)
-        cases, dices, errors = score_pooled(pairs, config.nsd_tolerance_mm, progress)
+        cases, dices, errors = score_pooled(pairs, config, progress, files if pictures else None)
         choice, decision_scores = choose_postprocessing(dices)
         fingerprint = store_fingerprint(read_catalog(store))
         decision = _decision(
@@ -336,7 +305,7 @@ def evaluate_cv(
         after = score_postprocessed(pairs, decision, config.nsd_tolerance_mm, progress) if any(choice.values()) else {}
         report = _report(folds, cases, errors, failed, after, decision, config, checkpoint, cv_dir)
         write_postprocessing(cv_dir, decision)
-        write_csv(cv_dir / CSV_NAME, report)
+        write_report_files(report, files, title="Cross-validation", command=command, point="cv-report")
         write_json_atomic(cv_dir / REPORT_NAME, report, point="cv-report")
     return report
 
@@ -345,11 +314,12 @@ def _report(folds, cases, errors, failed, after, decision, config, checkpoint, c
     case_folds = {c: f.fold for f in folds for c, _, _ in f.cases}
     return {
         "cases": cases,
-        "summary": summarise(cases),
+        "summary": summarise_cases(cases),
         "errors": {**errors, **failed},
         "missing_predictions": sorted(failed),
         "regions": {k: list(v) for k, v in REGIONS.items()},
         "nsd_tolerance_mm": dict(config.nsd_tolerance_mm),
+        "detection": to_dict(config.detection),
         "checkpoint": checkpoint,
         "mirror_axes": None if config.mirror_axes is None else list(config.mirror_axes),  # None: each run's own
         "folds": [{"fold": f.fold, "run": str(f.run.resolve()), "cases": [c for c, _, _ in f.cases]} for f in folds],

@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset.common.atomic import read_json, write_json_atomic
+from dataset.common.configio import to_dict
 from dataset.common.errors import PancreasError
 from dataset.common.locks import exclusive_lock
 from dataset.contract.catalog import read_catalog
@@ -40,9 +41,14 @@ from dataset.contract.manifest import index_fingerprint
 from dataset.contract.predictions import PROBABILITIES_SUFFIX, label_name
 from dataset.contract.run import InputContract
 from dataset.contract.store import StoreError, read_shard_attrs, shard_path
-from evaluation.metrics import NSD_TOLERANCE_MM, REGIONS, score_case, summarise
+from evaluation.casework import hu_array, read_ct_on, review_case, write_pair_picture
+from evaluation.metrics import REGIONS, score_case, summarise
+from evaluation.report_files import ReportFiles, write_report_files
 from prediction.config import PredictConfig
+from review.detection import detection_summary
 from sources.msd import case_id_of, is_image_name
+
+NNUNET_CHANNEL = "_0000"  # nnU-Net's suffix of a case's one CT channel (sources.nnunet)
 
 log = logging.getLogger(__name__)
 REPORT_KEYS = ("cases", "summary")  # what an existing --out file must hold to be replaced
@@ -58,6 +64,7 @@ class CasePair:
     case_id: str
     prediction: Path
     truth: Path
+    image: Path | None = None  # the CT: HU figures and the picture's background (optional)
 
 
 def _read_labels(path: Path, what: str, case_id: str):
@@ -74,11 +81,10 @@ def _read_labels(path: Path, what: str, case_id: str):
     return image, array.astype(np.uint8, copy=False)
 
 
-def read_pair(pair: CasePair) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """(prediction, truth, spacing z, y, x) of one case; EvaluationError naming the case on
+def read_pair_on_grid(pair: CasePair):
+    """(prediction, truth, the truth's image for its grid); EvaluationError naming the case on
     unreadable files or a grid mismatch (never silently resampled)."""
     from preprocess.io import grid_mismatch
-    from preprocess.output import spacing_zyx
 
     pred_image, pred = _read_labels(pair.prediction, "prediction", pair.case_id)
     truth_image, truth = _read_labels(pair.truth, "truth", pair.case_id)
@@ -87,34 +93,85 @@ def read_pair(pair: CasePair) -> tuple[np.ndarray, np.ndarray, tuple[float, floa
         raise EvaluationError(
             f"{pair.case_id}: prediction {pair.prediction} does not match its truth's grid: {mismatch}"
         )
-    return pred, truth, spacing_zyx(truth_image)
+    return pred, truth, truth_image
 
 
-def evaluate_pair(pair: CasePair, nsd_tolerance_mm: dict[str, float] = NSD_TOLERANCE_MM) -> dict[str, dict[str, Any]]:
-    """Scores of one case; EvaluationError naming the case on unreadable files or a grid mismatch."""
-    pred, truth, spacing = read_pair(pair)
-    return score_case(pred, truth, spacing, nsd_tolerance_mm=nsd_tolerance_mm)
+def read_pair(pair: CasePair) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """(prediction, truth, spacing z, y, x) of one case (``read_pair_on_grid``)."""
+    from preprocess.output import spacing_zyx
+
+    pred, truth, grid = read_pair_on_grid(pair)
+    return pred, truth, spacing_zyx(grid)
+
+
+def evaluate_pair(
+    pair: CasePair, config: PredictConfig = PredictConfig(), files: ReportFiles | None = None
+) -> dict[str, Any]:
+    """Scores, tumour detection and statistics of one case, and its picture when ``files`` is given;
+    EvaluationError naming the case on unreadable files or a grid mismatch."""
+    pred, truth, grid = read_pair_on_grid(pair)
+    return score_read_case(pair, pred, truth, grid, config, files)
+
+
+def score_read_case(
+    pair: CasePair,
+    pred: np.ndarray,
+    truth: np.ndarray,
+    grid: Any,
+    config: PredictConfig = PredictConfig(),
+    files: ReportFiles | None = None,
+) -> dict[str, Any]:
+    """``evaluate_pair`` once the maps are read (``grid``: the truth's SimpleITK image)."""
+    from preprocess.output import spacing_zyx
+
+    spacing = spacing_zyx(grid)
+    ct = read_ct_on(pair.image, grid, pair.case_id)
+    case: dict[str, Any] = score_case(pred, truth, spacing, nsd_tolerance_mm=config.nsd_tolerance_mm)
+    case.update(review_case(pred, truth, spacing, hu_array(ct), config.detection))
+    picture = files.picture(pair.case_id) if files is not None else None
+    if files is not None and picture is None:
+        log.warning("%r: no picture (a case id that is not a plain file name)", pair.case_id)
+    if picture is not None:
+        try:
+            write_pair_picture(picture, pair.case_id, truth, pred, grid, ct, config.detection)
+        except OSError as err:  # the scores stand; the report says the picture is missing
+            log.error("%s: picture not written: %s", pair.case_id, err)
+            case["picture_error"] = str(err)
+    return case
 
 
 def evaluate_pairs(
-    pairs: Sequence[CasePair], progress: bool = True, nsd_tolerance_mm: dict[str, float] = NSD_TOLERANCE_MM
+    pairs: Sequence[CasePair],
+    progress: bool = True,
+    config: PredictConfig = PredictConfig(),
+    files: ReportFiles | None = None,
 ) -> dict[str, Any]:
-    """The report for ``pairs``: cases, summary, and errors for cases that could not be scored."""
+    """The report for ``pairs``: cases, summary, and errors for cases that could not be scored.
+
+    ``files``: also draw each case's picture into ``files.pictures`` (None: no pictures).
+    """
     cases: dict[str, Any] = {}
     errors: dict[str, str] = {}
     for pair in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
         try:
-            cases[pair.case_id] = evaluate_pair(pair, nsd_tolerance_mm)
+            cases[pair.case_id] = evaluate_pair(pair, config, files)
         except EvaluationError as err:
             log.error("%s", err)
             errors[pair.case_id] = str(err)
     return {
         "cases": cases,
-        "summary": summarise(cases),
+        "summary": summarise_cases(cases),
         "errors": errors,
         "regions": {k: list(v) for k, v in REGIONS.items()},
-        "nsd_tolerance_mm": dict(nsd_tolerance_mm),
+        "nsd_tolerance_mm": dict(config.nsd_tolerance_mm),
+        "detection": to_dict(config.detection),
     }
+
+
+def summarise_cases(cases: dict[str, Any]) -> dict[str, Any]:
+    """Per-region summaries plus the tumour-detection summary over the cases that have one."""
+    detected = {c: s["tumour_detection"] for c, s in cases.items() if "tumour_detection" in s}
+    return {**summarise(cases), "tumour_detection": detection_summary(detected)}
 
 
 def _label_files(folder: Path) -> dict[str, Path]:
@@ -127,20 +184,31 @@ def _label_files(folder: Path) -> dict[str, Path]:
     }
 
 
+def _image_files(folder: Path) -> dict[str, Path]:
+    """``<case>.nii.gz`` or nnU-Net's ``<case>_0000.nii.gz`` CTs of ``--images``, by case id."""
+    return {c.removesuffix(NNUNET_CHANNEL): p for c, p in _label_files(folder).items()}
+
+
 def evaluate_dirs(
     pred_dir: str | Path,
     truth_dir: str | Path,
     progress: bool = True,
-    nsd_tolerance_mm: dict[str, float] = NSD_TOLERANCE_MM,
+    config: PredictConfig = PredictConfig(),
+    images_dir: str | Path | None = None,
+    files: ReportFiles | None = None,
 ) -> dict[str, Any]:
-    """Pair ``<case>.nii.gz`` files of two folders; cases without a prediction are listed and fail the run."""
+    """Pair ``<case>.nii.gz`` files of two folders; cases without a prediction are listed and fail the run.
+
+    ``images_dir``: the CTs (``imagesTr``/``imagesTs``), for HU figures and the pictures' background.
+    """
     if Path(pred_dir).resolve() == Path(truth_dir).resolve():
         raise EvaluationError(f"--pred {pred_dir} is the --truth folder {truth_dir}: the labels would score themselves")
     preds, truths = _label_files(Path(pred_dir)), _label_files(Path(truth_dir))
     if not truths:
         raise EvaluationError(f"{truth_dir}: no NIfTI label files")
-    pairs = [CasePair(c, preds[c], truths[c]) for c in sorted(truths) if c in preds]
-    report = evaluate_pairs(pairs, progress, nsd_tolerance_mm)
+    images = _image_files(Path(images_dir)) if images_dir is not None else {}
+    pairs = [CasePair(c, preds[c], truths[c], images.get(c)) for c in sorted(truths) if c in preds]
+    report = evaluate_pairs(pairs, progress, config, files)
     report["missing_predictions"] = sorted(set(truths) - set(preds))
     report["predictions_without_truth"] = sorted(set(preds) - set(truths))
     for case_id in report["missing_predictions"]:
@@ -204,13 +272,15 @@ def evaluate_run(
     pred_dir: str | Path | None = None,
     predict_fn=None,
     progress: bool = True,
+    files: ReportFiles | None = None,
 ) -> dict[str, Any]:
-    """Predict the run's validation cases from their original images and score them."""
+    """Predict the run's validation cases from their original images and score them
+    (``files``: and draw each case's picture)."""
     from dataset.contract.run import read_input_contract
     from prediction.guard import check_output
-    from prediction.predict import CaseInput, PredictError, predict_cases
+    from prediction.predict import CaseInput, predict_cases
 
-    contract = read_input_contract(run_dir, error=PredictError)
+    contract = read_input_contract(run_dir)
     check_run_matches_store(contract, store, run_dir)
     cases = validation_cases(store, contract.fold or 0)  # the fold the run trained on holds its validation cases
     pred_dir = Path(pred_dir) if pred_dir is not None else Path(run_dir) / "validation_predictions"
@@ -228,8 +298,8 @@ def evaluate_run(
             out_flag="--pred-out",
         )
         failed = {r.case_id: r.error for r in summary.failed}
-        pairs = [CasePair(c, pred_dir / label_name(c), label) for c, _, label in cases if c not in failed]
-        report = evaluate_pairs(pairs, progress, config.nsd_tolerance_mm)
+        pairs = [CasePair(c, pred_dir / label_name(c), label, img) for c, img, label in cases if c not in failed]
+        report = evaluate_pairs(pairs, progress, config, files)
     report["errors"].update({c: f"prediction failed: {e}" for c, e in failed.items()})
     report["missing_predictions"] = sorted(failed)
     report["run"] = str(Path(run_dir).resolve())
@@ -252,9 +322,11 @@ def check_report_path(path: str | Path) -> None:
             )
 
 
-def write_report(report: dict[str, Any], path: str | Path) -> None:
-    """Write the report; an existing file is replaced only if it is an earlier report."""
+def write_report(report: dict[str, Any], path: str | Path, title: str = "Evaluation", command: str = "") -> None:
+    """Write the report and the files beside it (``evaluation.report_files``): CSV, plot and page first,
+    report.json last; an existing file is replaced only if this project wrote it."""
     check_report_path(path)
+    write_report_files(report, ReportFiles.beside(path), title, command)
     write_json_atomic(path, report, point="report")
 
 

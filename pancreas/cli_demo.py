@@ -31,5 +31,6 @@ def run(args: argparse.Namespace) -> int:
     print("outputs:")
     for name, path in result.paths.items():
         print(f"  {name:<12} {path}")
-    print(f"see the training curves and images with: tensorboard --logdir {result.paths['tensorboard']}")
+    print(f"training curves: {result.paths['progress']} (or: tensorboard --logdir {result.paths['tensorboard']})")
+    print(f"open the report in a browser: {result.paths['report_html'].resolve()}")
     return 0 if report_ok(result.report) else 1

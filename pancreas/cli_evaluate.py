@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dataset.common.errors import UsageError
-from pancreas.cli_options import add_set_option
+from pancreas.cli_options import add_set_option, command_line
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -16,6 +16,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("--pred", metavar="DIR", help="folder of predicted <case>.nii.gz")
     parser.add_argument("--truth", metavar="DIR", help="folder of true <case>.nii.gz (e.g. labelsTr)")
+    parser.add_argument(
+        "--images",
+        metavar="DIR",
+        help="with --pred/--truth: the CTs (<case>.nii.gz or <case>_0000.nii.gz, e.g. imagesTr), for HU "
+        "figures and the pictures' background (without it the outlines are drawn on black)",
+    )
     parser.add_argument(
         "--run",
         dest="run_dir",
@@ -59,6 +65,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "with --cv: the folder for report.json, report.csv, postprocessing.json and the "
         "out-of-fold predictions (required)",
     )
+    parser.add_argument(
+        "--no-pictures",
+        action="store_true",
+        help="do not draw pictures/<case>.png (truth against prediction) beside the report",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
     return parser
@@ -74,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         report_table,
         write_report,
     )
+    from evaluation.report_files import ReportFiles, check_report_files
     from prediction.config import PredictConfig
 
     if args.cv:
@@ -89,19 +101,24 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             "give either --pred DIR --truth DIR, or --run RUN_DIR --store STORE, or --cv RUN_DIR ... --store STORE"
         )
+    if args.images and not by_dirs:
+        raise UsageError("--images goes with --pred/--truth (--run reads each case's CT from the store's catalog)")
     config = load_config(PredictConfig, args.config, args.overrides)
-    if args.out:
-        check_report_path(args.out)  # before the work, not after it
+    files = None
+    if args.out:  # before the work, not after it
+        check_report_path(args.out)
+        files = ReportFiles.beside(args.out)
+        check_report_files(files, pictures=not args.no_pictures)
+    pictures = None if args.no_pictures else files
+    progress = not args.no_progress
     if by_dirs:
-        report = evaluate_dirs(
-            args.pred, args.truth, progress=not args.no_progress, nsd_tolerance_mm=config.nsd_tolerance_mm
-        )
+        report = evaluate_dirs(args.pred, args.truth, progress, config, args.images, files=pictures)
     else:
-        report = evaluate_run(args.run_dir, args.store, config, args.pred_out, progress=not args.no_progress)
+        report = evaluate_run(args.run_dir, args.store, config, args.pred_out, progress=progress, files=pictures)
     print(report_table(report))
-    if args.out:
-        write_report(report, args.out)
-        print(f"report: {args.out}")
+    if args.out and files is not None:
+        write_report(report, args.out, title="Evaluation", command=command_line())
+        print(f"report: {args.out}; {files.csv.name}, {files.html} (open it in a browser)")
     return 0 if report_ok(report) else 1
 
 
@@ -110,7 +127,14 @@ def run_cv(args: argparse.Namespace, config) -> int:
     from evaluation.evaluate import report_ok, report_table
 
     report = evaluate_cv(
-        args.cv, args.store, args.out, config, checkpoint=args.checkpoint, progress=not args.no_progress
+        args.cv,
+        args.store,
+        args.out,
+        config,
+        checkpoint=args.checkpoint,
+        progress=not args.no_progress,
+        pictures=not args.no_pictures,
+        command=command_line(),
     )
     print(report_table(report))
     kept = [r for r, on in report["postprocessing"]["largest_component"].items() if on]
@@ -132,4 +156,5 @@ def run_cv(args: argparse.Namespace, config) -> int:
         f"{len(report['folds'])} fold(s), checkpoint {report['checkpoint']}; wrote {args.out}/{REPORT_NAME}, "
         f"{args.out}/{CSV_NAME}, {args.out}/postprocessing.json, out-of-fold predictions in {report['predictions']}"
     )
+    print(f"open {args.out}/report.html in a browser")
     return 0 if report_ok(report) else 1

@@ -46,3 +46,14 @@ def add_logging_options(parser: argparse.ArgumentParser, default: object = False
         default=default,
         help="warnings and errors only; no progress bars (results are still printed)",
     )
+
+
+def command_line() -> str:
+    """The command as typed (program name without its folder), for a report's provenance."""
+    import shlex
+    import sys
+    from pathlib import Path
+
+    return shlex.join(["pancreas" if Path(sys.argv[0]).name == "pancreas" else Path(sys.argv[0]).name, *sys.argv[1:]])[
+        :500
+    ]

@@ -133,6 +133,8 @@ def demo_paths(out: Path) -> dict[str, Path]:
         "tensorboard": out / "run" / "logs",
         "predictions": out / "predictions",
         "report": out / "report.json",
+        "report_html": out / "report.html",
+        "progress": out / "run" / "progress.png",
         "configs": out / "configs",
     }
 
@@ -178,6 +180,7 @@ def _train_and_score(
     """train -> predict the held-out cases -> evaluate; the evaluation report."""
     from dataset.contract.run import holds_run
     from evaluation.evaluate import evaluate_dirs, write_report
+    from evaluation.report_files import ReportFiles
     from prediction.predict import predict_cases
     from training.run import train
 
@@ -194,8 +197,14 @@ def _train_and_score(
         if predicted.failed:
             raise PancreasError(f"demo: prediction failed for {[r.case_id for r in predicted.failed]}")
     with _timed(seconds, "evaluate"):
-        report = evaluate_dirs(paths["predictions"], paths["data"] / "labelsTs", progress=progress)
-        write_report(report, paths["report"])
+        report = evaluate_dirs(
+            paths["predictions"],
+            paths["data"] / "labelsTs",
+            progress=progress,
+            images_dir=paths["data"] / "imagesTs",
+            files=ReportFiles.beside(paths["report"]),
+        )
+        write_report(report, paths["report"], title="Demo: held-out synthetic cases", command="pancreas demo")
     return report
 
 

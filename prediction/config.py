@@ -13,9 +13,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dataset.common.regions import NSD_TOLERANCE_MM, REGIONS
+from review.detection import DEFAULT_MIN_IOU
 
 LARGEST_COMPONENT_MODES = ("off", "foreground", "per_class")
 CHECKPOINTS = ("best", "last")
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """How ``pancreas evaluate`` counts tumours found and missed (``review.detection``)."""
+
+    min_iou: float = DEFAULT_MIN_IOU  # a truth tumour is found by a predicted tumour overlapping it this much
+    min_tumour_voxels: int = 1  # smaller tumour components are not counted as tumours (1: every one is)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_iou <= 1.0:
+            raise ValueError(f"detection.min_iou must be in [0, 1], got {self.min_iou}")
+        if self.min_tumour_voxels < 1:
+            raise ValueError(f"detection.min_tumour_voxels must be >= 1, got {self.min_tumour_voxels}")
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,8 @@ class PredictConfig:
     checkpoint: str = "best"
     # evaluation only: NSD tolerance (mm) per region of evaluation.metrics.REGIONS
     nsd_tolerance_mm: dict[str, float] = field(default_factory=lambda: dict(NSD_TOLERANCE_MM))
+    # evaluation only: tumour-level detection
+    detection: DetectionConfig = DetectionConfig()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nsd_tolerance_mm", nsd_tolerances(self.nsd_tolerance_mm))

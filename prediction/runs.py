@@ -4,7 +4,7 @@
 rebuilds the preprocessing config it records (so inference runs the very preprocessing
 of training), resolves the sliding window and the mirror axes against each contract,
 reads the optional post-processing decision (``dataset.contract.postprocessing``) and
-fingerprints contracts, config (less its evaluation-only ``nsd_tolerance_mm``), decision
+fingerprints contracts, config (less its evaluation-only ``nsd_tolerance_mm`` and ``detection``), decision
 and model files together: ``predictions.json`` records that fingerprint per case, and a
 case predicted with other settings is predicted again.
 
@@ -37,7 +37,8 @@ import numpy as np
 
 from dataset.common.configio import ConfigError, check_patch_fits_depth, flatten_mapping, from_dict, to_dict
 from dataset.common.fingerprints import fingerprint_file, fingerprint_json
-from dataset.contract.fingerprints import check_fingerprint
+from dataset.common.records import record_to_dict
+from dataset.contract.fingerprints import fingerprint_mismatch
 from dataset.contract.postprocessing import PostprocessingDecision, PostprocessingError, read_postprocessing
 from dataset.contract.run import INPUT_CONTRACT_NAME, InputContract, checkpoint_path, read_input_contract
 from prediction.cases import PredictError
@@ -188,21 +189,17 @@ def _read_decision(path: str | Path, members: Sequence[Member]) -> Postprocessin
         if not member.contract.store_fingerprint:
             log.warning("%s records no store fingerprint: cannot check that %s was chosen on its store", where, path)
             continue
-        check_fingerprint(
-            "store fingerprint",
-            decision.store_fingerprint,
-            member.contract.store_fingerprint,
-            path,
-            where,
-            OTHER_STORE,
-            error=PredictError,
+        mismatch = fingerprint_mismatch(
+            "store fingerprint", decision.store_fingerprint, member.contract.store_fingerprint, path, where, OTHER_STORE
         )
+        if mismatch:
+            raise PredictError(mismatch)
     return decision
 
 
 # Settings that change the score of a label map, never the map: left out of the fingerprint,
 # so changing one does not predict every case again.
-EVALUATION_ONLY = ("nsd_tolerance_mm",)
+EVALUATION_ONLY = ("nsd_tolerance_mm", "detection")
 
 
 def _fingerprint(members: Sequence[Member], config: PredictConfig, decision: PostprocessingDecision | None) -> str:
@@ -210,10 +207,10 @@ def _fingerprint(members: Sequence[Member], config: PredictConfig, decision: Pos
     settings["postprocessing"] = dict(decision.largest_component) if decision else None
     if len(members) == 1:
         return fingerprint_json(
-            {"contract": members[0].contract.to_dict(), "config": settings, "model": members[0].model}
+            {"contract": record_to_dict(members[0].contract), "config": settings, "model": members[0].model}
         )
     return fingerprint_json(
-        {"config": settings, "models": [{"contract": m.contract.to_dict(), "model": m.model} for m in members]}
+        {"config": settings, "models": [{"contract": record_to_dict(m.contract), "model": m.model} for m in members]}
     )
 
 
@@ -239,7 +236,7 @@ def load_runs(
         raise PredictError(f"run {twice[0]} is given twice: each model of an ensemble counts once")
     members, keys, preprocess_configs, windows = [], [], [], []
     for i, run_dir in enumerate(dirs):
-        contract = read_input_contract(run_dir, error=PredictError)
+        contract = read_input_contract(run_dir)
         preprocess_configs.append(_preprocess_of(run_dir, contract))
         resolved = resolve_config(config, contract, run_dir)
         assert resolved.window_zyx is not None and resolved.mirror_axes is not None  # resolve_config sets both

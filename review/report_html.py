@@ -32,6 +32,8 @@ REGION_ORDER = ("pancreas", "pancreas_label1", "tumour")  # a report's own "regi
 PLOT_METRICS = (("dice", "Dice"), ("nsd", "NSD"))
 DIAMETER_BINS = ("<10", "10-20", "20-30", ">=30")
 STATISTICS_COLUMNS = ("pancreas_ml", "tumour_ml", "tumours", "largest_tumour_diameter_mm", "touches_edge")
+# every page says who wrote it: a command replaces only pages that carry this mark
+GENERATOR = "pancreas-seg"
 MAX_OTHER_STATISTICS = 6  # columns shown of a report whose statistics hold none of STATISTICS_COLUMNS
 
 CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'none'; base-uri 'none'"
@@ -63,7 +65,7 @@ table.kv th { background: none; width: 1%; white-space: nowrap; color: var(--mut
 table.kv td { overflow-wrap: anywhere; font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 13px; }
 table.figures th { white-space: normal; width: auto; }
 table.figures td { white-space: nowrap; font-family: inherit; font-size: 14px; text-align: right; }
-td.case { font-weight: 600; overflow-wrap: anywhere; }
+td.case { font-weight: 600; overflow-wrap: anywhere; min-width: 11em; }  /* ids wrap only past 11em */
 img.thumb { height: 64px; width: auto; display: block; border: 1px solid var(--line); border-radius: 3px; }
 figure { margin: 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
@@ -185,6 +187,7 @@ def page(title: str, lead: str, sections: Sequence[tuple[str, str, Html]]) -> Ht
         '<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{escape(CSP)}">'
         '<meta name="referrer" content="no-referrer">'
+        f'<meta name="generator" content="{GENERATOR}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{CSS}</style></head>\n"
         f'<body><main><header><h1>{escape(title)}</h1><p class="lead">{escape(lead)}</p>'
@@ -542,8 +545,22 @@ def metrics_plot(report: Mapping[str, Any], path: str | Path) -> Path:
     return write_figure(metrics_figure(report), path)
 
 
+
+
+def is_our_page(path: str | Path) -> bool:
+    """Whether ``path`` is a page this project wrote (its generator mark), so it may be replaced."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return f'<meta name="generator" content="{GENERATOR}">' in head
+
+
 __all__ = [
+    "GENERATOR",
     "escape",
+    "is_our_page",
     "metrics_plot",
     "relative_link",
     "render_index",

@@ -102,8 +102,13 @@ def test_cli_writes_report_and_fails_on_missing_prediction(folders, tmp_path: Pa
     out = tmp_path / "report.json"
     assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(out), "--no-progress"]) == 0
     report = json.loads(out.read_text())
-    assert set(report["cases"]["b"]) == {"pancreas", "pancreas_label1", "tumour"}
+    regions = {"pancreas", "pancreas_label1", "tumour"}
+    assert set(report["cases"]["b"]) == regions | {"tumour_detection", "statistics"}
     assert set(report["summary"]["pancreas"]["hd95_mm"]) >= {"mean", "median", "n"}
+    assert set(report["summary"]) == regions | {"tumour_detection"}
+    beside = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("report", "pictures")))
+    assert beside == ["pictures", "report.csv", "report.html", "report.json", "report_metrics.png"]
+    assert sorted(p.name for p in (tmp_path / "pictures").iterdir()) == ["a.png", "b.png", "c.png"]
     write_labels(truth / "f.nii.gz", gland())
     assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--no-progress"]) == 1
     assert main(["evaluate", "--pred", str(pred)]) == 2  # --truth missing: one-line usage error

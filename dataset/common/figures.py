@@ -33,11 +33,29 @@ PNG_END = b"IEND\xaeB`\x82"  # the last chunk of every complete PNG
 PNG_COMPRESS_LEVEL = 3
 
 
+# the PNG "Software" text chunk of every picture this project writes: how a command tells its own
+# pictures (which it may replace) from anyone else's (which it never does)
+SOFTWARE = "pancreas-seg"
+
+
 def png_bytes(fig: Figure) -> bytes:
-    """``fig`` rendered as PNG by matplotlib's Agg canvas."""
+    """``fig`` rendered as PNG by matplotlib's Agg canvas, marked as this project's."""
     buffer = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buffer, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
+    FigureCanvasAgg(fig).print_png(
+        buffer, metadata={"Software": SOFTWARE}, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL}
+    )
     return buffer.getvalue()
+
+
+def is_our_png(path: str | Path) -> bool:
+    """Whether ``path`` is a PNG this project wrote (its Software chunk), so it may be replaced."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as picture:
+            return picture.format == "PNG" and picture.info.get("Software") == SOFTWARE
+    except (OSError, ValueError):
+        return False
 
 
 def write_png(path: str | Path, data: bytes, point: str | None = None) -> Path:
