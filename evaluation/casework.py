@@ -4,8 +4,7 @@
 against the truth (``review.detection``) and the statistics of both label maps
 (``review.statistics``), measured on the scan's own grid; HU figures need the CT on the
 same grid. ``write_pair_picture`` draws the truth-against-prediction case sheet
-(``review.sheet``) after turning every map to the LPS orientation the sheet expects, so
-a scan stored in any orientation is shown the same way round.
+(``review.sheet``) after turning every map to LPS (``review.orient``).
 """
 
 from __future__ import annotations
@@ -19,11 +18,11 @@ import SimpleITK as sitk
 
 from prediction.config import DetectionConfig
 from review.detection import detect_tumours
+from review.orient import array_on, display_arrays
 from review.sheet import SOFT_TISSUE_WINDOW_HU, write_case_sheet
 from review.statistics import case_statistics
 
 log = logging.getLogger(__name__)
-DISPLAY_ORIENTATION = "LPS"  # review.sheet's axial panels are radiological views of an LPS grid
 
 
 def review_case(
@@ -64,10 +63,6 @@ def hu_array(ct: sitk.Image | None) -> np.ndarray | None:
     return None if ct is None else sitk.GetArrayFromImage(ct).astype(np.float32, copy=False)
 
 
-def _oriented(image: sitk.Image) -> sitk.Image:
-    return sitk.DICOMOrient(image, DISPLAY_ORIENTATION)
-
-
 def write_pair_picture(
     path: Path,
     case_id: str,
@@ -78,22 +73,16 @@ def write_pair_picture(
     detection: DetectionConfig = DetectionConfig(),
 ) -> Path:
     """The truth-against-prediction sheet of one case, in LPS; without a CT the outlines lie on black."""
-    from preprocess.output import labels_image, spacing_zyx
-
-    truth_lps = _oriented(labels_image(truth, grid))
-    pred_lps = _oriented(labels_image(pred, grid))
-    background = (
-        sitk.GetArrayFromImage(_oriented(ct)).astype(np.float32)
-        if ct is not None
-        else np.zeros(sitk.GetArrayViewFromImage(truth_lps).shape, np.float32)
-    )
+    images = [array_on(truth.astype(np.uint8), grid), array_on(pred.astype(np.uint8), grid)]
+    (truth_lps, pred_lps, *rest), spacing = display_arrays([*images, *([ct] if ct is not None else [])])
+    background = rest[0].astype(np.float32) if rest else np.zeros(truth_lps.shape, np.float32)
     return write_case_sheet(
         path,
         background,
-        spacing_zyx(truth_lps),
+        spacing,
         case_id,
-        label=sitk.GetArrayFromImage(truth_lps),
-        prediction=sitk.GetArrayFromImage(pred_lps),
+        label=truth_lps,
+        prediction=pred_lps,
         window=SOFT_TISSUE_WINDOW_HU if ct is not None else None,
         min_iou=detection.min_iou,
     )

@@ -162,7 +162,7 @@ def provenance(report: Mapping[str, Any], command: str = "") -> dict[str, str]:
     import numpy
     import SimpleITK
 
-    from pancreas import package_version
+    from dataset.common.version import package_version
 
     out = {"command": command} if command else {}
     if report.get("checkpoint"):

@@ -29,6 +29,7 @@ COMMANDS = {
     "export": "pancreas.cli_export",
     "predict": "pancreas.cli_predict",
     "evaluate": "pancreas.cli_evaluate",
+    "qc": "pancreas.cli_qc",
     "download": "pancreas.cli_download",
     "demo": "pancreas.cli_demo",
     "env": "pancreas.cli_env",

@@ -49,6 +49,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="postprocessing.json of `pancreas evaluate --cv` (chosen on the runs' store): "
         "which regions keep only their largest connected component",
     )
+    parser.add_argument(
+        "--preview",
+        action="store_true",
+        help="also draw <case>_preview.png (three slices with the outlines) and DIR/index.html",
+    )
     parser.add_argument("--overwrite", action="store_true", help="predict again even if up to date")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
@@ -68,7 +73,13 @@ def run(args: argparse.Namespace) -> int:
     if args.postprocessing is not None:
         config = dataclasses.replace(config, postprocessing=args.postprocessing)
     summary = predict_cases(
-        args.model, args.input, args.out, config, overwrite=args.overwrite, progress=not args.no_progress
+        args.model,
+        args.input,
+        args.out,
+        config,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        preview=args.preview,
     )
     print(summary.table())
     return 1 if summary.failed else 0

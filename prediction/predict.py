@@ -46,8 +46,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 from tqdm import tqdm
 
 from dataset.common.atomic import remove_stale_temporaries
@@ -67,6 +69,7 @@ from prediction.cases import CaseInput, PredictError, discover_inputs, gather_in
 from prediction.config import PredictConfig
 from prediction.guard import check_output, check_owned
 from prediction.postprocess import apply_postprocessing, keep_largest_component
+from prediction.previews import check_review_files, draw_preview, measure, preview_name, write_review_files
 from prediction.runs import RunSettings, load_predict_fns, load_runs, resolve_config
 from prediction.summary import CaseResult, PredictSummary
 from prediction.volume import PredictFn, argmax_labels, predict_volume
@@ -104,11 +107,14 @@ def predict_case(
     mirror_axes: Sequence[Sequence[int]] | None = None,
     postprocessing: PostprocessingDecision | None = None,
     progress: bool = True,
+    preview: bool = False,
 ) -> CaseResult:
     """Predict one CT and write ``out_dir/<case>.nii.gz`` (uint8, the scan's exact grid).
 
     ``predict_fn``: one model or an ensemble's list; ``mirror_axes``: each model's (default
     ``config.mirror_axes``); ``postprocessing``: the decision, applied on the scan's grid.
+    The label map's statistics are measured on the scan (``prediction.previews``);
+    ``preview``: also draw ``<case>_preview.png``.
     """
     from preprocess.io import read_image
     from preprocess.pipeline import preprocess_image
@@ -128,8 +134,12 @@ def predict_case(
     result.seconds["model"], result.seconds["stitch"] = timings["model"], timings["stitch"]
 
     t = time.perf_counter()
-    result.output = str(_write_case(case.case_id, probs, pre, image, config, out_dir, postprocessing))
-    result.seconds["export"] = time.perf_counter() - t
+    out_path, labels = _write_case(case.case_id, probs, pre, image, config, out_dir, postprocessing)
+    result.output = str(out_path)
+    result.statistics = measure(sitk.GetArrayViewFromImage(labels), image)
+    if preview:
+        draw_preview(out_dir / preview_name(case.case_id), case.case_id, labels, image)
+    result.seconds["export"] = time.perf_counter() - t  # the label map, its statistics and preview
     return result
 
 
@@ -141,8 +151,9 @@ def _write_case(
     config: PredictConfig,
     out_dir: Path,
     postprocessing: PostprocessingDecision | None = None,
-) -> Path:
-    """Labels (and the optional probabilities) back on the scan's grid, written atomically."""
+) -> tuple[Path, Any]:
+    """Labels (and the optional probabilities) back on the scan's grid, written atomically;
+    the path and the label image."""
     from preprocess.geometry import restore_to_original
     from preprocess.io import grid_mismatch
     from preprocess.output import compose, copy_geometry, image_array, labels_image, write_image_atomic
@@ -155,14 +166,15 @@ def _write_case(
     if postprocessing is not None:  # on the scan's grid: where `evaluate --cv` chose it, on the label maps
         restored = labels_image(apply_postprocessing(image_array(restored), postprocessing), image)
     out_path = out_dir / label_name(case_id)
-    write_image_atomic(copy_geometry(restored, image), out_path)
+    restored = copy_geometry(restored, image)
+    write_image_atomic(restored, out_path)
     if config.save_probabilities:
         channels = [  # voxels cropped away by preprocessing: background (1), other classes 0
             copy_geometry(restore_to_original(np.ascontiguousarray(p), pre.attrs, "linear", 0.0 if c else 1.0), image)
             for c, p in enumerate(probs)
         ]
         write_image_atomic(compose(channels), out_dir / probabilities_name(case_id))
-    return out_path
+    return out_path, restored
 
 
 # ----------------------------------------------------------------------------- the record
@@ -233,7 +245,7 @@ def _record_of(case: CaseInput, result: CaseResult, input_fp: str | None, settin
 
 
 def _predict_or_report(
-    case: CaseInput, predict_fns: Sequence[PredictFn], run: RunSettings, out: Path, progress: bool
+    case: CaseInput, predict_fns: Sequence[PredictFn], run: RunSettings, out: Path, progress: bool, preview: bool
 ) -> CaseResult:
     """One case; any failure becomes the case's one-line error (it must not stop the others)."""
     try:
@@ -247,6 +259,7 @@ def _predict_or_report(
             mirror_axes=run.mirror_axes,
             postprocessing=run.postprocessing,
             progress=progress,
+            preview=preview,
         )
     except Exception as err:
         log.debug("case %s failed", case.case_id, exc_info=True)
@@ -264,6 +277,7 @@ def _predict_all(
     run: RunSettings,
     out: Path,
     progress: bool,
+    preview: bool = False,
 ) -> list[CaseResult]:
     """Predict the planned cases in input order, committing each one's record as it ends."""
     todo = {c.case_id for c in plan.todo}
@@ -273,7 +287,7 @@ def _predict_all(
             results.append(CaseResult(case.case_id, str(case.path), str(out / label_name(case.case_id)), skipped=True))
             continue
         assert predict_fns is not None  # loaded whenever the plan has a case to predict
-        result = _predict_or_report(case, predict_fns, run, out, progress)
+        result = _predict_or_report(case, predict_fns, run, out, progress, preview)
         entry = _record_of(case, result, plan.input_fingerprints[case.case_id], run.fingerprint)
         record = record.with_case(case.case_id, entry)
         write_predictions(out, record)
@@ -291,6 +305,7 @@ def predict_cases(
     overwrite: bool = False,
     progress: bool = True,
     out_flag: str = "--out",
+    preview: bool = False,
 ) -> PredictSummary:
     """Predict every input case into ``out_dir``; resumable, failures reported per case.
 
@@ -300,6 +315,8 @@ def predict_cases(
     (same input fingerprint, models, contracts, config and post-processing, recorded in
     ``out_dir/predictions.json``) are skipped unless ``overwrite``. ``out_flag`` names the
     option that chose ``out_dir`` in refusals (``evaluate --run`` passes ``--pred-out``).
+    Every run ends by rebuilding ``statistics.csv``/``.json`` of the done cases, and with
+    ``preview`` their ``<case>_preview.png`` and ``index.html`` (``prediction.previews``).
     """
     t0 = time.perf_counter()
     run = load_runs(run_dirs, config, predict_fn)
@@ -309,10 +326,15 @@ def predict_cases(
     protected = [("input folder", f) for f in input_folders(inputs, cases)]
     # refusals that need no lock first: a refused run leaves no lock file in somebody else's folder
     check_output(out, protected, [c.case_id for c in cases], run.config.save_probabilities, out_flag)
+    check_review_files(out, [c.case_id for c in cases], preview, out_flag)
     with exclusive_lock(out):
         remove_stale_temporaries(out)
         plan = plan_run(out, run, cases, overwrite, out_flag)
         if plan.todo and predict_fns is None:
             predict_fns = load_predict_fns(run.run_dirs, run.config.checkpoint)  # a missing model stops the run
-        results = _predict_all(cases, plan, predict_fns, run, out, progress)
+        results = _predict_all(cases, plan, predict_fns, run, out, progress, preview)
+        record = read_predictions(out)
+        if record is not None:
+            fresh = {r.case_id: r.statistics for r in results if r.statistics is not None}
+            write_review_files(out, record, cases, fresh, preview)
     return PredictSummary(out, results, time.perf_counter() - t0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -21,6 +22,7 @@ class CaseResult:
     shape_zyx: tuple[int, ...] | None = None
     n_windows: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    statistics: dict[str, Any] | None = None  # review.statistics of the label map (prediction.previews)
 
 
 @dataclass
@@ -62,4 +64,7 @@ class PredictSummary:
             f"{self.n_done} predicted, {self.n_skipped} up to date, {len(self.failed)} failed "
             f"in {self.seconds:.1f} s -> {self.out_dir}"
         )
+        lines.append(f"volumes and tumours per case: {self.out_dir / 'statistics.csv'}")
+        if (self.out_dir / "index.html").is_file():
+            lines.append(f"previews: open {self.out_dir / 'index.html'} in a browser")
         return "\n".join(lines)

@@ -545,8 +545,6 @@ def metrics_plot(report: Mapping[str, Any], path: str | Path) -> Path:
     return write_figure(metrics_figure(report), path)
 
 
-
-
 def is_our_page(path: str | Path) -> bool:
     """Whether ``path`` is a page this project wrote (its generator mark), so it may be replaced."""
     try:

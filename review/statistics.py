@@ -240,11 +240,17 @@ def statistics_csv(rows: Iterable[Mapping[str, Any]]) -> str:
 
     Keys outside the columns are left out; a missing value is an empty cell, as is None.
     """
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(STATISTICS_COLUMNS)
+    rows = list(rows)
     for number, row in enumerate(rows):
         if "case" not in row:
             raise ValueError(f"statistics row {number} has no 'case' key: {sorted(row)}")
-        writer.writerow([_csv_cell(row.get(column)) for column in STATISTICS_COLUMNS])
+    return table_csv(rows, STATISTICS_COLUMNS)
+
+
+def table_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as CSV text, ``columns`` in order: None an empty cell, bools true/false."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([_csv_cell(row.get(column)) for column in columns] for row in rows)
     return out.getvalue()

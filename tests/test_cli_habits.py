@@ -273,13 +273,13 @@ def test_version_is_the_package_version(capsys):
 def test_version_of_a_checkout_that_was_never_installed_is_pyprojects(monkeypatch):
     from importlib import metadata
 
-    import pancreas
+    from dataset.common import version
 
     def not_installed(name):
         raise metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(metadata, "version", not_installed)
-    assert pancreas.package_version() == pancreas._pyproject_version() != "unknown"
+    assert version.package_version() == version._pyproject_version() != "unknown"
 
 
 # ---- --no-progress, required options ------------------------------------------------------
@@ -291,6 +291,7 @@ LONG_COMMANDS = {  # the arguments each needs besides --no-progress
     "train": ["--store", "S"],
     "predict": ["--model", "R", "--input", "I", "--out", "O"],
     "evaluate": ["--pred", "P", "--truth", "T"],
+    "qc": ["--store", "S", "--out", "Q"],
     "download": [],
     "demo": [],
 }
@@ -316,6 +317,7 @@ REQUIRED = {
     "index": ["--store"],
     "train": ["--store"],
     "predict": ["--model", "--input", "--out"],
+    "qc": ["--store", "--out"],
 }
 
 

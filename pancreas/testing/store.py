@@ -36,9 +36,14 @@ def image_for(label: np.ndarray, seed: int) -> np.ndarray:
 
 
 def write_case(
-    store: str | Path, case_id: str, label: np.ndarray, seed: int = 0, image: np.ndarray | None = None
+    store: str | Path,
+    case_id: str,
+    label: np.ndarray,
+    seed: int = 0,
+    image: np.ndarray | None = None,
+    attrs: dict | None = None,
 ) -> CatalogRecord:
-    """Write one labelled shard; return its catalog record."""
+    """Write one labelled shard (``attrs``: more root attributes, e.g. ``spacing``); return its catalog record."""
     image = image_for(label, seed) if image is None else image
     counts = [int((label == k).sum()) for k in range(3)]
     fp = fingerprint_json([case_id, seed, list(label.shape), counts])
@@ -51,6 +56,7 @@ def write_case(
             "input_fingerprint": fp,
             "config_fingerprint": "synthetic",
             "label_counts": np.asarray(counts, np.int64),
+            **(attrs or {}),
         },
     )
     return CatalogRecord.new(
