@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-gpu demo test lint typecheck format bench clean
+.PHONY: install install-gpu demo docs-pictures test lint typecheck format bench clean
 
 install: $(STAMP)
 
@@ -28,8 +28,16 @@ install-gpu: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/pancreas demo --out demo-output
 
-# --durations=20: the slowest tests, printed at the end of every run (keep make test under 15 minutes)
+# docs/pictures/: a case sheet and a report screenshot, from evaluate on synthetic cases (no model)
+docs-pictures: $(STAMP)
+	.ci/install-browser
+	$(PY) docs/make_pictures.py docs/pictures
+
+# --durations=20: the slowest tests, printed at the end of every run (keep make test under 15 minutes).
+# .ci/install-browser installs Debian's Chromium when it is missing: tests/test_report_html.py opens
+# the HTML reports in a real headless browser.
 test: $(STAMP)
+	.ci/install-browser
 	$(PY) -m pytest -q --durations=20
 
 # ruff (lint rules, import order, formatting) over the tree and mypy over the library; CI runs it first

@@ -1,29 +1,7 @@
-"""``pancreas evaluate --cv``: out-of-fold scores of a K-fold cross-validation, the way
-nnU-Net reports MSD results, and the postprocessing chosen on them.
+"""``pancreas evaluate --cv``: out-of-fold scores of a K-fold cross-validation and the postprocessing chosen on them.
 
-Given the K runs of one store's K folds (``pancreas train --fold k``), in fold order:
-
-1. every fold's validation cases are predicted from their original scans by that fold's
-   own model (the one that never trained on them), with the final checkpoint (``last``;
-   ``--checkpoint best`` is the optimistic alternative: it was picked on these very
-   cases), into ``CV_DIR/predictions/fold_<k>/`` (each folder a normal prediction folder
-   with its ``predictions.json``, so an interrupted run resumes);
-2. the out-of-fold predictions of all folds are pooled and scored against the truth on
-   each scan's own grid (Dice, NSD, HD95 per case and region; ``evaluation.metrics``);
-3. "keep the largest connected component" is tried on the pooled predictions, first for
-   the whole gland, then (given that decision) for the tumour, and kept only where it
-   raises that region's mean Dice; the decision goes to ``CV_DIR/postprocessing.json``
-   (``dataset.contract.postprocessing``) for ``pancreas predict --postprocessing``.
-
-Outputs, each written atomically under CV_DIR's lock::
-
-    CV_DIR/report.json      cases (scores and fold of every case), summary, the settings,
-                            the runs, the checkpoint used, the postprocessing decision and
-                            the summary with it applied
-    CV_DIR/report.csv       one row per case and region: scores without and with the
-                            chosen postprocessing
-    CV_DIR/postprocessing.json
-    CV_DIR/predictions/fold_<k>/<case>.nii.gz   the out-of-fold predictions (no postprocessing)
+See docs/how-to/evaluate.md#cross-validation---cv and
+docs/explanation/internals.md#cross-validation-evaluationcrossvalpy.
 """
 
 from __future__ import annotations
@@ -41,7 +19,7 @@ from tqdm import tqdm
 from dataset.common.atomic import write_json_atomic
 from dataset.common.configio import to_dict
 from dataset.common.errors import PancreasError
-from dataset.common.locks import exclusive_lock
+from dataset.common.locks import LOCK_NAME, exclusive_lock
 from dataset.contract.catalog import read_catalog
 from dataset.contract.fingerprints import store_fingerprint
 from dataset.contract.index import read_split
@@ -118,6 +96,14 @@ def check_cv_outputs(cv_dir: Path) -> None:
 
     present = [n for n in (REPORT_NAME, CSV_NAME, POSTPROCESSING_NAME) if (cv_dir / n).exists()]
     if not present:
+        beside = dataclasses.astuple(ReportFiles.beside(cv_dir / REPORT_NAME))
+        ours = {LOCK_NAME, PREDICTIONS_DIR, *(Path(p).name for p in beside)}
+        foreign = sorted(p.name for p in cv_dir.iterdir() if p.name not in ours) if cv_dir.is_dir() else []
+        if foreign:  # e.g. a run folder or ~/Documents: a new report there would mix with its files
+            raise CrossValidationError(
+                f"--out {cv_dir}: exists and holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
+                "not an earlier `pancreas evaluate --cv` output; choose a new or empty --out folder"
+            )
         return
     try:
         earlier = read_json(cv_dir / REPORT_NAME, "report")
@@ -268,14 +254,15 @@ def evaluate_cv(
 ) -> dict[str, Any]:
     """The whole protocol (module docstring); returns the report written to ``CV_DIR/report.json``
     (beside it: report.csv, report.html, its plot and ``pictures/<case>.png`` unless ``pictures`` is off)."""
-    from prediction.guard import check_output_folder
+    from dataset.common.paths import refuse_inside
 
     if checkpoint not in ("last", "best"):
         raise CrossValidationError(f"--checkpoint must be last or best, got {checkpoint!r}")
     store, cv_dir = Path(store), Path(cv_dir)
     folds = check_runs(run_dirs, store)
     all_cases = [c for f in folds for c in f.cases]
-    check_output_folder(cv_dir, protected_folders(store, all_cases), "--out")
+    runs = [("run folder", Path(f.run)) for f in folds]
+    refuse_inside(cv_dir, [*protected_folders(store, all_cases), *runs], "--out")
     check_cv_outputs(cv_dir)
     files = ReportFiles.beside(cv_dir / REPORT_NAME)
     check_report_files(files, pictures=pictures)

@@ -1,21 +1,7 @@
-"""``pancreas evaluate``: Dice, NSD and HD95 per case and region, a JSON report and a table.
+"""``pancreas evaluate``: Dice, NSD and HD95 per case and region (``evaluate_dirs``, ``evaluate_run``).
 
-Two ways in: two folders of label maps paired by case name (``evaluate_dirs``), or a
-training run plus its store (``evaluate_run``): the run's validation cases (from the
-index's ``split.json``, ``dataset.contract.index.read_split``, once ``check_index`` has found
-the index committed and matching the store) are predicted end to end
-from their original images (the catalog shard's ``source_image``) and compared with
-``source_label`` on the scan's own grid, so the score includes every resampling step a
-user's prediction goes through. The run must have been trained on this store and index
-(``check_fingerprint``), and its predictions may not go into a folder of the dataset, the
-store or the truth (``--pred-out``): predictions written over the truth would score
-themselves. ``evaluate_run`` holds the prediction folder's lock while it predicts and scores.
-
-Reads only hand-over files (``dataset.contract``): never the index stage or training code.
-
-The metrics and their conventions (absent regions, undefined HD95, NSD tolerances) are in
-``evaluation.metrics``. A prediction whose grid (size, spacing, origin, direction)
-differs from its truth is an error for that case, never silently resampled.
+A prediction on another grid than its truth is an error for that case, never resampled. See
+docs/how-to/evaluate.md and docs/explanation/internals.md#scoring-a-run-evaluationevaluatepy.
 """
 
 from __future__ import annotations
@@ -265,6 +251,28 @@ def protected_folders(store: str | Path, cases: Sequence[tuple[str, Path, Path]]
     return list(dict.fromkeys(folders))
 
 
+def run_inputs(
+    run_dir: str | Path, store: str | Path, pred_dir: str | Path | None
+) -> tuple[list[tuple[str, Path, Path]], Path, list[tuple[str, Path]]]:
+    """``evaluate --run``'s validation cases, its --pred-out folder and the folders it reads
+    (``refuse_inside`` pairs for --pred-out; ``--out`` adds the --pred-out folder)."""
+    from dataset.contract.run import read_input_contract
+    from prediction.guard import VALIDATION_PREDICTIONS, run_folders
+
+    contract = read_input_contract(run_dir)
+    check_run_matches_store(contract, store, run_dir)
+    cases = validation_cases(store, contract.fold or 0)  # the fold the run trained on holds its validation cases
+    pred = Path(pred_dir) if pred_dir is not None else Path(run_dir) / VALIDATION_PREDICTIONS
+    return cases, pred, protected_folders(store, cases) + run_folders([run_dir], pred)
+
+
+def dirs_inputs(pred_dir: str | Path, truth_dir: str | Path, images_dir: str | Path | None) -> list[tuple[str, Path]]:
+    """The folders ``evaluate --pred/--truth`` reads, with the dataset folder of an MSD truth folder."""
+    folders = [("truth folder", Path(truth_dir)), ("prediction folder", Path(pred_dir))]
+    folders += [("images folder", Path(images_dir))] if images_dir else []
+    return folders + [("dataset folder", f.parent) for _, f in folders if (f.parent / "dataset.json").is_file()]
+
+
 def evaluate_run(
     run_dir: str | Path,
     store: str | Path,
@@ -276,16 +284,12 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Predict the run's validation cases from their original images and score them
     (``files``: and draw each case's picture)."""
-    from dataset.contract.run import read_input_contract
     from prediction.guard import check_output
     from prediction.predict import CaseInput, predict_cases
 
-    contract = read_input_contract(run_dir)
-    check_run_matches_store(contract, store, run_dir)
-    cases = validation_cases(store, contract.fold or 0)  # the fold the run trained on holds its validation cases
-    pred_dir = Path(pred_dir) if pred_dir is not None else Path(run_dir) / "validation_predictions"
+    cases, pred_dir, reads = run_inputs(run_dir, store, pred_dir)
     check_output(
-        pred_dir, protected_folders(store, cases), [c for c, _, _ in cases], config.save_probabilities, "--pred-out"
+        pred_dir, reads, [c for c, _, _ in cases], config.save_probabilities, "--pred-out"
     )  # before the lock file is made: a refused run leaves the folder as it was
     with exclusive_lock(pred_dir):
         summary = predict_cases(

@@ -1,24 +1,7 @@
 """Segmentation metrics on numpy masks: Dice, NSD and the 95th-percentile Hausdorff distance.
 
-Conventions (also in the README's evaluation section):
-
-* A region absent from both prediction and truth has no defined score: every metric is
-  ``None`` (JSON null, status "absent"); summaries exclude it from means and medians and
-  count it separately. Scoring it 1 would reward doing nothing on tumour-free scans;
-  scoring it 0 would punish a correct empty answer.
-* A region present in only one of them ("missed" or "false_positive"): Dice is 0 (it is
-  well defined), NSD is 0 (no surface lies within any tolerance of a missing one), HD95 is
-  ``None`` because there is no surface to measure to (the true value is infinite, which
-  JSON cannot hold and which would swamp any mean). Summaries count these undefined HD95s
-  (``n_undefined``) so they are not silently hidden.
-* NSD is the Normalised Surface Distance (surface Dice) at a tolerance in mm per region,
-  as the MSD challenge computed it with DeepMind's surface-distance library: surface
-  elements between voxels weighted by their area (``evaluation.surface``), not a count of
-  boundary voxels.
-* HD95 is symmetric: the 95th percentile of the pooled distances from each prediction
-  surface voxel to the truth surface and from each truth surface voxel to the prediction
-  surface (medpy's ``hd95`` convention), in millimetres using the voxel spacing.
-  Surface voxels are the mask minus its erosion by the 6-neighbourhood.
+Conventions (absent regions, undefined HD95, NSD tolerances): docs/how-to/evaluate.md#the-metrics and
+docs/explanation/internals.md#metric-conventions-evaluationmetricspy.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from dataset.common.atomic import ReadError, read_json, remove_stale_temporaries, write_bytes_atomic, write_json_atomic
 from dataset.common.errors import PancreasError
 from dataset.common.locks import LOCK_NAME, exclusive_lock
-from dataset.common.paths import inside
+from dataset.common.paths import refuse_inside
 from dataset.contract.catalog import Catalog, CatalogRecord, read_catalog
 from dataset.contract.fingerprints import store_fingerprint
 from dataset.contract.store import IMAGE_LEVELS, StoreError, levels_to_intensity, read_shard, shard_path
@@ -358,11 +358,7 @@ def previous_record(out: Path) -> dict[str, Any] | None:
 def check_qc_output(out: str | Path, store: str | Path) -> dict[str, Any] | None:
     """Every refusal, before the lock is taken: ``--out`` inside the store, or someone else's folder."""
     out, store = Path(out), Path(store)
-    if inside(out, store):
-        where = "is" if out.resolve() == store.resolve() else "lies inside"
-        raise QcError(
-            f"--out {out} {where} the store {store}: qc never writes into the store; choose a folder outside it"
-        )
+    refuse_inside(out, [("store", store)], "--out")
     return previous_record(out)
 
 

@@ -1,35 +1,7 @@
 """Normalised Surface Distance (surface Dice at a tolerance), as the MSD challenge computed it.
 
-The MSD challenge scored NSD with DeepMind's ``surface-distance`` library
-(``compute_surface_dice_at_tolerance``); this module computes the same number with numpy and
-scipy only (the tests compare the two on many cases). The definition:
-
-* **Surface elements.** Pad the mask with one background voxel on each side and look at every
-  2x2x2 block of voxels ("cube"; there is one per voxel corner). A cube whose 8 voxels are not
-  all inside or all outside holds one surface element: the marching-cubes surface through it,
-  whose vertices are the midpoints of the cube edges that join an inside and an outside voxel.
-  Its weight is that surface's area in mm^2. A face of the cube with two diagonal inside voxels
-  is cut so that the inside voxels are separated when the cube has at most 4 inside voxels, and
-  the outside ones otherwise (the two choices give the same area for exactly 4). A non-planar
-  polygon is split into a fan of triangles from the vertex that gives the largest area. Areas
-  scale with the spacing: a triangle's area vector (nz, ny, nx) in voxel units becomes
-  (nz*sy*sx, ny*sz*sx, nx*sz*sy) in mm^2. This reproduces the library's 256-entry table of
-  surfel areas exactly at any spacing (``tests/test_inference_surface.py``).
-* **Distances.** Each surface element sits at its cube's centre (a voxel corner); its
-  distance is the Euclidean distance in mm to the nearest surface element of the other mask.
-* **NSD at tolerance t** = (area of prediction elements within t of the truth surface + area
-  of truth elements within t of the prediction surface) / (total area of both surfaces).
-  "Within" is ``<=``.
-
-This is not a count of boundary voxels: surface elements lie between voxels and are weighted
-by area, so a boundary running obliquely or across thick slices weighs what it measures in mm.
-Arrays are (z, y, x) with spacing (z, y, x) in mm; the library takes spacing in the order of its
-array axes, so the same (z, y, x) arrays and spacing give the same number there.
-
-Only the bounding box of both masks is processed, and each distance transform runs on the window
-where the two surfaces, each widened by the tolerance, overlap: an element outside it is
-farther than the tolerance from the other surface, so no distance is needed for it, and a
-stray false-positive blob far from the organ does not make the transform cover the whole scan.
+DeepMind's ``surface-distance`` number with numpy and scipy only. The definition:
+docs/explanation/internals.md#nsd-evaluationsurfacepy.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """The command line: parses arguments and calls the library; nothing else.
 
-Each stage has a small module ``pancreas/cli_<stage>.py`` with ``add_parser(subparsers)``
-and ``run(args) -> int``; they are imported lazily so ``pancreas synth`` does not pay
-for importing TensorFlow. A module that cannot be imported is never skipped: a missing
-dependency is reported in one line naming it, and a missing module of this project (a
-bug) keeps its traceback. A ``PancreasError`` or ``OSError`` from a command is one line
-and exit status 2; any other exception is a bug and keeps its traceback.
+Stage modules ``pancreas/cli_<stage>.py`` are imported lazily. See docs/reference/cli.md and
+docs/explanation/internals.md#the-command-line-pancreasclipy.
 """
 
 from __future__ import annotations
@@ -83,15 +79,27 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()  # a reader that left shows here, not as a traceback at the interpreter's exit
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pancreas env | head`: the reader left; end quietly, as a killed Unix tool
+        return _stdout_gone()
     except ModuleNotFoundError as err:  # e.g. TensorFlow, imported when a stage starts
         return _missing_dependency(err, f"pancreas {args.command}")
     except (PancreasError, OSError) as err:  # a refusal or a file problem: one line; anything else is a bug
         print(f"pancreas {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def _stdout_gone() -> int:
+    """Point stdout at /dev/null so the interpreter's last flush cannot raise again; 141 = 128 + SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 def _missing_dependency(err: ModuleNotFoundError, prog: str) -> int:

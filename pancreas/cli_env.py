@@ -1,10 +1,6 @@
-"""``pancreas env``: what this machine gives the pipeline.
+"""``pancreas env``: what this machine gives the pipeline (versions, devices, TensorFlow's CUDA build, CPU threads).
 
-Versions, devices, TensorFlow's CUDA build, CPU threads, and two checks.
-
-The checks write and read a small Blosc-LZ4 HDF5 dataset in a temporary folder (the store's
-codec, through hdf5plugin) and import elasticdeform (built from source against NumPy 2).
-Exit 1 when a check fails. Every training run records the same in RUN_DIR/environment.json.
+Two checks (a Blosc-LZ4 HDF5 round trip, importing elasticdeform); exit 1 when one fails.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from dataset.common.errors import UsageError
 from pancreas.cli_options import add_set_option, command_line
@@ -77,6 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from dataset.common.configio import load_config
+    from dataset.common.paths import refuse_inside
     from evaluation.evaluate import (
         check_report_path,
         evaluate_dirs,
@@ -106,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(PredictConfig, args.config, args.overrides)
     files = None
     if args.out:  # before the work, not after it
+        refuse_inside(args.out, report_reads(args), "--out")
         check_report_path(args.out)
         files = ReportFiles.beside(args.out)
         check_report_files(files, pictures=not args.no_pictures)
@@ -120,6 +123,17 @@ def run(args: argparse.Namespace) -> int:
         write_report(report, args.out, title="Evaluation", command=command_line())
         print(f"report: {args.out}; {files.csv.name}, {files.html} (open it in a browser)")
     return 0 if report_ok(report) else 1
+
+
+def report_reads(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """Every folder ``evaluate`` (--pred/--truth or --run) reads, which the report's --out must stay out of."""
+    from evaluation.evaluate import dirs_inputs, protected_folders, run_inputs
+    from prediction.guard import run_folders
+
+    if args.run_dir is None:
+        return dirs_inputs(args.pred, args.truth, args.images)
+    cases, pred, _ = run_inputs(args.run_dir, args.store, args.pred_out)
+    return [("prediction folder", pred), *protected_folders(args.store, cases), *run_folders([args.run_dir], args.out)]
 
 
 def run_cv(args: argparse.Namespace, config) -> int:

@@ -23,6 +23,13 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def fold_number(text: str) -> int:
+    """``--fold K``: a fold of the index, numbered from 0 (argparse's "invalid int value" says neither)."""
+    if not text.strip().isdecimal():
+        raise argparse.ArgumentTypeError(f"expected a fold number 0, 1, ... (an integer >= 0), got {text!r}")
+    return int(text)
+
+
 def add_no_progress_option(parser: argparse.ArgumentParser, what: str = "no progress bars") -> None:
     parser.add_argument("--no-progress", action="store_true", help=what)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 from dataset.common.errors import UsageError
 from pancreas.cli_options import add_no_progress_option, required_group
@@ -70,16 +71,19 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {n_train} training + {len(params) - n_train} test cases ({args.size}, seed {args.seed}) "
         f"to {out.resolve()}"
     )
-    width = 21 if args.layout == "msd" else 25
-    print(f"{'case':<{width}}{'split':<7}{'size (x,y,z)':<17}{'spacing mm':<18}{'orient':<7}{'dtype':<20}tumour")
+    rows = []
     for i, p in enumerate(params):
         size = "x".join(str(v) for v in p.grid_size)
         spacing = "x".join(f"{v:.2f}" for v in p.spacing_mm)
         dtype = p.dtype + (f" {p.scl_slope:g}/{p.scl_inter:g}" if p.dtype == "int16_scaled" else "")
         split = "train" if i < n_train else "test"
         image = case_file_names(p, args.layout)[0]
-        print(
-            f"{image:<{width}}{split:<7}{size:<17}{spacing:<18}{p.orientation:<7}{dtype:<20}"
-            f"{'yes' if p.anatomy.has_tumour else 'no'}"
-        )
+        rows.append((image, split, size, spacing, p.orientation, dtype, "yes" if p.anatomy.has_tumour else "no"))
+    print("\n".join(table_lines(("case", "split", "size (x,y,z)", "spacing mm", "orient", "dtype", "tumour"), rows)))
     return 0
+
+
+def table_lines(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns as wide as their widest cell plus two spaces, so no two cells ever touch."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in (header, *rows)]

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from dataset.common.errors import UsageError
-from pancreas.cli_options import add_no_progress_option, add_set_option, required_group
+from pancreas.cli_options import add_no_progress_option, add_set_option, fold_number, required_group
 
 
 def add_parser(subparsers) -> None:
@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
     required_group(parser).add_argument("--store", required=True, type=Path, help="preprocessed store with index/")
     parser.add_argument(
         "--fold",
-        type=int,
+        type=fold_number,
         default=0,
         metavar="K",
         help="the index fold to train on, 0..folds-1 (default 0); recorded in the run, and "

@@ -1,24 +1,7 @@
 """The whole journey on synthetic data: ``pancreas demo`` / ``make demo``.
 
-synth -> preprocess -> index -> train -> predict (held-out cases) -> evaluate, all under
-one folder. The data are small phantoms with Task07-proportioned tumours (``DEMO_TUMOURS``). The
-demo's settings are the defaults of every stage except where the small
-phantoms and a 2-core CPU need smaller numbers (patch sizes, a small U-Net, a few minutes
-of training). Those overrides are YAML files, ``configs/demo/index.yaml`` and
-``configs/demo/train.yaml``, loaded with the normal config loader; preprocessing and
-prediction use their defaults (test-time mirroring included: see ``DEMO_OVERRIDES``).
-Each resolved config is written to ``OUT/configs/`` so the run can be repeated stage by
-stage with the CLI. Every stage is resumable, so rerunning the demo reuses what is up to
-date and only redoes what changed.
-
-Why an in-code copy of the YAML (``DEMO_OVERRIDES``) rather than package data:
-``configs/`` is a folder of the source tree, not of a package, so a wheel does not carry
-it, and making it package data would move the files under ``pancreas/`` (away from the
-other commented configs a reader looks for) and change the build. The files are found
-next to the package (never relative to the working folder), which is where the
-Makefile's editable install has them, so ``pancreas demo`` reads them from any folder;
-an install without the source tree falls back to ``DEMO_OVERRIDES``. A test keeps each
-file equal to its copy, so the two cannot drift apart.
+Stage defaults plus the overrides of ``configs/demo/`` (an in-code copy, ``DEMO_OVERRIDES``, for an
+install without the source tree). See docs/how-to/demo.md and docs/explanation/internals.md#the-demo-pancreasdemopy.
 """
 
 from __future__ import annotations
@@ -35,6 +18,7 @@ import yaml
 
 from dataset.common.configio import from_dict, load_config, to_dict
 from dataset.common.errors import PancreasError
+from dataset.common.paths import refuse_inside
 from dataset.index.config import IndexConfig
 from prediction.config import PredictConfig
 from preprocess.config import PreprocessConfig
@@ -211,6 +195,7 @@ def _train_and_score(
 def run_demo(out_dir: str | Path = "demo-output", workers: int | None = 2, progress: bool = True) -> DemoResult:
     """Run every stage under ``out_dir`` and return the evaluation report."""
     out = Path(out_dir).resolve()
+    refuse_inside(out, [("demo config folder", DEMO_CONFIG_DIR)], "--out")
     paths = demo_paths(out)
     configs = demo_configs()
     write_configs(configs, paths["configs"])

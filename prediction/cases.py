@@ -1,23 +1,7 @@
-"""What ``pancreas predict`` reads: the cases of ``--input`` and the folders they come from.
+"""What ``pancreas predict`` reads: the cases of ``--input`` and their names.
 
-``--input`` is a NIfTI file, a folder of NIfTI files, an MSD task folder or an nnU-Net v2
-raw dataset (their test cases, ``imagesTs/``), or a folder of DICOM. Each NIfTI case is
-named by its file name without the NIfTI suffix (``sources.msd.case_id_of``); when
-every file of the input carries nnU-Net's channel suffix ``_0000`` it is dropped too
-(``pancreas_001_0000.nii.gz`` -> ``pancreas_001``), and a second channel is refused.
-
-A DICOM folder is searched, with the folders below it, for series
-(``preprocess.dicom.find_series``): one series is one case named after the folder given;
-several are one case each, named ``<folder>_<8 hex digits of SHA-1(SeriesInstanceUID)>``
-where ``<folder>`` is the folder holding that series' files (the folder given, or its
-sub-folder). A UID never changes, so the name is the same on every run and machine, and
-each case is logged with its series number, description and UID. A folder with nothing
-readable is a one-line ``PredictError``. The case id is the output's file name, so two
-inputs with one name are refused before anything runs.
-
-``PredictError`` lives here, in the first layer of prediction, so every later layer
-(``prediction.guard``, ``prediction.runs``, ``prediction.volume``, ``prediction.predict``)
-raises the same error without importing a layer above it.
+``PredictError`` lives here, in the first layer, so every later layer raises it without importing a
+layer above. See docs/how-to/predict.md#what---input-may-be.
 """
 
 from __future__ import annotations
@@ -61,7 +45,8 @@ def discover_inputs(path: str | Path) -> list[CaseInput]:
         return nifti_cases([p])
     if (p / "dataset.json").is_file():
         return _msd_test_cases(p)
-    niftis = sorted(q for q in p.iterdir() if q.is_file() and is_image_name(q.name))
+    # a link that leads nowhere is kept: it becomes a failed case, never a silently missing one
+    niftis = sorted(q for q in p.iterdir() if (q.is_file() or q.is_symlink()) and is_image_name(q.name))
     if niftis:
         return nifti_cases(niftis)
     return dicom_cases(p)

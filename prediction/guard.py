@@ -1,17 +1,8 @@
 """Where prediction may write: the refusals that keep ``pancreas predict`` off real data.
 
-Two rules, both checked before anything is written:
-
-* the output folder may not be, or lie inside, a folder the command reads (the input
-  folder; for ``evaluate --run`` also the truth, dataset and store folders), links resolved;
-* predict replaces ``<case>.nii.gz`` and ``<case>_probabilities.nii.gz`` only for cases
-  the folder's own ``predictions.json`` lists (``dataset.contract.predictions``); any other
-  file of those names is someone else's.
-
-``check_output`` runs both without the output folder's lock, so the callers run it
-*before* ``exclusive_lock`` creates the lock file: a refused run leaves the folder exactly
-as it found it. ``plan_run`` (``prediction.predict``) checks ownership again under the
-lock, where the record cannot change underneath it.
+``check_output`` takes no lock: callers must run it *before* ``exclusive_lock`` creates the lock file.
+See docs/how-to/predict.md#what-predict-refuses and
+docs/explanation/internals.md#where-predict-may-write-predictionguardpy.
 """
 
 from __future__ import annotations
@@ -19,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from dataset.common.paths import inside
+from dataset.common.paths import inside, refuse_inside
 from dataset.contract.predictions import (
     PREDICTIONS_NAME,
     Predictions,
@@ -29,20 +20,14 @@ from dataset.contract.predictions import (
 )
 from prediction.cases import PredictError
 
+# the one folder of a training run that predictions may go into (``evaluate --run``'s default --pred-out)
+VALIDATION_PREDICTIONS = "validation_predictions"
 
-def check_output_folder(out_dir: str | Path, protected: Sequence[tuple[str, Path]], flag: str) -> None:
-    """Refuse an output folder that is, or lies inside, a folder the command reads.
 
-    ``protected``: (role, folder) pairs, e.g. ("input folder", imagesTs); links are resolved.
-    ``flag``: the option that named ``out_dir``, for the message.
-    """
-    for role, folder in protected:
-        if inside(out_dir, folder):
-            where = "is" if Path(out_dir).resolve() == Path(folder).resolve() else "lies inside"
-            raise PredictError(
-                f"{flag} {out_dir} {where} the {role} {folder}: predictions there could replace "
-                f"its files; choose a {flag} folder outside it"
-            )
+def run_folders(run_dirs: Sequence[str | Path], out: str | Path) -> list[tuple[str, Path]]:
+    """The model runs a command reads, as ``refuse_inside`` pairs: each whole run, except that an
+    ``out`` inside its ``validation_predictions/`` is allowed."""
+    return [("model's run folder", Path(d)) for d in run_dirs if not inside(out, Path(d) / VALIDATION_PREDICTIONS)]
 
 
 def check_owned(out: Path, record: Predictions | None, case_ids: Sequence[str], probabilities: bool, flag: str) -> None:
@@ -66,5 +51,5 @@ def check_output(
     Checking every case, not only those a run would redo, refuses exactly the same
     folders: a case that is up to date is listed in the record, so its files are owned.
     """
-    check_output_folder(out_dir, protected, flag)
+    refuse_inside(out_dir, protected, flag)
     check_owned(Path(out_dir), read_predictions(out_dir), case_ids, probabilities, flag)

@@ -1,32 +1,8 @@
-"""Connected-component clean-up of a label map: pure numpy/scipy, no files.
+"""Connected-component clean-up of a label map: pure numpy/scipy, no files; the input is never changed.
 
-Two entry points, both returning a new array (the input is never changed):
-
-* ``keep_largest_component(labels, mode)``: the predict config's ``largest_component``
-  ("off", "foreground", "per_class"), set by hand;
-* ``apply_postprocessing(labels, decision)``: a ``postprocessing.json`` decision
-  (``dataset.contract.postprocessing``) that ``pancreas evaluate --cv`` chose on
-  out-of-fold predictions, applied by ``pancreas predict --postprocessing FILE``.
-
-Components are 26-connected (faces, edges and corners touch), as in nnU-Net. Of two
-equally large components the one that starts first in C order (z, then y, then x) is kept
-(``scipy.ndimage.label`` numbers components in that order, ``np.argmax`` takes the first).
-
-``apply_postprocessing``'s rule, one step per region the decision names, in this order:
-
-1. **pancreas** (the whole gland, labels 1 and 2 together): G = the largest component of
-   ``labels > 0``; every voxel of label 1 or 2 outside G becomes 0. A tumour touching the
-   gland is part of G and survives.
-2. **tumour** (label 2): T = the largest component of ``labels == 2``; every label-2 voxel
-   outside T becomes 1 (pancreas) when its component of ``labels > 0`` (taken before this
-   step) holds at least one label-1 voxel, else 0. A second "tumour" inside gland tissue
-   is most likely gland, and turning it to 0 would punch a hole in the pancreas; one
-   floating alone is most likely background. After step 1 there is one foreground
-   component left, so there every removed tumour voxel becomes 1 unless the gland holds no
-   label-1 voxel at all.
-
-Neither step adds foreground, and the pancreas region (labels > 0) after step 2 is a
-subset of the one before. A map without foreground (or without tumour) passes unchanged.
+``keep_largest_component`` (the config's ``largest_component``) and ``apply_postprocessing`` (a
+``postprocessing.json`` decision). The rule:
+docs/explanation/internals.md#connected-component-clean-up-predictionpostprocesspy.
 """
 
 from __future__ import annotations

@@ -1,42 +1,7 @@
 """``pancreas predict``: CT files in, label maps on the original scan grid out.
 
-Layers (nnU-Net style), one module each: ``prediction.cases`` (what ``--input`` holds, the
-case names), ``prediction.guard`` (where predict may write), ``prediction.runs`` (the
-run's contract, preprocessing and model), ``prediction.volume`` (stored-grid levels in,
-probabilities and labels out: pure numpy around a model callable), ``prediction.summary``
-(what a run reports), and here the two that touch files: ``predict_case`` (one file: read,
-the run's own preprocessing, sliding window, post-processing, back to the scan grid,
-atomic write) and ``predict_cases``: the refusals that need no lock
-(``prediction.guard.check_output``, before the lock file is made), then under the output
-folder's lock the record (``PRED_DIR/predictions.json``, ``dataset.contract.predictions``:
-what is up to date, what this command may replace) and the per-case loop
-(``_predict_all``: resumable, one bad case never stops the others).
-
-Each CT goes through ``preprocess.pipeline.preprocess_image`` with the preprocessing
-config recorded in the run's ``input_contract.json`` (``dataset.contract.run``): the very
-code path of ``pancreas preprocess``, so training and inference cannot disagree.
-
-Several runs make an ensemble: their softmax is averaged (``prediction.volume``), after
-each model's own test-time mirroring (by default along the axes its trainer flipped);
-their contracts must agree on what changes the input or output (``prediction.runs``).
-A post-processing decision (``PredictConfig.postprocessing``, ``--postprocessing FILE``)
-is applied to the label map on the scan's grid (``prediction.postprocess.apply_postprocessing``),
-the grid of the label maps ``evaluate --cv`` chose it on; the config's ``largest_component``
-(off by default, exclusive with a decision) acts on the stored grid, before restoring.
-
-Safe to point at real data: the output folder may not be, or lie inside, a folder the
-inputs come from, and predict replaces only files its own ``predictions.json`` lists; a
-refused run leaves the folder as it was. It holds the output folder's lock for the whole
-run, so a second predict into the same folder fails at once.
-
-Back to the scan grid: the *label map* is resampled with nearest neighbour
-(``preprocess.geometry.restore_to_original``), not the probabilities linearly. Reasons:
-one uint8 resample instead of C float32 ones (at 512x512x100 that is about 0.15 s and
-26 MB instead of about 1 s and 300 MB per class, which would break both the memory bound
-and the "everything but the model under 15%" goal); the stored grid (1 mm) is finer than or
-about as fine as the scan's slices, so nearest neighbour moves a boundary by at most half
-a stored voxel (0.5 mm), below annotation uncertainty; and it is the one path the store
-contract already round-trips and tests. Optional probability maps use linear resampling.
+``predict_case`` (one file) and ``predict_cases`` (refusals, then the lock, the record and the case
+loop). See docs/how-to/predict.md and docs/explanation/internals.md#the-layers-predictionpredictpy.
 """
 
 from __future__ import annotations
@@ -67,10 +32,10 @@ from dataset.contract.predictions import (
 )
 from prediction.cases import CaseInput, PredictError, discover_inputs, gather_inputs, input_folders
 from prediction.config import PredictConfig
-from prediction.guard import check_output, check_owned
+from prediction.guard import check_output, check_owned, run_folders
 from prediction.postprocess import apply_postprocessing, keep_largest_component
 from prediction.previews import check_review_files, draw_preview, measure, preview_name, write_review_files
-from prediction.runs import RunSettings, load_predict_fns, load_runs, resolve_config
+from prediction.runs import RunSettings, check_checkpoints, load_predict_fns, load_runs, resolve_config
 from prediction.summary import CaseResult, PredictSummary
 from prediction.volume import PredictFn, argmax_labels, predict_volume
 
@@ -323,10 +288,12 @@ def predict_cases(
     predict_fns = None if predict_fn is None else [predict_fn] if callable(predict_fn) else list(predict_fn)
     cases = gather_inputs(inputs)
     out = Path(out_dir)
-    protected = [("input folder", f) for f in input_folders(inputs, cases)]
+    protected = [("input folder", f) for f in input_folders(inputs, cases)] + run_folders(run.run_dirs, out)
     # refusals that need no lock first: a refused run leaves no lock file in somebody else's folder
     check_output(out, protected, [c.case_id for c in cases], run.config.save_probabilities, out_flag)
     check_review_files(out, [c.case_id for c in cases], preview, out_flag)
+    if predict_fns is None:
+        check_checkpoints(run.run_dirs, run.config.checkpoint)
     with exclusive_lock(out):
         remove_stale_temporaries(out)
         plan = plan_run(out, run, cases, overwrite, out_flag)

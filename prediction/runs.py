@@ -1,26 +1,8 @@
 """What prediction takes from its training runs: contracts, preprocessing, models, post-processing.
 
-``load_runs`` reads each run's ``RUN_DIR/input_contract.json`` (``dataset.contract.run``),
-rebuilds the preprocessing config it records (so inference runs the very preprocessing
-of training), resolves the sliding window and the mirror axes against each contract,
-reads the optional post-processing decision (``dataset.contract.postprocessing``) and
-fingerprints contracts, config (less its evaluation-only ``nsd_tolerance_mm`` and ``detection``), decision
-and model files together: ``predictions.json`` records that fingerprint per case, and a
-case predicted with other settings is predicted again.
-
-Several runs make an ensemble (their softmax is averaged, ``prediction.volume``). Their
-models must take the same input and give the same output, so their contracts must agree
-on the preprocessing config (every key: spacing, HU window, equalisation, crop, ...), the
-sliding window (the validation patch size, unless the config sets ``window_zyx``),
-``n_classes``, and, where recorded, the label names and the model's input/output
-description; a model depth matters only through the window, which must fit every
-model's depth. The first disagreement is a one-line ``PredictError`` naming both runs and
-the key. The training patch size, the index and store a run was trained on, and its flip
-augmentation may differ: they change neither input nor output (each model mirrors along
-its own run's axes).
-
-TensorFlow is imported only in ``load_predict_fn``, so discovery, evaluation and the
-tests with a fake model start without it.
+``load_runs`` checks that an ensemble's contracts agree and fingerprints the settings; TensorFlow is
+imported only in ``load_predict_fn``. See
+docs/explanation/internals.md#runs-contracts-and-ensembles-predictionrunspy.
 """
 
 from __future__ import annotations
@@ -37,6 +19,7 @@ import numpy as np
 
 from dataset.common.configio import ConfigError, check_patch_fits_depth, flatten_mapping, from_dict, to_dict
 from dataset.common.fingerprints import fingerprint_file, fingerprint_json
+from dataset.common.modelfiles import keras_file_problem
 from dataset.common.records import record_to_dict
 from dataset.contract.fingerprints import fingerprint_mismatch
 from dataset.contract.postprocessing import PostprocessingDecision, PostprocessingError, read_postprocessing
@@ -272,7 +255,13 @@ def load_predict_fn(run_dir: str | Path, checkpoint: str = "best") -> PredictFn:
             __import__(module)
         except ImportError:  # loading with compile=False does not need them
             log.debug("could not import %s", module)
-    model = keras.saving.load_model(path, compile=False)
+    problem = keras_file_problem(path)
+    if problem:
+        raise PredictError(f"{path}: {problem}")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except ValueError as err:  # Keras says "File not found" of a damaged archive that exists
+        raise PredictError(f"{path}: not a readable Keras model ({str(err).splitlines()[0]})") from None
 
     def predict_fn(batch: np.ndarray) -> np.ndarray:
         return np.asarray(model.predict_on_batch(batch), dtype=np.float32)
@@ -280,9 +269,17 @@ def load_predict_fn(run_dir: str | Path, checkpoint: str = "best") -> PredictFn:
     return predict_fn
 
 
-def load_predict_fns(run_dirs: Sequence[str | Path], checkpoint: str = "best") -> list[PredictFn]:
-    """Every run's model, in order; a missing checkpoint stops before any is loaded."""
+def check_checkpoints(run_dirs: Sequence[str | Path], checkpoint: str = "best") -> None:
+    """Refuse a run without its checkpoint file; callers run it before taking the output's lock."""
     for run_dir in run_dirs:
         if not checkpoint_path(run_dir, checkpoint).is_file():
             raise PredictError(f"{run_dir}: no checkpoint {checkpoint_path(run_dir, checkpoint).name} in checkpoints/")
+        problem = keras_file_problem(checkpoint_path(run_dir, checkpoint))
+        if problem:
+            raise PredictError(f"{checkpoint_path(run_dir, checkpoint)}: {problem}")
+
+
+def load_predict_fns(run_dirs: Sequence[str | Path], checkpoint: str = "best") -> list[PredictFn]:
+    """Every run's model, in order; a missing checkpoint stops before any is loaded."""
+    check_checkpoints(run_dirs, checkpoint)
     return [load_predict_fn(d, checkpoint) for d in run_dirs]

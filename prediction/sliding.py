@@ -1,11 +1,6 @@
-"""Sliding-window arithmetic and stitching: pure numpy, no model, no files.
+"""Sliding-window arithmetic and stitching (nnU-Net's Gaussian weighting): pure numpy, no model, no files.
 
-The scheme is nnU-Net's: windows spread evenly so that neighbours share about
-``overlap`` of a window, the last window flush with the end of the volume; each
-window's softmax is weighted by a Gaussian that trusts the window centre more than its
-border (a convolutional net sees less context near a window edge), and the weighted sum
-is divided by the summed weights. Only the running sums are kept (C + 1 float32 volumes),
-never the individual windows, so memory stays a few times the cropped volume.
+See docs/explanation/internals.md#the-sliding-window-predictionslidingpy-predictionvolumepy.
 """
 
 from __future__ import annotations

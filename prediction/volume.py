@@ -1,16 +1,7 @@
-"""One stored-grid volume in, class probabilities and a label map out: pure numpy.
+"""One stored-grid volume in, class probabilities and a label map out: pure numpy (``predict_volume``).
 
-``predict_volume`` runs one model callable (``PredictFn``), or several (an ensemble),
-over the sliding-window grid of ``prediction.sliding`` and stitches the windows;
-``argmax_labels`` turns the probabilities into labels (the connected-component clean-up
-is ``prediction.postprocess``). No files, no TensorFlow: the tests drive these with fake
-models and compare against brute force.
-
-An ensemble is averaged window by window, before stitching: each model's softmax is
-first averaged over its own mirror combinations (test-time mirroring), then the models
-are averaged with equal weights. Stitching is linear (a Gaussian-weighted sum divided by
-the summed weights), so this equals averaging the models' stitched volumes, while
-keeping one set of stitching buffers and extracting each window once.
+An ensemble is averaged window by window, after each model's own mirroring. See
+docs/explanation/internals.md#the-sliding-window-predictionslidingpy-predictionvolumepy.
 """
 
 from __future__ import annotations

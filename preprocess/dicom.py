@@ -1,15 +1,7 @@
-"""DICOM as it arrives: the series in a folder tree, and the files of one series.
+"""DICOM as it arrives: ``find_series`` lists a folder tree's series, grouped by SeriesInstanceUID.
 
-A PACS export or a CD holds several series (the venous and arterial phases, a scout, a
-dose report) either side by side in one folder or one folder per series, often several
-levels deep (``PATIENT/STUDY/SERIES/IM0001``). ``find_series`` walks the tree and groups
-files by SeriesInstanceUID (0020|000e) with GDCM, which also sorts each series' slices
-by position. A series whose files are spread over several folders is one series, read
-from their common folder. Reading the voxels is ``preprocess.io.read_image(folder,
-series_uid)``; this module only lists files (no ``InputError`` here: callers word it).
-
-ITK prints a "No Series were found" warning for every folder without DICOM files; those
-are expected while walking a tree, so warnings are off during the walk.
+Only lists files (no ``InputError`` here: callers word it); reading is ``preprocess.io.read_image``.
+See docs/explanation/internals.md#dicom-series-preprocessdicompy.
 """
 
 from __future__ import annotations
@@ -17,14 +9,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 SERIES_NUMBER, SERIES_DESCRIPTION = "0020|0011", "0008|103e"
+POSITION, ORIENTATION = "0020|0032", "0020|0037"  # ImagePositionPatient, ImageOrientationPatient
 SUFFIX_HEX_DIGITS = 8
+# slice steps may differ from the median by this much (the larger of the two): DICOM writes
+# positions as decimal strings of at most 16 characters (a few micrometres of rounding), and
+# 1% of a step is a tenth of a voxel at worst, far below a missing (100%) or duplicated slice
+STEP_TOLERANCE_MM, STEP_TOLERANCE_FRACTION = 0.01, 0.01
+MAX_REPORTED = 3
 
 
 @dataclass(frozen=True)
@@ -108,3 +107,72 @@ def find_series(root: str | Path) -> list[DicomSeries]:
         if files:
             series.append(DicomSeries(uid, folder, files, *_names(files[0])))
     return series
+
+
+def _numbers(reader: sitk.ImageFileReader, tag: str) -> list[float] | None:
+    if not reader.HasMetaDataKey(tag):
+        return None
+    try:
+        return [float(v) for v in reader.GetMetaData(tag).split("\\")]
+    except ValueError:
+        return None
+
+
+def slice_positions_mm(files: Sequence[str]) -> list[float] | None:
+    """Each file's ImagePositionPatient projected on the slice normal (from ImageOrientationPatient);
+    None when a file lacks either tag (then GDCM's own order is all there is)."""
+    positions = []
+    reader = sitk.ImageFileReader()
+    with _quiet_itk():
+        for name in files:
+            reader.SetFileName(name)
+            try:
+                reader.ReadImageInformation()
+            except RuntimeError:
+                return None
+            position, orientation = _numbers(reader, POSITION), _numbers(reader, ORIENTATION)
+            if position is None or orientation is None or len(position) != 3 or len(orientation) != 6:
+                return None
+            normal = np.cross(orientation[:3], orientation[3:])
+            positions.append(float(np.dot(normal, position)))
+    return positions
+
+
+def _at(position: float, name: str) -> str:
+    return f"{position:.3f} mm ({Path(name).name})"
+
+
+def grid_problem(positions_mm: Sequence[float], files: Sequence[str]) -> str | None:
+    """Why slices at ``positions_mm`` (one per file) are no regular grid: duplicates, gaps or
+    irregular steps beyond the larger of ``STEP_TOLERANCE_MM`` and ``STEP_TOLERANCE_FRACTION``
+    of the median step; None for a regular grid."""
+    if len(positions_mm) < 2:
+        return None
+    order = np.argsort(positions_mm, kind="stable")
+    z = np.asarray(positions_mm, dtype=np.float64)[order]
+    names = [files[i] for i in order]
+    steps = np.diff(z)
+    median = float(np.median(steps))
+    tolerance = max(STEP_TOLERANCE_MM, STEP_TOLERANCE_FRACTION * median)
+    problems = []
+    for i, step in enumerate(steps):
+        pair = f"{_at(z[i], names[i])} and {_at(z[i + 1], names[i + 1])}"
+        if step <= tolerance:
+            problems.append(f"duplicate slice position: {pair}")
+        elif abs(step - median) > tolerance:
+            kind = "gap (a missing slice?)" if step > median else "irregular step"
+            problems.append(f"{kind} of {step:.3f} mm between {pair}")
+    if not problems:
+        return None
+    more = f"; and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+    return (
+        f"{len(files)} slices are not a regular grid (median step {median:.3f} mm, tolerance {tolerance:.3f} mm): "
+        + "; ".join(problems[:MAX_REPORTED])
+        + more
+    )
+
+
+def irregular_slices(files: Sequence[str]) -> str | None:
+    """``grid_problem`` of a series' files (see docs/how-to/preprocess.md#dicom-input)."""
+    positions = slice_positions_mm(files)
+    return None if positions is None else grid_problem(positions, files)

@@ -1,17 +1,8 @@
 """The case loop: every case of an MSD dataset -> one shard, through ``run_cases`` (Dask).
 
-The whole run holds the store's lock (``exclusive_lock``): a second run on the same
-store fails at once naming the holder's pid and host, and only the holder sweeps the
-temporaries a killed run left. Each task reads its own input files and writes its own
-shard (nothing open is pickled; HDF5 is never shared between processes) and returns its
-``CatalogRecord``; the driver rewrites the catalog as results arrive.
-
-Resuming: a case whose shard holds the same input and config fingerprints is skipped
-without work. The input fingerprint is taken when the case is planned and checked again
-by the worker right after reading (``preprocess.input_files``), so a file replaced during the
-run fails its case instead of being stored under a fingerprint it was not made from. A
-bad case becomes a "failed" record with a one-line reason; the shard of an earlier good
-run stays on disk (shards are only ever replaced by an atomic rename).
+Holds the store's lock for the whole run; workers return ``CatalogRecord``s, the driver rewrites the
+catalog as they arrive. See docs/how-to/preprocess.md#reruns-bad-cases-and-changed-files and
+docs/explanation/internals.md#the-case-loop-preprocessdriverpy.
 """
 
 from __future__ import annotations
@@ -29,7 +20,9 @@ from tqdm import tqdm
 
 from dataset.common.atomic import remove_stale_temporaries
 from dataset.common.errors import UsageError
+from dataset.common.links import broken_link
 from dataset.common.locks import exclusive_lock
+from dataset.common.paths import refuse_inside
 from dataset.common.runner import one_line, run_cases
 from dataset.contract.catalog import Catalog, CatalogRecord, read_catalog, write_catalog
 from dataset.contract.store import CASES_DIR, StoreError, shard_path
@@ -155,6 +148,9 @@ def stored_record(
 
 def _missing_reason(case: MsdCase) -> str:
     paths = [p for p in (case.image, case.label) if p is not None]
+    broken = [why for p in paths if (why := broken_link(p))]
+    if broken:  # a link that leads nowhere: said so, not "missing"
+        return "; ".join(broken)
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         return f"listed file missing: {', '.join(missing)}"
@@ -323,6 +319,7 @@ def run_preprocess(
     config = config or PreprocessConfig()
     dataset = _load_dataset(data_dir, config)
     workers, itk_threads = _parallelism(workers, scheduler, itk_threads)
+    refuse_inside(store, [("dataset folder", Path(data_dir)), ("dataset folder", Path(dataset.root))], "--out")
     store = Path(store).resolve()
     with exclusive_lock(store):
         _check_same_dataset(store, dataset.root)

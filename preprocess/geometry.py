@@ -1,14 +1,7 @@
 """Orientation, resampling and the way back to the original scan's grid.
 
-Grids here are SimpleITK's (x, y, z); callers get numpy (z, y, x) arrays.
-
-The canonical grid has the identity direction (LPS: +x towards the patient's left,
-+y posterior, +z superior). The resampled grid covers the same physical extent as the
-scan with *voxel edges* aligned, not voxel centres: the scan spans
-``[origin - spacing/2, origin + (size - 1/2) * spacing]`` along each axis, so the new
-grid starts half a new voxel inside that edge and has ``max(1, round(extent / new_spacing))`` (half up)
-voxels. Centre alignment would drop up to half an old voxel at each end (1.25 mm of a
-2.5 mm slice), which on a thin scan loses a visible part of an organ touching the edge.
+Grids here are SimpleITK's (x, y, z); callers get numpy (z, y, x) arrays. The resampled grid aligns
+voxel *edges*, not centres: see docs/explanation/internals.md#grids-and-resampling-preprocessgeometrypy.
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
 """What a shard is made from: its input files' fingerprints, taken when the case is planned.
 
-The driver fingerprints every case's files when it plans the run and hands them to the
-worker, which checks them again right after reading. A file replaced in between would
-otherwise be stored as the old content under the new fingerprint and never redone; now
-the case fails ("changed while reading") and the next run does it again.
-
-The fingerprint covers what changes a case's result under one config: the image file,
-the label file and, for a labelled case, the label values ``dataset.json`` declares
-(they decide whether its label passes validation). Library versions are part of the
-config fingerprint instead (``preprocess.config.config_fingerprint`` says why).
+The worker checks them again right after reading, so a file replaced in between fails its case.
+See docs/explanation/internals.md#input-fingerprints-preprocessinput_filespy.
 """
 
 from __future__ import annotations

@@ -1,25 +1,7 @@
-"""Intensity steps on numpy arrays: HU window, histogram equalisation, normalisation.
+"""Intensity steps on numpy arrays: HU window, histogram equalisation, normalisation (``hu_to_levels``).
 
-Definition of the stored intensity (what ``hu_to_levels`` computes), for a window
-``[lo, hi]`` and ``n`` bins:
-
-1. Window: ``v = clip(rint(hu), ceil(lo), floor(hi))``, an integer HU value (int16).
-   Rounding to whole HU is far below CT noise and leaves few distinct values (386 for
-   the default window), so every later step is an exact lookup table over those values.
-2. Bins: ``n`` bins of equal width over the window, edges ``linspace(lo, hi, n + 1)``;
-   bin ``k`` holds ``edges[k] <= v < edges[k+1]``, the last bin also holds ``hi``
-   (exactly ``numpy.histogram``'s bins).
-3. Histogram ``h`` over the whole (cropped) volume, or over voxels with
-   ``hu > body_threshold_hu`` only when asked (falls back to all voxels if none).
-   ``cdf[k] = sum(h[:k+1]) / sum(h)``; ``level(v) = cdf[bin(v)]``.
-4. Normalise over the whole volume (never per patch):
-   ``x = clip((level - cdf_min) / (1 - cdf_min), 0, 1)`` where ``cdf_min`` is the cdf of
-   the lowest non-empty bin (so the darkest populated bin maps to 0 and the brightest to
-   1). If only one bin is populated, ``x = 0``.
-   Without equalisation: ``x = (v - lo) / (hi - lo)`` clipped to [0, 1].
-5. Store ``round(255 * x)`` as uint8 (``dataset.contract.store.IMAGE_LEVELS``).
-
-The volume is processed in z-slabs so no full-size int64 or float64 temporary is made.
+Volumes are processed in z-slabs (no full-size int64 or float64 temporary). The stored intensity's
+definition, step by step: docs/explanation/internals.md#the-stored-intensity-preprocessintensitypy.
 """
 
 from __future__ import annotations

@@ -1,16 +1,7 @@
-"""Images in: reading and validating one case's files with SimpleITK (NIfTI, compressed
-or not, or a DICOM series folder).
+"""Images in: reading and validating one case's files with SimpleITK (NIfTI, or a DICOM series folder).
 
-A DICOM folder holding one series is read as it is; a folder holding several needs the
-SeriesInstanceUID of the one to read (``series_uid``; ``preprocess.dicom.find_series``
-lists them), and the series may then also lie in folders below it.
-
-Every problem raises ``InputError`` with one line naming the file and what is wrong, so
-the driver can report it and carry on with the other cases. The byte-level NIfTI checks
-ITK cannot make (truncation, stored NaN) are ``sources.nifti``; writing images is
-``preprocess.output``. SimpleITK's
-(x, y, z) order appears here and in ``geometry``; everything handed on is either an
-``sitk.Image`` or a numpy (z, y, x) array.
+Every problem raises ``InputError`` with one line naming the file, so the driver carries on with the
+other cases. See docs/explanation/internals.md#reading-a-case-preprocessiopy.
 """
 
 from __future__ import annotations
@@ -24,8 +15,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from dataset.common.errors import PancreasError
+from dataset.common.links import broken_link
 from dataset.common.slabs import z_slabs
-from preprocess.dicom import series_files, series_ids
+from preprocess.dicom import irregular_slices, series_files, series_ids
 from preprocess.limits import STREAM_SLAB_VOXELS
 from sources import nifti
 
@@ -122,6 +114,9 @@ def _dicom_files(folder: Path, series_uid: str | None = None) -> list[str]:
 
 def _read(path: Path, pixel_type: int, series_uid: str | None = None) -> tuple[sitk.Image, str]:
     """Read a file or DICOM folder after checking it is a scalar 3D image."""
+    link = broken_link(path)
+    if link:
+        raise InputError(link)
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if series_uid is not None and not path.is_dir():
@@ -138,6 +133,9 @@ def _read(path: Path, pixel_type: int, series_uid: str | None = None) -> tuple[s
         truncated = nifti.truncation(path)
         if truncated:
             raise InputError(f"{where}: {truncated}")
+        irregular = irregular_slices(files) if len(files) > 1 else None
+        if irregular:
+            raise InputError(f"{where}: DICOM series refused, {irregular}; fix the export (it is not resampled)")
         image = sitk.ReadImage(files, pixel_type) if len(files) > 1 else read_file(files[0], pixel_type)
     except RuntimeError as err:
         raise InputError(f"{where}: cannot read ({itk_message(err)})") from None

@@ -1,19 +1,8 @@
 """Refuse absurd geometry and cases too big for the worker, before memory is spent.
 
-Everything here works on header numbers (ITK's x, y, z order, mm) and returns why a case
-is refused, or None; the caller names the file. A NIfTI header whose units say
-micrometres gave 0.0008 mm voxels and a 1x1x1 shard marked done; one in metres gave
-800 mm voxels and asked ITK for a 1.6 TB grid, which failed with an allocation error
-naming nothing. Both now stop at ``geometry_problem``.
-
-Memory: ``case_bytes`` estimates a case's peak from its voxel counts. Reading the input
-dominated (a 512x512x751 float32 case, 197 M voxels in and 64 M at 1 mm, peaked at
-1712 MiB in a worker, about 1500 MiB of it ITK's two copies of the read); a large NIfTI
-is now read in slabs and each scan-grid image is freed once resampled, and the same case
-peaks at 1267 MiB (the estimate: 1055 MiB plus the worker's own 187 MiB). Before the slab
-reads, a 512x512x300 int16 case was estimated at 629 MB and measured at 631 MB. A case
-above what the worker can still spend fails with one line instead of getting the worker
-killed, which on a rerun would happen again.
+Works on header numbers (ITK's x, y, z, mm) and returns why a case is refused, or None; the caller
+names the file. See docs/explanation/internals.md#header-limits-and-the-memory-estimate-preprocesslimitspy;
+the measured peaks: docs/how-to/preprocess.md#what-it-costs.
 """
 
 from __future__ import annotations

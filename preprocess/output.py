@@ -14,6 +14,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from dataset.common.atomic import atomic_path
+from dataset.common.verify import verify_gzip, verify_size
+
+NIFTI_HEADER_BYTES = 348
 
 
 def image_array(image: sitk.Image) -> np.ndarray:
@@ -64,3 +67,19 @@ def write_image_atomic(image: sitk.Image, path: str | Path) -> None:
     ending = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
     with atomic_path(path, ending=ending) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
+        verify_nifti(tmp, path, image)
+
+
+def nifti_min_bytes(image: sitk.Image) -> int:
+    """The fewest bytes a NIfTI-1 file of ``image`` holds uncompressed: header plus voxels."""
+    voxel_bytes = image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
+    return NIFTI_HEADER_BYTES + image.GetNumberOfPixels() * voxel_bytes
+
+
+def verify_nifti(tmp: Path, path: Path, image: sitk.Image) -> None:
+    """SimpleITK's writer meets a full disk silently (or only prints ``** ERROR: NWAD``): check
+    the file before it is renamed into place (``dataset.common.verify``)."""
+    if path.name.endswith(".gz"):
+        verify_gzip(tmp, path, nifti_min_bytes(image))
+    elif path.name.endswith(".nii"):
+        verify_size(tmp, path, nifti_min_bytes(image))

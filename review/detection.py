@@ -1,22 +1,7 @@
 """Tumour-level detection between a truth and a predicted label map: found, missed and false tumours.
 
-A tumour is a 26-connected component of label 2 (``evaluation.statistics.tumour_components``), so two
-truth tumours that touch, even only at a corner, are one tumour by construction.
-
-Matching rule: a truth tumour is *detected* when a predicted tumour overlaps it with an intersection over
-union of at least ``min_iou`` (and at least one voxel). Every pair is judged on its own, so matching is
-many-to-many: one predicted component that covers two truth tumours detects each one it overlaps enough,
-and is not a false tumour; a truth tumour split into two predicted pieces is detected by each piece that
-passes. A predicted tumour that passes for no truth tumour is a *false* tumour, including one that only
-grazes a truth tumour (IoU below ``min_iou``): that truth tumour is then missed and the graze is false.
-
-Default ``min_iou`` = 0.1, a lenient localisation criterion between two common ones: "any overlap" (the
-hit rule behind autoPET's false-positive and false-negative component volumes), under which a one-voxel
-touch counts as found, and IoU > 0.5 (panoptic quality, Kirillov et al. 2019, and the panoptica package),
-which makes matches unique but calls a correctly located small tumour with a loose outline missed: on a
-tumour a few voxels across, one voxel of boundary disagreement halves the IoU. At 0.1 the question is
-"was it found", and how well it was outlined is left to the per-tumour Dice. ``min_iou=0`` gives any
-overlap; 0.5 gives the panoptic rule.
+A tumour is a 26-connected component of label 2; matching is many-to-many by IoU >= ``min_iou``
+(default 0.1). The rule and why: docs/how-to/evaluate.md#tumour-detection.
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
 """The evaluation report as one offline HTML page and a PNG plot: no scripts, no network, every text escaped.
 
-Pure functions turn a report (the dict ``pancreas evaluate`` writes) into text; ``write_html`` and
-``metrics_plot`` are the only writers. Every optional key of the report may be absent: its cells show
-"-" or its section is left out. Text from case ids, file names, error messages and configs goes
-through ``html.escape``; links are relative paths inside the report's folder, URL-quoted, and any
-other link (absolute, ``..``, a scheme) is dropped with a warning. A Content-Security-Policy forbids
-scripts and any fetch but the folder's own pictures, so a missed escape still cannot run code.
+See docs/explanation/internals.md#the-case-sheet-and-the-report-page-reviewsheetpy-reviewreport_htmlpy.
 """
 
 from __future__ import annotations

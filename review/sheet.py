@@ -1,14 +1,7 @@
 """The case sheet: orthogonal CT slices through the tumour (or gland) with region outlines, written as a PNG.
 
-Drawn with matplotlib's Agg canvas (``Figure`` + ``FigureCanvasAgg``: no pyplot, no display, no global
-backend switch). Arrays are (z, y, x) on the canonical LPS grid (+x patient left, +y posterior, +z
-superior): axial slices are drawn in radiological view (patient right on the left, anterior up), coronal
-and sagittal ones with z upward. Every panel is in millimetres, so anisotropic voxels look right.
-
-Colours are Okabe-Ito, chosen to stay apart for colour-blind readers, and regions also differ by line
-style (pancreas solid, tumour dashed): one label map draws pancreas bluish green and tumour vermillion;
-truth against prediction draws truth blue (#0072B2), wide, under prediction orange (#E69F00), narrow, so that
-where the two agree both colours still show.
+Arrays are (z, y, x) on the canonical LPS grid. See docs/how-to/evaluate.md#pictures-truth-against-prediction
+and docs/explanation/internals.md#the-case-sheet-and-the-report-page-reviewsheetpy-reviewreport_htmlpy.
 """
 
 from __future__ import annotations

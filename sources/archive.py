@@ -1,20 +1,7 @@
-"""Check and unpack a downloaded archive: the walls that keep it inside the output folder.
+"""Check and unpack a downloaded archive: the walls that keep it inside the output folder (stdlib only).
 
-* **Nothing is written outside the folder.** The MSD archive holds only folders and
-  regular files, so every member is checked before anything is written, and the whole
-  archive is refused (one line naming the archive, the member and why) if one member is a
-  symbolic or hard link, a device, a FIFO or another special file, or has an absolute name
-  or a ``..`` component. Checking names alone is not enough once links are allowed: a
-  link chain whose every step is lexically inside (``T/l -> .``, ``T/l/l/l/q -> ../../..``),
-  or deep folders reached through short links past PATH_MAX (CVE-2025-4517), escape
-  per-member checks. Extraction then runs with the standard library's ``filter="data"``
-  as a second wall. macOS ``._*`` resource files are skipped (they are not NIfTI files
-  and break naive globbing).
-* **All or nothing.** Members are unpacked into a hidden staging folder and moved into
-  place at the end, so an interrupted extraction leaves nothing that looks like a usable
-  dataset; an existing ``Task07_Pancreas/`` is never merged into.
-
-Standard library only. ``sources.download`` fetches and verifies the archive first.
+See docs/how-to/download.md#a-safe-extraction and
+docs/explanation/internals.md#the-download-sourcesdownloadpy-sourcesarchivepy.
 """
 
 from __future__ import annotations
@@ -138,6 +125,11 @@ def extract_archive(path: Path, out_dir: Path) -> tuple[int, int, Path | None]:
     with archive:
         members, skipped = safe_members(archive, path)
         tops = sorted({PurePosixPath(m.name).parts[0] for m in members if PurePosixPath(m.name).parts})
+        if staging.name in tops:  # it would be moved onto itself
+            raise DownloadError(
+                f"{path}: refusing archive member {staging.name!r}: named like the staging folder this "
+                f"extraction unpacks into ({staging}); nothing was extracted"
+            )
         taken = [top for top in tops if (out_dir / top).exists() or (out_dir / top).is_symlink()]
         if taken:
             raise DownloadError(

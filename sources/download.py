@@ -1,28 +1,8 @@
 """Fetch, verify and unpack the MSD Task07_Pancreas archive (standard library only).
 
-What a user can count on (``pancreas download --out DIR``):
-
-* **One run per folder.** The whole download and extraction holds
-  ``exclusive_lock(DIR)``; a second run into the same folder stops at once, naming the
-  holder's pid and host, so two runs never append to one ``.part`` file or unpack into
-  one staging folder.
-* **Resumable, with retries.** Bytes go to ``<name>.part``; a rerun asks the server for
-  the rest with an HTTP Range request. Within one run, an HTTP 5xx (or 408/429) answer,
-  a dropped, reset or stalled connection is retried up to ``retries`` times in a row,
-  waiting ``retry_wait_s``, then twice as long each time (at most 60 s); a try that
-  brought new bytes starts the count again, so a long transfer over a flaky line keeps
-  going as long as it makes progress. Other HTTP errors (404, 403) stop at once.
-* **md5 mismatch keeps the bytes.** The md5 is computed while the bytes arrive (a
-  resumed run hashes the existing part first). A download that does not match is
-  renamed to ``<name>.md5-mismatch`` (replacing an older one) and never deleted by us:
-  11.5 GB is worth a look, or a ``--md5`` if the mirror changed its file. A rerun
-  downloads from scratch, since the bad bytes could sit anywhere in the part; the
-  message says so, and says that a second mismatch means a mirror problem. A
-  ``<name>`` that was already there and does not match is left untouched.
-* **Nothing is written outside DIR; all or nothing.** The archive's members are all
-  checked before any is written, links and special files refuse the whole archive, and
-  members are unpacked into a staging folder that moves into place at the end: see
-  ``sources.archive``, which holds those walls.
+Locked, resumable with retries, md5-checked (a mismatch keeps the bytes); unpacking is
+``sources.archive``. See docs/how-to/download.md and
+docs/explanation/internals.md#the-download-sourcesdownloadpy-sourcesarchivepy.
 """
 
 from __future__ import annotations
@@ -36,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.parse import urlparse
 
 from tqdm import tqdm
@@ -70,9 +50,12 @@ class DownloadSummary:
 
 
 def archive_name(url: str) -> str:
-    name = PurePosixPath(urlparse(url).path).name
-    if not name:
-        raise DownloadError(f"{url}: cannot tell the file name from the URL")
+    name = urlparse(url).path.rsplit("/", 1)[-1]  # not PurePosixPath(...).name, which drops a trailing "/"
+    if name in ("", ".", ".."):  # a folder's URL, not a file's
+        raise DownloadError(
+            f"{url}: cannot tell the archive's file name from the URL (its last segment is {name!r}); "
+            "give the URL of the .tar file itself"
+        )
     return name
 
 
@@ -271,6 +254,8 @@ def download_dataset(
     name = archive_name(config.url)
     archive = out / name
     marker = out / MARKER.format(name=name)
+    if out.exists() and not out.is_dir():
+        raise DownloadError(f"--out {out}: exists and is not a folder; choose a folder for the download")
     with exclusive_lock(out):
         remove_stale_temporaries(out)
         done = _read_marker(marker)

@@ -1,19 +1,6 @@
-"""The Medical Segmentation Decathlon layout: ``dataset.json`` -> the list of cases.
+"""The Medical Segmentation Decathlon layout: ``dataset.json`` -> the list of cases (nnU-Net v2's too).
 
-``dataset.json`` lists ``training`` entries ({"image": "./imagesTr/x.nii.gz", "label":
-"./labelsTr/x.nii.gz"}) and ``test`` entries ("./imagesTs/y.nii.gz"). Paths are resolved
-against the dataset folder; an entry (listed, or found by the folder scan) that resolves
-outside it, through ``..`` or a symbolic link, is refused. macOS ``._*``
-files and anything that is not a NIfTI file (or a DICOM series folder) are ignored, both
-when listed and when ``dataset.json`` has no list and the folders are scanned. Whether a
-listed file exists is checked per case later, so one missing file fails one case only.
-
-An nnU-Net v2 raw dataset is read too (``sources.nnunet``: its ``dataset.json``
-has ``channel_names``/``file_ending`` and labels as name -> value, and lists no cases):
-its folders are scanned for ``<case>_0000<file_ending>`` images, the channel suffix is
-dropped from the case id, and the label is ``labelsTr/<case><file_ending>``. Either way
-``labels`` comes out as MSD's ``{"0": "background", ...}`` and a single CT channel is
-required (``modality`` or ``channel_names``).
+See docs/explanation/internals.md#the-msd-and-nnu-net-layouts-sourcesmsdpy-sourcesnnunetpy.
 """
 
 from __future__ import annotations
@@ -25,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dataset.common.errors import PancreasError
+from dataset.common.links import broken_link
 from dataset.common.paths import inside
 from sources.nnunet import check_single_ct_channel, is_v2, labels_by_value, split_channel
 
@@ -119,7 +107,13 @@ def _listed_cases(root: Path, meta: dict[str, Any]) -> list[MsdCase]:
 
 
 def _resolve_scanned(root: Path, path: Path) -> Path:
-    """``path`` with links resolved; refused, like a listed entry, if that leaves ``root``."""
+    """``path`` with links resolved; refused, like a listed entry, if that leaves ``root``.
+
+    A link that leads nowhere (dangling, or a loop) is kept as it is: reading it fails,
+    and the case is reported failed rather than silently missing (or a traceback).
+    """
+    if broken_link(path):
+        return path
     resolved = path.resolve()
     if not inside(resolved, root):
         raise MsdDatasetError(
@@ -148,7 +142,15 @@ def _v2_images(root: Path, folder: Path, ending: str) -> list[tuple[str, Path]]:
     """(case id, image) of an nnU-Net v2 image folder; a file without ``_0000`` is refused."""
     found = []
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if is_ignored(path.name) or not path.name.endswith(ending):
+        if is_ignored(path.name):
+            continue
+        if not path.name.endswith(ending):
+            other = next((s for s in NIFTI_SUFFIXES if path.name.endswith(s)), None)
+            if other is not None:  # skipped silently, it would surface as a wrong case count
+                raise MsdDatasetError(
+                    f"{path}: ends in {other!r} but dataset.json's 'file_ending' is {ending!r}; "
+                    "correct file_ending (nnU-Net v2 has one ending for every file) or rename the files"
+                )
             continue
         parts = split_channel(path.name[: -len(ending)])
         if parts is None:
@@ -195,6 +197,11 @@ def _v2_cases(root: Path, meta: dict[str, Any], meta_path: Path) -> list[MsdCase
 
 def _labels(meta: dict[str, Any], meta_path: Path, v2: bool) -> dict[str, str]:
     """Declared labels as ``{"0": "background", ...}``, after checking the single CT channel."""
+    if v2 and "channel_names" not in meta:
+        raise MsdDatasetError(
+            f"{meta_path}: an nnU-Net v2 dataset.json without 'channel_names'; declare the single CT "
+            'channel: "channel_names": {"0": "CT"}'
+        )
     try:
         check_single_ct_channel(meta.get("channel_names" if v2 else "modality"), "channel_names" if v2 else "modality")
         return labels_by_value(meta.get("labels") or {"0": "background"})

@@ -1,22 +1,7 @@
 """What nnU-Net v2's raw layout adds to MSD's: its ``dataset.json`` keys and channel suffixes.
 
-An nnU-Net v2 raw dataset (``nnUNet_raw/Dataset007_Pancreas``) has ``imagesTr/``,
-``labelsTr/`` and ``imagesTs/`` like MSD, but its ``dataset.json`` lists no cases:
-``{"channel_names": {"0": "CT"}, "labels": {"background": 0, "pancreas": 1, "tumour": 2},
-"numTraining": 281, "file_ending": ".nii.gz"}``. Images carry a 4-digit channel suffix
-(``pancreas_001_0000.nii.gz``), labels do not (``pancreas_001.nii.gz``); the case id is
-the name without suffix and ending, so predictions (``pancreas_001.nii.gz``) pair with
-``labelsTr/``.
-
-This pipeline reads one CT channel: a second channel (two ``channel_names``, a ``_0001``
-file) or a channel not named CT is refused (``ValueError`` with the key or file; the
-caller adds the dataset's path). A non-CT channel is an error, not a warning, because
-preprocessing windows Hounsfield units ([-135, 250] HU): MRI intensities would pass
-through it as meaningless numbers and give confident nonsense. nnU-Net itself reads the
-name case-insensitively ("ct" selects its CT normalisation), and so do we.
-
-The functions here are pure (names and JSON in, names and values out); the folder scan
-is ``sources.msd``.
+Pure functions; one CT channel only; the folder scan is ``sources.msd``. See
+docs/explanation/internals.md#the-msd-and-nnu-net-layouts-sourcesmsdpy-sourcesnnunetpy.
 """
 
 from __future__ import annotations

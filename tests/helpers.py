@@ -24,6 +24,7 @@ def write_contract_run(run_dir: Path, window=(32, 64, 64), depth: int = 2) -> Pa
     """A run folder with just the input contract (``predict_fn`` stands in for the model)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     contract = {
+        "version": 1,
         "patch_size_zyx": list(window),
         "val_patch_size_zyx": list(window),
         "n_classes": 3,

@@ -70,6 +70,6 @@ def test_every_error_class_of_the_project_has_the_one_base():
         for name, bases in found
         if name.split(":")[1] != "PancreasError"
         and "PancreasError" not in bases
-        and not any(b in {"UsageError"} for b in bases)
+        and not any(b in {"UsageError", "ContractError"} for b in bases)
     ]
     assert rogue == []

@@ -48,7 +48,7 @@ SET_STAGES = {
     "evaluate": (
         ["--pred", "PRED", "--truth", "TRUTH"],
         "nsd_tolerance_mm.tumour=x",
-        "--set: nsd_tolerance_mm values must be numbers >= 0 (mm), got ",
+        "--set nsd_tolerance_mm.tumour: expected float, got 'x'",
     ),
     "download": (["--out", "DATA"], "retries=3.5", "--set retries: expected int, got 3.5"),
 }

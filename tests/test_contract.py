@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import re
 from pathlib import Path
 
-import dataset.contract as contract
+import pytest
+
+from dataset.common.records import ContractError
+from dataset.contract.fieldtables import PAGE, RECORDS, render
 
 ROOT = Path(__file__).resolve().parents[1]
 HANDOVER_NAMES = {
@@ -26,14 +30,13 @@ HANDOVER_NAMES = {
 
 
 def table_rows() -> list[tuple[str, str]]:
-    return re.findall(
-        r"^((?:STORE|RUN_DIR|PRED_DIR|CV_DIR)/\S+(?:, \S+)?)\s{2,}(\w+)\s{2,}", contract.__doc__, flags=re.M
-    )
+    """(files, module) of each row of the overview table in docs/reference/contract.md."""
+    return re.findall(r"^\| (`(?:STORE|RUN_DIR|PRED_DIR|CV_DIR)/.+?) \| `(\w+)` \|", PAGE.read_text(), flags=re.M)
 
 
 def test_every_row_names_a_contract_module_that_defines_the_file():
     rows = table_rows()
-    assert len(rows) == 14
+    assert len(rows) == 13
     for path, module_name in rows:
         module = importlib.import_module(f"dataset.contract.{module_name}")
         source = Path(module.__file__).read_text()
@@ -44,6 +47,41 @@ def test_every_row_names_a_contract_module_that_defines_the_file():
             ), (path, module_name)
     documented = {n for path, _ in table_rows() for n in re.findall(r"[\w.]+\.(?:json|csv)", path)}
     assert documented >= HANDOVER_NAMES
+
+
+def _documented_fields() -> dict[str, list[str]]:
+    """{record: the field names of its table} for every ``<!-- fields: Name -->`` block of the page."""
+    blocks = re.findall(r"<!-- fields: (\w+) -->\n(.*?)<!-- end fields -->", PAGE.read_text(), flags=re.S)
+    return {name: re.findall(r"^\| `(\w+)` \|", table, flags=re.M) for name, table in blocks}
+
+
+def test_every_field_of_every_record_is_in_its_files_table_and_no_other():
+    documented = _documented_fields()
+    assert sorted(documented) == sorted(RECORDS)
+    for name, cls in RECORDS.items():
+        assert documented[name] == [f.name for f in dataclasses.fields(cls)], name
+
+
+def test_the_field_tables_are_made_from_the_field_comments():
+    """Run ``python -m dataset.contract.fieldtables`` after changing a record's fields or comments."""
+    assert render(PAGE.read_text()) == PAGE.read_text()
+
+
+@pytest.mark.parametrize("name", sorted(RECORDS))
+def test_every_file_record_has_a_version_kind_and_error(name):
+    cls = RECORDS[name]
+    if "version" not in {f.name for f in dataclasses.fields(cls)}:  # a part of a file's record
+        assert not hasattr(cls, "KIND"), name
+        return
+    assert next(f.name for f in dataclasses.fields(cls)) == "version"
+    assert isinstance(cls.KIND, str) and issubclass(cls.ERROR, ContractError)
+
+
+def test_contract_module_docstrings_are_short_and_link_the_page():
+    for path in sorted((ROOT / "dataset" / "contract").glob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        assert len(doc.splitlines()) <= 12, path.name
+        assert "design-notes" not in path.read_text().lower(), path.name
 
 
 def _string_constants(tree: ast.AST) -> list[tuple[int, str]]:

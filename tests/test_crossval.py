@@ -109,6 +109,7 @@ def two_folds(tmp_path_factory):
         (run / "input_contract.json").write_text(
             json.dumps(
                 {
+                    "version": 1,
                     "val_patch_size_zyx": [32, 64, 64],
                     "n_classes": 3,
                     "model_depth": 2,
@@ -146,6 +147,10 @@ def test_pooled_out_of_fold_report_csv_and_decision(two_folds, tmp_path):
     first = next(r for r in rows if r["case_id"] == fold0_val[0] and r["region"] == "pancreas")
     assert float(first["dice"]) == pytest.approx(report["cases"][fold0_val[0]]["pancreas"]["dice"], rel=1e-5)
     assert first["fold"] == "0"
+    # the page, its plot and one truth-against-prediction picture per pooled case
+    assert 'content="pancreas-seg"' in (cv / "report.html").read_text() and (cv / "report_metrics.png").is_file()
+    assert sorted(p.stem for p in (cv / "pictures").iterdir()) == sorted(report["cases"])
+    assert report["summary"]["tumour_detection"]["cases"] == 4
     decision = read_postprocessing(cv / "postprocessing.json")
     assert decision.store_fingerprint == store_fingerprint_of(store)
     assert set(decision.largest_component) == {"pancreas", "tumour"}

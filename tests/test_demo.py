@@ -29,8 +29,17 @@ def test_demo_end_to_end(tmp_path, capsys):
         "run/input_contract.json",
         "predictions/pancreas_011.nii.gz",
         "configs/train.yaml",
+        "report.html",
+        "report.csv",
+        "report_metrics.png",
+        "run/progress.png",
+        "predictions/statistics.csv",
     ):
         assert (out / stage_output).exists(), stage_output
+    # what a person opens: the page the demo names, with every held-out case's picture
+    assert str((out / "report.html").resolve()) in printed
+    assert sorted(p.name for p in (out / "pictures").iterdir()) == [f"{c}.png" for c in sorted(report["cases"])]
+    assert report["summary"]["tumour_detection"]["tumours"] >= 1
 
     # rerunning reuses every stage's outputs (all stages are resumable)
     assert main(["demo", "--out", str(out), "--no-progress"]) == 0

@@ -166,7 +166,7 @@ def test_checksum_mismatch_extracts_nothing(tmp_path: Path):
     with Server(corrupted) as server:
         with pytest.raises(DownloadError, match="does not match"):
             download_dataset(config_for(server, GOOD), tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([LOCK_NAME, NAME + ".md5-mismatch"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [NAME + ".md5-mismatch"]  # a refusal takes its lock file
 
 
 @pytest.mark.parametrize(
@@ -344,7 +344,7 @@ def test_crafted_archive_is_refused_in_one_line_before_anything_is_written(tmp_p
     assert "nothing was extracted" in errors[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "victim.txt"]
     assert (tmp_path / "victim.txt").read_text() == "original"
-    assert sorted(p.name for p in out.iterdir()) == sorted([NAME, LOCK_NAME])  # no staging, no dataset
+    assert sorted(p.name for p in out.iterdir()) == [NAME]  # no staging, no dataset, no lock file
 
 
 def test_data_filter_is_a_second_wall(tmp_path: Path, monkeypatch):
@@ -422,7 +422,7 @@ def test_checksum_mismatch_keeps_the_download_and_says_how_to_retry(tmp_path: Pa
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pancreas download: error:")]
     assert len(errors) == 1 and str(bad) in errors[0] and "rerun" in errors[0] and "mirror" in errors[0], errors
     assert bad.read_bytes() == corrupted
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([LOCK_NAME, bad.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [bad.name]
     with Server(GOOD) as server:  # a rerun downloads from scratch, not from the bad bytes
         assert main([*args, "--url", server.url]) == 0
         assert server.requests == [None]

@@ -15,6 +15,7 @@ from helpers import preprocessed_store
 from lockholder import lock_held_elsewhere
 
 from dataset.common.locks import LockedError
+from dataset.common.paths import OutputInsideInputError
 from dataset.contract.fingerprints import store_fingerprint
 from dataset.contract.index import Fold, IndexSummary, Split, commit_index, manifest_path, write_split
 from dataset.contract.manifest import index_fingerprint, write_manifest
@@ -145,8 +146,9 @@ def trained(tmp_path_factory) -> tuple[Path, Path, Path, list[str]]:
     (run / "input_contract.json").write_text(
         json.dumps(
             {
-                "val_patch_size_zyx": [32, 64, 64],
+                "version": 1,
                 "patch_size_zyx": [32, 64, 64],
+                "val_patch_size_zyx": [32, 64, 64],
                 "n_classes": 3,
                 "model_depth": 2,
                 "preprocess": preprocess,
@@ -200,7 +202,9 @@ def test_pred_out_into_a_folder_it_reads_is_refused(trained, where: str, role: s
     data, store, run, _val = trained
     pred_out = data.parent / where
     before = {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()}
-    with pytest.raises(PredictError, match=rf"^--pred-out {pred_out} (is|lies inside) the {role} .*--pred-out"):
+    with pytest.raises(
+        OutputInsideInputError, match=rf"^--pred-out {pred_out} (is|lies inside) the {role} .*--pred-out"
+    ):
         evaluate_run(run, store, pred_dir=pred_out, predict_fn=everything_is_pancreas, progress=False)
     assert {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()} == before
     assert not (data / "predictions").exists() and not (store / "preds").exists()

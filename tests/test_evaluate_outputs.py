@@ -133,3 +133,20 @@ def test_report_files_beside_any_name(tmp_path):
     assert files.pictures == tmp_path / "cv" / "pictures"
     assert files.picture("../x") is None and files.picture(".hidden") is None
     assert files.picture("pancreas_001") == Path(tmp_path / "cv" / "pictures" / "pancreas_001.png")
+
+
+def test_empty_truth_one_slice_scan_and_another_grid_each_get_a_sheet_or_one_error(tmp_path):
+    truth, pred = _three_tumours()
+    write_labels(tmp_path / "truth" / "empty_truth.nii.gz", np.zeros_like(truth))
+    write_labels(tmp_path / "pred" / "empty_truth.nii.gz", pred)  # every predicted tumour is false
+    write_labels(tmp_path / "truth" / "one_slice.nii.gz", truth[10:11])
+    write_labels(tmp_path / "pred" / "one_slice.nii.gz", pred[10:11])
+    write_labels(tmp_path / "truth" / "other_grid.nii.gz", truth)
+    write_labels(tmp_path / "pred" / "other_grid.nii.gz", pred[:, :30])
+    files = ReportFiles.beside(tmp_path / "eval" / "report.json")
+    report = evaluate_dirs(tmp_path / "pred", tmp_path / "truth", progress=False, files=files)
+    assert report["cases"]["empty_truth"]["tumour_detection"]["false"] == 3
+    assert report["cases"]["one_slice"]["statistics"]["truth"]["pancreas_ml"] > 0
+    assert list(report["errors"]) == ["other_grid"] and "grid" in report["errors"]["other_grid"]
+    assert sorted(p.name for p in files.pictures.iterdir()) == ["empty_truth.png", "one_slice.png"]
+    assert report["summary"]["tumour_detection"]["case_specificity"] == 0.0  # the tumour-free case got tumours

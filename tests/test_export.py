@@ -14,6 +14,7 @@ import pytest
 
 from dataset.common.atomic import TMP_SUFFIX
 from dataset.common.locks import LOCK_NAME
+from dataset.common.records import record_to_dict
 from dataset.contract.run import InputContract, checkpoint_path, write_input_contract
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +89,7 @@ def test_the_saved_model_gives_the_keras_models_probabilities(run_dir, tmp_path,
     other = "last" if checkpoint == "best" else "best"  # the file asked for, not the other one
     assert not np.allclose(served, _keras_probabilities(checkpoint_path(run_dir, other), window), atol=1e-3)
 
-    assert json.loads((out / "input_contract.json").read_text()) == CONTRACT.to_dict()
+    assert json.loads((out / "input_contract.json").read_text()) == record_to_dict(CONTRACT)
     readme = (out / "README.txt").read_text()
     assert "serving_default" in readme and "multiple of 4" in readme and "input_contract.json" in readme
     record = json.loads((out / "export.json").read_text())

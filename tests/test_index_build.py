@@ -73,7 +73,7 @@ def built(tmp_path_factory):
 def test_split_and_summary(built):
     store, s = built
     split = json.loads((store / "index" / "split.json").read_text())
-    assert list(split) == ["seed", "val_fraction", "max_cases", "folds", "skipped"]
+    assert list(split) == ["version", "seed", "val_fraction", "max_cases", "folds", "skipped"]
     assert len(split["folds"]) == s.folds == len(s.per_fold) == 5
     assert sorted(c for f in split["folds"] for c in f["val"]) == sorted(labels())  # each case once
     assert split["skipped"] == {"case_bad": "cannot read header"}
@@ -284,15 +284,6 @@ def test_too_many_folds_are_refused_and_nothing_is_written(tmp_path):
     with pytest.raises(StoreError, match="9 folds"):
         build_index(store, IndexConfig(**{**CFG.__dict__, "folds": 9}), workers=0, progress=False)
     assert {p: p.read_bytes() for p in (store / "index").rglob("*") if p.is_file()} == before
-
-
-def test_manifests_of_an_older_index_are_removed_on_commit(tmp_path):
-    store = make(tmp_path, failed=False)
-    (store / "index").mkdir()
-    for name in ("train.csv", "val.csv", "notes.txt"):
-        (store / "index" / name).write_text("old\n")
-    build_index(store, CFG, workers=0, progress=False)
-    assert sorted(p.name for p in (store / "index").glob("*.*")) == ["notes.txt", "split.json", "summary.json"]
 
 
 def test_stale_temporaries_removed(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from dataset.common.records import record_from_dict, record_to_dict
 from dataset.common.seeds import derive_seed
 from dataset.contract.index import Fold, Split
 from dataset.contract.store import StoreError
@@ -102,28 +103,32 @@ def test_split_round_trip_and_fold_accessor():
         folds=(Fold(("b",), ("a",)), Fold(("a",), ("b",))),
         skipped={"z": "failed"},
     )
-    data = split.to_dict()
-    assert list(data) == ["seed", "val_fraction", "max_cases", "folds", "skipped"]
+    data = record_to_dict(split)
+    assert list(data) == ["version", "seed", "val_fraction", "max_cases", "folds", "skipped"]
     assert data["folds"] == [{"train": ["b"], "val": ["a"]}, {"train": ["a"], "val": ["b"]}]
-    assert Split.from_dict(data, "x") == split
+    assert record_from_dict(Split, data, "x") == split
     assert split.fold(1).val == ("b",)
     with pytest.raises(StoreError, match=r"fold 2 is not in the split: it has 2 fold\(s\), 0..1"):
         split.fold(2)
 
 
+SPLIT = {"seed": 0, "val_fraction": 0.2, "max_cases": None}
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"seed": 0, "train": ["a"], "val": ["b"]}, "before cross-validation folds"),
-        ({"folds": []}, "not a split"),
-        ({"folds": [{"train": ["a"], "val": []}]}, "fold 0: no validation cases"),
-        ({"folds": [{"train": ["a"], "val": ["a"]}]}, "fold 0: case.* a both train and validate"),
+        ({"seed": 0, "train": ["a"], "val": ["b"]}, r"x: unknown key\(s\) train, val"),
+        ({"folds": []}, r"x: missing key\(s\) seed, val_fraction, max_cases"),
+        ({**SPLIT, "folds": []}, "x: no folds listed"),
+        ({**SPLIT, "folds": [{"train": ["a"], "val": []}]}, r"x.folds\[0\]: no validation cases"),
+        ({**SPLIT, "folds": [{"train": ["a"], "val": ["a"]}]}, r"x.folds\[0\]: case.* a both train and validate"),
         (
-            {"folds": [{"train": ["b"], "val": ["a"]}, {"train": ["b"], "val": ["a"]}]},
-            "case a validates in folds 0 and 1",
+            {**SPLIT, "folds": [{"train": ["b"], "val": ["a"]}, {"train": ["b"], "val": ["a"]}]},
+            "x: case a validates in folds 0 and 1",
         ),
     ],
 )
 def test_bad_split_files_are_refused(data, message):
     with pytest.raises(StoreError, match=message):
-        Split.from_dict(data, "x")
+        record_from_dict(Split, {"version": 1, **data}, "x")

@@ -38,6 +38,7 @@ def test_predict_with_saved_keras_checkpoint(tmp_path: Path):
     (run / "input_contract.json").write_text(
         json.dumps(
             {
+                "version": 1,
                 "patch_size_zyx": [32, 64, 64],
                 "val_patch_size_zyx": [32, 64, 64],
                 "n_classes": 3,

@@ -221,8 +221,8 @@ def test_nsd_tolerance_config_default_and_checks():
         ({"pancreas": 5.0, "tumour": 2.0}, "every region"),
         ({**NSD_TOLERANCE_MM, "liver": 5.0}, "every region"),
         ({**NSD_TOLERANCE_MM, "tumour": -1.0}, ">= 0"),
-        ({**NSD_TOLERANCE_MM, "tumour": True}, ">= 0"),
-        ({**NSD_TOLERANCE_MM, "tumour": "2 mm"}, ">= 0"),
+        ({**NSD_TOLERANCE_MM, "tumour": True}, "nsd_tolerance_mm.tumour: expected float, got True"),
+        ({**NSD_TOLERANCE_MM, "tumour": "2 mm"}, "nsd_tolerance_mm.tumour: expected float, got '2 mm'"),
         (2.0, "mapping"),
     ],
 )

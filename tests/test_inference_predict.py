@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tracemalloc
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ from lockholder import lock_held_elsewhere
 from dataset.common.atomic import TMP_SUFFIX
 from dataset.common.crashpoints import CRASH_ENV
 from dataset.common.locks import LockedError
-from dataset.contract.run import InputContract
+from dataset.common.paths import OutputInsideInputError
+from dataset.contract.run import InputContract, RunError
 from dataset.contract.store import levels_to_intensity
 from evaluation.metrics import dice
 from prediction.config import PredictConfig
@@ -226,7 +228,7 @@ def test_bad_case_is_reported_others_written_and_rerun_skips(msd: Path, tmp_path
     manifest = json.loads((out / "predictions.json").read_text())
     assert manifest["cases"]["broken"]["status"] == "failed"
     # the file format of before the typed contract: keys and their order
-    assert list(manifest) == ["cases", "run", "settings_fingerprint", "config"]
+    assert list(manifest) == ["version", "cases", "run", "settings_fingerprint", "config"]
     assert list(manifest["cases"]) == ["broken", good.name]
     assert list(manifest["cases"][good.name]) == [
         "input",
@@ -260,7 +262,7 @@ def test_an_evaluation_only_setting_keeps_predictions_up_to_date(msd: Path, tmp_
 
 
 def test_missing_contract_is_a_clear_error(tmp_path: Path):
-    with pytest.raises(PredictError, match="input_contract.json"):
+    with pytest.raises(RunError, match=r"input_contract.json: no input contract"):
         predict_cases(tmp_path, tmp_path, tmp_path / "out", predict_fn=pointwise_model)
 
 
@@ -363,7 +365,9 @@ def test_out_equal_to_the_input_folder_is_refused(msd: Path, tmp_path: Path):
     before = contents(images)
     run = write_contract_run(tmp_path / "run")
     for out in (images, link):
-        with pytest.raises(PredictError, match=rf"^--out {out} is the input folder {images}: .*choose a --out"):
+        with pytest.raises(
+            OutputInsideInputError, match=rf"^--out {out} is the input folder {images}: .*choose a --out"
+        ):
             predict_cases(run, images, out, predict_fn=pointwise_model, progress=False)
     assert contents(images) == before
 
@@ -373,7 +377,9 @@ def test_out_inside_the_dataset_is_refused(msd: Path, tmp_path: Path):
     data = copy_of(msd, tmp_path / "data")
     before = contents(data)
     run = write_contract_run(tmp_path / "run")
-    with pytest.raises(PredictError, match=rf"^--out {data / 'labelsTs'} lies inside the input folder {data}:"):
+    with pytest.raises(
+        OutputInsideInputError, match=rf"^--out {data / 'labelsTs'} lies inside the input folder {data}:"
+    ):
         predict_cases(run, data, data / "labelsTs", predict_fn=pointwise_model, progress=False)
     assert contents(data) == before
 
@@ -497,6 +503,9 @@ def test_concurrent_predict_into_the_same_folder_fails_at_once(msd: Path, tmp_pa
     from pancreas.cli import main
 
     run, out = write_contract_run(tmp_path / "run"), tmp_path / "out"
+    (run / "checkpoints").mkdir()
+    with zipfile.ZipFile(run / "checkpoints" / "best.keras", "w") as z:  # checked before the lock, never loaded
+        z.writestr("config.json", "{}")
     with lock_held_elsewhere(out) as pid:
         with pytest.raises(LockedError, match=f"in use by pid {pid}"):
             predict_cases(run, msd, out, predict_fn=pointwise_model, progress=False)

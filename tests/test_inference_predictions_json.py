@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from dataset.common.records import record_to_dict
 from dataset.contract.predictions import (
     PredictionRecord,
     Predictions,
@@ -31,8 +32,8 @@ CONFIG = {
 
 
 def legacy_bytes() -> bytes:
-    """What predict wrote before the typed contract, built the way it built it."""
-    manifest = {"cases": {}}
+    """What predict wrote before the typed contract, built the way it built it (plus the format version)."""
+    manifest = {"version": 1, "cases": {}}
     manifest.update(run="/runs/r1", settings_fingerprint="s1", config=CONFIG)
     manifest["cases"]["pancreas_010"] = {
         "input": "data/imagesTs/pancreas_010.nii.gz",
@@ -86,7 +87,7 @@ def test_same_bytes_as_before_and_round_trip(tmp_path: Path):
     write_predictions(tmp_path, typed())
     assert (tmp_path / "predictions.json").read_bytes() == legacy_bytes()
     back = read_predictions(tmp_path)
-    assert back.to_dict() == typed().to_dict()
+    assert record_to_dict(back) == record_to_dict(typed())
     assert back.cases["pancreas_010"].shape_zyx == (40, 96, 96) and back.cases["pancreas_010"].done
     write_predictions(tmp_path, back)  # read and written again: the same file
     assert (tmp_path / "predictions.json").read_bytes() == legacy_bytes()
@@ -107,13 +108,21 @@ def test_no_record_is_none(tmp_path: Path):
     assert read_predictions(tmp_path) is None
 
 
+def with_case(**fields) -> str:
+    """A predictions.json text whose one case ``a`` has ``fields`` on top of a good record."""
+    case = {"input": "a.nii.gz", "input_fingerprint": None, "settings_fingerprint": "s", "status": "done", **fields}
+    return json.dumps({"version": 1, "cases": {"a": case}, "run": "r", "settings_fingerprint": "s", "config": {}})
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("{not json", "unreadable predictions record"),
-        ('{"name": "Pancreas"}', "not a predictions record"),
-        ('{"cases": {"a": {"input": "a.nii.gz", "status": "weird"}}}', "case a: status 'weird'"),
-        ('{"cases": {"a": {"input": "a.nii.gz", "status": "done", "colour": 1}}}', "case a: not a prediction record"),
+        ('{"name": "Pancreas"}', r"older pancreas-seg \(no format version; this one reads 1\)"),
+        ('{"version": 2, "cases": {}}', r"newer pancreas-seg \(format version 2; this one reads 1\)"),
+        ('{"version": 1, "name": "Pancreas"}', r"unknown key\(s\) name"),
+        (with_case(status="weird"), "cases.a: status 'weird'"),
+        (with_case(colour=1), r"cases.a: unknown key\(s\) colour"),
     ],
 )
 def test_damaged_record_is_one_line_naming_the_file(tmp_path: Path, text: str, message: str):

@@ -227,7 +227,7 @@ def test_listed_non_nifti_file_is_ignored(tmp_path):
     [
         ({"training": [{"image": "./imagesTr/a.nii.gz"}]}, r"training\[0\] must have"),
         ({"test": ["./imagesTs/a.nii.gz", "./imagesTr/a.nii.gz"]}, "appears twice"),
-        ({"labels": {"x": "bad"}}, "'labels' must map"),
+        ({"labels": {"x": "bad"}, "channel_names": {"0": "CT"}}, "'labels' must map"),
     ],
 )
 def test_bad_dataset_json(tmp_path, meta, fragment):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
+from dataset.common.paths import OutputInsideInputError
 from dataset.contract.store import shard_path
 from evaluation.qc import (
     COLUMNS,
@@ -248,7 +249,7 @@ def small_store(root: Path) -> Path:
 def test_out_inside_the_store_is_refused(tmp_path):
     store = small_store(tmp_path)
     for out in (store, store / "qc", store / "cases"):
-        with pytest.raises(QcError, match="qc never writes into the store"):
+        with pytest.raises(OutputInsideInputError, match=r"^--out .* the store .*: outputs never go into a folder"):
             run_qc(store, out, progress=False)
     assert not (store / "qc").exists() and not (store / "cases" / "qc.json").exists()
 

@@ -214,6 +214,7 @@ def test_state_json_keeps_its_keys_and_order(tmp_path):
     write_state(tmp_path, state)
     data = json.loads((tmp_path / "state.json").read_text())
     assert list(data) == [
+        "version",
         "epoch",
         "best_value",
         "best_epoch",

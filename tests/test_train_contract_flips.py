@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from dataset.common.records import record_to_dict
 from dataset.contract.run import RunFingerprints, read_input_contract, write_input_contract
 from training.config import AugmentConfig, TrainConfig
 from training.preflight import RunInputs, input_contract
@@ -36,4 +37,4 @@ def test_input_contract_records_the_flips(tmp_path: Path, augment, recorded, mir
     contract = input_contract(inputs(), TrainConfig(augment=augment))
     write_input_contract(tmp_path, contract)
     back = read_input_contract(tmp_path)
-    assert back.to_dict()["flip_augment"] == recorded and back.mirror_axes == mirror
+    assert record_to_dict(back)["flip_augment"] == recorded and back.mirror_axes == mirror

@@ -79,7 +79,7 @@ def test_the_run_trains_on_its_folds_manifests_and_records_the_fold(two_fold_sto
     assert list(data)[-2:] == ["fold", "n_folds"]  # the table's order (dataset.contract.run)
 
 
-@pytest.mark.parametrize("fold", [2, 7, -1])
+@pytest.mark.parametrize("fold", [2, 7])  # -1: not a fold number (tests/test_messages_name_the_file.py)
 def test_a_fold_the_index_lacks_is_refused_with_nothing_written(two_fold_store, tmp_path, fold):
     from training.run import train
 

@@ -1,25 +1,7 @@
-"""Checkpoints and ``state.json`` committed together, once per epoch.
+"""Checkpoints and ``state.json`` committed together, once per epoch (``RunCheckpoint``).
 
-The protocol (``dataset.contract.run`` documents the files): at the end of epoch ``g``
-
-1. ``checkpoints/best.<g>.keras`` when the validation pancreas Dice improved
-   (crash points ``checkpoint-best:written``, ``checkpoint-best:renamed``);
-2. ``checkpoints/last.<g>.keras`` (``checkpoint-last:written``, ``checkpoint-last:renamed``);
-3. ``state.json`` with ``generation = g``: the commit (``state:written``, ``state:renamed``);
-4. the generation files renamed onto ``best.keras`` and ``last.keras``
-   (``checkpoint-best:published``, ``checkpoint-last:published``).
-
-``settle_checkpoints`` finishes step 4 or undoes steps 1-2 of an epoch that never
-committed (``checkpoint-stale:removed``); a resume runs it before loading anything, so a
-kill at any of these points resumes exactly the committed epoch. ``load_for_resume``
-then checks the loaded optimizer's step count against ``state.json``'s ``iterations``:
-a disagreement (only possible in a run folder written before this protocol, or edited
-by hand) is refused with one line, never trained on. An epoch whose loss is not finite
-commits nothing: the last good checkpoint and state stay.
-
-Why renames and not copies or links: at rest the folder holds only ``best.keras`` and
-``last.keras`` (the paths ``predict`` loads), an epoch costs no more disk than one extra
-checkpoint while it commits, and nothing depends on the filesystem supporting links.
+A resume runs ``settle_checkpoints`` before loading anything. The protocol, step by step with its
+crash points: docs/explanation/internals.md#the-per-epoch-commit-trainingcheckpointspy.
 """
 
 from __future__ import annotations
@@ -36,6 +18,7 @@ import keras
 
 from dataset.common.atomic import atomic_path, fsync_path
 from dataset.common.crashpoints import commit_point
+from dataset.common.verify import verify_zip
 from dataset.contract.run import (
     CHECKPOINTS_DIR,
     STATE_NAME,
@@ -53,9 +36,14 @@ BEST_MONITOR = "val_dice_pancreas"
 
 
 def save_model_atomic(model: keras.Model, path: Path, point: str | None = None) -> None:
-    """``model.save`` to a temporary ``.keras`` name next to ``path``, then rename (durably)."""
+    """``model.save`` to a temporary ``.keras`` name next to ``path``, then rename (durably).
+
+    The ``.keras`` zip is read back (``verify_zip``) before the rename, so a disk that filled
+    during the save can never leave a torn checkpoint under its final name.
+    """
     with atomic_path(path, ending=".keras", point=point) as tmp:
         model.save(tmp)
+        verify_zip(tmp, path)
 
 
 def _committed_generation(kind: str, state: RunState | None) -> int | None:

@@ -1,15 +1,8 @@
 """Distribution strategy, mixed precision, XLA, determinism and the compiled model they wrap.
 
-``plan_execution`` decides, from the config and the visible devices alone (no strategy is
-built and nothing is written), what a run will execute on; ``pancreas train`` prints it as
-one line before any work and refuses ``--require-gpu`` on a machine without a GPU.
-
-XLA (``jit_compile``): ``auto`` turns it on only where it helps and works: a GPU is visible,
-there is no distribution strategy (XLA under ``MirroredStrategy`` fails at the first step
-with "Trying to access resource ... located in device"; tested here on two logical CPUs,
-keras-team/keras#19005, which is why Keras' own ``auto`` turns it off there too), and
-``deterministic`` is false (the U-Net's max-pool gradient has no deterministic XLA kernel on
-GPUs, keras-team/keras#20315). An explicit ``true`` under a strategy is refused up front.
+``plan_execution`` decides from the config and the visible devices alone (nothing built or written).
+See docs/how-to/train.md#what-it-runs-on and
+docs/explanation/internals.md#strategy-precision-and-xla-trainingdistributepy.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
 """What the code runs on and with: devices, package versions, TensorFlow's CUDA build, two checks.
 
-``pancreas env`` prints it; every training start appends it to ``RUN_DIR/environment.json``
-(``dataset.contract.run``), so a run says which software and hardware made its weights.
-``visible_gpus`` is the one place GPUs are listed: the device line of ``pancreas train``,
-``--require-gpu`` and ``jit_compile: auto`` all ask it, and tests replace it to play a
-machine without a GPU. Listing physical devices does not start TensorFlow's runtime, and
-TensorFlow itself is imported only inside the functions that need it, so ``pancreas env``
-still reports everything else when TensorFlow is missing.
+``visible_gpus`` is the one place GPUs are listed (tests replace it); TensorFlow is imported only
+inside the functions that need it. See docs/explanation/internals.md#the-environment-trainingenvironmentpy.
 """
 
 from __future__ import annotations

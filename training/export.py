@@ -1,30 +1,6 @@
-"""``pancreas export``: a training run's model as a TensorFlow SavedModel, for serving.
+"""``pancreas export``: a training run's model as a TensorFlow SavedModel, for serving (``export_run``).
 
-``export_run(RUN_DIR, DIR, checkpoint)`` writes::
-
-    DIR/saved_model.pb, variables/, assets/, fingerprint.pb   the SavedModel (Keras 3 ``model.export``)
-    DIR/input_contract.json   the run's contract: the preprocessing a server must apply first
-    DIR/README.txt            how to call it
-    DIR/export.json           what was exported (run, checkpoint, model fingerprint, signature)
-
-The serving signature (``serving_default``, also the ``serve`` function) takes
-``image``: float32 ``(batch, z, y, x, 1)`` and returns ``output_0``: float32
-``(batch, z, y, x, 3)`` class probabilities (softmax). Batch and spatial sizes are left
-dynamic where the model's input is (this project's U-Net takes any edge that is a multiple
-of ``2**depth``); a model built for one size keeps that size. The SavedModel is the
-network only: the preprocessing, the sliding window, its Gaussian weighting, mirroring and
-putting the labels back onto the scan's grid are what ``pancreas predict`` adds.
-
-The default checkpoint is ``best``, as for ``pancreas predict``: the served model is the
-one predict would use.
-
-Atomic: the export is built in a temporary folder next to DIR
-(``.<DIR>.export-<random>.pancreas-tmp``), fsynced, and renamed onto DIR; an earlier export in DIR
-is moved aside first and deleted after. A kill leaves the old export or the new one, or,
-between the two renames, neither (rerun the export); the next export sweeps the
-temporaries. DIR's lock is held throughout and carried into the new folder (a hard link
-to the same lock file), so a second export into DIR stops at once. A DIR that exists, is
-not empty and holds no ``export.json`` is refused before anything is written.
+See docs/how-to/export.md; the signature and the atomic swap: docs/explanation/internals.md#export-trainingexportpy.
 """
 
 from __future__ import annotations
@@ -43,6 +19,8 @@ from dataset.common.atomic import TMP_SUFFIX, fsync_path, read_json, write_json_
 from dataset.common.errors import PancreasError
 from dataset.common.fingerprints import fingerprint_file
 from dataset.common.locks import LOCK_NAME, exclusive_lock
+from dataset.common.paths import refuse_inside
+from dataset.common.verify import naming_full_disk
 from dataset.contract.run import (
     INPUT_CONTRACT_NAME,
     InputContract,
@@ -237,6 +215,13 @@ def _write_export(folder: Path, contract: InputContract, summary: ExportSummary)
     return summary
 
 
+def _write_export_naming_full_disk(folder: Path, contract: InputContract, summary: ExportSummary) -> ExportSummary:
+    """``_write_export``; a full disk is one line naming the export (TensorFlow's SaveV2 raises
+    ``ResourceExhaustedError``, with a traceback, naming only its own temporary file)."""
+    with naming_full_disk(summary.out):
+        return _write_export(folder, contract, summary)
+
+
 def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "best") -> ExportSummary:
     """Export RUN_DIR's ``checkpoint`` model into ``out`` as a SavedModel (see the module docstring)."""
     run_dir, out = Path(run_dir), Path(os.path.abspath(out))  # "--out ." names the folder, not "."
@@ -246,6 +231,7 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "best") -
     model_path = checkpoint_path(run_dir, checkpoint)
     if not model_path.is_file():
         raise RunError(f"{run_dir}: no checkpoint {model_path.name} in checkpoints/ (no epoch completed yet?)")
+    refuse_inside(out, [("model's run folder", run_dir)], "--out")
     holds_export(out)  # refuse before writing anything, not even the lock file
     with exclusive_lock(out):
         replaced = holds_export(out)
@@ -255,7 +241,7 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "best") -
         summary = ExportSummary(out, run_dir, checkpoint, model_path, (), 2 ** int(contract.model_depth), replaced)
         folder = _temp_dir(out)
         try:
-            summary = _write_export(folder, contract, summary)
+            summary = _write_export_naming_full_disk(folder, contract, summary)
             _fsync_tree(folder)
             _swap_in(folder, out)
         finally:

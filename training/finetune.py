@@ -1,36 +1,7 @@
 """Fine-tuning: start a new run from the weights of another run or of a bare ``.keras`` model.
 
-``pancreas train --init-from SOURCE`` builds the configured U-Net, copies SOURCE's weights
-into it and trains from epoch 0 with a fresh optimiser (step 0, the config's learning rate
-and a new ReduceLROnPlateau schedule) on the given store. SOURCE is
-
-* ``RUN_DIR``: its ``checkpoints/last.keras``;
-* ``RUN_DIR/checkpoints/best.keras`` (or ``last.keras``): that checkpoint, still checked
-  against its run's input contract;
-* any other ``MODEL.keras``: a bare model, whose preprocessing cannot be checked (warning).
-
-Why ``last`` by default: ``best`` was chosen on the *source* store's validation cases,
-which say little about the new data, while ``last`` is the end of the schedule the source
-run completed (resume continues ``last`` too). Pass the path of ``best.keras`` to start
-from the best epoch instead.
-
-What must agree, so the weights mean the same thing on the new store (the first
-disagreement is one line naming the key and both values, before anything is written):
-the preprocessing config (every key but ``limits``, which only decides which cases are
-accepted: spacing, HU window, equalisation, crop, ...) of the source's input contract and
-of the new store's catalog, and the model's input description; from the model itself:
-``model.depth``, ``model.base_filters``, ``n_classes`` and the input channels (1). The
-preprocessing *fingerprint* is not compared: it includes library versions, which differ
-between a laptop and a GPU box without changing the config. The patch sizes and flips may
-differ (the U-Net is fully convolutional).
-
-The run records where it started in ``fingerprints.json`` (``init_from``, written once
-when the run starts, like the store fingerprints: ``dataset.contract.run``), so a
-``--resume`` of a run killed before its first epoch committed starts from the same
-weights again (and refuses if that file has changed since). One gap: a kill between
-``config.json`` and ``fingerprints.json`` (the first two files a start writes) leaves a
-run that cannot know it was a fine-tuning run, so its ``--resume`` starts from random
-weights; it has trained nothing, so delete that folder and start again.
+``pancreas train --init-from SOURCE``: docs/how-to/train.md#fine-tuning-on-your-own-data and
+docs/explanation/internals.md#fine-tuning-trainingfinetunepy.
 """
 
 from __future__ import annotations
@@ -47,6 +18,7 @@ import numpy as np
 
 from dataset.common.configio import flatten_mapping
 from dataset.common.fingerprints import fingerprint_file
+from dataset.common.modelfiles import keras_file_problem
 from dataset.contract.catalog import catalog_path
 from dataset.contract.run import (
     CHECKPOINTS_DIR,
@@ -106,6 +78,9 @@ def resolve_init_source(path: str | Path) -> InitSource:
                 "completed); wait for one, or name a .keras file"
             )
         return InitSource(model.resolve(), path.resolve(), "last")
+    problem = keras_file_problem(path) if path.is_file() else None
+    if problem:
+        raise RunError(f"--init-from {path}: {problem}")
     if path.suffix != ".keras" or not path.is_file():
         raise RunError(f"--init-from {path}: no such run folder or .keras model")
     run_dir = path.resolve().parent.parent
@@ -204,7 +179,7 @@ def _load_weights(source: InitSource, config: TrainConfig) -> dict[str, list[np.
         model = keras.saving.load_model(source.model_path, compile=False)
     except Exception as err:
         raise RunError(
-            f"--init-from {source.model_path}: cannot load the model ({type(err).__name__}: "
+            f"--init-from {source.model_path}: not a readable Keras model ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''})"
         ) from None
     check_architecture(architecture_of(model, source.model_path), config, source.model_path)

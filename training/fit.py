@@ -16,6 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from dataset.common.verify import naming_full_disk
 from dataset.contract.reader import PatchReader
 from dataset.contract.run import HISTORY_NAME, LOGS_DIR, RunState
 from training.callbacks import (
@@ -188,17 +189,18 @@ def fit(
     train_ds, val_ds, validation_steps = _datasets(inputs, config, replicas, state.epoch)
     stateful = _scheduler_callbacks(config, state)
     callbacks = _callbacks(run_dir, config, inputs, state, stateful)
-    history = model.fit(
-        train_ds,
-        epochs=config.epochs,
-        initial_epoch=state.epoch,
-        steps_per_epoch=config.steps_per_epoch,
-        validation_data=val_ds,
-        validation_steps=validation_steps,
-        callbacks=callbacks,
-        shuffle=False,  # the stream is shuffled by the pipeline
-        verbose=1 if progress and sys.stderr.isatty() else 2,  # progress: Keras' bar, else a line per epoch
-    )
+    with naming_full_disk(run_dir):  # history.csv and TensorBoard's events are written by Keras and TensorFlow
+        history = model.fit(
+            train_ds,
+            epochs=config.epochs,
+            initial_epoch=state.epoch,
+            steps_per_epoch=config.steps_per_epoch,
+            validation_data=val_ds,
+            validation_steps=validation_steps,
+            callbacks=callbacks,
+            shuffle=False,  # the stream is shuffled by the pipeline
+            verbose=1 if progress and sys.stderr.isatty() else 2,  # progress: Keras' bar, else a line per epoch
+        )
     summary = _summary(run_dir, config, inputs, state.epoch, callbacks[-1], stateful, model, history, replicas)
     if init is not None:
         summary.extra["init_from"] = dict(init.record)

@@ -1,32 +1,7 @@
 """Segmentation losses: pure functions plus thin registered, serialisable Loss classes.
 
-Generalized Dice Loss (Sudre et al. 2017)::
-
-    GDL = 1 - 2 * sum_l w_l sum_n r_ln p_ln / sum_l w_l sum_n (r_ln + p_ln),
-    w_l = 1 / (sum_n r_ln)^2
-
-``r`` one-hot ground truth, ``p`` softmax probabilities, ``l`` classes, ``n`` voxels.
-
-Absent classes (sum_n r_ln = 0, so w_l = inf) are treated like MONAI's
-``GeneralizedDiceLoss``: the infinite weight is replaced by the largest finite weight
-of the same sample (``reduction="sample"``) or batch (``"batch"``). A predicted class
-that is absent from the ground truth then costs as much as the rarest present class,
-instead of the seed project's fixed 1e6 weight that swamped background-only patches.
-If *no* class is present (only possible with ``exclude_background``) all weights are 1,
-so false positives still cost.
-
-Two deliberate details:
-
-* The weights are divided by their sum before use. The ratio is unchanged, but
-  ``1/n^2`` weights make the weighted sums about ``1/n`` (1e-4 for a 10,000-voxel
-  pancreas), where a 1e-5 smoothing term would be a 10% bias; normalised, the sums are
-  in voxels and the smoothing (``smooth_nr``/``smooth_dr``, default 1e-5 like MONAI)
-  only guards 0/0.
-* Everything is computed in float32 whatever the mixed precision policy.
-
-Alternatives (``LossConfig.name``): ``cross_entropy`` (categorical cross-entropy over the
-3 softmax classes; the seed project called its version "bce") and ``dice_cross_entropy``
-(GDL + ``ce_weight`` * CE, the nnU-Net-style compound).
+Generalized Dice (absent classes as in MONAI), cross-entropy and their compound, all in float32.
+The definitions: docs/explanation/internals.md#the-loss-traininglossespy.
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
-"""Per-class Dice accumulated over an epoch from TP/FP/FN counts.
+"""Per-class Dice accumulated over an epoch from int64 TP/FP/FN counts, not averaged over batches.
 
-Keras averages per-batch metric *values* unless a metric keeps its own state; a Dice
-averaged over batches over-weights small batches and patches without the class. This
-metric adds up true positives, false positives and false negatives of the argmax
-prediction (``update_state``) and computes ``2 TP / (2 TP + FP + FN)`` once
-(``result``), so an epoch's value is the exact Dice over all its voxels.
-
-Counts are int64: an epoch of 250 batches of 2 x 128x128x64 is 5e8 voxels, beyond the
-2^24 integers float32 holds exactly. A class absent from both ground truth and
-prediction over the whole epoch scores 1.0 (nothing to find, nothing wrongly found).
+See docs/explanation/internals.md#the-dice-metric-trainingmetricspy.
 """
 
 from __future__ import annotations

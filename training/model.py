@@ -1,17 +1,7 @@
 """3D U-Net (Keras functional API) built from small named block builders.
 
-Input ``(batch, z, y, x, 1)`` float32 intensities in [0, 1], channels last (TensorFlow on
-a CPU cannot run channels-first Conv3D); any spatial size divisible by ``2**depth``.
-Output ``(batch, z, y, x, n_classes)`` softmax probabilities, always float32 so losses
-and metrics are stable under mixed precision.
-
-Parameter counts with the default depth 4 (two 3x3x3 convolutions per level, filters
-doubled per level, transposed-convolution upsampling, 3 classes):
-
-* ``base_filters=16`` (default): 5,649,363 parameters (5,646,419 trainable); trains on
-  a CPU (about 3.6 s per 128x128x64 batch of 2 on 2 cores).
-* ``base_filters=64`` (the seed project's): 90,310,467 parameters (90,298,691 trainable),
-  16x more (conv parameters scale with filters squared).
+Input ``(batch, z, y, x, 1)`` float32 in [0, 1], channels last, edges divisible by ``2**depth``;
+output float32 softmax. Parameter counts: docs/explanation/internals.md#the-model-trainingmodelpy.
 """
 
 from __future__ import annotations

@@ -1,26 +1,7 @@
 """tf.data input pipeline over the index manifests.
 
-Shape of the training stream (why each step is where it is):
-
-1. ``Dataset.range(n).shuffle(n, seed, reshuffle_each_iteration=True).repeat()``: every
-   epoch of the stream is a fresh permutation of *all* manifest rows (all cases), and
-   the stream never ends (Keras draws ``steps_per_epoch`` batches per epoch from it).
-   ``enumerate`` numbers the draws so each draw knows its stream epoch.
-2. Read, in ``tf.numpy_function``: only the HDF5 read of uint8 levels and label
-   (``dataset.contract.reader.PatchReader.read_levels``, about 1 ms per 128x128x64 patch). h5py
-   serialises on a global lock and Python holds the GIL, so Python does nothing else.
-3. Everything else is TF graph ops in ``map(num_parallel_calls=AUTOTUNE)``, which run in
-   parallel outside the GIL: cast, scale by 1/255, online augmentation (flips, Gaussian
-   noise, global offset), then ``batch`` and ``prefetch``. Labels stay uint8 class
-   indices; the loss and metrics one-hot them on the device.
-
-Augmentation randomness is stateless: each draw's seed is ``(row seed, seed * 1000003
-+ stream epoch)``, so a run is reproducible for a config seed, a row gets different
-transforms in different epochs, and parallel map threads cannot change the result. As
-in TorchIO, drawing the parameters (:func:`draw_augment_params`) is separate from
-applying them (:func:`apply_augment`).
-
-Validation: the validation manifest in file order, no augmentation, finite.
+Only the HDF5 read runs in Python; augmentation is graph ops with stateless seeds. Why each step is
+where it is: docs/explanation/internals.md#the-input-pipeline-trainingpipelinepy.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from dataset.common.errors import UsageError
 from dataset.contract.catalog import Catalog, read_catalog
 from dataset.contract.fingerprints import store_fingerprint
 from dataset.contract.index import REINDEX, check_index, read_index_summary
@@ -48,6 +49,8 @@ def check_cases(rows: list[dict[str, Any]], catalog: Catalog, what: str) -> None
 
 def read_run_inputs(store: str | Path, config: TrainConfig, fold: int = 0) -> RunInputs:
     """Catalog, committed index and fold ``fold``'s manifests, checked against each other and the model."""
+    if isinstance(fold, bool) or not isinstance(fold, int) or fold < 0:
+        raise UsageError(f"--fold must be a fold number 0, 1, ... (an integer >= 0), got {fold!r}")
     store = Path(store)
     if not store.is_dir():
         raise StoreError(f"{store}: store not found")

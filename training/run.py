@@ -1,35 +1,15 @@
 """A training run: ``train(store, run_dir, config, resume, fold) -> TrainSummary``.
 
-It trains on fold ``fold`` of the store's index (``STORE/index/fold_<fold>/``) and
-records the fold in ``input_contract.json``; folds are independent runs, each into its
-own RUN_DIR, so they may train side by side on one read-only store.
-
-RUN_DIR layout (the files and their fields: ``dataset.contract.run``)::
-
-    config.json            resolved training config
-    fingerprints.json      store and index fingerprints the run was started on
-    input_contract.json    what a model of this run expects (inference checks it)
-    state.json             the commit record of the last completed epoch
-    history.csv            one row per epoch (CSVLogger; cut back and appended on resume)
-    environment.json       every start's software, devices and resolved XLA/strategy (training.environment)
-    checkpoints/best.keras best validation pancreas Dice
-    checkpoints/last.keras end of the last completed epoch (with optimiser state)
-    logs/                  TensorBoard: train/ validation/ scalars, images/
-
-The run holds RUN_DIR's lock throughout. Every check (store, index, patch sizes, run
-folder) happens before anything is written, so a bad call leaves an existing run
-untouched; each epoch's checkpoints and state are one commit (``training.checkpoints``).
-
-The pieces, one concern each: ``training.preflight`` (what is read from the store),
-``training.rundir`` (the folder's lifecycle), ``training.fit`` (the fit),
-``training.checkpoints`` (the per-epoch commit), ``training.distribute`` (strategy,
-precision, the compiled model), ``training.profile`` (profiling modes).
+Holds RUN_DIR's lock throughout and checks everything before writing. The files:
+docs/reference/contract.md#the-run-train; the pieces:
+docs/explanation/internals.md#the-run-trainingrunpy-and-its-pieces.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from dataset.common.paths import refuse_inside
 from dataset.contract.run import HISTORY_NAME, RunError
 from training.config import TrainConfig
 from training.distribute import (
@@ -61,6 +41,7 @@ def train(
     check_execution(config)  # a precision or XLA setting this machine cannot run: refused before anything is written
     if init_from is not None and resume:
         raise RunError(INIT_WITH_RESUME)
+    refuse_inside(run_dir, [("store", store), ("run of --init-from", init_run_folder(init_from))], "--out")
     inputs = read_run_inputs(store, config, fold)
     init = load_init_weights(init_from, config, inputs) if init_from is not None else None
     with open_run_dir(run_dir, resume):
@@ -70,6 +51,15 @@ def train(
         prepare_run_dir(run_dir, config, inputs, state, init.record if init else None)
         with execution_settings(config):  # precision policy and, when deterministic, op determinism
             return fit(run_dir, config, inputs, state, init, progress)
+
+
+def init_run_folder(init_from: str | Path | None) -> Path | None:
+    """The run folder ``--init-from`` reads (RUN_DIR, or the run of RUN_DIR/checkpoints/X.keras);
+    ``None`` for a loose model file, whose folder may be anything (the working directory)."""
+    path = None if init_from is None else Path(init_from)
+    if path is None or path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else None
 
 
 def run_dir_summary_lines(summary: TrainSummary) -> list[str]:

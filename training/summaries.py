@@ -1,10 +1,6 @@
-"""TensorBoard event writing that needs only TensorFlow (not the ``tensorboard`` package).
+"""TensorBoard event writing with TensorFlow alone: TensorFlow 2.21 no longer installs ``tensorboard``.
 
-TensorFlow 2.21 no longer installs ``tensorboard``, and without it ``tf.summary.scalar`` /
-``tf.summary.image`` (and Keras' TensorBoard callback) raise ``TBNotInstalledError``.
-Those wrappers only attach plugin metadata to ``tf.summary.write``; this module does the
-same with TensorFlow's own ``SummaryMetadata`` proto, so the files are what TensorBoard
-reads (install ``tensorboard`` only where the logs are viewed).
+See docs/explanation/internals.md#tensorboard-events-trainingsummariespy.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from typing import Any
 from dataset.common.crashpoints import commit_point
 from dataset.common.errors import PancreasError
 from dataset.common.locks import file_mode, holds_lock
+from dataset.common.verify import naming_full_disk, short_write
 
 TMP_SUFFIX = ".pancreas-tmp"
 NO_FSYNC_ENV = "PANCREAS_NO_FSYNC"
@@ -67,19 +68,21 @@ def atomic_path(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = _mkstemp_like(path, ending)
+    with naming_full_disk(path):
+        tmp_path = _mkstemp_like(path, ending)
     point = point or path.name
     try:
-        yield tmp_path
-        if keep_identical and path.is_file() and filecmp.cmp(tmp_path, path, shallow=False):
-            return
-        if tmp_path.exists():  # mkstemp creates 0600; give the file ordinary permissions
-            os.chmod(tmp_path, file_mode())
-            fsync_path(tmp_path)
-        commit_point(f"{point}:written")
-        os.replace(tmp_path, path)
-        fsync_path(path.parent)
-        commit_point(f"{point}:renamed")
+        with naming_full_disk(path):
+            yield tmp_path
+            if keep_identical and path.is_file() and filecmp.cmp(tmp_path, path, shallow=False):
+                return
+            if tmp_path.exists():  # mkstemp creates 0600; give the file ordinary permissions
+                os.chmod(tmp_path, file_mode())
+                fsync_path(tmp_path)
+            commit_point(f"{point}:written")
+            os.replace(tmp_path, path)
+            fsync_path(path.parent)
+            commit_point(f"{point}:renamed")
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -103,11 +106,11 @@ def write_bytes_atomic(path: str | Path, data: bytes, point: str | None = None) 
             fh.write(data)
         size = tmp.stat().st_size
         if size != len(data):
-            raise OSError(f"{path}: only {size} of {len(data)} bytes reached the disk (is {Path(path).parent} full?)")
+            raise short_write(path, size, len(data))
 
 
-def read_json(path: str | Path, what: str, hint: str = "", error: type[Exception] = ReadError) -> Any:
-    """A JSON file's content, or ``error`` with one line: the path, what it is, what is wrong.
+def read_json(path: str | Path, what: str, hint: str = "") -> Any:
+    """A JSON file's content, or ``ReadError`` with one line: the path, what it is, what is wrong.
 
     ``what`` names the file's role ("index summary"); ``hint`` says what to do
     ("rerun `pancreas index`").
@@ -117,13 +120,15 @@ def read_json(path: str | Path, what: str, hint: str = "", error: type[Exception
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise error(f"{path}: no {what}{tail}") from None
+        raise ReadError(f"{path}: no {what}{tail}") from None
     except OSError as err:
-        raise error(f"{path}: cannot read the {what} ({err.strerror or err}){tail}") from None
+        raise ReadError(f"{path}: cannot read the {what} ({err.strerror or err}){tail}") from None
+    except UnicodeDecodeError as err:
+        raise ReadError(f"{path}: the {what} is not UTF-8 text (byte {err.start}: {err.reason}){tail}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise error(f"{path}: unreadable {what} ({err}){tail}") from None
+        raise ReadError(f"{path}: unreadable {what} ({err}){tail}") from None
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

@@ -20,7 +20,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -80,6 +80,10 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         return _convert_section(value, annotation, where)
     if origin is tuple:
         return _convert_tuple(value, typing.get_args(annotation), where)
+    if origin is list:
+        return _convert_list(value, typing.get_args(annotation), where)
+    if origin in (dict, Mapping):
+        return _convert_mapping(value, typing.get_args(annotation), where)
     if annotation in SCALARS:
         return _convert_scalar(value, annotation, where)
     return value  # Any and other annotations are left to the dataclass's own checks
@@ -121,6 +125,21 @@ def _convert_tuple(value: Any, args: tuple[Any, ...], where: str) -> tuple:
     return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
 
 
+def _convert_list(value: Any, args: tuple[Any, ...], where: str) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    item = args[0] if args else Any
+    return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+
+
+def _convert_mapping(value: Any, args: tuple[Any, ...], where: str) -> dict:
+    """``dict[str, X]`` / ``Mapping[str, X]``: a mapping of string keys, each value checked as X."""
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"{where}: expected a mapping with string keys, got {value!r}")
+    item = args[1] if len(args) == 2 else Any
+    return {k: _convert(v, item, _child(where, k)) for k, v in value.items()}
+
+
 def _convert_scalar(value: Any, annotation: type, where: str) -> Any:
     """YAML's ``true`` is not a number and ``1`` is not a flag (Python's bool is an int)."""
     if isinstance(value, bool) != (annotation is bool):
@@ -151,11 +170,18 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
     unknown = sorted(str(k) for k in set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and _required(f)]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
     kwargs = {k: _convert(v, hints[k], _child(where, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from err
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] = ()) -> T:
@@ -180,14 +206,34 @@ def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] 
 
 def _read_yaml(path: Path) -> Any:
     try:
-        return yaml.load(path.read_text(), Loader=_Loader)
+        text = path.read_text()
+        _refuse_duplicate_keys(path, yaml.compose(text, Loader=_Loader))
+        return yaml.load(text, Loader=_Loader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{where}: not valid YAML ({problem})") from None
+
+
+def _refuse_duplicate_keys(path: Path, node: yaml.Node | None) -> None:
+    """A key given twice in one mapping: PyYAML keeps the last silently, hiding the first from its reader."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[object] = set()
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in seen:
+                    where = f"{path}:{key.start_mark.line + 1}:{key.start_mark.column + 1}"
+                    raise ConfigError(f"{where}: key {key.value!r} is given twice; keep one")
+                seen.add(key.value)
+            _refuse_duplicate_keys(path, value)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(path, item)
 
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")

@@ -1,10 +1,7 @@
-"""Crash points: named steps of a commit where the crash tests kill or fill the disk.
+"""Crash points: named steps of a commit where the crash tests kill or fill the disk (``commit_point``).
 
-``commit_point(name)`` marks each step of a commit (temporary written, renamed, record
-updated). ``PANCREAS_CRASH_AT=name#n`` SIGKILLs the process the n-th time it reaches
-``name``, ``PANCREAS_CRASH_LOG=file`` lists every point a run reaches, and
-``PANCREAS_ENOSPC_AT=name#n`` makes that step fail as a full disk would. Unset (normal
-use), a point costs three environment lookups. See docs/explanation/commit-protocol.md.
+The ``PANCREAS_CRASH_AT``, ``PANCREAS_CRASH_LOG`` and ``PANCREAS_ENOSPC_AT`` variables:
+docs/explanation/commit-protocol.md#crash-points.
 """
 
 from __future__ import annotations

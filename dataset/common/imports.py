@@ -1,10 +1,7 @@
 """Imports of compiled dependencies that a plain ``pip install .`` can leave broken.
 
-elasticdeform 0.5.1's wheel on PyPI is built against NumPy 1; beside NumPy 2 its import
-prints NumPy's page-long warning with a traceback and fails with "numpy.core.multiarray
-failed to import". That says nothing about the fix, which is one command: compile it
-here, against the NumPy installed here. ``import_elasticdeform`` swallows NumPy's page and
-raises ``DependencyError`` whose message is that command; the CLI prints it as one line.
+``import_elasticdeform`` turns NumPy's page-long failure into a ``DependencyError`` naming the one
+command that fixes it (docs/explanation/design-facts.md#libraries-and-their-versions).
 """
 
 from __future__ import annotations

@@ -58,6 +58,7 @@ def exclusive_lock(folder: str | Path, create: bool = True) -> Iterator[Path]:
     import fcntl
 
     folder = Path(folder)
+    created = _missing_folders(folder) if create else []
     if create:
         folder.mkdir(parents=True, exist_ok=True)
     key = folder.resolve()
@@ -74,6 +75,7 @@ def exclusive_lock(folder: str | Path, create: bool = True) -> Iterator[Path]:
                 os.close(fd)
         return
     lock_file = key / LOCK_NAME
+    lock_was_there = lock_file.exists() or lock_file.is_symlink()
     try:  # O_NOFOLLOW: a lock "file" that is a link must never truncate the file it points to
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, file_mode())
     except OSError as err:
@@ -104,9 +106,26 @@ def exclusive_lock(folder: str | Path, create: bool = True) -> Iterator[Path]:
     _held[key] = (fd, 1)
     try:
         yield key
+    except PancreasError:  # a refusal leaves the folder as it was: no lock file, no folder of its own
+        if not lock_was_there:
+            lock_file.unlink(missing_ok=True)  # still held: no other process can be inside
+        for made in reversed(created):
+            with contextlib.suppress(OSError):  # not empty: something else is there now
+                made.rmdir()
+        raise
     finally:
         fd, depth = _held.pop(key)
         os.close(fd)  # releases the flock
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those above it that do not exist yet, outermost first (what ``mkdir`` will create)."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists() or path.is_symlink():
+            break
+        missing.append(path)
+    return missing[::-1]
 
 
 def holds_lock(folder: str | Path) -> bool:

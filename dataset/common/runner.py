@@ -1,11 +1,7 @@
-"""The one way parallel stages run their cases: ``run_cases`` on Dask (or in-process).
+"""The one way parallel stages run their cases: ``run_cases`` on Dask (or in-process); ``dask_client``.
 
-``dask_client`` gives a local cluster of processes, or an existing scheduler.
-
-Worker processes with one thread each, because h5py serialises every call behind one
-lock (threads never read HDF5 in parallel) and SimpleITK/elasticdeform work is CPU-bound;
-each process opens its own files. ``preprocess`` and ``index`` share this one function so
-``--workers`` and ``--scheduler`` mean the same thing in both.
+Worker processes with one thread each (h5py serialises every call). See
+docs/explanation/internals.md#the-runner-datasetcommonrunnerpy.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
 """``STORE/index/augmented/<case_id>.h5``: a case's elastically deformed foreground patches.
 
-Written by ``pancreas index`` (``dataset.index.augment`` computes the deformations), read
-by ``dataset.contract.reader.PatchReader`` for manifest rows whose ``variant`` is
-``augmented/<case_id>.h5:<i>``. Layout:
-
-* ``image``, ``label``: uint8 (n_entries, dz, dy, dx), one chunk per patch, Blosc-LZ4;
-  entry ``i`` is what the manifest's variant ``augmented/<case_id>.h5:i`` names.
-* attributes: ``case_id``, ``fingerprint`` (of the case's inputs, the entries and the
-  elastic config: a shard whose fingerprint matches is reused), ``starts_zyx`` (n, 3),
-  ``seeds`` (n,), ``config`` (JSON of the elastic config), ``augment_version``.
-
-Each shard is committed by its own atomic, durable rename (crash point ``augmented``);
-the index's ``summary.json`` commits the set.
+Written by ``pancreas index`` (``dataset.index.augment`` computes the deformations), read by
+``dataset.contract.reader.PatchReader`` for manifest rows whose ``variant`` names an entry.
+Each shard is committed by its own atomic rename (crash point ``augmented``); the index's
+``summary.json`` commits the set. Layout and attributes: docs/reference/contract.md.
 """
 
 from __future__ import annotations
@@ -23,6 +15,7 @@ import h5py
 import numpy as np
 
 from dataset.common.atomic import atomic_path
+from dataset.common.verify import verify_hdf5
 from dataset.contract.store import compression, create_h5
 
 
@@ -35,6 +28,7 @@ def write_augmented_shard(path: str | Path, images: np.ndarray, labels: np.ndarr
             f.create_dataset("label", data=labels, chunks=chunks, **compression())
             for key, value in attrs.items():
                 f.attrs[key] = value
+        verify_hdf5(tmp, path, ["image", "label"])
 
 
 def augmented_shard_matches(path: str | Path, fingerprint: str) -> bool:

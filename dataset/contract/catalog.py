@@ -1,32 +1,7 @@
-"""``STORE/catalog.json``: one record per case, written by ``pancreas preprocess``.
+"""``STORE/catalog.json``: the store's table of contents and commit record (``pancreas preprocess``).
 
-The catalog is the store's table of contents and its commit record: a shard counts
-only once its record says ``done`` with the shard's fingerprints. ``pancreas
-preprocess`` rewrites it (atomically, durably) after every finished case, so a kill
-loses at most the case in flight. Layout::
-
-    {"schema_version": 1,
-     "dataset": {"root": "/abs/Task07_Pancreas", "name": "...", "labels": {"0": "background", ...}},
-     "config": {...resolved preprocess config...}, "config_fingerprint": "...",
-     "cases": {"<case_id>": {...CatalogRecord...}}}
-
-Record fields (``CatalogRecord``, in this order):
-
-==================  =============================================================
-split               "training" | "test" (from dataset.json; training cases have labels)
-shard               "cases/<case_id>.h5", relative to STORE
-status              "done" | "failed" | "pending" (planned, not finished: a killed run)
-error               null | one-line reason
-shape_zyx           [z, y, x] of the stored arrays | null
-has_label           bool
-label_counts        [n0, n1, n2] voxels per class in the stored label | null
-input_fingerprint   fingerprint of the inputs the shard was made from (taken when planned)
-config_fingerprint  fingerprint of the preprocessing config
-seconds             float, time the case took
-==================  =============================================================
-
-Readers: ``pancreas index`` (which cases to index), ``pancreas train`` (the run's
-contract), ``pancreas evaluate --run`` (source files of validation cases).
+A shard counts only once its record says ``done``; the catalog is rewritten after every
+finished case. Fields: the dataclasses below and docs/reference/contract.md.
 """
 
 from __future__ import annotations
@@ -35,10 +10,10 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from dataset.common.atomic import read_json, write_json_atomic
-from dataset.contract.store import CASES_DIR, SCHEMA_VERSION, StoreError
+from dataset.common.records import read_record, write_record
+from dataset.contract.store import CASES_DIR, StoreError
 
 CATALOG_NAME = "catalog.json"
 STATUSES = ("done", "failed", "pending")
@@ -46,18 +21,22 @@ STATUSES = ("done", "failed", "pending")
 
 @dataclass(frozen=True)
 class CatalogRecord:
-    """One case of the catalog (see the module docstring)."""
+    """One case of the catalog."""
 
-    split: str
-    shard: str
-    status: str = "failed"
-    error: str | None = None
-    shape_zyx: tuple[int, int, int] | None = None
-    has_label: bool = False
-    label_counts: tuple[int, ...] | None = None
-    input_fingerprint: str = ""
-    config_fingerprint: str = ""
-    seconds: float = 0.0
+    split: str  # "training" | "test" (from dataset.json; training cases have labels)
+    shard: str  # "cases/<case_id>.h5", relative to STORE
+    status: str = "failed"  # "done" | "failed" | "pending" (planned, not finished: a killed run)
+    error: str | None = None  # null | one-line reason
+    shape_zyx: tuple[int, int, int] | None = None  # [z, y, x] of the stored arrays | null
+    has_label: bool = False  # whether the case has a label
+    label_counts: tuple[int, ...] | None = None  # [n0, n1, n2] voxels per class in the stored label | null
+    input_fingerprint: str = ""  # of the inputs the shard was made from (taken when planned)
+    config_fingerprint: str = ""  # of the preprocessing config
+    seconds: float = 0.0  # time the case took
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise StoreError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
 
     @property
     def done(self) -> bool:
@@ -67,39 +46,19 @@ class CatalogRecord:
     def new(cls, case_id: str, split: str, has_label: bool, **fields: Any) -> CatalogRecord:
         return cls(split=split, shard=f"{CASES_DIR}/{case_id}.h5", has_label=has_label, **fields)
 
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        for key in ("shape_zyx", "label_counts"):
-            if data[key] is not None:
-                data[key] = [int(v) for v in data[key]]
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str) -> CatalogRecord:
-        if not isinstance(data, Mapping):
-            raise StoreError(f"{where}: a catalog record must be a mapping, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown or "split" not in data or "shard" not in data:
-            raise StoreError(f"{where}: not a catalog record (keys {sorted(data)})")
-        values = dict(data)
-        if values.get("status") not in STATUSES:
-            raise StoreError(f"{where}: status {values.get('status')!r} is not one of {', '.join(STATUSES)}")
-        for key in ("shape_zyx", "label_counts"):
-            if values.get(key) is not None:
-                values[key] = tuple(int(v) for v in values[key])
-        return cls(**values)
-
 
 @dataclass(frozen=True)
 class Catalog:
     """The whole ``catalog.json``."""
 
-    dataset: Mapping[str, Any]  # root, name, labels
+    KIND: ClassVar[str] = "catalog"
+    ERROR: ClassVar[type[Exception]] = StoreError
+
+    version: int = field(default=1, kw_only=True)  # format version of this file
+    dataset: Mapping[str, Any]  # {"root": the MSD task folder (absolute), "name", "labels": {"0": "background", ...}}
     config: Mapping[str, Any]  # the resolved preprocessing config
-    config_fingerprint: str
-    cases: Mapping[str, CatalogRecord] = field(default_factory=dict)
-    schema_version: int = SCHEMA_VERSION
+    config_fingerprint: str  # fingerprint of that config
+    cases: Mapping[str, CatalogRecord] = field(default_factory=dict)  # {case id: record}, in the dataset's order
 
     @classmethod
     def new(
@@ -122,33 +81,6 @@ class Catalog:
     def done_with_label(self) -> list[str]:
         return sorted(c for c, r in self.cases.items() if r.done and r.has_label)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema_version": self.schema_version,
-            "dataset": dict(self.dataset),
-            "config": dict(self.config),
-            "config_fingerprint": self.config_fingerprint,
-            "cases": {c: r.to_dict() for c, r in self.cases.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str) -> Catalog:
-        if not isinstance(data, dict):
-            raise StoreError(f"{where}: not a catalog (a JSON object is expected)")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(
-                f"{where}: schema version {data.get('schema_version')} but this code reads {SCHEMA_VERSION}"
-            )
-        cases = data.get("cases")
-        if not isinstance(cases, dict):
-            raise StoreError(f"{where}: no 'cases' mapping")
-        return cls(
-            dataset=data.get("dataset") or {},
-            config=data.get("config") or {},
-            config_fingerprint=str(data.get("config_fingerprint") or ""),
-            cases={c: CatalogRecord.from_dict(r, f"{where}: case {c}") for c, r in cases.items()},
-        )
-
 
 def catalog_path(store: str | Path) -> Path:
     return Path(store) / CATALOG_NAME
@@ -159,9 +91,9 @@ def read_catalog(store: str | Path) -> Catalog:
     path = catalog_path(store)
     if not path.is_file():
         raise StoreError(f"{store}: not a preprocessed store (no {CATALOG_NAME}); run `pancreas preprocess`")
-    return Catalog.from_dict(read_json(path, "catalog", error=StoreError), str(path))
+    return read_record(path, Catalog, "catalog")
 
 
 def write_catalog(store: str | Path, catalog: Catalog) -> None:
     """Atomically and durably replace the catalog (crash point ``catalog``)."""
-    write_json_atomic(catalog_path(store), catalog.to_dict(), point="catalog")
+    write_record(catalog_path(store), catalog, point="catalog")

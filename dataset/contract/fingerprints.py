@@ -1,12 +1,5 @@
-"""Fingerprints that tie each stage's output to the inputs it was made from, and the one
-function that compares them.
-
-A fingerprint is a short hash (``dataset.common.fingerprints.fingerprint_json``). Outputs record
-the fingerprints of what they were made from (shards: input files and config; the index:
-the store; a run: the store and the index; predictions: the model and settings), and a
-later stage compares what was recorded with what is there now through
-``check_fingerprint``, so every mismatch is worded the same way.
-"""
+"""The store's fingerprint and the one comparison of a recorded fingerprint with the current one,
+so every mismatch is worded the same way (docs/reference/contract.md)."""
 
 from __future__ import annotations
 
@@ -26,20 +19,23 @@ def store_fingerprint(catalog: Catalog) -> str:
     return fingerprint_json([catalog.config_fingerprint, parts])
 
 
-def check_fingerprint(
-    what: str,
-    recorded: str | None,
-    current: str,
-    made: str | Path,
-    now: str | Path,
-    remedy: str,
-    error: type[Exception] = StoreError,
-) -> None:
-    """Raise ``error`` when ``recorded`` (what ``made`` was built on) differs from ``current``.
+def fingerprint_mismatch(
+    what: str, recorded: str | None, current: str, made: str | Path, now: str | Path, remedy: str
+) -> str | None:
+    """The one-line message when ``recorded`` (what ``made`` was built on) differs from ``current``, else None.
 
-    ``what``: the fingerprint's name ("store fingerprint"); ``made``: the output that
-    recorded it; ``now``: where the current value comes from; ``remedy``: what to do.
-    A missing record (older outputs) is accepted.
+    ``what``: the fingerprint's name ("store fingerprint"); ``now``: where the current value
+    comes from; ``remedy``: what to do. An empty record (not known) is no mismatch.
     """
     if recorded and recorded != current:
-        raise error(f"{made}: was built on {what} {recorded} but {now} now has {current}; {remedy}")
+        return f"{made}: was built on {what} {recorded} but {now} now has {current}; {remedy}"
+    return None
+
+
+def check_fingerprint(
+    what: str, recorded: str | None, current: str, made: str | Path, now: str | Path, remedy: str
+) -> None:
+    """``StoreError`` with ``fingerprint_mismatch``'s line when the fingerprints differ."""
+    message = fingerprint_mismatch(what, recorded, current, made, now, remedy)
+    if message:
+        raise StoreError(message)

@@ -1,34 +1,9 @@
 """Patch manifests: the CSV contract between ``pancreas index`` and the trainer.
 
-One pair per cross-validation fold ``k`` (0..K-1, K = ``folds`` in ``summary.json``):
-``STORE/index/fold_<k>/train.csv`` and ``STORE/index/fold_<k>/val.csv``
-(``manifest_path``). A case's rows are the same in every fold that trains (or
-validates) on it; only which cases a fold lists differs.
-
-One row per training or validation entry. A row names a patch box in a case's stored
-grid (numpy order z, y, x; the start may be negative or the box may run past the
-volume: the reader pads, image with level 0 and label with 0) and, for augmented
-entries, the cached elastically deformed patch that replaces the stored one.
-
-Columns (``MANIFEST_COLUMNS``, in this order):
-
-================  =========================================================================
-case_id           str, catalog case id
-z0, y0, x0        int, first voxel of the patch in the stored grid (may be negative)
-dz, dy, dx        int, patch size in voxels
-n_pancreas        int, voxels of class 1 inside the (unaugmented) patch
-n_tumour          int, voxels of class 2 inside the (unaugmented) patch
-foreground        int 0/1, n_pancreas + n_tumour >= min_foreground_voxels (and tumour if
-                  required)
-padded            int 0/1, the box extends past the volume on some axis
-variant           str, "" for the stored patch, else "augmented/<case_id>.h5:<i>": entry
-                  ``i`` of the augmented shard under ``STORE/index/``
-seed              int, seed for the trainer's online transforms (flips, noise, offset)
-kind              str, "grid" (a grid patch), "centred" (foreground-centred sample)
-copy              int, 0 for the first appearance of a patch, 1.. for further copies
-with_replacement  int 0/1, background entry drawn with replacement (case short of
-                  background patches)
-================  =========================================================================
+One pair per cross-validation fold k: ``STORE/index/fold_<k>/train.csv`` and ``val.csv``
+(``manifest_path``); one row per training or validation entry, a patch box in a case's
+stored (z, y, x) grid that may start before or run past the volume (the reader pads).
+The columns (``MANIFEST_COLUMNS``): docs/reference/contract.md.
 """
 
 from __future__ import annotations

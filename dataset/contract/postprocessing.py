@@ -1,49 +1,24 @@
-"""``CV_DIR/postprocessing.json``: which connected-component clean-up predict applies.
+"""``CV_DIR/postprocessing.json``: which connected-component clean-up ``pancreas predict`` applies.
 
-``pancreas evaluate --cv`` chooses it on out-of-fold predictions (each case predicted by
-the fold model that did not train on it) and writes it; ``pancreas predict
---postprocessing FILE`` reads it and applies it to every label map
-(``prediction.postprocess.apply_postprocessing``). Layout::
-
-    {"largest_component": {"pancreas": true, "tumour": false},
-     "store_fingerprint": "...", "chosen_on": "...", "scores": {...}}
-
-Fields (``PostprocessingDecision``, in this order):
-
-==================  ===========================================================================
-largest_component   {region: bool} for both regions: keep only the region's largest
-                    26-connected component. "pancreas" = the whole gland (labels 1 and 2
-                    together), "tumour" = label 2; the exact rule is in
-                    ``prediction.postprocess.apply_postprocessing``
-store_fingerprint   the store whose cases the decision was chosen on; predict refuses the file
-                    with runs whose ``input_contract.json`` records another store fingerprint
-chosen_on           optional: one line saying what the decision was measured on
-                    (e.g. "out-of-fold predictions of 5 folds, 225 cases")
-scores              optional: what ``evaluate --cv`` measured to decide (free-form mapping,
-                    e.g. {region: {"dice_without": ..., "dice_with": ..., "n_cases": ...}})
-==================  ===========================================================================
-
-Optional fields are left out of the file when unknown, so a decision read and written
-again is the same JSON.
+``pancreas evaluate --cv`` chooses it on out-of-fold predictions and writes it; ``pancreas
+predict --postprocessing FILE`` applies it (``prediction.postprocess.apply_postprocessing``).
+Fields: ``PostprocessingDecision`` and docs/reference/contract.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from dataset.common.atomic import read_json, write_json_atomic
-from dataset.common.errors import PancreasError
+from dataset.common.records import ContractError, optional, read_record, write_record
 
 POSTPROCESSING_NAME = "postprocessing.json"
 REGIONS = ("pancreas", "tumour")  # pancreas: labels 1 and 2 (the whole gland); tumour: label 2
-_FIELDS = ("largest_component", "store_fingerprint", "chosen_on", "scores")
-_HINT = "not a postprocessing decision written by `pancreas evaluate --cv`"
 
 
-class PostprocessingError(PancreasError, ValueError):
+class PostprocessingError(ContractError):
     """A postprocessing file that cannot be used; the message names it."""
 
 
@@ -51,10 +26,17 @@ class PostprocessingError(PancreasError, ValueError):
 class PostprocessingDecision:
     """Which regions keep only their largest connected component, chosen on one store."""
 
+    KIND: ClassVar[str] = "postprocessing decision"
+    ERROR: ClassVar[type[Exception]] = PostprocessingError
+
+    version: int = field(default=1, kw_only=True)  # format version of this file
+    # {region: bool} for both regions: keep only the region's largest 26-connected component
+    # ("pancreas": labels 1 and 2 together, "tumour": label 2)
     largest_component: Mapping[str, bool]
+    # the store the decision was chosen on; predict refuses it with runs of another store
     store_fingerprint: str
-    chosen_on: str | None = None
-    scores: Mapping[str, Any] | None = None
+    chosen_on: str | None = optional()  # what the decision was measured on (e.g. "out-of-fold predictions of 5 folds")
+    scores: Mapping[str, Any] | None = optional()  # what evaluate --cv measured to decide (free-form)
 
     def __post_init__(self) -> None:
         keys = set(self.largest_component)
@@ -71,45 +53,6 @@ class PostprocessingDecision:
         """The regions cleaned, in the order they are applied (pancreas first)."""
         return tuple(r for r in REGIONS if self.largest_component[r])
 
-    def to_dict(self) -> dict[str, Any]:
-        data = {
-            "largest_component": {r: bool(self.largest_component[r]) for r in REGIONS},
-            "store_fingerprint": self.store_fingerprint,
-            "chosen_on": self.chosen_on,
-            "scores": dict(self.scores) if self.scores is not None else None,
-        }
-        return {k: v for k, v in data.items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str | Path) -> PostprocessingDecision:
-        if not isinstance(data, Mapping):
-            raise PostprocessingError(f"{where}: {_HINT} (expected a JSON object)")
-        unknown = sorted(set(data) - set(_FIELDS))
-        missing = [k for k in _FIELDS[:2] if k not in data]
-        if unknown or missing:
-            detail = "; ".join(
-                p
-                for p in (
-                    f"missing key(s) {', '.join(missing)}" if missing else "",
-                    f"unknown key(s) {', '.join(unknown)}" if unknown else "",
-                )
-                if p
-            )
-            raise PostprocessingError(f"{where}: {_HINT} ({detail})")
-        if not isinstance(data["largest_component"], Mapping):
-            raise PostprocessingError(
-                f"{where}: 'largest_component' must be a mapping, got {data['largest_component']!r}"
-            )
-        try:
-            return cls(
-                largest_component=dict(data["largest_component"]),
-                store_fingerprint=data["store_fingerprint"],
-                chosen_on=data.get("chosen_on"),
-                scores=data.get("scores"),
-            )
-        except PostprocessingError as err:
-            raise PostprocessingError(f"{where}: {err}") from None
-
 
 def postprocessing_path(folder: str | Path) -> Path:
     return Path(folder) / POSTPROCESSING_NAME
@@ -121,7 +64,7 @@ def write_postprocessing(folder: str | Path, decision: PostprocessingDecision) -
     Call with the folder's lock held (``dataset.common.locks.exclusive_lock``), as every writer.
     """
     path = postprocessing_path(folder)
-    write_json_atomic(path, decision.to_dict(), point="postprocessing")
+    write_record(path, decision, point="postprocessing")
     return path
 
 
@@ -131,10 +74,7 @@ def read_postprocessing(path: str | Path) -> PostprocessingDecision:
     path = Path(path)
     if path.is_dir():
         path = postprocessing_path(path)
-    data = read_json(
-        path, "postprocessing decision", hint="`pancreas evaluate --cv` writes it", error=PostprocessingError
-    )
-    return PostprocessingDecision.from_dict(data, path)
+    return read_record(path, PostprocessingDecision, "postprocessing decision", "`pancreas evaluate --cv` writes it")
 
 
 __all__ = [

@@ -8,13 +8,7 @@ level 0 (the normalised minimum) and the label with 0 (background). Augmented en
 HDF5 handles are opened lazily and cached per process, at most ``MAX_OPEN_FILES`` at a
 time (least recently used closed first). They are never pickled (``__getstate__`` drops
 them) and a forked child reopens its own, because h5py handles are not safe to share
-between processes (DESIGN-NOTES).
-
-Why a bound: a shuffled stream over all of Task07 touches every case shard and every
-augmented shard, 564 files at 282 cases. Kept open they approach the usual 1024 open-file
-limit (a larger dataset, or a second reader in the same process, crosses it and fails
-with "Too many open files"), and each holds HDF5's chunk cache (1 MiB per dataset). An
-open costs about 0.1 ms against about 1 ms for a patch read, so 64 handles cost little.
+between processes.
 """
 
 from __future__ import annotations
@@ -34,7 +28,12 @@ from dataset.contract.manifest import INDEX_DIR, parse_variant
 from dataset.contract.store import StoreError, levels_to_intensity, shard_path
 
 Box = tuple[tuple[slice, ...], tuple[slice, ...]]
-MAX_OPEN_FILES = 64  # HDF5 files a PatchReader keeps open (see the module docstring)
+# Why a bound: a shuffled stream over all of Task07 touches every case shard and every
+# augmented shard, 564 files at 282 cases. Kept open they approach the usual 1024 open-file
+# limit (a larger dataset, or a second reader in the same process, crosses it and fails
+# with "Too many open files"), and each holds HDF5's chunk cache (1 MiB per dataset). An
+# open costs about 0.1 ms against about 1 ms for a patch read, so 64 handles cost little.
+MAX_OPEN_FILES = 64  # HDF5 files a PatchReader keeps open
 
 
 def box_slices(

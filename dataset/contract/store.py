@@ -1,53 +1,10 @@
-"""The preprocessed store: one HDF5 shard per case plus a JSON catalog.
+"""The preprocessed store: one HDF5 shard per case (``STORE/cases/<case_id>.h5``) plus the catalog.
 
-This module is the written contract between ``pancreas preprocess`` and every later
-stage (and outside tools). Layout::
-
-    STORE/
-      catalog.json          one record per case (``dataset.contract.catalog``)
-      cases/<case_id>.h5    one shard per case
-
-A shard holds
-
-* ``image``: uint8 (z, y, x). Level ``v`` means normalised intensity ``v / 255``
-  (the equalised, normalised CT). Equalisation with 256 bins produces at most 256
-  distinct values, so 8 bits store the defined output exactly, at a quarter of the
-  bytes of float32 and about 5x the random-patch read rate (DESIGN-NOTES).
-* ``label`` (labelled cases only): uint8 (z, y, x), 0 background, 1 pancreas, 2 tumour.
-* Both chunked ``CHUNK_ZYX`` (32^3, clipped to the shape) and compressed with
-  Blosc-LZ4 via hdf5plugin: readers must ``import hdf5plugin`` (``dataset`` does).
-
-Attributes of the shard root (ITK conventions: x, y, z order, LPS millimetres):
-
-=====================  ===============================================================
-schema_version         int, ``SCHEMA_VERSION``
-case_id                str
-spacing                (3,) float64, stored grid spacing (x, y, z) mm
-origin                 (3,) float64, physical centre of voxel [0, 0, 0] of the stored grid
-direction              (9,) float64, row-major direction matrix of the stored grid (identity)
-source_image           str, absolute path of the input image (file or DICOM folder)
-source_label           str, absolute path of the input label, "" if none
-input_fingerprint      str, fingerprint of image + label files and declared labels, taken when planned
-original_size          (3,) int64, input size (x, y, z)
-original_spacing       (3,) float64
-original_origin        (3,) float64
-original_direction     (9,) float64
-original_dtype         str, pixel type read from the input ("int16", "float32", ...)
-resampled_size         (3,) int64, canonical resampled grid before the crop (x, y, z)
-resampled_origin       (3,) float64, origin of that grid
-crop_start_zyx         (3,) int64, first kept voxel in the resampled grid (z, y, x)
-crop_stop_zyx          (3,) int64, one past the last kept voxel (z, y, x)
-window_hu              (2,) float64, HU window applied
-label_counts           (3,) int64, voxels of class 0, 1, 2 in the stored label (labelled only)
-config                 str, JSON of the resolved preprocessing config
-config_fingerprint     str
-=====================  ===============================================================
-
-The stored image and label with ``spacing``/``origin``/``direction`` are valid
-physical images: resampling them onto the original grid (nearest neighbour for labels)
-puts them back over the scan; ``inference`` does exactly that.
-
-The catalog (``catalog.json``) is ``dataset.contract.catalog``.
+A shard holds ``image`` (uint8 levels, level v = normalised intensity v / 255) and, for
+labelled cases, ``label`` (0 background, 1 pancreas, 2 tumour), chunked ``CHUNK_ZYX`` and
+Blosc-LZ4 compressed (readers must ``import hdf5plugin``), with the stored grid and the
+crop box as attributes, so a stored label maps back onto its scan. Every attribute:
+docs/reference/contract.md; the catalog is ``dataset.contract.catalog``.
 """
 
 from __future__ import annotations
@@ -60,7 +17,8 @@ import hdf5plugin
 import numpy as np
 
 from dataset.common.atomic import atomic_path
-from dataset.common.errors import PancreasError
+from dataset.common.records import ContractError
+from dataset.common.verify import verify_hdf5
 
 SCHEMA_VERSION = 1
 CHUNK_ZYX = (32, 32, 32)
@@ -69,7 +27,7 @@ CASES_DIR = "cases"
 IMAGE_LEVELS = 255  # uint8 level v <-> intensity v / IMAGE_LEVELS
 
 
-class StoreError(PancreasError, RuntimeError):
+class StoreError(ContractError, RuntimeError):
     """A store, catalog or shard that cannot be used; the message names it."""
 
 
@@ -114,6 +72,7 @@ def write_shard(path: str | Path, image: np.ndarray, label: np.ndarray | None, a
             f.attrs["schema_version"] = SCHEMA_VERSION
             for key, value in attrs.items():
                 f.attrs[key] = value
+        verify_hdf5(tmp, path, ["image"] if label is None else ["image", "label"])
 
 
 def read_shard_attrs(path: str | Path) -> dict[str, Any]:

@@ -1,13 +1,7 @@
 """Elastic deformation of foreground patches, computed once and cached per case.
 
-``make_params`` draws the random part (control-point displacements) from a generator;
-``apply`` is deterministic given those parameters, so tests can check it on fixed
-displacements and the same entry seed always rebuilds the same bytes.
-
-``build_augmented_shard`` is the unit of work a Dask worker runs: it opens the case
-shard itself (handles are never shipped), deforms every augmented entry of the case and
-writes ``STORE/index/augmented/<case_id>.h5`` with the contract's writer
-(``dataset.contract.augmented``, where its layout is documented).
+``make_params`` draws, ``apply`` is deterministic given the draw; ``build_augmented_shard`` is one
+Dask task (it opens the shard itself). See docs/explanation/internals.md#the-elastic-cache-datasetindexaugmentpy.
 """
 
 from __future__ import annotations

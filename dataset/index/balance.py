@@ -1,14 +1,6 @@
-"""Training entries per case, balanced as the seed project did.
+"""Training entries per case, balanced as the seed project did (hash-derived draws, ``dataset.common.seeds``).
 
-Every foreground grid patch appears ``foreground_copies`` times: copy 0 is the stored
-patch, copies 1.. are elastically deformed variants cached by the indexer. Background
-patches are drawn without replacement to reach ``background_ratio`` background entries
-per foreground entry; only when a case has too few background patches are the missing
-ones drawn again (with replacement, flagged ``with_replacement=1``). A case without
-any foreground patch contributes ``background_without_foreground`` background entries.
-
-Draws use hash-derived orders (dataset.common.seeds), so they do not depend on NumPy's
-generator algorithms or on which other cases exist.
+See docs/how-to/index.md#what-this-does and docs/explanation/internals.md#balancing-datasetindexbalancepy.
 """
 
 from __future__ import annotations

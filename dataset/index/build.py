@@ -1,22 +1,8 @@
-"""``pancreas index``: K-fold split, patch grid, balanced manifests and cached augmentation.
+"""``pancreas index``: K-fold split, patch grid, balanced manifests and cached augmentation (``build_index``).
 
-Reads the store's catalog and label volumes (never the images, except for the
-augmented patches), writes under ``STORE/index/``::
-
-    split.json                    {"seed", "folds": [{"train": [...], "val": [...]}, ...], "skipped": {...}}
-    fold_<k>/train.csv, val.csv   patch manifests of fold k (dataset.contract.manifest)
-    augmented/<case>.h5           elastically deformed foreground copies (dataset.index.augment)
-    summary.json                  counts per fold, fingerprints of the store and config (written last)
-
-A case's rows are computed once, from the case and the config alone: its training
-entries (balanced, with their augmented variants) and its validation grid. Each fold's
-manifests list the rows of its cases, so K folds cost one augmentation per case, and
-changing K rewrites only the manifests and the split.
-
-Everything is validated and classified in memory before the first write, so bad
-input leaves nothing partial; every file is written atomically. A rerun with the
-same store and config is a no-op; a changed one rebuilds the manifests and only the
-augmented shards whose inputs changed.
+Validates and classifies in memory before the first write; ``summary.json`` is written last. The files:
+docs/reference/contract.md#the-index-index; how it works:
+docs/explanation/internals.md#building-the-index-datasetindexbuildpy.
 """
 
 from __future__ import annotations
@@ -41,7 +27,6 @@ from dataset.contract.augmented import augmented_shard_matches
 from dataset.contract.catalog import CatalogRecord, read_catalog
 from dataset.contract.fingerprints import store_fingerprint
 from dataset.contract.index import (
-    LEGACY_MANIFEST_NAMES,
     FoldCounts,
     IndexSummary,
     Split,
@@ -216,18 +201,13 @@ def _remove_folds_from(index_dir: Path, first: int) -> None:
 
 
 def _tidy(index_dir: Path, summary: IndexSummary) -> None:
-    """After the commit: delete augmented shards the manifests no longer name, manifests of
-    folds beyond K, and the single-split manifests ``index/train.csv``, ``val.csv`` of an
-    index from before folds. Also run on a no-op, for a run killed before it tidied."""
+    """After the commit: delete augmented shards the manifests no longer name and manifests of
+    folds beyond K. Also run on a no-op, for a run killed before it tidied."""
     _remove_folds_from(index_dir, summary.folds)
     keep = {index_dir / rel for rel in summary.augmented_shards}
     for stale in sorted(set((index_dir / AUGMENTED_DIR).glob("*.h5")) - keep):
         log.info("removing augmented shard %s (no longer in the index)", stale)
         stale.unlink()
-    for name in LEGACY_MANIFEST_NAMES:
-        if (index_dir / name).is_file():
-            log.info("removing %s (an index from before cross-validation folds)", index_dir / name)
-            (index_dir / name).unlink()
 
 
 def val_rows(case_id: str, label: np.ndarray, config: IndexConfig) -> Rows:

@@ -1,11 +1,6 @@
-"""Exact pancreas and tumour voxel counts of every grid patch, from the label only.
+"""Exact pancreas and tumour voxel counts of every grid patch, from the label only (separable box sums).
 
-The grid is a product of per-axis intervals, so box sums separate by axis: along
-each axis the volume is cut at every patch start and end (the "elementary segments"),
-summed per segment with ``np.add.reduceat`` (z first, on whole slabs, which is the
-cheap direction in C order), and each patch's interval is then a difference of
-cumulative segment sums. Overlapping or padded patches need nothing special. One full
-pass over the label per class; everything after works on arrays a few segments wide.
+See docs/explanation/internals.md#patch-counts-datasetindexclassifypy.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
 """Parameters of ``pancreas index`` (configs/index.yaml mirrors the defaults).
 
-Patch sizes are written (x, y, z) like every size a user reads in a viewer or a paper
-(the seed project's 128x128x64); ``*_zyx`` properties give numpy's order, which is
-the only order the code uses.
-
-The U-Net depth is not here: it is set once, in ``configs/train.yaml`` (``model.depth``),
-and ``pancreas train`` refuses index patches its model cannot take (the index only cuts
-patches; it builds no model). A YAML that still has ``model_depth`` is refused with a
-message saying where the key went, rather than accepted and ignored: a value that
-silently stops doing anything is how two files drift apart.
+Patch sizes are written (x, y, z); the ``*_zyx`` properties give numpy's order, the only one the code
+uses. The U-Net depth is not here (``model.depth`` in configs/train.yaml): see
+docs/explanation/internals.md#index-parameters-datasetindexconfigpy.
 """
 
 from __future__ import annotations

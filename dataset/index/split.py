@@ -1,11 +1,6 @@
 """Train/validation folds by case (never by patch), seeded and machine independent.
 
-K >= 2 folds: cases are ordered by a hash of (seed, case id) (``dataset.common.seeds``:
-not NumPy's generator, so the same on every machine and NumPy version), tumour cases
-first, and dealt round robin to the folds' validation sets. Every case validates in
-exactly one fold, fold sizes differ by at most one, and each fold gets
-floor(T / K) or ceil(T / K) of the T tumour cases (at least one when T >= K). K = 1
-is the single ``val_fraction`` split.
+See docs/how-to/index.md#what-this-does and docs/explanation/internals.md#folds-datasetindexsplitpy.
 """
 
 from __future__ import annotations

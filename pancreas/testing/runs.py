@@ -1,11 +1,6 @@
-"""A small learnable synthetic store with manifests, for trainer tests and benchmarks.
+"""A small learnable synthetic store with manifests, for trainer tests and benchmarks (no TensorFlow).
 
-Writes shards and the catalog with ``pancreas.testing.store`` (the store contract itself), a
-one-fold split and fold 0's manifests with ``dataset.contract`` (``write_split``,
-``write_manifest``), so the trainer can be exercised without the preprocessing stage or the
-indexer. Images are levels correlated with the
-label (background darker than pancreas, tumour brightest, plus noise), so a tiny U-Net
-learns them in a few epochs. Imports no TensorFlow.
+See docs/explanation/internals.md#test-scaffolding-pancreastesting.
 """
 
 from __future__ import annotations

@@ -1,19 +1,6 @@
 """Which files of an output folder ``pancreas synth`` may replace: the ownership rules.
 
-Safe to point at real data: ``make_dataset`` replaces only files it wrote itself. Before
-writing anything it records every file it is about to write in ``.pancreas-synth.json``
-(``SYNTH_MARKER``: ``{"written_by": "pancreas synth", "files": [relative paths]}``, the
-union with the list of earlier runs, so the marker of a rerun with the same arguments is
-byte-identical too) and it refuses, before touching anything, an output folder holding
-one of those files that no marker lists (a real MSD dataset, another tool's files). It
-holds the output folder's lock for the whole run; a second synth into it fails at once.
-
-A folder synth wrote before it left markers (an old ``demo-output/data``) has none; its
-``dataset.json`` speaks for it instead when it is one synth wrote (``reference`` is
-``SYNTH_REFERENCE``, ``description`` starts with ``SYNTH_DESCRIPTION``, every entry a name
-synth gives): then the files it names, their ``labelsTs/`` twins and the junk files
-count as synth's (``legacy_synth_files``), and the run writes the marker. A real MSD
-``dataset.json`` names no such reference, so a real dataset stays refused.
+See docs/how-to/synth.md#where-it-writes and docs/explanation/internals.md#synthetic-datasets-sourcessynthetic.
 """
 
 from __future__ import annotations

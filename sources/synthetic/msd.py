@@ -1,30 +1,6 @@
-"""Synthetic MSD Task07-format datasets: render each case and write the dataset.
+"""Synthetic MSD Task07-format datasets (or nnU-Net v2's): render each case and write the dataset.
 
-``make_dataset`` writes exactly the layout of the Medical Segmentation Decathlon's
-Task07_Pancreas (``dataset.json``, ``imagesTr/``, ``labelsTr/``, ``imagesTs/``) plus
-one addition of ours: ``labelsTs/`` holds the truth of the test cases (not listed in
-``dataset.json``, like nothing in MSD) so the demo can score held-out predictions.
-Like the real archive, ``imagesTr/`` and ``labelsTr/`` also hold a macOS
-``._pancreas_001.nii.gz`` junk file, so loaders are tested against it.
-
-``layout="nnunet"`` writes the same cases as an nnU-Net v2 raw dataset instead: a v2
-``dataset.json`` (``channel_names``, labels as name -> value, ``numTraining``,
-``file_ending``, no case lists), images ``imagesTr/pancreas_001_0000.nii.gz``, labels
-``labelsTr/pancreas_001.nii.gz``, every file gzipped (v2 has one file ending); the
-voxels and headers are those of the MSD layout. Since v2 readers scan the folders, a
-rerun in this layout removes the case files of an earlier synth run it does not write.
-
-The pieces, one concern each:
-
-* ``sources.synthetic.params``: what each case draws (``CaseParams``), from
-  ``default_rng([seed, case_index])``, and the storage cycles (orientations, dtypes,
-  the thin case, the uncompressed ones);
-* ``sources.synthetic.task07``: the ``size="msd"`` draws (Task07-like grids and tumour sizes);
-* ``sources.synthetic.phantom``: the anatomy (pure numpy, physical millimetres);
-* ``sources.synthetic.noise``: the scanner's blur and noise on top of it;
-* ``sources.synthetic.nifti``: stored dtype and reproducible NIfTI bytes;
-* ``sources.synthetic.marker``: which files of the output folder synth may replace
-  (``.pancreas-synth.json``); ``make_dataset`` refuses any other before writing.
+See docs/how-to/synth.md and docs/explanation/internals.md#synthetic-datasets-sourcessynthetic.
 """
 
 from __future__ import annotations

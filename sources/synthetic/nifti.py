@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from dataset.common.atomic import atomic_path
+from dataset.common.verify import verify_size
 from sources.nifti import parse_header
 from sources.synthetic.params import CaseParams
 
@@ -47,6 +48,8 @@ def _nifti_bytes(img: sitk.Image, slope: float = 1.0, inter: float = 0.0) -> byt
     with tempfile.TemporaryDirectory(prefix="synth") as tmp:
         path = Path(tmp) / "case.nii"
         sitk.WriteImage(img, str(path), useCompression=False)
+        voxel_bytes = img.GetNumberOfComponentsPerPixel() * img.GetSizeOfPixelComponent()
+        verify_size(path, path, 348 + img.GetNumberOfPixels() * voxel_bytes)  # a full disk: a short file, silently
         data = bytearray(path.read_bytes())
     header = parse_header(bytes(data))
     assert header is not None, "SimpleITK wrote a NIfTI-1 header"

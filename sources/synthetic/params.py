@@ -1,24 +1,7 @@
-"""What varies between synthetic MSD cases: ``CaseParams`` and the draws that make them.
+"""What varies between synthetic MSD cases: ``CaseParams`` and the draws that make them (pure numpy).
 
-Each case draws its parameters from ``numpy.random.default_rng([seed, case_index])``
-(adding cases never changes earlier ones); the first cases cycle deterministically
-through storage orientations (LPS, RAS, z-flipped, x/y-swapped) and dtypes (int16,
-int16 with NIfTI scl_slope/scl_inter, float32, int32), case index 3 is thin
-(20 slices of 2 mm; "small" and "full") and every sixth case is stored as uncompressed
-``.nii``. The "msd" profile draws its grid and tumour size like Task07's
-(``sources.synthetic.task07``: 512 x 512, 37-751 slices, centimetre tumours) and makes
-case indices 1 and 2 the fewest-slices and the thinnest-longest case.
-
-``tumours="task07"`` gives the "small" and "full" profiles Task07's tumour sizes too,
-at the phantom's scale: the diameter drawn for "msd" times the phantom's gland thickness
-over the unscaled gland's (about 0.78 for "small", whose shrunken body keeps a 14 mm
-gland; its in-plane scale, 0.87-1.12, for "full"), so a tumour is as large against its
-gland as in Task07. It is drawn after everything else (noise included), so every other
-draw, and the default's bytes, are unchanged.
-
-Pure numpy, nothing rendered or written: ``sources.synthetic.msd`` turns these into
-files. The helpers below draw from one generator in a fixed order (extent, placement,
-storage scaling, anatomy, noise); reordering them changes every case.
+The helpers draw from one generator in a fixed order: reordering them changes every case. See
+docs/explanation/internals.md#synthetic-datasets-sourcessynthetic.
 """
 
 from __future__ import annotations

@@ -1,17 +1,6 @@
-"""A contrast-enhanced abdominal CT phantom as continuous functions of patient position.
+"""A contrast-enhanced abdominal CT phantom as continuous functions of patient position (``render_phantom``).
 
-Pure numpy, no files and no SimpleITK: ``render_phantom`` takes physical LPS
-coordinates in millimetres (x to the patient's Left, y Posterior, z Superior) and
-returns Hounsfield units and labels there. Because the anatomy lives in physical space
-and is only sampled on a grid, the same patient comes out identical (up to sampling)
-at any spacing, orientation or axis order of the stored image; that is what lets
-tests check orientation handling by comparing physical positions.
-
-Positions and sizes below are those of a reference adult, relative to the body centre
-at the level of the pancreas. ``Anatomy.inplane_scale`` shrinks the in-plane layout
-(for small test volumes); the pancreas and tumour radii are floored so the organ stays
-thick enough (>= ``min_pancreas_radius_mm``) to survive resampling. Scanner blur and
-noise are added afterwards (``sources.synthetic.noise``).
+Pure numpy, physical LPS millimetres. See docs/explanation/internals.md#synthetic-datasets-sourcessynthetic.
 """
 
 from __future__ import annotations

@@ -1,25 +1,7 @@
 """The ``msd`` synth profile: grids and tumour sizes drawn like MSD Task07_Pancreas's.
 
-Pure numpy (and ``scipy.special``), nothing rendered. ``sources.synthetic.params``
-calls these two draws for ``size="msd"``; the "small" and "full" profiles never do, so
-their bytes do not change.
-
-Where the numbers come from (README, ``pancreas synth``, has the links):
-
-* in-plane 512 x 512 at 0.6-1.0 mm, slices 37-751 and median spacing about
-  0.8 x 0.8 x 2.5 mm: the project's design notes; the median agrees with the spacing
-  nnU-Net plans for Task07 (2.5 x 0.8027 x 0.8027 mm). The full per-case distribution
-  is not published anywhere we found, so the shape below (a triangular in-plane
-  spacing, clinical reconstruction thicknesses with 2.5 mm the commonest, a log-normal
-  scan length) is our assumption, tuned to those figures.
-* tumour diameters: no per-case sizes of the MSD/MSKCC cohort were found. Resected
-  pancreatic tumours in published series average about 3.3 +- 2.6 cm and are staged
-  at 2 cm and 4 cm; we assume a log-normal with median 2.5 cm truncated to 0.5-6 cm.
-
-Case indices ``MSD_FEWEST_INDEX`` (pancreas_002) and ``MSD_MOST_INDEX`` (pancreas_003)
-are the extremes whatever the seed, so any dataset of three or more training cases meets
-both: the fewest slices, and the most slices at the finest spacing (the preprocessing
-memory case).
+Where the numbers come from: docs/explanation/design-facts.md#the-dataset-msd-task07_pancreas; the
+draws: docs/explanation/internals.md#synthetic-datasets-sourcessynthetic.
 """
 
 from __future__ import annotations
