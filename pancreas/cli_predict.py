@@ -55,6 +55,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="also draw <case>_preview.png (three slices with the outlines) and DIR/index.html",
     )
     parser.add_argument("--overwrite", action="store_true", help="predict again even if up to date")
+    parser.add_argument(
+        "--overwrite-edited",
+        action="store_true",
+        help="also replace label maps changed since predict wrote them (by default they are kept and the run refused)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
     return parser
@@ -80,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         preview=args.preview,
+        overwrite_edited=args.overwrite_edited,
     )
     print(summary.table())
     return 1 if summary.failed else 0

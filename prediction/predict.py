@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from dataset.common.atomic import remove_stale_temporaries
 from dataset.common.configio import to_dict
-from dataset.common.fingerprints import fingerprint_file
+from dataset.common.fingerprints import content_sha256, fingerprint_file
 from dataset.common.locks import exclusive_lock
 from dataset.contract.postprocessing import PostprocessingDecision
 from dataset.contract.predictions import (
@@ -173,9 +173,26 @@ def _up_to_date(record: Predictions, case: CaseInput, input_fp: str | None, out:
     )
 
 
-def plan_run(out: Path, run: RunSettings, cases: Sequence[CaseInput], overwrite: bool, flag: str) -> Plan:
-    """Read the folder's record, decide what to predict, check it replaces only its own files,
-    and list those cases as pending before any of their files is written."""
+def check_unedited(out: Path, previous: Predictions | None, cases: Sequence[CaseInput]) -> None:
+    """Refuse to replace a label map whose bytes changed since predict wrote it (a hand correction)."""
+    for case in cases:
+        prev = previous.cases.get(case.case_id) if previous else None
+        path = out / label_name(case.case_id)
+        if prev is None or not prev.done or prev.output_sha256 is None or not path.is_file():
+            continue
+        if content_sha256(path) != prev.output_sha256:
+            raise PredictError(
+                f"{path}: changed since `pancreas predict` wrote it (edited by hand?); predicting this case again "
+                "would replace it: move it away, or pass --overwrite-edited to replace it"
+            )
+
+
+def plan_run(
+    out: Path, run: RunSettings, cases: Sequence[CaseInput], overwrite: bool, flag: str, overwrite_edited: bool = False
+) -> Plan:
+    """Read the folder's record, decide what to predict, check it replaces only its own files
+    (and none the user edited, unless ``overwrite_edited``), and list those cases as pending
+    before any of their files is written."""
     previous = read_predictions(out)
     record = Predictions(
         run=run.runs_text,
@@ -186,6 +203,8 @@ def plan_run(out: Path, run: RunSettings, cases: Sequence[CaseInput], overwrite:
     fps = {c.case_id: _input_fingerprint(c.path) for c in cases}
     todo = tuple(c for c in cases if overwrite or not _up_to_date(record, c, fps[c.case_id], out))
     check_owned(out, previous, [c.case_id for c in todo], run.config.save_probabilities, flag)
+    if not overwrite_edited:
+        check_unedited(out, previous, todo)
     for case in todo:
         record = record.with_case(case.case_id, PredictionRecord(case.source, fps[case.case_id], run.fingerprint))
     if todo:
@@ -202,6 +221,7 @@ def _record_of(case: CaseInput, result: CaseResult, input_fp: str | None, settin
         error=result.error,
         output=result.output,
         shape_zyx=result.shape_zyx,
+        output_sha256=content_sha256(result.output) if result.output and not result.error else None,
         seconds=result.seconds,
     )
 
@@ -271,6 +291,7 @@ def predict_cases(
     progress: bool = True,
     out_flag: str = "--out",
     preview: bool = False,
+    overwrite_edited: bool = False,
 ) -> PredictSummary:
     """Predict every input case into ``out_dir``; resumable, failures reported per case.
 
@@ -296,7 +317,7 @@ def predict_cases(
         check_checkpoints(run.run_dirs, run.config.checkpoint)
     with exclusive_lock(out):
         remove_stale_temporaries(out)
-        plan = plan_run(out, run, cases, overwrite, out_flag)
+        plan = plan_run(out, run, cases, overwrite, out_flag, overwrite_edited)
         if plan.todo and predict_fns is None:
             predict_fns = load_predict_fns(run.run_dirs, run.config.checkpoint)  # a missing model stops the run
         results = _predict_all(cases, plan, predict_fns, run, out, progress, preview)

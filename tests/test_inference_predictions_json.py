@@ -32,7 +32,8 @@ CONFIG = {
 
 
 def legacy_bytes() -> bytes:
-    """What predict wrote before the typed contract, built the way it built it (plus the format version)."""
+    """What predict wrote before the typed contract, built the way it built it (plus the format version and,
+    since issue 18, each output's SHA-256)."""
     manifest = {"version": 1, "cases": {}}
     manifest.update(run="/runs/r1", settings_fingerprint="s1", config=CONFIG)
     manifest["cases"]["pancreas_010"] = {
@@ -43,6 +44,7 @@ def legacy_bytes() -> bytes:
         "error": None,
         "output": "out/pancreas_010.nii.gz",
         "shape_zyx": [40, 96, 96],
+        "output_sha256": None,
         "seconds": {
             k: round(v, 3) for k, v in {"preprocess": 0.12345, "model": 1.0, "stitch": 0.0004, "export": 2.5}.items()
         },
@@ -55,6 +57,7 @@ def legacy_bytes() -> bytes:
         "error": "data/imagesTs/broken.nii.gz: cannot read",
         "output": None,
         "shape_zyx": None,
+        "output_sha256": None,
         "seconds": {},
     }
     return (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode()
@@ -72,7 +75,7 @@ def typed() -> Predictions:
             None,
             "out/pancreas_010.nii.gz",
             (40, 96, 96),
-            {"preprocess": 0.12345, "model": 1.0, "stitch": 0.0004, "export": 2.5},
+            seconds={"preprocess": 0.12345, "model": 1.0, "stitch": 0.0004, "export": 2.5},
         ),
     )
     return record.with_case(

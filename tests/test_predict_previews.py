@@ -78,3 +78,29 @@ def test_a_foreign_statistics_file_or_preview_is_refused_before_any_work(msd, tm
     with pytest.raises(PredictError, match=rf"{case}_preview.png: exists and was not written"):
         _predict(run, msd, out, preview=True)
     assert (out / f"{case}_preview.png").read_bytes() == b"a picture of mine"
+
+
+def _edit(path: Path) -> bytes:
+    """Correct a label map by hand (a new gland); the file's new bytes."""
+    image = sitk.ReadImage(str(path))
+    values = np.zeros_like(sitk.GetArrayFromImage(image))
+    values[2:4, 10:20, 10:20] = 1
+    edited = sitk.GetImageFromArray(values)
+    edited.CopyInformation(image)
+    sitk.WriteImage(edited, str(path), True)
+    return path.read_bytes()
+
+
+def test_a_hand_corrected_label_map_is_never_replaced_silently(msd, tmp_path):
+    run, out = write_contract_run(tmp_path / "run", window=(32, 64, 64)), tmp_path / "out"
+    first = _predict(run, msd, out)
+    case = first.results[0].case_id
+    record = json.loads((out / "predictions.json").read_text())
+    assert len(record["cases"][case]["output_sha256"]) == 64
+    edited = _edit(out / f"{case}.nii.gz")
+    assert _predict(run, msd, out).n_skipped == len(first.results)  # up to date: nothing replaced
+    with pytest.raises(PredictError, match=rf"{case}.nii.gz: changed since `pancreas predict` wrote it"):
+        _predict(run, msd, out, overwrite=True)  # other settings or --overwrite would replace it
+    assert (out / f"{case}.nii.gz").read_bytes() == edited
+    again = _predict(run, msd, out, overwrite=True, overwrite_edited=True)
+    assert again.n_done == len(first.results) and (out / f"{case}.nii.gz").read_bytes() != edited

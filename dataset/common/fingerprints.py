@@ -46,3 +46,12 @@ def _files(folder: Path) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [Path(here) / name for name in files if (Path(here) / name).is_file()]
     return sorted(found, key=lambda p: p.relative_to(folder).parts)
+
+
+def content_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (for small outputs whose edits must be noticed, e.g. label maps)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -48,6 +48,7 @@ class PredictionRecord:
     error: str | None = None  # null | one-line reason
     output: str | None = None  # path of <case>.nii.gz when done | null
     shape_zyx: tuple[int, ...] | None = None  # [z, y, x] of the preprocessed (stored-grid) volume | null
+    output_sha256: str | None = None  # SHA-256 of <case>.nii.gz as predict wrote it (an edited file differs) | null
     # seconds per step: {"preprocess", "model", "stitch", "export"}, 3 decimals
     seconds: Mapping[str, float] = field(default_factory=dict)
 
