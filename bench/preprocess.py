@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 def _status_mb(field: str) -> float:
     """A memory field of /proc/self/status (VmRSS, VmHWM) in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")

@@ -71,7 +71,7 @@ WORKER_STAGES = ("preprocess", "index")  # stages whose cases run in Dask worker
 def status_mb(field_name: str) -> float:
     """A memory field of /proc/self/status (VmRSS, VmHWM) in MB; NaN where there is none."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
             if line.startswith(field_name + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
@@ -244,7 +244,7 @@ def synthesise(data: Path, n: int, seed: int, size: str) -> bool:
     if (data / "dataset.json").is_file():
         import json
 
-        meta = json.loads((data / "dataset.json").read_text())
+        meta = json.loads((data / "dataset.json").read_text(encoding="utf-8"))
         if meta.get("numTraining") == n and f"seed {seed}, size {size})" in meta.get("description", ""):
             print(f"synth: reusing {data} ({n} cases)")
             return False

@@ -73,7 +73,7 @@ def median_seconds(run, repeats: int) -> float:
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), '' elsewhere."""
     try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
     except OSError:
         return ""
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")

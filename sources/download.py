@@ -215,7 +215,7 @@ def download_file(url: str, dest: Path, md5: str, config: DownloadConfig, progre
 # ----------------------------------------------------------------------------- the stage
 def _read_marker(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
 

@@ -216,7 +216,7 @@ def load_msd_dataset(folder: str | Path) -> MsdDataset:
     if not meta_path.is_file():
         raise MsdDatasetError(f"{root}: no {DATASET_JSON}; expected an MSD task folder or an nnU-Net v2 raw dataset")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise MsdDatasetError(f"{meta_path}: not valid JSON ({err})") from None
     if not isinstance(meta, dict):

@@ -58,7 +58,7 @@ def test_predict_reports_broken_links_as_failed_cases(tmp_path, capsys):
     assert summary.n_done == 1
     errors = {r.case_id: r.error for r in summary.failed}
     assert errors == {"b": f"{inputs / 'b.nii.gz'}: {DANGLING}", "c": f"{inputs / 'c.nii.gz'}: {LOOP}"}
-    record = json.loads((out / "predictions.json").read_text())["cases"]
+    record = json.loads((out / "predictions.json").read_text(encoding="utf-8"))["cases"]
     assert {k: v["status"] for k, v in record.items()} == {"a": "done", "b": "failed", "c": "failed"}
     assert record["c"]["error"] == errors["c"]
     table = summary.table()
@@ -72,7 +72,7 @@ def data(tmp_path) -> Path:
 
 def scanned_only(data: Path) -> None:
     """dataset.json without its lists, so preprocess scans imagesTr/labelsTr."""
-    meta = json.loads((data / "dataset.json").read_text())
+    meta = json.loads((data / "dataset.json").read_text(encoding="utf-8"))
     del meta["training"], meta["test"]
     (data / "dataset.json").write_text(json.dumps(meta))
 

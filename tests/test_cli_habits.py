@@ -102,7 +102,7 @@ def test_set_applies_on_top_of_config_and_the_store_records_it(tmp_path, capsys)
         )
         == 0
     )
-    recorded = json.loads((store / "catalog.json").read_text())["config"]
+    recorded = json.loads((store / "catalog.json").read_text(encoding="utf-8"))["config"]
     assert recorded["window_hu"] == [-100.0, 200.0] and recorded["equalize"] is False
     assert (
         main(
@@ -125,7 +125,7 @@ def test_set_applies_on_top_of_config_and_the_store_records_it(tmp_path, capsys)
         )
         == 0
     )
-    recorded = json.loads((store / "index" / "summary.json").read_text())["config"]
+    recorded = json.loads((store / "index" / "summary.json").read_text(encoding="utf-8"))["config"]
     assert (recorded["folds"], recorded["train_patch_xyz"], recorded["elastic"]["sigma_voxels"]) == (
         1,
         [32, 32, 16],
@@ -266,7 +266,9 @@ def test_version_is_the_package_version(capsys):
 
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
-    version = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    version = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))[
+        "project"
+    ]["version"]
     assert exit_.value.code == 0 and capsys.readouterr().out == f"pancreas {version}\n"
 
 

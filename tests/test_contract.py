@@ -31,7 +31,9 @@ HANDOVER_NAMES = {
 
 def table_rows() -> list[tuple[str, str]]:
     """(files, module) of each row of the overview table in docs/reference/contract.md."""
-    return re.findall(r"^\| (`(?:STORE|RUN_DIR|PRED_DIR|CV_DIR)/.+?) \| `(\w+)` \|", PAGE.read_text(), flags=re.M)
+    return re.findall(
+        r"^\| (`(?:STORE|RUN_DIR|PRED_DIR|CV_DIR)/.+?) \| `(\w+)` \|", PAGE.read_text(encoding="utf-8"), flags=re.M
+    )
 
 
 def test_every_row_names_a_contract_module_that_defines_the_file():
@@ -39,11 +41,12 @@ def test_every_row_names_a_contract_module_that_defines_the_file():
     assert len(rows) == 13
     for path, module_name in rows:
         module = importlib.import_module(f"dataset.contract.{module_name}")
-        source = Path(module.__file__).read_text()
+        source = Path(module.__file__).read_text(encoding="utf-8")
         for name in re.findall(r"[\w.]+\.(?:json|csv)", path):
             assert f'"{name}"' in source or (
                 name in ("train.csv", "val.csv")
-                and '"train.csv"' in Path(importlib.import_module("dataset.contract.index").__file__).read_text()
+                and '"train.csv"'
+                in Path(importlib.import_module("dataset.contract.index").__file__).read_text(encoding="utf-8")
             ), (path, module_name)
     documented = {n for path, _ in table_rows() for n in re.findall(r"[\w.]+\.(?:json|csv)", path)}
     assert documented >= HANDOVER_NAMES
@@ -51,7 +54,9 @@ def test_every_row_names_a_contract_module_that_defines_the_file():
 
 def _documented_fields() -> dict[str, list[str]]:
     """{record: the field names of its table} for every ``<!-- fields: Name -->`` block of the page."""
-    blocks = re.findall(r"<!-- fields: (\w+) -->\n(.*?)<!-- end fields -->", PAGE.read_text(), flags=re.S)
+    blocks = re.findall(
+        r"<!-- fields: (\w+) -->\n(.*?)<!-- end fields -->", PAGE.read_text(encoding="utf-8"), flags=re.S
+    )
     return {name: re.findall(r"^\| `(\w+)` \|", table, flags=re.M) for name, table in blocks}
 
 
@@ -64,7 +69,7 @@ def test_every_field_of_every_record_is_in_its_files_table_and_no_other():
 
 def test_the_field_tables_are_made_from_the_field_comments():
     """Run ``python -m dataset.contract.fieldtables`` after changing a record's fields or comments."""
-    assert render(PAGE.read_text()) == PAGE.read_text()
+    assert render(PAGE.read_text(encoding="utf-8")) == PAGE.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("name", sorted(RECORDS))
@@ -79,9 +84,9 @@ def test_every_file_record_has_a_version_kind_and_error(name):
 
 def test_contract_module_docstrings_are_short_and_link_the_page():
     for path in sorted((ROOT / "dataset" / "contract").glob("*.py")):
-        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
         assert len(doc.splitlines()) <= 12, path.name
-        assert "design-notes" not in path.read_text().lower(), path.name
+        assert "design-notes" not in path.read_text(encoding="utf-8").lower(), path.name
 
 
 def _string_constants(tree: ast.AST) -> list[tuple[int, str]]:
@@ -104,7 +109,7 @@ def test_no_module_outside_the_contract_names_a_handover_file():
         for path in (ROOT / package).rglob("*.py"):
             if "contract" in path.relative_to(ROOT).parts:
                 continue
-            for line, value in _string_constants(ast.parse(path.read_text())):
+            for line, value in _string_constants(ast.parse(path.read_text(encoding="utf-8"))):
                 if value in HANDOVER_NAMES or any(value.endswith("/" + n) for n in HANDOVER_NAMES):
                     offenders.append(f"{path.relative_to(ROOT)}:{line}: {value!r}")
     assert offenders == []

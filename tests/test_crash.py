@@ -47,7 +47,7 @@ def cli(args: list[str], **env: str) -> subprocess.CompletedProcess:
 def commit_points(args: list[str], log: Path) -> list[str]:
     result = cli(args, **{CRASH_LOG_ENV: str(log)})
     assert result.returncode == 0, result.stderr
-    return log.read_text().split()
+    return log.read_text(encoding="utf-8").split()
 
 
 def _strip(value, root: str):
@@ -70,7 +70,7 @@ def snapshot(folder: Path) -> dict[str, object]:
             continue
         rel = str(path.relative_to(folder))
         if path.suffix == ".json":
-            out[rel] = _strip(json.loads(path.read_text()), root)
+            out[rel] = _strip(json.loads(path.read_text(encoding="utf-8")), root)
         elif path.suffix == ".h5":
             with h5py.File(path, "r") as f:
                 out[rel] = (
@@ -129,7 +129,7 @@ def test_preprocess_survives_a_kill_at_every_commit_point(data, tmp_path):
         catalog = work / "store" / "catalog.json"
         done = {}
         if catalog.is_file():
-            for cid, rec in json.loads(catalog.read_text())["cases"].items():
+            for cid, rec in json.loads(catalog.read_text(encoding="utf-8"))["cases"].items():
                 shard = work / "store" / rec["shard"]
                 if rec["status"] == "done" and shard.is_file():
                     done[cid] = identity(shard)
@@ -193,7 +193,7 @@ def test_full_disk_gives_one_line_no_partial_file_and_keeps_earlier_results(data
     failed_lines = [line for line in first.stdout.splitlines() + first.stderr.splitlines() if "No space left" in line]
     assert failed_lines, first.stdout + first.stderr
     assert temporaries(store) == []
-    catalog = json.loads((store / "catalog.json").read_text())
+    catalog = json.loads((store / "catalog.json").read_text(encoding="utf-8"))
     done = {c: identity(store / r["shard"]) for c, r in catalog["cases"].items() if r["status"] == "done"}
     assert len(done) == len(catalog["cases"]) - 1
     again = cli(["preprocess", "--data", str(data), "--out", str(store), "--workers", "0"])

@@ -139,7 +139,7 @@ def test_pooled_out_of_fold_report_csv_and_decision(two_folds, tmp_path):
     for c in fold1_val:
         assert report["cases"][c]["pancreas"] == {"dice": 0.0, "nsd": 0.0, "hd95_mm": None, "status": "missed"}
     assert report["summary"]["pancreas"]["dice"]["n"] == 4
-    on_disk = json.loads((cv / "report.json").read_text())
+    on_disk = json.loads((cv / "report.json").read_text(encoding="utf-8"))
     assert on_disk["summary"] == report["summary"] and on_disk["nsd_tolerance_mm"] == report["nsd_tolerance_mm"]
     with open(cv / "report.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -148,7 +148,10 @@ def test_pooled_out_of_fold_report_csv_and_decision(two_folds, tmp_path):
     assert float(first["dice"]) == pytest.approx(report["cases"][fold0_val[0]]["pancreas"]["dice"], rel=1e-5)
     assert first["fold"] == "0"
     # the page, its plot and one truth-against-prediction picture per pooled case
-    assert 'content="pancreas-seg"' in (cv / "report.html").read_text() and (cv / "report_metrics.png").is_file()
+    assert (
+        'content="pancreas-seg"' in (cv / "report.html").read_text(encoding="utf-8")
+        and (cv / "report_metrics.png").is_file()
+    )
     assert sorted(p.stem for p in (cv / "pictures").iterdir()) == sorted(report["cases"])
     assert report["summary"]["tumour_detection"]["cases"] == 4
     decision = read_postprocessing(cv / "postprocessing.json")
@@ -174,7 +177,7 @@ def test_runs_out_of_order_the_wrong_count_or_another_store_are_refused(two_fold
     with pytest.raises(CrossValidationError, match=r"got 1 run\(s\) but .* has 2 fold\(s\)"):
         evaluate_cv(runs[:1], store, tmp_path / "b", predict_fns=fns, progress=False)
     other = Path(shutil.copytree(runs[1], tmp_path / "other"))
-    contract = json.loads((other / "input_contract.json").read_text())
+    contract = json.loads((other / "input_contract.json").read_text(encoding="utf-8"))
     (other / "input_contract.json").write_text(json.dumps({**contract, "store_fingerprint": "elsewhere"}))
     with pytest.raises(StoreError, match="was built on store fingerprint elsewhere"):
         evaluate_cv([runs[0], other], store, tmp_path / "c", predict_fns=fns, progress=False)
@@ -211,4 +214,4 @@ def test_a_report_the_cv_did_not_write_is_never_replaced(two_folds, tmp_path):
     with pytest.raises(CrossValidationError, match=r"holds report.csv not written by `pancreas evaluate --cv`"):
         evaluate_cv(runs, store, cv, predict_fns=[nothing, nothing], progress=False)
     assert sorted(p.name for p in cv.iterdir()) == ["report.csv"]
-    assert (cv / "report.csv").read_text() == "my own table\n"
+    assert (cv / "report.csv").read_text(encoding="utf-8") == "my own table\n"

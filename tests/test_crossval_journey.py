@@ -41,7 +41,7 @@ def test_two_fold_protocol(tmp_path, capsys):
         )
         == 0
     )
-    split = json.loads((store / "index" / "split.json").read_text())
+    split = json.loads((store / "index" / "split.json").read_text(encoding="utf-8"))
     assert len(split["folds"]) == 2
     runs = [tmp_path / "runs" / f"fold_{k}" for k in range(2)]
     for k, run in enumerate(runs):
@@ -49,19 +49,19 @@ def test_two_fold_protocol(tmp_path, capsys):
             main(["train", "--store", str(store), "--fold", str(k), "--config", str(train_yaml), "--out", str(run)])
             == 0
         )
-        assert json.loads((run / "input_contract.json").read_text())["fold"] == k
+        assert json.loads((run / "input_contract.json").read_text(encoding="utf-8"))["fold"] == k
     capsys.readouterr()
 
     code = main(["evaluate", "--cv", *map(str, runs), "--store", str(store), "--out", str(cv), "--no-progress"])
     printed = capsys.readouterr().out
     assert code in (0, 1)  # 1 only if a case could not be scored; the report says which
-    report = json.loads((cv / "report.json").read_text())
+    report = json.loads((cv / "report.json").read_text(encoding="utf-8"))
     labelled = sorted(c for fold in split["folds"] for c in fold["val"])
     assert sorted(report["cases"]) == labelled and report["checkpoint"] == "last"
     assert "postprocessing, largest component of pancreas" in printed
     with open(cv / "report.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == len(labelled) * 3
-    decision = json.loads((cv / "postprocessing.json").read_text())
+    decision = json.loads((cv / "postprocessing.json").read_text(encoding="utf-8"))
     assert set(decision["largest_component"]) == {"pancreas", "tumour"}
 
     assert (
@@ -81,6 +81,6 @@ def test_two_fold_protocol(tmp_path, capsys):
         )
         == 0
     )
-    record = json.loads((preds / "predictions.json").read_text())
+    record = json.loads((preds / "predictions.json").read_text(encoding="utf-8"))
     assert [c for c, r in record["cases"].items() if r["status"] == "done"] == ["pancreas_007"]
     assert (preds / "pancreas_007.nii.gz").is_file()

@@ -14,13 +14,13 @@ def test_demo_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "pancreas Dice" in printed and str(out / "report.json") in printed
 
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert sorted(report["cases"]) == ["pancreas_011", "pancreas_012", "pancreas_013"]
     # an untrained network scores about 0 here; the demo's few minutes of training must learn the gland
     assert report["summary"]["pancreas"]["dice"]["mean"] > 0.4
     # ... and, with Task07-proportioned tumours, find them (0.83 measured; 0 with 8 mm tumours)
     assert report["summary"]["tumour"]["dice"]["mean"] > 0.3
-    history = (out / "run" / "history.csv").read_text().splitlines()
+    history = (out / "run" / "history.csv").read_text(encoding="utf-8").splitlines()
     assert len(history) == 1 + 48  # header + one row per epoch
     for stage_output in (
         "store/catalog.json",
@@ -43,4 +43,4 @@ def test_demo_end_to_end(tmp_path, capsys):
 
     # rerunning reuses every stage's outputs (all stages are resumable)
     assert main(["demo", "--out", str(out), "--no-progress"]) == 0
-    assert json.loads((out / "report.json").read_text())["summary"] == report["summary"]
+    assert json.loads((out / "report.json").read_text(encoding="utf-8"))["summary"] == report["summary"]

@@ -28,7 +28,7 @@ def test_the_files_are_configs_demo_and_nothing_else():
 @pytest.mark.parametrize("name", sorted(CLASSES))
 def test_yaml_equals_the_in_code_copy(name):
     path = DEMO_CONFIG_DIR / f"{name}.yaml"
-    assert yaml.safe_load(path.read_text()) == DEMO_OVERRIDES[name]  # same keys, not only same result
+    assert yaml.safe_load(path.read_text(encoding="utf-8")) == DEMO_OVERRIDES[name]  # same keys, not only same result
     assert load_config(CLASSES[name], path) == from_dict(CLASSES[name], DEMO_OVERRIDES[name])
 
 

@@ -187,5 +187,5 @@ def test_predict_writes_each_series_on_its_own_grid_and_records_it(one_folder: P
         written = read_label(out / f"patient7_{suffix}.nii.gz")
         assert written.GetSize() == SERIES[uid].GetSize()
         np.testing.assert_allclose(written.GetSpacing(), SERIES[uid].GetSpacing(), atol=1e-4)
-    record = json.loads((out / "predictions.json").read_text())["cases"]
+    record = json.loads((out / "predictions.json").read_text(encoding="utf-8"))["cases"]
     assert record[f"patient7_{SUFFIX_B}"]["input"] == f"{one_folder} (DICOM series {UID_B})"

@@ -343,7 +343,7 @@ def test_crafted_archive_is_refused_in_one_line_before_anything_is_written(tmp_p
     assert str(out / NAME) in errors[0] and repr(member) in errors[0] and reason in errors[0], errors[0]
     assert "nothing was extracted" in errors[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "victim.txt"]
-    assert (tmp_path / "victim.txt").read_text() == "original"
+    assert (tmp_path / "victim.txt").read_text(encoding="utf-8") == "original"
     assert sorted(p.name for p in out.iterdir()) == [NAME]  # no staging, no dataset, no lock file
 
 

@@ -102,7 +102,7 @@ def test_cli_writes_report_and_fails_on_missing_prediction(folders, tmp_path: Pa
     pred, truth = folders
     out = tmp_path / "report.json"
     assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(out), "--no-progress"]) == 0
-    report = json.loads(out.read_text())
+    report = json.loads(out.read_text(encoding="utf-8"))
     regions = {"pancreas", "pancreas_label1", "tumour"}
     assert set(report["cases"]["b"]) == regions | {"tumour_detection", "statistics"}
     assert set(report["summary"]["pancreas"]["hd95_mm"]) >= {"mean", "median", "n"}
@@ -173,7 +173,7 @@ def test_evaluate_run_refuses_a_run_of_another_store(trained, tmp_path: Path):
     """Its "validation" cases could be this store's training cases."""
     _data, store, run, _val = trained
     other = Path(shutil.copytree(run, tmp_path / "run"))
-    contract = json.loads((other / "input_contract.json").read_text())
+    contract = json.loads((other / "input_contract.json").read_text(encoding="utf-8"))
     (other / "input_contract.json").write_text(json.dumps({**contract, "store_fingerprint": "elsewhere"}))
     with pytest.raises(StoreError, match=rf"^{other}: was built on store fingerprint elsewhere but {store} now has"):
         evaluate_run(other, store, predict_fn=everything_is_pancreas, progress=False)
@@ -283,4 +283,4 @@ def test_a_foreign_out_file_is_refused_before_any_scoring(folders, tmp_path, mon
     monkeypatch.setattr(evaluate_module, "evaluate_dirs", lambda *a, **k: pytest.fail("scored before refusing"))
     assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(mine), "--no-progress"]) == 2
     assert "is not a report of `pancreas evaluate`" in capsys.readouterr().err
-    assert mine.read_text() == '{"my": "notes"}'
+    assert mine.read_text(encoding="utf-8") == '{"my": "notes"}'

@@ -82,7 +82,7 @@ def test_cli_writes_csv_page_plot_and_pictures_that_resolve(case_folders):
         "1",
         "1",
     )
-    page = (d / "eval" / "report.html").read_text()
+    page = (d / "eval" / "report.html").read_text(encoding="utf-8")
     links = Page(page).links()
     assert "pictures/p1.png" in links and "pictures/p2.png" in links
     for link in links:
@@ -103,7 +103,7 @@ def test_no_pictures_and_a_foreign_file_beside_the_report(case_folders):
     assert not (d / "eval" / "pictures").exists() and (d / "eval" / "report.html").is_file()
     (d / "eval" / "report.html").write_text("<p>my notes</p>")
     assert main(base) == 2  # refused before any work
-    assert (d / "eval" / "report.html").read_text() == "<p>my notes</p>"
+    assert (d / "eval" / "report.html").read_text(encoding="utf-8") == "<p>my notes</p>"
     (d / "eval" / "report.html").unlink()
     (d / "eval" / "pictures").mkdir()
     (d / "eval" / "pictures" / "p1.png").write_bytes(b"someone's picture")
@@ -121,10 +121,10 @@ def test_a_case_id_with_html_is_text_and_gets_no_picture_path(tmp_path):
     assert (
         main(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth"), "--out", str(out)]) == 0
     )
-    page = (tmp_path / "eval" / "report.html").read_text()
+    page = (tmp_path / "eval" / "report.html").read_text(encoding="utf-8")
     assert evil not in page and html.escape(evil) in page
     assert not (tmp_path / "eval" / "pictures").exists() or not list((tmp_path / "eval" / "pictures").iterdir())
-    assert json.loads(out.read_text())["cases"][evil]["tumour_detection"]["detected"] == 2
+    assert json.loads(out.read_text(encoding="utf-8"))["cases"][evil]["tumour_detection"]["detected"] == 2
 
 
 def test_report_files_beside_any_name(tmp_path):

@@ -89,10 +89,10 @@ def test_the_saved_model_gives_the_keras_models_probabilities(run_dir, tmp_path,
     other = "last" if checkpoint == "best" else "best"  # the file asked for, not the other one
     assert not np.allclose(served, _keras_probabilities(checkpoint_path(run_dir, other), window), atol=1e-3)
 
-    assert json.loads((out / "input_contract.json").read_text()) == record_to_dict(CONTRACT)
-    readme = (out / "README.txt").read_text()
+    assert json.loads((out / "input_contract.json").read_text(encoding="utf-8")) == record_to_dict(CONTRACT)
+    readme = (out / "README.txt").read_text(encoding="utf-8")
     assert "serving_default" in readme and "multiple of 4" in readme and "input_contract.json" in readme
-    record = json.loads((out / "export.json").read_text())
+    record = json.loads((out / "export.json").read_text(encoding="utf-8"))
     assert record["checkpoint"] == checkpoint and record["signature"]["input_shape"] == [None, None, None, None, 1]
     assert not [p for p in tmp_path.iterdir() if TMP_SUFFIX in p.name]
     assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
@@ -114,7 +114,7 @@ def test_an_earlier_export_is_replaced_and_another_folder_refused_untouched(run_
     (tmp_path / f".serving.export-abcd_123{TMP_SUFFIX}").mkdir()  # what a killed export leaves
     (tmp_path / f".serving.v2.export-abcd_123{TMP_SUFFIX}").mkdir()  # another export's, maybe in flight
     summary = export_run(run_dir, out, "best")
-    assert summary.replaced and json.loads((out / "export.json").read_text())["checkpoint"] == "best"
+    assert summary.replaced and json.loads((out / "export.json").read_text(encoding="utf-8"))["checkpoint"] == "best"
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".serving.v2.export-abcd_123{TMP_SUFFIX}", "serving"]
     window = np.random.default_rng(3).random((1, 4, 8, 8, 1), dtype=np.float32)
     loaded = tf.saved_model.load(str(out))  # kept: its functions need the object alive
@@ -173,7 +173,7 @@ def test_cli_exports_and_a_locked_folder_fails_at_once(run_dir, tmp_path, capsys
         assert main(["export", "--model", str(run_dir), "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"in use by pid {holder.pid}" in err[0], err
-        assert json.loads((out / "export.json").read_text())["checkpoint"] == "last"  # untouched
+        assert json.loads((out / "export.json").read_text(encoding="utf-8"))["checkpoint"] == "last"  # untouched
     finally:
         holder.stdin.close()
         holder.wait(60)

@@ -28,14 +28,14 @@ def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
     with atomic_path(target) as tmp:
         assert tmp.parent == target.parent and tmp.name.endswith(TMP_SUFFIX)
         tmp.write_text("new")
-    assert target.read_text() == "new"
+    assert target.read_text(encoding="utf-8") == "new"
     assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # not mkstemp's 0600
 
     with pytest.raises(RuntimeError):  # noqa: PT012 - the failure must happen inside the write
         with atomic_path(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("killed")
-    assert target.read_text() == "new"
+    assert target.read_text(encoding="utf-8") == "new"
     assert os.listdir(target.parent) == ["out.txt"]
 
 
@@ -46,7 +46,7 @@ def test_keep_identical_preserves_mtime_only_when_bytes_match(tmp_path):
     write_json_atomic(target, {"a": 1}, keep_identical=True)
     assert target.stat().st_mtime_ns == 1
     write_json_atomic(target, {"a": 2}, keep_identical=True)
-    assert target.stat().st_mtime_ns != 1 and '"a": 2' in target.read_text()
+    assert target.stat().st_mtime_ns != 1 and '"a": 2' in target.read_text(encoding="utf-8")
 
 
 def test_stale_temporaries_are_removed_only_by_the_lock_holder_and_only_ours(tmp_path):
@@ -102,10 +102,12 @@ def test_commit_point_kills_at_the_named_occurrence_and_logs_every_point(tmp_pat
     target, log = tmp_path / "state.json", tmp_path / "points.log"
     env = {**os.environ, "PANCREAS_CRASH_LOG": str(log)}
     assert subprocess.run([sys.executable, "-c", code, str(target)], env=env).returncode == 0
-    assert log.read_text().split() == [f"state:{p}#{i}" for i in (1, 2, 3) for p in ("written", "renamed")]
+    assert log.read_text(encoding="utf-8").split() == [
+        f"state:{p}#{i}" for i in (1, 2, 3) for p in ("written", "renamed")
+    ]
     env = {**os.environ, "PANCREAS_CRASH_AT": "state:written#2"}
     assert subprocess.run([sys.executable, "-c", code, str(target)], env=env).returncode == -9
-    assert json.loads(target.read_text()) == {"i": 0}  # the second write never landed
+    assert json.loads(target.read_text(encoding="utf-8")) == {"i": 0}  # the second write never landed
     assert [p.name for p in tmp_path.iterdir() if TMP_SUFFIX in p.name]  # its temporary is left for the sweep
 
 
@@ -116,7 +118,7 @@ def test_simulated_full_disk_leaves_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left") as err:
         write_json_atomic(target, {"v": 2}, point="catalog")
     assert err.value.errno == errno.ENOSPC
-    assert json.loads(target.read_text()) == {"v": 1} and os.listdir(tmp_path) == ["catalog.json"]
+    assert json.loads(target.read_text(encoding="utf-8")) == {"v": 1} and os.listdir(tmp_path) == ["catalog.json"]
     commit_point("unrelated:written")  # other points are untouched
 
 
@@ -162,7 +164,7 @@ def test_a_lock_file_that_is_a_link_never_truncates_its_target(tmp_path):
     with pytest.raises(LockedError, match="cannot open its lock file"):
         with exclusive_lock(out):
             pass
-    assert target.read_text() == "the only copy"
+    assert target.read_text(encoding="utf-8") == "the only copy"
 
 
 def test_write_bytes_atomic_refuses_a_short_file_and_keeps_the_old_one(tmp_path, request):

@@ -72,13 +72,13 @@ def built(tmp_path_factory):
 
 def test_split_and_summary(built):
     store, s = built
-    split = json.loads((store / "index" / "split.json").read_text())
+    split = json.loads((store / "index" / "split.json").read_text(encoding="utf-8"))
     assert list(split) == ["version", "seed", "val_fraction", "max_cases", "folds", "skipped"]
     assert len(split["folds"]) == s.folds == len(s.per_fold) == 5
     assert sorted(c for f in split["folds"] for c in f["val"]) == sorted(labels())  # each case once
     assert split["skipped"] == {"case_bad": "cannot read header"}
     assert (s.cases, s.tumour_cases) == (8, 5)
-    on_disk = json.loads((store / "index" / "summary.json").read_text())
+    on_disk = json.loads((store / "index" / "summary.json").read_text(encoding="utf-8"))
     assert on_disk["config"] == to_dict(CFG) and on_disk["store_fingerprint"] == s.store_fingerprint
     for k, fold in enumerate(split["folds"]):
         assert not set(fold["train"]) & set(fold["val"]) and sorted(fold["train"] + fold["val"]) == sorted(labels())
@@ -120,7 +120,7 @@ def test_every_fold_is_in_the_fingerprint_and_a_missing_fold_is_refused(tmp_path
     with pytest.raises(StoreError, match=r"no fold 3: the index has 3 fold\(s\), 0..2"):
         check_index(store, catalog, fold=3)
     path = manifest_path(store, "val", 2)
-    path.write_text(path.read_text() + path.read_text().splitlines()[1] + "\n")
+    path.write_text(path.read_text(encoding="utf-8") + path.read_text(encoding="utf-8").splitlines()[1] + "\n")
     with pytest.raises(StoreError, match="the manifests were edited"):
         check_index(store, catalog)
 
@@ -343,7 +343,7 @@ def test_cli_summary_and_config_error(tmp_path, capsys):
     assert main(["index", "--store", str(store), "--config", str(config), "--workers", "0", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "8 cases (5 with tumour) in 5 cross-validation folds" in out and "7 built" in out
-    s = json.loads((store / "index" / "summary.json").read_text())
+    s = json.loads((store / "index" / "summary.json").read_text(encoding="utf-8"))
     for k, c in enumerate(s["per_fold"]):
         assert f"fold {k}       {c['train_cases']} train / {c['val_cases']} validation cases (1 with tumour)" in out
         assert f"    train      {c['train_entries']} entries" in out
@@ -396,7 +396,7 @@ def test_a_second_index_run_on_the_same_store_fails_at_once(tmp_path):
         inflight.write_text("being written")
         with pytest.raises(LockedError, match=rf"in use by pid {pid} on {os.uname().nodename}"):
             build_index(store, CFG, workers=0, progress=False)
-        assert inflight.read_text() == "being written"
+        assert inflight.read_text(encoding="utf-8") == "being written"
         assert not (store / "index" / "summary.json").exists()
     build_index(store, CFG, workers=0, progress=False)  # the lock died with its holder
 

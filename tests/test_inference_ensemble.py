@@ -196,7 +196,7 @@ def test_contract_flip_augment_round_trip_and_checks(tmp_path: Path):
     write_input_contract(tmp_path, contract)
     back = read_input_contract(tmp_path)
     assert back == contract and back.mirror_axes == (2,)
-    assert list(json.loads((tmp_path / "input_contract.json").read_text()))[-1] == "flip_augment"
+    assert list(json.loads((tmp_path / "input_contract.json").read_text(encoding="utf-8")))[-1] == "flip_augment"
     old = InputContract(val_patch_size_zyx=WINDOW, n_classes=3, model_depth=2, preprocess={})
     assert "flip_augment" not in record_to_dict(old) and old.mirror_axes is None
     for bad in (
@@ -215,7 +215,7 @@ def test_contract_flip_augment_round_trip_and_checks(tmp_path: Path):
 
 
 def _contract(run: Path) -> dict:
-    return json.loads((run / "input_contract.json").read_text())
+    return json.loads((run / "input_contract.json").read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize(
@@ -299,7 +299,7 @@ def test_ensemble_prediction_equals_one_model_of_their_mean(msd: Path, tmp_path:
     got = image_array(read_label(tmp_path / "ens" / f"{case.name}.nii.gz"))
     want = image_array(read_label(tmp_path / "one" / f"{case.name}.nii.gz"))
     assert np.array_equal(got, want) and len(np.unique(got)) == 3
-    record = json.loads((tmp_path / "ens" / "predictions.json").read_text())
+    record = json.loads((tmp_path / "ens" / "predictions.json").read_text(encoding="utf-8"))
     assert record["run"].split(":") == [str(r1.resolve()), str(r2.resolve())]
     assert record["config"]["mirror_axes"] == [1, 2]
 
@@ -345,7 +345,7 @@ def test_cli_with_two_model_runs(msd: Path, tmp_path: Path, monkeypatch, extra, 
         == 0
     )
     assert loader.runs == [r1, r2]
-    record = json.loads((out / "predictions.json").read_text())
+    record = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
     assert record["config"]["mirror_axes"] == mirror
     (case,) = record["cases"].values()
     from prediction.sliding import window_grid

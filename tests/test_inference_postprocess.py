@@ -121,7 +121,7 @@ def test_decision_round_trip_same_bytes(tmp_path: Path):
     write_postprocessing(tmp_path, back)
     assert path.read_bytes() == first
     write_postprocessing(tmp_path, decision(False, True))
-    assert list(json.loads(path.read_text())) == [
+    assert list(json.loads(path.read_text(encoding="utf-8"))) == [
         "version",
         "largest_component",
         "store_fingerprint",
@@ -208,9 +208,9 @@ def test_predict_applies_the_decision_on_the_scan_grid(msd: Path, tmp_path: Path
     raw = image_array(read_label(tmp_path / "plain" / name))
     got = image_array(read_label(tmp_path / "cleaned" / name))
     assert np.array_equal(got, apply_postprocessing(raw, chosen)) and not np.array_equal(got, raw)
-    record = json.loads((tmp_path / "cleaned" / "predictions.json").read_text())
+    record = json.loads((tmp_path / "cleaned" / "predictions.json").read_text(encoding="utf-8"))
     assert record["config"]["postprocessing"] == str((tmp_path / "cv" / "postprocessing.json").resolve())
-    plain_record = json.loads((tmp_path / "plain" / "predictions.json").read_text())
+    plain_record = json.loads((tmp_path / "plain" / "predictions.json").read_text(encoding="utf-8"))
     assert record["settings_fingerprint"] != plain_record["settings_fingerprint"]
 
 

@@ -225,7 +225,7 @@ def test_bad_case_is_reported_others_written_and_rerun_skips(msd: Path, tmp_path
     assert (out / f"{good.name}_probabilities.nii.gz").is_file()
     assert not [p for p in out.iterdir() if TMP_SUFFIX in p.name]  # no temporaries left
     assert "1 failed" in summary.table()
-    manifest = json.loads((out / "predictions.json").read_text())
+    manifest = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
     assert manifest["cases"]["broken"]["status"] == "failed"
     # the file format of before the typed contract: keys and their order
     assert list(manifest) == ["version", "cases", "run", "settings_fingerprint", "config"]
@@ -238,6 +238,7 @@ def test_bad_case_is_reported_others_written_and_rerun_skips(msd: Path, tmp_path
         "error",
         "output",
         "shape_zyx",
+        "output_sha256",  # issue 18: an edited label map is noticed
         "seconds",
     ]
 
@@ -486,11 +487,11 @@ def test_a_killed_run_resumes_over_its_own_files(msd: Path, tmp_path: Path):
         timeout=300,
     )
     assert killed.returncode == -9, killed.stderr
-    record = json.loads((out / "predictions.json").read_text())
+    record = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
     assert record["cases"][case.name]["status"] == "pending" and (out / f"{case.name}.nii.gz").is_file()
     summary = predict_cases(run, msd, out, predict_fn=pointwise_model, progress=False)
     assert summary.n_done == 1 and not summary.failed, summary.table()
-    assert json.loads((out / "predictions.json").read_text())["cases"][case.name]["status"] == "done"
+    assert json.loads((out / "predictions.json").read_text(encoding="utf-8"))["cases"][case.name]["status"] == "done"
 
 
 def _source_of(function) -> str:

@@ -46,7 +46,7 @@ def module_name(path: Path) -> str:
 def imports_of(path: Path) -> set[str]:
     """Every project module a file imports (top level or inside functions)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

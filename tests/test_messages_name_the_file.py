@@ -95,7 +95,7 @@ def test_predict_with_a_corrupt_checkpoint_names_it_before_writing(tmp_path: Pat
 
 def nnunet(tmp_path: Path, **changes) -> Path:
     root = make_dataset(tmp_path / "nn", 2, seed=0, n_test=1, layout="nnunet", progress=False)
-    meta = json.loads((root / "dataset.json").read_text())
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     meta.update(changes)
     (root / "dataset.json").write_text(json.dumps({k: v for k, v in meta.items() if v is not None}))
     return root
@@ -121,7 +121,7 @@ def test_download_out_that_is_a_file_is_one_line(tmp_path: Path):
     config = DownloadConfig(url="http://127.0.0.1:9/Task07_Pancreas.tar", md5="0" * 32)
     with pytest.raises(DownloadError, match=r"^--out .*afile: exists and is not a folder"):
         download_dataset(config, tmp_path / "afile", progress=False)
-    assert (tmp_path / "afile").read_text() == "mine"
+    assert (tmp_path / "afile").read_text(encoding="utf-8") == "mine"
 
 
 @pytest.mark.parametrize(("url", "last"), [("http://h/a/..", "'..'"), ("http://h/a/", "''"), ("http://h/.", "'.'")])

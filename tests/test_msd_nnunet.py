@@ -196,7 +196,7 @@ def both_layouts(tmp_path_factory) -> dict[str, Path]:
 
 def test_synth_nnunet_layout_files(both_layouts):
     root = both_layouts["nnunet"]
-    meta = json.loads((root / "dataset.json").read_text())
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     assert meta["channel_names"] == {"0": "CT"} and meta["file_ending"] == ".nii.gz"
     assert meta["labels"] == {"background": 0, "pancreas": 1, "cancer": 2} and meta["numTraining"] == 3
     assert "training" not in meta and "modality" not in meta
@@ -280,7 +280,7 @@ def test_predictions_of_v2_images_pair_with_labelstr_in_evaluate(both_layouts, t
         )
         == 0
     )
-    report = json.loads(report_path.read_text())
+    report = json.loads(report_path.read_text(encoding="utf-8"))
     assert sorted(report["cases"]) == ["pancreas_001", "pancreas_002", "pancreas_003"]
     assert report["missing_predictions"] == [] and report["predictions_without_truth"] == []
 

@@ -46,21 +46,25 @@ def test_statistics_match_the_label_maps_and_previews_link(msd, tmp_path):
         assert float(row["pancreas_ml"]) == pytest.approx(np.isin(values, (1, 2)).sum() * voxel_ml, rel=1e-5)
         assert float(row["tumour_ml"]) == pytest.approx((values == 2).sum() * voxel_ml, rel=1e-5, abs=1e-9)
         assert imread(out / f"{row['case']}_preview.png")[..., :3].std() > 0.05
-    links = [link for link in Page((out / "index.html").read_text()).links() if not link.startswith("#")]
+    links = [
+        link for link in Page((out / "index.html").read_text(encoding="utf-8")).links() if not link.startswith("#")
+    ]
     assert links and all((out / link).is_file() for link in links)
-    stats = json.loads((out / "statistics.json").read_text())
+    stats = json.loads((out / "statistics.json").read_text(encoding="utf-8"))
     assert stats["written_by"] == "pancreas predict" and set(stats["cases"]) == {r["case"] for r in rows}
 
 
 def test_a_rerun_keeps_and_rebuilds_statistics_of_up_to_date_cases(msd, tmp_path):
     run, out = write_contract_run(tmp_path / "run", window=(32, 64, 64)), tmp_path / "out"
     _predict(run, msd, out)
-    first = (out / "statistics.csv").read_text()
+    first = (out / "statistics.csv").read_text(encoding="utf-8")
     (out / "statistics.json").unlink()  # as after a kill before it was written
     (out / "statistics.csv").unlink()
     again = _predict(run, msd, out, preview=True)
     assert again.n_skipped == len(again.results)  # nothing predicted again ...
-    assert (out / "statistics.csv").read_text() == first  # ... measured again from the files, the same figures
+    assert (out / "statistics.csv").read_text(
+        encoding="utf-8"
+    ) == first  # ... measured again from the files, the same figures
     assert all((out / f"{r.case_id}_preview.png").is_file() for r in again.results)
 
 
@@ -95,7 +99,7 @@ def test_a_hand_corrected_label_map_is_never_replaced_silently(msd, tmp_path):
     run, out = write_contract_run(tmp_path / "run", window=(32, 64, 64)), tmp_path / "out"
     first = _predict(run, msd, out)
     case = first.results[0].case_id
-    record = json.loads((out / "predictions.json").read_text())
+    record = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
     assert len(record["cases"][case]["output_sha256"]) == 64
     edited = _edit(out / f"{case}.nii.gz")
     assert _predict(run, msd, out).n_skipped == len(first.results)  # up to date: nothing replaced

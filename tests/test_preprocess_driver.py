@@ -100,7 +100,7 @@ def write_tiny(path: Path, array_zyx: np.ndarray, origin=(0.0, 0.0, 0.0)) -> Non
 
 def add_bad_cases(data: Path) -> dict[str, str]:
     """Append one case per kind of bad input; returns case id -> expected reason fragment."""
-    meta = json.loads((data / "dataset.json").read_text())
+    meta = json.loads((data / "dataset.json").read_text(encoding="utf-8"))
     tr, lb = data / "imagesTr", data / "labelsTr"
     hu = np.full((4, 10, 12), -1000, np.int16)
     hu[1:3, 2:8, 3:9] = 40
@@ -173,7 +173,7 @@ def test_declared_labels_must_be_allowed_by_config(data, tmp_path):
 
 
 def test_outside_entry_fails_the_cli_with_a_message(data, tmp_path, capsys):
-    meta = json.loads((data / "dataset.json").read_text())
+    meta = json.loads((data / "dataset.json").read_text(encoding="utf-8"))
     meta["test"].append("../../elsewhere/pancreas_099.nii.gz")
     (data / "dataset.json").write_text(json.dumps(meta))
     assert main(["preprocess", "--data", str(data), "--out", str(tmp_path / "s"), "--workers", "0"]) == 2
@@ -237,7 +237,7 @@ def test_external_scheduler_and_worker(data, tmp_path):
         deadline = time.monotonic() + 60
         while not scheduler_file.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
-        address = json.loads(scheduler_file.read_text())["address"]
+        address = json.loads(scheduler_file.read_text(encoding="utf-8"))["address"]
         assert address.startswith("tcp://127.0.0.1:")
         worker = _start(
             [
@@ -424,7 +424,7 @@ def test_changed_declared_labels_redo_the_labelled_cases(data, tmp_path):
     store = tmp_path / "store"
     run_preprocess(data, store, workers=0, progress=False)
     with_tumour = {c for c, r in read_catalog(store).cases.items() if r.label_counts and r.label_counts[2]}
-    meta = json.loads((data / "dataset.json").read_text())
+    meta = json.loads((data / "dataset.json").read_text(encoding="utf-8"))
     meta["labels"] = {"0": "background", "1": "pancreas"}
     (data / "dataset.json").write_text(json.dumps(meta))
     again = run_preprocess(data, store, workers=0, progress=False)

@@ -132,7 +132,7 @@ def test_body_box_none_when_empty():
 def test_yaml_mirrors_defaults():
     assert load_preprocess_config(ROOT / "configs" / "preprocess.yaml") == PreprocessConfig()
     assert load_preprocess_config(None) == PreprocessConfig()
-    text = (ROOT / "configs" / "preprocess.yaml").read_text()
+    text = (ROOT / "configs" / "preprocess.yaml").read_text(encoding="utf-8")
     assert all(
         f"  {name}: " in text for name in ("min_spacing_mm", "max_spacing_mm", "max_extent_mm", "max_resampled_voxels")
     )  # every limit written out

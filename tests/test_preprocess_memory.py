@@ -36,7 +36,7 @@ from preprocess import io, pipeline
 from preprocess.config import PreprocessConfig
 
 def kib(field):
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
 

@@ -26,12 +26,12 @@ CATALOG_CASE_KEYS = {f.name for f in dataclasses.fields(CatalogRecord)}  # the f
 
 def read_catalog(store) -> dict:
     """catalog.json as written (the file is the contract)."""
-    return json.loads(catalog_path(store).read_text())
+    return json.loads(catalog_path(store).read_text(encoding="utf-8"))
 
 
 def documented_attributes() -> dict[str, str]:
     """Attribute name -> "what" column of the shard attribute table in docs/reference/contract.md."""
-    table = PAGE.read_text().split("| attribute | what |\n|---|---|\n", 1)[1].split("\n\n", 1)[0]
+    table = PAGE.read_text(encoding="utf-8").split("| attribute | what |\n|---|---|\n", 1)[1].split("\n\n", 1)[0]
     return dict(re.findall(r"^\| `(\w+)` \| (.+) \|$", table, flags=re.M))
 
 

@@ -79,7 +79,7 @@ def done(tmp_path_factory):
     root = tmp_path_factory.mktemp("qc")
     store = build_store(root / "store")
     summary = run_qc(store, root / "qc", progress=False)
-    record = json.loads((root / "qc" / "qc.json").read_text())
+    record = json.loads((root / "qc" / "qc.json").read_text(encoding="utf-8"))
     return summary, {r["case"]: r for r in record["cases"]}, record, root
 
 
@@ -210,7 +210,7 @@ def test_record_names_its_store_and_parameters(done):
 
 def test_page_escapes_the_odd_id_and_every_link_resolves(done):
     _, _, _, root = done
-    page = (root / "qc" / "index.html").read_text()
+    page = (root / "qc" / "index.html").read_text(encoding="utf-8")
     assert "x&lt;b&gt;&amp;&quot;y&#x27;" in page and ODD_ID not in page and "<b>" not in page
     links = re.findall(r'(?:href|src)="([^"]+)"', page)
     files = [unquote(link) for link in links if not link.startswith("#")]
@@ -291,7 +291,7 @@ def test_a_killed_first_run_can_be_rerun(tmp_path, monkeypatch):
     monkeypatch.setattr("evaluation.qc.add_outlier_flags", killed)
     with pytest.raises(KeyboardInterrupt):
         run_qc(store, out, progress=False)
-    assert json.loads((out / "qc.json").read_text())["complete"] is False
+    assert json.loads((out / "qc.json").read_text(encoding="utf-8"))["complete"] is False
     monkeypatch.undo()
     assert run_qc(store, out, progress=False).cases == 3
 

@@ -48,12 +48,12 @@ TOY = Toy([Part("a", (1, 2, 3))], {"b": Part("b")}, {"dice": 1.0}, ((1, 2), (3, 
 
 def test_round_trip_through_the_file_keeps_types_order_and_bytes(tmp_path: Path):
     write_record(tmp_path / "toy.json", TOY, point="toy")
-    text = (tmp_path / "toy.json").read_text()
+    text = (tmp_path / "toy.json").read_text(encoding="utf-8")
     assert list(json.loads(text)) == ["version", "parts", "by_name", "scores", "pairs"]  # note: unknown, left out
     back = read_record(tmp_path / "toy.json", Toy, "toy record")
     assert back == TOY and back.parts[0].size_zyx == (1, 2, 3) and back.scores == {"dice": 1.0}
     write_record(tmp_path / "toy.json", back, point="toy")
-    assert (tmp_path / "toy.json").read_text() == text
+    assert (tmp_path / "toy.json").read_text(encoding="utf-8") == text
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,7 @@ def _read(ds: Path, rel: str) -> tuple[sitk.Image, np.ndarray]:
 
 
 def test_layout_and_dataset_json(ds):
-    meta = json.loads((ds / "dataset.json").read_text())
+    meta = json.loads((ds / "dataset.json").read_text(encoding="utf-8"))
     for key in ("name", "description", "modality", "labels", "numTraining", "numTest", "training", "test"):
         assert key in meta
     assert meta["modality"] == {"0": "CT"}
@@ -81,7 +81,7 @@ def test_deterministic_and_seed_dependent(tmp_path):
 
 
 def test_labels_on_image_grid(ds):
-    meta = json.loads((ds / "dataset.json").read_text())
+    meta = json.loads((ds / "dataset.json").read_text(encoding="utf-8"))
     pairs = [(e["image"], e["label"]) for e in meta["training"]]
     pairs += [(t, t.replace("imagesTs", "labelsTs")) for t in meta["test"]]
     for image_rel, label_rel in pairs:
@@ -217,7 +217,7 @@ def test_cli(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path / "ds"), "--cases", "2", "--test", "0", "--seed", "1"]) == 0
     out = capsys.readouterr().out
     assert "wrote 2 training + 0 test cases" in out and "pancreas_002.nii.gz" in out
-    meta = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    meta = json.loads((tmp_path / "ds" / "dataset.json").read_text(encoding="utf-8"))
     assert meta["numTraining"] == 2 and meta["test"] == []
     assert main(["synth", "--out", str(tmp_path / "bad"), "--cases", "0"]) == 2
 
@@ -264,18 +264,18 @@ def test_synth_refuses_a_single_foreign_file_but_not_unrelated_ones(tmp_path):
     assert (out / "labelsTs" / "pancreas_003.nii.gz").read_bytes() == b"hand-made truth"
     (out / "labelsTs" / "pancreas_003.nii.gz").unlink()
     make_dataset(out, 2, seed=0, n_test=1, progress=False)  # only unrelated files left: fine
-    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
 
 
 def test_marker_lists_what_synth_wrote_and_reruns_may_change_the_cases(tmp_path):
     out = make_dataset(tmp_path / "d", 2, seed=0, n_test=1, progress=False)
-    marker = json.loads((out / SYNTH_MARKER).read_text())
+    marker = json.loads((out / SYNTH_MARKER).read_text(encoding="utf-8"))
     assert marker["written_by"] == "pancreas synth"
     assert set(marker["files"]) == set(_files(out)) - {SYNTH_MARKER}
     # case 3 was a test case; now it is a training case, and a 4th is the test case
     make_dataset(out, 3, seed=0, n_test=1, progress=False)
     make_dataset(out, 2, seed=0, n_test=1, progress=False)  # back: every file is still listed
-    listed = set(json.loads((out / SYNTH_MARKER).read_text())["files"])
+    listed = set(json.loads((out / SYNTH_MARKER).read_text(encoding="utf-8"))["files"])
     assert set(_files(out)) - {SYNTH_MARKER} <= listed and "imagesTs/pancreas_004.nii.gz" in listed
 
 
@@ -291,7 +291,7 @@ def test_a_synth_folder_from_before_the_marker_is_accepted_and_gets_one(tmp_path
     before = _files(out)
     assert main(["synth", "--out", str(out), "--cases", "2", "--test", "1"]) == 0, capsys.readouterr().err
     assert _files(out) == {**before, SYNTH_MARKER: (out / SYNTH_MARKER).read_bytes()}  # same bytes, marker added
-    assert set(json.loads((out / SYNTH_MARKER).read_text())["files"]) == set(before)
+    assert set(json.loads((out / SYNTH_MARKER).read_text(encoding="utf-8"))["files"]) == set(before)
     make_dataset(out, 3, seed=0, n_test=1, progress=False)  # the marker now lists them: reruns may change cases
 
 
@@ -328,7 +328,7 @@ ODD_TRAINING = [
 def test_a_folder_without_marker_whose_dataset_json_synth_did_not_write_is_refused(tmp_path, change):
     """Every file synth would replace is named, but the dataset.json is not one synth writes."""
     out = _as_before_the_marker(make_dataset(tmp_path / "data", 2, seed=0, n_test=1, progress=False))
-    data = json.loads((out / "dataset.json").read_text())
+    data = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     for key, value in change.items():
         data[key.rstrip("+")] = data[key.rstrip("+")] + value if key.endswith("+") else value
     (out / "dataset.json").write_text(json.dumps(data))

@@ -122,7 +122,7 @@ def test_a_kill_at_any_commit_step_resumes_as_if_never_killed(point, train_store
         ):
             np.testing.assert_array_equal(mine, theirs)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.keras", "last.keras"]
-    history = (run_dir / "history.csv").read_text().splitlines()
+    history = (run_dir / "history.csv").read_text(encoding="utf-8").splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1", "2"]
 
 
@@ -131,7 +131,7 @@ def test_commit_points_of_an_epoch_in_order(train_store, config_file, tmp_path):
     config = tmp_path / "one.yaml"
     config.write_text(yaml.safe_dump({**to_dict(QUICK), "epochs": 1}))
     assert _cli(train_store, config, tmp_path / "run", PANCREAS_CRASH_LOG=str(log)).returncode == 0
-    points = [line.split("#")[0] for line in log.read_text().split()]
+    points = [line.split("#")[0] for line in log.read_text(encoding="utf-8").split()]
     assert points == [
         "run-config:written",
         "run-config:renamed",
@@ -177,7 +177,10 @@ def test_settle_publishes_committed_generations_and_removes_uncommitted_ones(tmp
     ]:
         (folder / name).write_text(text)
     settle_checkpoints(tmp_path, RunState(epoch=4, best_epoch=4, generation=4))
-    assert {p.name: p.read_text() for p in folder.iterdir()} == {"last.keras": "last 4", "best.keras": "best 4"}
+    assert {p.name: p.read_text(encoding="utf-8") for p in folder.iterdir()} == {
+        "last.keras": "last 4",
+        "best.keras": "best 4",
+    }
     (folder / "best.5.keras").write_text("best 5 (never committed)")
     settle_checkpoints(tmp_path, RunState(epoch=4, best_epoch=4, generation=4))
     assert sorted(p.name for p in folder.iterdir()) == ["best.keras", "last.keras"]
@@ -212,7 +215,7 @@ def test_state_json_keeps_its_keys_and_order(tmp_path):
         generation=2,
     )
     write_state(tmp_path, state)
-    data = json.loads((tmp_path / "state.json").read_text())
+    data = json.loads((tmp_path / "state.json").read_text(encoding="utf-8"))
     assert list(data) == [
         "version",
         "epoch",

@@ -30,7 +30,7 @@ EPOCHS = 2
 
 def _history_without_timing(run_dir):
     """history.csv without its epoch_seconds column (wall time differs between runs)."""
-    rows = list(csv.reader((run_dir / "history.csv").read_text().splitlines()))
+    rows = list(csv.reader((run_dir / "history.csv").read_text(encoding="utf-8").splitlines()))
     drop = rows[0].index("epoch_seconds")
     assert all(float(row[drop]) > 0 for row in rows[1:])
     return [row[:drop] + row[drop + 1 :] for row in rows]
@@ -42,7 +42,7 @@ def test_train_survives_a_kill_at_every_commit_point(train_store, tmp_path):
     reference = tmp_path / "reference"
     log = tmp_path / "points.log"
     assert _cli(train_store, config, reference, **{CRASH_LOG_ENV: str(log)}).returncode == 0
-    points = log.read_text().split()
+    points = log.read_text(encoding="utf-8").split()
     names = {p.split("#")[0] for p in points}
     assert {
         "checkpoint-best:renamed",

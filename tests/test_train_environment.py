@@ -316,7 +316,7 @@ def test_environment_records_round_trip_and_bad_files_are_refused(no_gpu, tmp_pa
     assert read_environment(tmp_path) == []
     write_environment(tmp_path, [first, later])
     assert read_environment(tmp_path) == [first, later]
-    data = json.loads((tmp_path / "environment.json").read_text())
+    data = json.loads((tmp_path / "environment.json").read_text(encoding="utf-8"))
     assert [s["epoch"] for s in data["starts"]] == [0, 3] and data["starts"][0]["gpus"] == []
     (tmp_path / "environment.json").write_text(json.dumps({"version": 1, "starts": [{"epoch": 0}]}))
     with pytest.raises(RunError, match="missing key"):

@@ -104,9 +104,12 @@ def test_fine_tuning_starts_from_the_source_weights_with_a_fresh_optimizer(sourc
     record = read_fingerprints(run_dir).init_from
     assert record["path"] == str(checkpoint_path(source, "last").resolve())
     assert record["run_dir"] == str(source.resolve()) and record["checkpoint"] == "last"
-    assert record["store_fingerprint"] == json.loads((source / "input_contract.json").read_text())["store_fingerprint"]
+    assert (
+        record["store_fingerprint"]
+        == json.loads((source / "input_contract.json").read_text(encoding="utf-8"))["store_fingerprint"]
+    )
     assert summary.extra["init_from"] == record
-    assert "init_from" not in json.loads((tmp_path / "fresh" / "fingerprints.json").read_text())
+    assert "init_from" not in json.loads((tmp_path / "fresh" / "fingerprints.json").read_text(encoding="utf-8"))
 
 
 def test_the_initial_model_holds_exactly_the_source_weights_at_optimizer_step_0(source, store_b):

@@ -75,7 +75,7 @@ def test_the_run_trains_on_its_folds_manifests_and_records_the_fold(two_fold_sto
     assert val_cases == set(split.fold(1).val) and train_cases == set(split.fold(1).train)
     contract = read_input_contract(run_dir)
     assert (contract.fold, contract.n_folds) == (1, 2)
-    data = json.loads((run_dir / "input_contract.json").read_text())
+    data = json.loads((run_dir / "input_contract.json").read_text(encoding="utf-8"))
     assert list(data)[-2:] == ["fold", "n_folds"]  # the table's order (dataset.contract.run)
 
 
@@ -130,7 +130,7 @@ def test_resume_with_another_fold_is_refused_and_leaves_the_run(two_fold_store, 
         train(two_fold_store, run_dir, ONE_EPOCH, resume=True)  # the default fold, 0
     assert _snapshot(run_dir) == before
 
-    contract = json.loads((run_dir / "input_contract.json").read_text())
+    contract = json.loads((run_dir / "input_contract.json").read_text(encoding="utf-8"))
     for key in ("fold", "n_folds"):  # a run from before folds counts as fold 0
         del contract[key]
     (run_dir / "input_contract.json").write_text(json.dumps(contract))
@@ -152,4 +152,4 @@ def test_cli_resume_on_the_same_fold_says_which(two_fold_store, fold_1_run, tmp_
     args = ["train", "--store", str(two_fold_store), "--config", str(cfg), "--out", str(run_dir), "--resume"]
     assert main([*args, "--fold", "1"]) == 0
     assert "epochs: 1 -> 2 (completed) on fold 1 (of 2)" in capsys.readouterr().out
-    assert json.loads((run_dir / "input_contract.json").read_text())["fold"] == 1
+    assert json.loads((run_dir / "input_contract.json").read_text(encoding="utf-8"))["fold"] == 1

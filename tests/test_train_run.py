@@ -76,12 +76,12 @@ def test_tiny_unet_learns_and_writes_the_run_folder(store, tmp_path):
         "checkpoints/last.keras",
     ):
         assert (run_dir / name).is_file(), name
-    contract = json.loads((run_dir / "input_contract.json").read_text())
+    contract = json.loads((run_dir / "input_contract.json").read_text(encoding="utf-8"))
     assert contract["patch_size_zyx"] == [16, 32, 32] and contract["val_patch_size_zyx"] == [16, 48, 48]
     assert contract["n_classes"] == 3 and contract["label_names"] == ["background", "pancreas", "tumour"]
     assert contract["model_depth"] == 2 and contract["preprocess"] == {}
-    assert json.loads((run_dir / "config.json").read_text()) == to_dict(TINY)
-    assert json.loads((run_dir / "state.json").read_text())["epoch"] == 6
+    assert json.loads((run_dir / "config.json").read_text(encoding="utf-8")) == to_dict(TINY)
+    assert json.loads((run_dir / "state.json").read_text(encoding="utf-8"))["epoch"] == 6
     for split in ("train", "validation", "images"):
         assert list((run_dir / "logs" / split).glob("events.out.tfevents.*")), split
     _check_tensorboard_events(run_dir / "logs")
@@ -135,7 +135,7 @@ def test_bad_inputs_leave_the_run_untouched(store, tmp_path):
     (occupied / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="holds another run.*--resume"):
         train(store, occupied, TINY)
-    assert (occupied / "config.json").read_text() == "{}"
+    assert (occupied / "config.json").read_text(encoding="utf-8") == "{}"
 
     saved = occupied / "config.json"
     saved.write_text(json.dumps(to_dict(TINY)))
@@ -175,7 +175,7 @@ def test_with_the_real_indexer_and_stale_index(tmp_path):
     config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "steps_per_epoch": 2})
     summary = train(store, tmp_path / "run", config)
     assert summary.epochs_completed == 1
-    contract = json.loads((tmp_path / "run" / "input_contract.json").read_text())
+    contract = json.loads((tmp_path / "run" / "input_contract.json").read_text(encoding="utf-8"))
     assert contract["store_fingerprint"] == index.store_fingerprint
 
     records["c0"] = dataclasses.replace(records["c0"], input_fingerprint="changed")
@@ -207,7 +207,7 @@ def test_run_checkpoint_skips_non_finite_epochs(tmp_path):
     assert cb.stopped_on_nan and model.stop_training
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "state.json").exists()
     cb.on_epoch_end(3, {"loss": 0.4, "val_loss": 0.3, "val_dice_pancreas": 0.6})
-    state = json.loads((tmp_path / "state.json").read_text())
+    state = json.loads((tmp_path / "state.json").read_text(encoding="utf-8"))
     assert state["epoch"] == 4 and state["best_value"] == pytest.approx(0.6) and state["best_epoch"] == 4
     assert (tmp_path / "checkpoints" / "best.keras").is_file()
 
@@ -235,7 +235,7 @@ def test_loss_turning_nan_mid_run_stops_it_and_keeps_the_finite_checkpoints(stor
     run_dir = tmp_path / "run"
     summary = run_module.train(store, run_dir, TINY)
     assert summary.stopped == "nan" and summary.epochs_completed == 1
-    state = json.loads((run_dir / "state.json").read_text())
+    state = json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
     assert state["epoch"] == 1 and state["best_epoch"] == 1
     model = keras.saving.load_model(run_dir / "checkpoints" / "last.keras", compile=False)
     assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
@@ -274,14 +274,14 @@ def test_resume_after_sigkill(store, tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    state = json.loads(state_path.read_text())
+    state = json.loads(state_path.read_text(encoding="utf-8"))
     killed_after = state["epoch"]  # 1 normally; 2 on a machine fast enough to finish epoch 2 in 0.3 s
     assert 1 <= killed_after < 3 and state["iterations"] == 40 * killed_after
 
     # a second start without --resume refuses and changes nothing
     again = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True)
     assert again.returncode == 2 and "--resume" in again.stderr
-    assert json.loads(state_path.read_text()) == state
+    assert json.loads(state_path.read_text(encoding="utf-8")) == state
 
     import keras
 
@@ -316,7 +316,7 @@ def test_mirrored_strategy_on_two_logical_cpus(store, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.split("RESULT", 1)[1])
     assert result == {"replicas": 2, "epochs": 1}
-    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    state = json.loads((tmp_path / "run" / "state.json").read_text(encoding="utf-8"))
     assert state["iterations"] == 3 and math.isfinite(state["last_logs"]["loss"])
     assert np.isfinite(state["last_logs"]["val_dice_pancreas"])
 

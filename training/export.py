@@ -17,7 +17,7 @@ from typing import Any
 
 from dataset.common.atomic import TMP_SUFFIX, fsync_path, read_json, write_json_atomic
 from dataset.common.errors import PancreasError
-from dataset.common.fingerprints import fingerprint_file
+from dataset.common.fingerprints import content_sha256, fingerprint_file
 from dataset.common.locks import LOCK_NAME, exclusive_lock
 from dataset.common.paths import refuse_inside
 from dataset.common.verify import naming_full_disk
@@ -48,6 +48,16 @@ EXPORT_FILES = frozenset(
         LOCK_NAME,
     }
 )
+# the folders a SavedModel always has, even empty (Keras writes no assets for a U-Net)
+SAVED_MODEL_FOLDERS = frozenset({"variables", "assets"})
+# what an export written before its record listed its files ("files") may hold: Keras' SavedModel layout
+LEGACY_FILES = re.compile(
+    r"^(saved_model\.pb|fingerprint\.pb|variables/variables\.index|variables/variables\.data-\d{5}-of-\d{5}|"
+    + re.escape(INPUT_CONTRACT_NAME)
+    + "|"
+    + re.escape(README_NAME)
+    + ")$"
+)
 SIGNATURE = "serving_default"
 INPUT_KEY = "image"  # the U-Net's input layer name (training.model.build_unet)
 OUTPUT_KEY = "output_0"  # Keras' name for a single-output model's result
@@ -74,7 +84,8 @@ class ExportSummary:
 def holds_export(out: Path) -> bool:
     """Whether ``out`` may receive an export: missing, empty (but for our lock) or an earlier export.
 
-    Returns True for an earlier export; raises ``ExportError`` for anything else.
+    Returns True for an earlier export whose every file is one its record lists, unchanged (so
+    replacing the folder deletes nothing of anyone else's); raises ``ExportError`` for anything else.
     """
     if out.is_symlink():
         raise ExportError(f"{out}: is a symbolic link; give the real folder as --out")
@@ -97,6 +108,7 @@ def holds_export(out: Path) -> bool:
             raise ExportError(
                 f"{out}: {what}; an export replaces only an earlier `pancreas export` folder, choose another --out"
             )
+        _refuse_files_not_written(out, record.get("files"))
         return True
     if any(p.name != LOCK_NAME for p in out.iterdir()):
         raise ExportError(
@@ -104,6 +116,75 @@ def holds_export(out: Path) -> bool:
             f"(no {EXPORT_RECORD}); choose another --out"
         )
     return False
+
+
+def _written_files(folder: Path) -> dict[str, dict[str, Any]]:
+    """The export's record of its files: relative path (``/``-separated) -> size and SHA-256 of its bytes;
+    all but the record itself (and the lock, which is not in the temporary folder)."""
+    files: dict[str, dict[str, Any]] = {}
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(root) / name
+            rel = path.relative_to(folder).as_posix()
+            if rel in (EXPORT_RECORD, LOCK_NAME):
+                continue
+            files[rel] = {"size": path.stat().st_size, "sha256": content_sha256(path)}
+    return files
+
+
+def _refuse_files_not_written(out: Path, listed: Any) -> None:
+    """Raise ``ExportError`` naming the first file or folder in the earlier export ``out`` that its
+    record does not list, or whose bytes changed: replacing the folder would delete it.
+
+    ``listed`` is the record's ``files``; ``None`` (an export written before records listed files):
+    only what Keras' SavedModel layout and our two files are named may be there.
+    """
+    if listed is not None and not (
+        isinstance(listed, dict)
+        and all(isinstance(v, dict) and isinstance(v.get("size"), int) and "sha256" in v for v in listed.values())
+    ):
+        raise ExportError(
+            f"{out}: its {EXPORT_RECORD} lists its files wrongly; an export replaces only an earlier "
+            "`pancreas export` folder, choose another --out"
+        )
+    ours = set(listed) if listed is not None else set()
+    folders = set(SAVED_MODEL_FOLDERS) | {p for rel in ours for p in map(str, Path(rel).parents) if p != "."}
+
+    def refuse(rel: str, why: str) -> None:
+        raise ExportError(
+            f"{out}: {rel} {why}; an export replaces only the files it wrote, "
+            f"move {rel} out of {out} or choose another --out"
+        )
+
+    for root, dirs, names in os.walk(out):
+        here = Path(root)
+        top = here == out
+        dirs.sort()
+        for name in sorted(dirs):
+            rel = (here / name).relative_to(out).as_posix()
+            if top and TMP_SUFFIX in name:
+                dirs.remove(name)  # a killed write's temporary (top level only, as before)
+            elif (here / name).is_symlink():
+                refuse(rel, "is a symbolic link that export did not write")
+            elif rel not in folders:
+                refuse(rel, "is a folder that export did not write")
+        for name in sorted(names):
+            path = here / name
+            rel = path.relative_to(out).as_posix()
+            if top and (name in (EXPORT_RECORD, LOCK_NAME) or TMP_SUFFIX in name):
+                continue
+            if path.is_symlink():
+                refuse(rel, "is a symbolic link that export did not write")
+            if listed is None:
+                if not LEGACY_FILES.match(rel):
+                    refuse(rel, "is not a file that export writes")
+                continue
+            entry = listed.get(rel)
+            if entry is None:
+                refuse(rel, "is not a file that export wrote")
+            elif path.stat().st_size != entry["size"] or content_sha256(path) != entry["sha256"]:
+                refuse(rel, "was changed since export wrote it")
 
 
 def _temporaries(out: Path) -> list[Path]:
@@ -175,7 +256,7 @@ scan's grid that `pancreas predict --model RUN_DIR` does.
 """
 
 
-def _export_record(summary: ExportSummary) -> dict[str, Any]:
+def _export_record(summary: ExportSummary, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
@@ -192,6 +273,7 @@ def _export_record(summary: ExportSummary) -> dict[str, Any]:
         },
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
+        "files": files,  # what a later export may replace (holds_export)
     }
 
 
@@ -211,7 +293,8 @@ def _write_export(folder: Path, contract: InputContract, summary: ExportSummary)
     summary = dataclasses.replace(summary, input_shape=tuple(shape))
     write_input_contract(folder, contract)
     (folder / README_NAME).write_text(readme_text(contract, summary))
-    write_json_atomic(folder / EXPORT_RECORD, _export_record(summary), point="export-record")
+    files = _written_files(folder)
+    write_json_atomic(folder / EXPORT_RECORD, _export_record(summary, files), point="export-record")
     return summary
 
 
@@ -243,6 +326,7 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "best") -
         try:
             summary = _write_export_naming_full_disk(folder, contract, summary)
             _fsync_tree(folder)
+            holds_export(out)  # again: a file added to the earlier export while this one was written
             _swap_in(folder, out)
         finally:
             if folder.exists():

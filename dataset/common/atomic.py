@@ -118,7 +118,7 @@ def read_json(path: str | Path, what: str, hint: str = "") -> Any:
     path = Path(path)
     tail = f"; {hint}" if hint else ""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ReadError(f"{path}: no {what}{tail}") from None
     except OSError as err:

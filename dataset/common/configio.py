@@ -206,7 +206,7 @@ def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] 
 
 def _read_yaml(path: Path) -> Any:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         _refuse_duplicate_keys(path, yaml.compose(text, Loader=_Loader))
         return yaml.load(text, Loader=_Loader)
     except FileNotFoundError:

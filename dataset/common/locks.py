@@ -38,7 +38,7 @@ _held: dict[Path, tuple[int, int]] = {}  # resolved folder -> (fd, depth): re-en
 
 def _holder_text(lock_file: Path) -> str:
     try:
-        info = json.loads(lock_file.read_text() or "{}")
+        info = json.loads(lock_file.read_text(encoding="utf-8") or "{}")
     except (OSError, ValueError):
         info = {}
     if not info:

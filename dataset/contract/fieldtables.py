@@ -83,4 +83,4 @@ def render(page: str) -> str:
 
 if __name__ == "__main__":
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else PAGE
-    path.write_text(render(path.read_text()))
+    path.write_text(render(path.read_text(encoding="utf-8")))
