@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-gpu demo docs-pictures test lint typecheck format bench clean
+.PHONY: install install-gpu demo docs-pictures test test-slow lint typecheck format bench clean
 
 install: $(STAMP)
 
@@ -33,12 +33,17 @@ docs-pictures: $(STAMP)
 	.ci/install-browser
 	$(PY) docs/make_pictures.py docs/pictures
 
-# --durations=20: the slowest tests, printed at the end of every run (keep make test under 15 minutes).
+# make test: every test but those marked slow (keep it under 15 minutes on a 2-core CPU);
+# make test-slow: the slow ones (the whole demo journey, kills at every commit point, the two-fold
+# cross-validation), about half an hour. CI (.ci/run) runs both. --durations=20: the slowest tests.
 # .ci/install-browser installs Debian's Chromium when it is missing: tests/test_report_html.py opens
 # the HTML reports in a real headless browser.
 test: $(STAMP)
 	.ci/install-browser
-	$(PY) -m pytest -q --durations=20
+	$(PY) -m pytest -q -m "not slow" --durations=20
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow --durations=20
 
 # ruff (lint rules, import order, formatting) over the tree and mypy over the library; CI runs it first
 lint: $(STAMP)

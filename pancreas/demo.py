@@ -132,7 +132,7 @@ def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
     seconds[name] = time.perf_counter() - start
 
 
-def _build_store(
+def build_store(
     paths: dict[str, Path], configs: DemoConfigs, workers: int | None, progress: bool, seconds: dict[str, float]
 ) -> None:
     """synth -> preprocess -> index."""
@@ -158,7 +158,7 @@ def _build_store(
         build_index(paths["store"], configs.index, workers=workers, progress=progress)
 
 
-def _train_and_score(
+def train_and_score(
     paths: dict[str, Path], configs: DemoConfigs, progress: bool, seconds: dict[str, float]
 ) -> dict[str, Any]:
     """train -> predict the held-out cases -> evaluate; the evaluation report."""
@@ -200,6 +200,6 @@ def run_demo(out_dir: str | Path = "demo-output", workers: int | None = 2, progr
     configs = demo_configs()
     write_configs(configs, paths["configs"])
     seconds: dict[str, float] = {}
-    _build_store(paths, configs, workers, progress, seconds)
-    report = _train_and_score(paths, configs, progress, seconds)
+    build_store(paths, configs, workers, progress, seconds)
+    report = train_and_score(paths, configs, progress, seconds)
     return DemoResult(out, paths, report, seconds)

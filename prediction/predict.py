@@ -92,9 +92,9 @@ def predict_case(
     result.seconds["preprocess"] = time.perf_counter() - t
 
     timings: dict[str, float] = {}
-    probs = predict_volume(pre.levels, predict_fn, config, mirror_axes=mirror_axes, progress=progress, timings=timings)
-    if n_classes is not None and probs.shape[0] != n_classes:
-        raise PredictError(f"model gives {probs.shape[0]} classes, the run's contract says {n_classes}")
+    probs = predict_volume(
+        pre.levels, predict_fn, config, mirror_axes=mirror_axes, progress=progress, timings=timings, n_classes=n_classes
+    )
     result.n_windows = int(timings["windows"])
     result.seconds["model"], result.seconds["stitch"] = timings["model"], timings["stitch"]
 
@@ -209,7 +209,19 @@ def plan_run(
         record = record.with_case(case.case_id, PredictionRecord(case.source, fps[case.case_id], run.fingerprint))
     if todo:
         write_predictions(out, record)
+    if not run.config.save_probabilities and previous is not None:
+        _remove_stale_probabilities(out, previous, todo)
     return Plan(record, fps, todo)
+
+
+def _remove_stale_probabilities(out: Path, previous: Predictions, todo: Sequence[CaseInput]) -> None:
+    """A case predicted again without probabilities loses its earlier ``<case>_probabilities.nii.gz``
+    (ours: the case is in the folder's record), which would no longer match its new label map."""
+    for case in todo:
+        stale = out / probabilities_name(case.case_id)
+        if previous.owns(stale.name) and stale.is_file() and not stale.is_symlink():
+            log.info("%s: removing %s (this run saves no probabilities)", case.case_id, stale.name)
+            stale.unlink()
 
 
 def _record_of(case: CaseInput, result: CaseResult, input_fp: str | None, settings_fp: str) -> PredictionRecord:

@@ -19,11 +19,17 @@ import numpy as np
 
 from dataset.common.configio import ConfigError, check_patch_fits_depth, flatten_mapping, from_dict, to_dict
 from dataset.common.fingerprints import fingerprint_file, fingerprint_json
-from dataset.common.modelfiles import keras_file_problem
+from dataset.common.modelfiles import keras_file_problem, load_keras_model, unet_architecture
 from dataset.common.records import record_to_dict
 from dataset.contract.fingerprints import fingerprint_mismatch
 from dataset.contract.postprocessing import PostprocessingDecision, PostprocessingError, read_postprocessing
-from dataset.contract.run import INPUT_CONTRACT_NAME, InputContract, checkpoint_path, read_input_contract
+from dataset.contract.run import (
+    INPUT_CONTRACT_NAME,
+    InputContract,
+    checkpoint_path,
+    read_input_contract,
+    run_model_mismatch,
+)
 from prediction.cases import PredictError
 from prediction.config import PredictConfig
 from prediction.volume import PredictFn
@@ -243,25 +249,27 @@ def load_runs(
 # ----------------------------------------------------------------------------- models
 
 
+def check_model_is_the_runs(model: Any, run_dir: str | Path, path: Path) -> None:
+    """Refuse a checkpoint whose depth, filters, classes or channels are not what its run recorded
+    (``input_contract.json``, ``config.json``): one copied in from another run would otherwise fail
+    per case inside Keras, or predict with the wrong class meaning."""
+    mismatch = run_model_mismatch(unet_architecture(model), run_dir)
+    if mismatch:
+        raise PredictError(f"{path}: {mismatch}")
+
+
 def load_predict_fn(run_dir: str | Path, checkpoint: str = "best") -> PredictFn:
     """Load the Keras model (lazily importing TensorFlow) and wrap it as a numpy callable."""
     path = checkpoint_path(run_dir, checkpoint)
     if not path.is_file():
         raise PredictError(f"{run_dir}: no checkpoint {path.name} in checkpoints/")
-    import keras
-
     for module in ("training.losses", "training.metrics"):  # register the custom objects
         try:
             __import__(module)
         except ImportError:  # loading with compile=False does not need them
             log.debug("could not import %s", module)
-    problem = keras_file_problem(path)
-    if problem:
-        raise PredictError(f"{path}: {problem}")
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except ValueError as err:  # Keras says "File not found" of a damaged archive that exists
-        raise PredictError(f"{path}: not a readable Keras model ({str(err).splitlines()[0]})") from None
+    model = load_keras_model(path, PredictError)
+    check_model_is_the_runs(model, run_dir, path)
 
     def predict_fn(batch: np.ndarray) -> np.ndarray:
         return np.asarray(model.predict_on_batch(batch), dtype=np.float32)

@@ -82,6 +82,7 @@ def predict_volume(
     mirror_axes: Sequence[Sequence[int]] | None = None,
     progress: bool = True,
     timings: dict[str, float] | None = None,
+    n_classes: int | None = None,
 ) -> np.ndarray:
     """Class probabilities (C, z, y, x) float32 for a stored-grid uint8 volume.
 
@@ -94,7 +95,8 @@ def predict_volume(
     fake model can rely on this order to answer per window. A volume smaller than the
     window is padded at the end (level 0) and the result cropped back. ``timings`` receives
     seconds spent in the models ("model"), everything else ("stitch") and the number of
-    model passes over a window ("windows").
+    model passes over a window ("windows"). ``n_classes``: refuse at the first batch a model
+    that gives another number of classes (not after the whole scan).
     """
     if config.window_zyx is None:
         raise PredictError("config.window_zyx is None: resolve it from the run's contract first")
@@ -114,6 +116,8 @@ def predict_volume(
             probs = _predict_batch(x, models)
             model_seconds += time.perf_counter() - t
             if stitcher is None:
+                if n_classes is not None and probs.shape[-1] != n_classes:
+                    raise PredictError(f"model gives {probs.shape[-1]} classes, the run's contract says {n_classes}")
                 stitcher = Stitcher(probs.shape[-1], padded.shape, window, config.gaussian_sigma_scale)
             for p, start in zip(probs, starts):
                 stitcher.add(np.moveaxis(p, -1, 0), start)

@@ -53,8 +53,16 @@ class _Outer:
     ("cls", "text", "expected"),
     [
         # a nested section given a scalar, a list or null (reproduced from the issue: all were accepted)
-        (TrainConfig, "model: 3\n", "c.yaml.model: expected a mapping (keys: base_filters, depth), got 3"),
-        (TrainConfig, "model: [4, 16]\n", "c.yaml.model: expected a mapping (keys: base_filters, depth), got [4, 16]"),
+        (
+            TrainConfig,
+            "model: 3\n",
+            "c.yaml.model: expected a mapping (keys: activation, base_filters, depth, norm, norm_groups), got 3",
+        ),
+        (
+            TrainConfig,
+            "model: [4, 16]\n",
+            "c.yaml.model: expected a mapping (keys: activation, base_filters, depth, norm, norm_groups), got [4, 16]",
+        ),
         (IndexConfig, "elastic: null\n", "c.yaml.elastic: expected a mapping (keys: control_points, "),
         (IndexConfig, "elastic:\n", "got None"),
         # scalars: bool is not int, a float is not int, a number is not a string, text is not a number
@@ -177,12 +185,20 @@ def test_exponent_without_a_dot_is_a_float_in_files_too(tmp_path):
 @pytest.mark.parametrize(
     ("cls", "overrides", "expected"),
     [
-        (TrainConfig, ["model.dpeth=3"], "--set model: unknown key(s) dpeth; allowed: base_filters, depth"),
+        (
+            TrainConfig,
+            ["model.dpeth=3"],
+            "--set model: unknown key(s) dpeth; allowed: activation, base_filters, depth, norm, norm_groups",
+        ),
         (TrainConfig, ["epoch=3"], "--set: unknown key(s) epoch; allowed: augment, batch_size, "),
         (TrainConfig, ["model.depth=abc"], "--set model.depth: expected int, got 'abc'"),
         (TrainConfig, ["model.depth=true"], "--set model.depth: expected int, got True"),
         (TrainConfig, ["model.depth=9"], "--set model: model.depth must be in 1..6, got 9"),
-        (TrainConfig, ["model=3"], "--set model: expected a mapping (keys: base_filters, depth), got 3"),
+        (
+            TrainConfig,
+            ["model=3"],
+            "--set model: expected a mapping (keys: activation, base_filters, depth, norm, norm_groups), got 3",
+        ),
         (TrainConfig, ["epochs.x=1"], "--set epochs: expected int, got {'x': 1}"),
         (TrainConfig, ["augment.flip_axes=[1, x]"], "--set augment.flip_axes[1]: expected int, got 'x'"),
         (PreprocessConfig, ["window_hu=abc"], "--set window_hu: expected a list, got 'abc'"),

@@ -159,7 +159,7 @@ def test_a_full_disk_in_tensorflows_export_is_one_line_naming_the_export(tmp_pat
     out = tmp_path / "exp"
     summary = export.ExportSummary(out, tmp_path, "best", tmp_path / "best.keras", (), 4, False)
     with pytest.raises(OSError, match="No space left on device writing") as err:
-        export._write_export_naming_full_disk(tmp_path / "tmp", cast("InputContract", None), summary)
+        export._write_export_naming_full_disk(tmp_path / "tmp", cast("InputContract", None), summary, None)
     assert str(err.value) == f"No space left on device writing {out} (folder {tmp_path})"
 
 

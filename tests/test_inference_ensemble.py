@@ -363,3 +363,17 @@ def test_cli_refuses_disagreeing_runs_in_one_line(msd: Path, tmp_path: Path, cap
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"runs {r1} and {r2} cannot be ensembled" in err and "n_classes" in err
     assert not out.exists()
+
+
+def test_a_model_with_another_class_count_is_refused_at_its_first_batch():
+    calls = []
+
+    def two_classes(batch):
+        calls.append(len(batch))
+        return np.full((*batch.shape[:-1], 2), 0.5, np.float32)
+
+    levels = np.zeros((16, 64, 64), np.uint8)  # 2 x 4 x 4 windows of (8, 16, 16): many batches
+    config = PredictConfig(window_zyx=(8, 16, 16), overlap=0.0, mirror_axes=(), batch_size=1)
+    with pytest.raises(PredictError, match="model gives 2 classes, the run's contract says 3"):
+        predict_volume(levels, two_classes, config, progress=False, n_classes=3)
+    assert calls == [1]  # refused after one window, not after the whole scan

@@ -247,6 +247,14 @@ def test_bad_case_is_reported_others_written_and_rerun_skips(msd: Path, tmp_path
     )
     assert again.n_skipped == 1 and len(again.failed) == 1  # the good case is up to date
 
+    # predicted again without probabilities: the earlier ones (ours) no longer match and go
+    (folder / "broken.nii.gz").unlink()
+    (out / "notes_probabilities.nii.gz").write_bytes(b"a user's file of a case not in the record")
+    without = predict_cases(run, folder, out, PredictConfig(), predict_fn=pointwise_model, progress=False)
+    assert without.n_skipped == 0 and not without.failed
+    assert not (out / f"{good.name}_probabilities.nii.gz").exists() and (out / f"{good.name}.nii.gz").is_file()
+    assert (out / "notes_probabilities.nii.gz").is_file()
+
 
 def test_an_evaluation_only_setting_keeps_predictions_up_to_date(msd: Path, tmp_path: Path):
     """The NSD tolerance changes the score, not the label maps: no case is predicted again."""

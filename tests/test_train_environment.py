@@ -307,6 +307,23 @@ def test_git_commit_only_for_the_checkout_the_code_runs_from(tmp_path):
         assert environment.git_commit(ROOT / "training") is None  # inside a checkout, not its top
 
 
+def test_git_dirty_says_whether_tracked_files_were_edited(tmp_path):
+    import subprocess
+
+    assert environment.git_dirty(tmp_path) is None  # not a checkout
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    run = {"cwd": repo, "check": True, "capture_output": True}
+    subprocess.run(["git", "init", "-q"], **run)
+    (repo / "code.py").write_text("x = 1\n")
+    subprocess.run(["git", "add", "code.py"], **run)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"], **run)
+    (repo / "untracked.txt").write_text("a note")  # untracked files do not make the code differ
+    assert environment.git_dirty(repo) is False
+    (repo / "code.py").write_text("x = 2\n")
+    assert environment.git_dirty(repo) is True
+
+
 # ---------------------------------------------------------------------------- environment.json
 def test_environment_records_round_trip_and_bad_files_are_refused(no_gpu, tmp_path):
     first = environment.collect_environment(0, {"jit_compile": False})

@@ -358,3 +358,34 @@ def test_incomplete_or_edited_index_is_refused(tmp_path):
     with pytest.raises(StoreError, match="incomplete index"):
         train(store, tmp_path / "r2", TINY)
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_nnunet_like_recipe_trains_and_its_poly_rate_survives_a_resume(store, tmp_path, monkeypatch):
+    """Instance norm, leaky ReLU, SGD and the poly schedule in a real run; an interrupted run
+    resumes on the same learning-rate curve (the rate is a function of the epoch alone)."""
+    from training.callbacks import PolyLearningRate, poly_learning_rate
+    from training.run import train
+
+    model = ModelConfig(depth=2, base_filters=4, norm="instance", activation="leaky_relu")
+    config = dataclasses.replace(
+        TINY, epochs=3, steps_per_epoch=4, optimizer="sgd", weight_decay=3e-5, schedule="poly", model=model
+    )
+    expected = [poly_learning_rate(config.learning_rate, e, 3) for e in range(3)]
+
+    original = PolyLearningRate.on_epoch_begin
+
+    def stop_before_the_second_epoch(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt  # as a user's Ctrl-C between epochs
+        original(self, epoch, logs)
+
+    monkeypatch.setattr(PolyLearningRate, "on_epoch_begin", stop_before_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(store, tmp_path / "run", config)
+    assert len(history(tmp_path / "run")) == 1
+    monkeypatch.setattr(PolyLearningRate, "on_epoch_begin", original)
+    summary = train(store, tmp_path / "run", config, resume=True)
+    rows = history(tmp_path / "run")
+    assert summary.epochs_completed == 3 and [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    np.testing.assert_allclose([r["learning_rate"] for r in rows], expected, rtol=1e-6)
+    assert all(math.isfinite(r["loss"]) for r in rows)

@@ -62,6 +62,31 @@ class ResumableEarlyStopping(_Resumable, keras.callbacks.EarlyStopping):
         self._init_state(initial_state)
 
 
+POLY_EXPONENT = 0.9  # nnU-Net's
+
+
+def poly_learning_rate(initial: float, epoch: int, epochs: int, exponent: float = POLY_EXPONENT) -> float:
+    """``initial * (1 - epoch / epochs) ** exponent``: the rate of epoch ``epoch`` (0-based)."""
+    return initial * (1.0 - min(epoch, epochs) / epochs) ** exponent
+
+
+class PolyLearningRate(keras.callbacks.Callback):
+    """Sets the rate at the start of every epoch from the epoch number alone, so a resumed
+    run follows the same curve as an unbroken one (nothing to keep in ``state.json``)."""
+
+    def __init__(self, initial: float, epochs: int) -> None:
+        super().__init__()
+        self.initial = initial
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.model.optimizer.learning_rate.assign(poly_learning_rate(self.initial, epoch, self.epochs))
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if logs is not None:  # history.csv's column, as ReduceLROnPlateau writes it
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
 def foreground_slice(label: np.ndarray) -> int:
     """The z index of the slice with most foreground voxels."""
     return int(np.argmax((label > 0).sum(axis=(1, 2))))
@@ -204,6 +229,7 @@ __all__ = [
     "EpochScalars",
     "EpochTimer",
     "ImageSummaries",
+    "PolyLearningRate",
     "ProgressPicture",
     "ResumableEarlyStopping",
     "ResumableReduceLROnPlateau",

@@ -21,6 +21,10 @@ REDUCTIONS = ("batch", "sample")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "mirrored", "multiworker", "none")
 JIT_COMPILE = ("auto", True, False)
+NORMS = ("batch", "instance", "group")  # of training.model.build_unet
+ACTIVATIONS = ("relu", "leaky_relu")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("plateau", "poly")
 
 
 @dataclass(frozen=True)
@@ -29,12 +33,22 @@ class ModelConfig:
 
     depth: int = 4  # number of 2x poolings; the one place the depth is set (index patches must suit it)
     base_filters: int = 16  # filters of the first level, doubled per level (16: 5.6 M params)
+    norm: str = "batch"  # batch | instance (per sample and channel) | group (norm_groups per sample)
+    norm_groups: int = 8  # groups of norm: group; must divide base_filters
+    activation: str = "relu"  # relu | leaky_relu (slope 0.01, nnU-Net's)
 
     def __post_init__(self) -> None:
         if not 1 <= self.depth <= 6:
             raise ValueError(f"model.depth must be in 1..6, got {self.depth}")
         if self.base_filters < 1:
             raise ValueError(f"model.base_filters must be >= 1, got {self.base_filters}")
+        if self.norm not in NORMS:
+            raise ValueError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"model.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.norm == "group" and (self.norm_groups < 1 or self.base_filters % self.norm_groups):
+            # every level's filters are base_filters * 2**level, so dividing the first suffices
+            raise ValueError(f"model.norm_groups must divide base_filters={self.base_filters}, got {self.norm_groups}")
 
 
 @dataclass(frozen=True)
@@ -92,8 +106,12 @@ class TrainConfig:
     steps_per_epoch: int = 250  # batches per epoch, drawn from the infinite shuffled stream
     batch_size: int = 2  # per replica; the global batch is batch_size * replicas
     val_batch_size: int = 1  # validation patches are 256x256x64
-    learning_rate: float = 1e-3  # Adam
-    lr_factor: float = 0.5  # ReduceLROnPlateau on val_loss
+    learning_rate: float = 1e-3  # the initial learning rate (nnU-Net's SGD: 0.01)
+    optimizer: str = "adam"  # adam | sgd (Nesterov momentum, as nnU-Net)
+    momentum: float = 0.99  # sgd only (nnU-Net's value)
+    weight_decay: float = 0.0  # decoupled weight decay of either optimizer (nnU-Net's SGD: 3e-5)
+    schedule: str = "plateau"  # plateau: ReduceLROnPlateau on val_loss | poly: lr0 * (1 - epoch/epochs)**0.9
+    lr_factor: float = 0.5  # plateau: ReduceLROnPlateau on val_loss
     lr_patience: int = 10
     min_learning_rate: float = 1e-6
     early_stopping_patience: int = 0  # epochs without val pancreas Dice gain; 0 = off
@@ -122,6 +140,14 @@ class TrainConfig:
             raise ValueError(
                 f"min_learning_rate must be in [0, learning_rate={self.learning_rate}], got {self.min_learning_rate}"
             )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.strategy not in STRATEGIES:

@@ -209,11 +209,22 @@ def jit_compile_for(config: TrainConfig) -> bool:
     return plan_execution(config).jit_compile
 
 
+def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    """Adam, or SGD with Nesterov momentum (nnU-Net's); ``weight_decay`` is decoupled in both."""
+    decay = config.weight_decay or None
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum, nesterov=True, weight_decay=decay)
+    return keras.optimizers.Adam(config.learning_rate, weight_decay=decay)
+
+
 def build_compiled_model(config: TrainConfig) -> keras.Model:
     """A fresh U-Net compiled with the run's optimizer, loss, Dice metrics and XLA setting."""
-    model = build_unet(config.model.depth, config.model.base_filters, N_CLASSES)
+    m = config.model
+    model = build_unet(
+        m.depth, m.base_filters, N_CLASSES, norm=m.norm, activation=m.activation, norm_groups=m.norm_groups
+    )
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=make_optimizer(config),
         loss=make_loss(config.loss),
         metrics=dice_metrics(),
         jit_compile=jit_compile_for(config),

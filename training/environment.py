@@ -155,6 +155,23 @@ def git_commit(root: Path = PACKAGE_ROOT) -> str | None:
     return lines[1]
 
 
+def git_dirty(root: Path = PACKAGE_ROOT) -> bool | None:
+    """Whether the checkout's tracked files differ from its commit (``git status --porcelain``);
+    ``None`` where ``git_commit`` is ``None``. A run from edited code cannot be rebuilt from the commit."""
+    if git_commit(root) is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def collect_environment(epoch: int = 0, execution: dict[str, Any] | None = None) -> EnvironmentRecord:
     """Everything above in one record; ``epoch``: the epoch a training start begins at."""
     versions = package_versions()
@@ -166,6 +183,7 @@ def collect_environment(epoch: int = 0, execution: dict[str, Any] | None = None)
         epoch=epoch,
         started_utc=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         git_commit=git_commit(),
+        git_dirty=git_dirty(),
         platform=platform.platform(),
         packages=versions,
         gpus=[
@@ -210,7 +228,11 @@ def environment_lines(record: EnvironmentRecord) -> list[str]:
         ),
         ("cpu threads", str(record.cpu_threads)),
         ("platform", record.platform),
-        ("git commit", record.git_commit or "unknown (not a git checkout)"),
+        (
+            "git commit",
+            (record.git_commit or "unknown (not a git checkout)")
+            + (" (uncommitted changes)" if record.git_dirty else ""),
+        ),
     ]
     rows += [(f"check {name}", result) for name, result in record.checks.items()]
     width = max(len(name) for name, _ in rows)

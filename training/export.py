@@ -18,7 +18,8 @@ from typing import Any
 from dataset.common.atomic import TMP_SUFFIX, fsync_path, read_json, write_json_atomic
 from dataset.common.errors import PancreasError
 from dataset.common.fingerprints import content_sha256, fingerprint_file
-from dataset.common.locks import LOCK_NAME, exclusive_lock
+from dataset.common.locks import LOCK_NAME, exclusive_lock, shared_lock
+from dataset.common.modelfiles import load_keras_model, unet_architecture
 from dataset.common.paths import refuse_inside
 from dataset.common.verify import naming_full_disk
 from dataset.contract.run import (
@@ -27,6 +28,7 @@ from dataset.contract.run import (
     RunError,
     checkpoint_path,
     read_input_contract,
+    run_model_mismatch,
     write_input_contract,
 )
 
@@ -277,12 +279,20 @@ def _export_record(summary: ExportSummary, files: dict[str, dict[str, Any]]) -> 
     }
 
 
-def _write_export(folder: Path, contract: InputContract, summary: ExportSummary) -> ExportSummary:
+def _load_checked(model_path: Path, run_dir: Path) -> tuple[Any, int]:
+    """The checkpoint's model and its depth, refused in one line when it is not readable or not this run's."""
+    model = load_keras_model(model_path, ExportError)
+    found = unet_architecture(model)
+    mismatch = run_model_mismatch(found, run_dir)
+    if found is None or mismatch:
+        raise ExportError(f"{model_path}: {mismatch}")
+    return model, found["model.depth"]
+
+
+def _write_export(folder: Path, contract: InputContract, summary: ExportSummary, model: Any) -> ExportSummary:
     """The SavedModel and its three files into ``folder`` (empty); the signature's input shape."""
-    import keras
     import tensorflow as tf
 
-    model = keras.saving.load_model(summary.model_path, compile=False)
     shape = (None, *model.inputs[0].shape[1:])  # batch always dynamic; spatial as the model allows
     model.export(
         str(folder),
@@ -298,11 +308,13 @@ def _write_export(folder: Path, contract: InputContract, summary: ExportSummary)
     return summary
 
 
-def _write_export_naming_full_disk(folder: Path, contract: InputContract, summary: ExportSummary) -> ExportSummary:
+def _write_export_naming_full_disk(
+    folder: Path, contract: InputContract, summary: ExportSummary, model: Any
+) -> ExportSummary:
     """``_write_export``; a full disk is one line naming the export (TensorFlow's SaveV2 raises
     ``ResourceExhaustedError``, with a traceback, naming only its own temporary file)."""
     with naming_full_disk(summary.out):
-        return _write_export(folder, contract, summary)
+        return _write_export(folder, contract, summary, model)
 
 
 def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "best") -> ExportSummary:
@@ -316,15 +328,16 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "best") -
         raise RunError(f"{run_dir}: no checkpoint {model_path.name} in checkpoints/ (no epoch completed yet?)")
     refuse_inside(out, [("model's run folder", run_dir)], "--out")
     holds_export(out)  # refuse before writing anything, not even the lock file
-    with exclusive_lock(out):
+    with shared_lock(run_dir), exclusive_lock(out):  # the run: no training may replace the checkpoint meanwhile
+        model, depth = _load_checked(model_path, run_dir)
         replaced = holds_export(out)
         for stale in _temporaries(out):
             log.info("%s: removing %s, left by an export that was killed", out, stale.name)
             shutil.rmtree(stale, ignore_errors=True)
-        summary = ExportSummary(out, run_dir, checkpoint, model_path, (), 2 ** int(contract.model_depth), replaced)
+        summary = ExportSummary(out, run_dir, checkpoint, model_path, (), 2**depth, replaced)
         folder = _temp_dir(out)
         try:
-            summary = _write_export_naming_full_disk(folder, contract, summary)
+            summary = _write_export_naming_full_disk(folder, contract, summary, model)
             _fsync_tree(folder)
             holds_export(out)  # again: a file added to the earlier export while this one was written
             _swap_in(folder, out)

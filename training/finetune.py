@@ -7,7 +7,6 @@ docs/explanation/internals.md#fine-tuning-trainingfinetunepy.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from dataset.common.configio import flatten_mapping
 from dataset.common.fingerprints import fingerprint_file
-from dataset.common.modelfiles import keras_file_problem
+from dataset.common.modelfiles import keras_file_problem, unet_architecture
 from dataset.contract.catalog import catalog_path
 from dataset.contract.run import (
     CHECKPOINTS_DIR,
@@ -43,7 +42,6 @@ INIT_WITH_RESUME = (
     "checkpoint: pass only one of them"
 )
 UNCHECKED_PREPROCESS = "limits"  # decides which cases are accepted, never what an accepted case stores
-_POOL = re.compile(r"^enc(\d+)_pool$")
 
 
 @dataclass(frozen=True)
@@ -123,18 +121,13 @@ def check_preprocess(source: InitSource, contract: InputContract, inputs: RunInp
 
 def architecture_of(model: keras.Model, where: str | Path) -> dict[str, int]:
     """``model.depth``, ``model.base_filters``, ``n_classes``, input channels of a ``build_unet`` model."""
-    names = {layer.name for layer in model.layers}
-    if "enc0_conv1" not in names or "head_conv" not in names:
+    found = unet_architecture(model)
+    if found is None:
         raise RunError(
             f"--init-from {where}: not a U-Net built by this project (no layer enc0_conv1/head_conv); "
             "cannot copy its weights"
         )
-    return {
-        "model.depth": sum(1 for n in names if _POOL.match(n)),
-        "model.base_filters": int(model.get_layer("enc0_conv1").filters),
-        "n_classes": int(model.outputs[0].shape[-1]),
-        "input channels": int(model.inputs[0].shape[-1]),
-    }
+    return found
 
 
 def expected_architecture(config: TrainConfig) -> dict[str, int]:

@@ -24,6 +24,7 @@ from training.callbacks import (
     EpochScalars,
     EpochTimer,
     ImageSummaries,
+    PolyLearningRate,
     ProgressPicture,
     ResumableEarlyStopping,
     ResumableReduceLROnPlateau,
@@ -93,11 +94,23 @@ def pad_for_replicas(rows: list[dict[str, Any]], batch_size: int, replicas: int)
     return list(rows) + [rows[i % len(rows)] for i in range(extra)]
 
 
+def recipe_line(config: TrainConfig) -> str:
+    """The recipe in a few words, the title of ``progress.png``: runs side by side say what differs."""
+    m = config.model
+    norm = f"group({m.norm_groups})" if m.norm == "group" else m.norm
+    schedule = "poly" if config.schedule == "poly" else "plateau"
+    return (
+        f"U-Net depth {m.depth}, {m.base_filters} filters, {norm} norm, {m.activation}; "
+        f"{config.loss.name}; {config.optimizer} lr {config.learning_rate:g} {schedule}; batch {config.batch_size}"
+    )
+
+
 def _scheduler_callbacks(config: TrainConfig, state: RunState) -> dict[str, keras.callbacks.Callback]:
     """Callbacks whose counters ``state.json`` keeps, restored from it."""
     saved = state.callbacks or {}
-    stateful: dict[str, keras.callbacks.Callback] = {
-        "reduce_lr": ResumableReduceLROnPlateau(
+    stateful: dict[str, keras.callbacks.Callback] = {}
+    if config.schedule == "plateau":
+        stateful["reduce_lr"] = ResumableReduceLROnPlateau(
             initial_state=saved.get("reduce_lr"),
             monitor="val_loss",
             mode="min",
@@ -106,7 +119,6 @@ def _scheduler_callbacks(config: TrainConfig, state: RunState) -> dict[str, kera
             min_lr=config.min_learning_rate,
             verbose=1,
         )
-    }
     if config.early_stopping_patience > 0:
         stateful["early_stopping"] = ResumableEarlyStopping(
             initial_state=saved.get("early_stopping"),
@@ -130,14 +142,18 @@ def _callbacks(
         "train": choose_image_samples(inputs.store, inputs.train_rows, config.image_patches, config.seed),
         "validation": choose_image_samples(inputs.store, inputs.val_rows, config.image_patches, config.seed),
     }
+    schedule = [PolyLearningRate(config.learning_rate, config.epochs)] if config.schedule == "poly" else []
     return [
         EpochTimer(),
         keras.callbacks.TerminateOnNaN(),
+        *schedule,
         *stateful.values(),
         ImageSummaries(run_dir / LOGS_DIR, samples),
         EpochScalars(run_dir / LOGS_DIR),
         keras.callbacks.CSVLogger(str(run_dir / HISTORY_NAME), append=state.epoch > 0),
-        ProgressPicture(run_dir / HISTORY_NAME, run_dir / PROGRESS_NAME, title=run_dir.name),
+        ProgressPicture(
+            run_dir / HISTORY_NAME, run_dir / PROGRESS_NAME, title=f"{run_dir.name}: {recipe_line(config)}"
+        ),
         RunCheckpoint(run_dir, state, stateful),
     ]
 

@@ -6,22 +6,48 @@ output float32 softmax. Parameter counts: docs/explanation/internals.md#the-mode
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import keras
 from keras import layers
+
+from training.config import ACTIVATIONS, NORMS
 
 N_CLASSES = 3
 # Moving-statistics momentum of batch norm: 0.9 (PyTorch's 0.1) rather than Keras' 0.99,
 # so validation (inference-mode statistics) is meaningful after tens of steps, not
 # hundreds; with batch 2 the per-batch statistics are noisy either way.
 BN_MOMENTUM = 0.9
+LEAKY_SLOPE = 0.01  # nnU-Net's LeakyReLU negative slope
+NORM_EPSILON = 1e-5  # instance/group norm, PyTorch's and nnU-Net's value
 
 
-def conv_block(x, filters: int, name: str):
-    """Two 3x3x3 convolutions, each followed by batch norm and ReLU."""
+def norm_layer(norm: str, filters: int, groups: int, name: str) -> layers.Layer:
+    """Batch norm, or a per-sample norm: ``instance`` is one group per channel, ``group``
+    ``groups`` groups (``filters`` must divide by it). Per-sample norms use the same
+    statistics in training and inference, so small batches do not shift the validation."""
+    if norm == "batch":
+        return layers.BatchNormalization(momentum=BN_MOMENTUM, name=name)
+    n_groups = filters if norm == "instance" else groups
+    if filters % n_groups:
+        raise ValueError(f"model.norm_groups={groups} does not divide the {filters} filters of {name}")
+    return layers.GroupNormalization(groups=n_groups, epsilon=NORM_EPSILON, name=name)
+
+
+def activation_layer(activation: str, name: str) -> layers.Layer:
+    if activation == "leaky_relu":
+        return layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=name)
+    return layers.Activation("relu", name=name)
+
+
+def conv_block(x, filters: int, name: str, norm: str = "batch", activation: str = "relu", groups: int = 8):
+    """Two 3x3x3 convolutions, each followed by a norm and the activation."""
     for i in (1, 2):
         x = layers.Conv3D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{i}")(x)
-        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+        x = norm_layer(norm, filters, groups, f"{name}_{'bn' if norm == 'batch' else 'norm'}{i}")(x)
+        x = activation_layer(activation, f"{name}_{'relu' if activation == 'relu' else 'lrelu'}{i}")(x)
     return x
 
 
@@ -30,25 +56,38 @@ def down_block(x, name: str):
     return layers.MaxPool3D(pool_size=2, name=f"{name}_pool")(x)
 
 
-def up_block(x, skip, filters: int, name: str):
+def up_block(x, skip, filters: int, name: str, block: Callable[..., Any] = conv_block):
     """Double every edge with a stride-2 transposed convolution, then join the skip."""
     x = layers.Conv3DTranspose(filters, 2, strides=2, padding="same", name=f"{name}_upconv")(x)
     x = layers.Concatenate(axis=-1, name=f"{name}_concat")([x, skip])
-    return conv_block(x, filters, name)
+    return block(x, filters, name)
 
 
-def build_unet(depth: int = 4, base_filters: int = 16, n_classes: int = N_CLASSES, name: str = "unet") -> keras.Model:
+def build_unet(
+    depth: int = 4,
+    base_filters: int = 16,
+    n_classes: int = N_CLASSES,
+    name: str = "unet",
+    norm: str = "batch",
+    activation: str = "relu",
+    norm_groups: int = 8,
+) -> keras.Model:
     """A U-Net with ``depth`` poolings and ``base_filters * 2**level`` filters per level."""
+    if norm not in NORMS or activation not in ACTIVATIONS:
+        raise ValueError(
+            f"norm must be one of {NORMS} and activation one of {ACTIVATIONS}, got {norm!r}, {activation!r}"
+        )
+    block = functools.partial(conv_block, norm=norm, activation=activation, groups=norm_groups)
     inputs = keras.Input(shape=(None, None, None, 1), name="image")
     x = inputs
     skips = []
     for level in range(depth):
-        x = conv_block(x, base_filters * 2**level, f"enc{level}")
+        x = block(x, base_filters * 2**level, f"enc{level}")
         skips.append(x)
         x = down_block(x, f"enc{level}")
-    x = conv_block(x, base_filters * 2**depth, "bottleneck")
+    x = block(x, base_filters * 2**depth, "bottleneck")
     for level in reversed(range(depth)):
-        x = up_block(x, skips[level], base_filters * 2**level, f"dec{level}")
+        x = up_block(x, skips[level], base_filters * 2**level, f"dec{level}", block)
     logits = layers.Conv3D(n_classes, 1, name="head_conv")(x)
     # float32 softmax even under a mixed precision policy
     probs = layers.Activation("softmax", dtype="float32", name="head_softmax")(logits)

@@ -50,7 +50,7 @@ def progress_figure(rows: Sequence[Mapping[str, float]], title: str = "") -> Fig
     loss, dice, lr, seconds = axes.flat
     for key, label, colour in (("loss", "train", COLOURS[0]), ("val_loss", "validation", COLOURS[1])):
         loss.plot(epochs, _series(rows, key), label=label, color=colour, marker=".")
-    loss.set(title="loss (Generalized Dice)", xlabel="epoch")
+    loss.set(title="loss", xlabel="epoch")
     classes = sorted({k.removeprefix("dice_") for row in rows for k in row if k.startswith("dice_")})
     for i, name in enumerate(classes):
         colour = COLOURS[i % len(COLOURS)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dataset.common.locks import shared_lock
 from dataset.common.paths import refuse_inside
 from dataset.contract.run import HISTORY_NAME, RunError
 from training.config import TrainConfig
@@ -42,6 +43,21 @@ def train(
     if init_from is not None and resume:
         raise RunError(INIT_WITH_RESUME)
     refuse_inside(run_dir, [("store", store), ("run of --init-from", init_run_folder(init_from))], "--out")
+    # shared: folds may train on one store at once, but preprocess and index (exclusive) may not
+    # rewrite its shards or manifests under them
+    with shared_lock(store):
+        return _train_locked(store, run_dir, config, resume, fold, init_from, progress)
+
+
+def _train_locked(
+    store: str | Path,
+    run_dir: Path,
+    config: TrainConfig,
+    resume: bool,
+    fold: int,
+    init_from: str | Path | None,
+    progress: bool,
+) -> TrainSummary:
     inputs = read_run_inputs(store, config, fold)
     init = load_init_weights(init_from, config, inputs) if init_from is not None else None
     with open_run_dir(run_dir, resume):

@@ -47,6 +47,16 @@ def _holder_text(lock_file: Path) -> str:
     return f"pid {info.get('pid')} on {info.get('host')} (`{info.get('command', '?')}`, since {since})"
 
 
+def _open_lock_file(folder: str | Path, lock_file: Path) -> int:
+    """The lock file's descriptor (O_NOFOLLOW: a lock "file" that is a link must never truncate its target)."""
+    try:
+        return os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, file_mode())
+    except OSError as err:
+        raise LockedError(
+            f"{folder}: cannot open its lock file {LOCK_NAME} ({err.strerror or err}); remove it if it is a link"
+        ) from None
+
+
 @contextlib.contextmanager
 def exclusive_lock(folder: str | Path, create: bool = True) -> Iterator[Path]:
     """Hold ``folder``'s lock for the block; ``LockedError`` at once if another process has it.
@@ -76,12 +86,7 @@ def exclusive_lock(folder: str | Path, create: bool = True) -> Iterator[Path]:
         return
     lock_file = key / LOCK_NAME
     lock_was_there = lock_file.exists() or lock_file.is_symlink()
-    try:  # O_NOFOLLOW: a lock "file" that is a link must never truncate the file it points to
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, file_mode())
-    except OSError as err:
-        raise LockedError(
-            f"{folder}: cannot open its lock file {LOCK_NAME} ({err.strerror or err}); remove it if it is a link"
-        ) from None
+    fd = _open_lock_file(folder, lock_file)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -115,7 +120,44 @@ def exclusive_lock(folder: str | Path, create: bool = True) -> Iterator[Path]:
         raise
     finally:
         fd, depth = _held.pop(key)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # the holder's line is stale once released (a reader writes none)
         os.close(fd)  # releases the flock
+
+
+@contextlib.contextmanager
+def shared_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold a shared lock on an existing ``folder`` that this process reads for the block: any
+    number of readers at once, but no ``exclusive_lock`` writer (training folds read one store
+    while ``index`` may not rebuild it; ``export`` reads a run that ``train`` may not change).
+
+    ``LockedError`` at once while a writer holds it. Creates the lock file if missing, and
+    nothing else; a process already holding the folder's lock (either kind) is let through.
+    """
+    import fcntl
+
+    key = Path(folder).resolve()
+    if key in _held or holds_lock(key) or not key.is_dir():  # not a folder: its reader says what is wrong
+        yield key
+        return
+    lock_file = key / LOCK_NAME
+    fd = _open_lock_file(folder, lock_file)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LockedError(f"{folder}: being written by {_holder_text(lock_file)}; wait for it to finish") from None
+    except OSError as err:
+        os.close(fd)
+        raise LockedError(
+            f"{folder}: this filesystem cannot lock files ({err.strerror or err}); use a lock-capable filesystem"
+        ) from None
+    _held[key] = (fd, 1)
+    try:
+        yield key
+    finally:
+        fd, _ = _held.pop(key)
+        os.close(fd)
 
 
 def _missing_folders(folder: Path) -> list[Path]:

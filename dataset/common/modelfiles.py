@@ -1,9 +1,12 @@
-"""What is wrong with a model file, said before Keras says "File not found" about a file that exists."""
+"""What is wrong with a model file, said before Keras says "File not found" about a file that exists;
+and what shape of U-Net a loaded model is (no Keras import here: the model is duck-typed)."""
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
+from typing import Any
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 
@@ -19,3 +22,34 @@ def keras_file_problem(path: str | Path) -> str | None:
     if path.suffix == ".keras" and path.is_file() and not zipfile.is_zipfile(path):
         return "not a readable Keras model (a .keras file is a zip archive; this one is truncated or not a model)"
     return None
+
+
+def load_keras_model(path: str | Path, error: type[Exception]) -> Any:
+    """``keras.saving.load_model(path, compile=False)``, or ``error`` with one line naming ``path``
+    when it cannot be a model (``keras_file_problem``) or Keras cannot read it."""
+    import keras
+
+    problem = keras_file_problem(path)
+    if problem:
+        raise error(f"{path}: {problem}")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except ValueError as err:  # Keras says "File not found" of a damaged archive that exists
+        raise error(f"{path}: not a readable Keras model ({str(err).splitlines()[0]})") from None
+
+
+_POOL = re.compile(r"^enc(\d+)_pool$")
+
+
+def unet_architecture(model: Any) -> dict[str, int] | None:
+    """``model.depth``, ``model.base_filters``, ``n_classes`` and ``input channels`` of a U-Net built
+    by ``training.model.build_unet`` (read from its layers), or ``None`` for any other model."""
+    names = {layer.name for layer in model.layers}
+    if "enc0_conv1" not in names or "head_conv" not in names:
+        return None
+    return {
+        "model.depth": sum(1 for n in names if _POOL.match(n)),
+        "model.base_filters": int(model.get_layer("enc0_conv1").filters),
+        "n_classes": int(model.outputs[0].shape[-1]),
+        "input channels": int(model.inputs[0].shape[-1]),
+    }

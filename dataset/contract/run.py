@@ -219,6 +219,36 @@ def read_input_contract(run_dir: str | Path) -> InputContract:
     return _read(run_dir, INPUT_CONTRACT_NAME, InputContract, "input contract")
 
 
+def model_mismatch(
+    found: Mapping[str, int] | None, contract: InputContract, run_config: Mapping[str, Any] | None = None
+) -> str | None:
+    """How a loaded model (``dataset.common.modelfiles.unet_architecture``) differs from the run's
+    ``input_contract.json`` (depth, classes, one input channel) and ``config.json`` (base filters),
+    or ``None``. A checkpoint copied in from another run would otherwise predict, or be exported,
+    with the wrong window multiple or class meaning."""
+    if found is None:
+        return "not a U-Net built by this project (no layer enc0_conv1/head_conv)"
+    expected: dict[str, Any] = {
+        "model.depth": contract.model_depth,
+        "n_classes": contract.n_classes,
+        "input channels": 1,
+    }
+    filters = ((run_config or {}).get("model") or {}).get("base_filters")
+    if filters is not None:
+        expected["model.base_filters"] = filters
+    for key, wanted in expected.items():
+        if found[key] != wanted:
+            where = CONFIG_NAME if key == "model.base_filters" else INPUT_CONTRACT_NAME
+            return f"the model has {key} {found[key]} but the run's {where} says {wanted}: it is not this run's model"
+    return None
+
+
+def run_model_mismatch(found: Mapping[str, int] | None, run_dir: str | Path) -> str | None:
+    """``model_mismatch`` against ``run_dir``'s contract and, when it has one, its ``config.json``."""
+    run_config = read_run_config(run_dir) if (Path(run_dir) / CONFIG_NAME).is_file() else None
+    return model_mismatch(found, read_input_contract(run_dir), run_config)
+
+
 # ---------------------------------------------------------------------------- environment.json
 @dataclass(frozen=True, kw_only=True)
 class EnvironmentRecord:
@@ -227,6 +257,7 @@ class EnvironmentRecord:
     epoch: int  # the epoch this start began at (0: a new run)
     started_utc: str  # when it started (ISO 8601, UTC)
     git_commit: str | None  # the code's commit | null: not run from a git checkout
+    git_dirty: bool | None = None  # tracked files differed from that commit | null: unknown (no checkout)
     platform: str  # the operating system and machine
     # {python, tensorflow, keras, numpy, SimpleITK, h5py, hdf5, hdf5plugin, dask, elasticdeform,
     # nvidia-cudnn-cu12: version | null (not installed)}

@@ -1,0 +1,176 @@
+"""Benchmark of training recipes at the demo's budget: which one validates smoothly and scores best.
+
+Builds the demo's store once (10 training and 3 held-out phantoms, ``pancreas.demo``), then
+trains each candidate with each seed in a process of its own (the demo's configs with the
+candidate's overrides), predicts and evaluates the held-out cases, and prints per run and per
+candidate (mean over seeds):
+
+* final-epoch and best-epoch validation Dice (pancreas, tumour),
+* the largest drop of validation pancreas Dice between consecutive epochs in the second half,
+* the standard deviation of validation pancreas Dice over the last 10 epochs,
+* the held-out Dice (pancreas, tumour) of the final checkpoint's predictions,
+* median seconds per training step (epoch time without validation / steps).
+
+    .venv/bin/python bench/recipe.py --out /tmp/recipe                  # 3 candidates x 2 seeds
+    .venv/bin/python bench/recipe.py --out /tmp/recipe --seeds 0 --candidates seed instance
+
+A finished run is kept and reused on a rerun (its folder holds ``result.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from dataset.common.configio import from_dict, to_dict
+
+# Overrides of the demo's train config (configs/demo/train.yaml). "seed" is the demo as it is:
+# batch norm, ReLU, Adam 1e-3, ReduceLROnPlateau. "instance": the same with instance norm;
+# "instance_poly": and the poly decay instead of the plateau rule. "nnunet_like": nnU-Net's normalisation,
+# activation, optimizer and schedule (its augmentation and deep supervision are not here).
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "seed": {},
+    "instance": {"model": {"norm": "instance"}},
+    "instance_poly": {"model": {"norm": "instance"}, "schedule": "poly"},
+    "nnunet_like": {
+        "model": {"norm": "instance", "activation": "leaky_relu"},
+        "optimizer": "sgd",
+        "learning_rate": 0.01,
+        "momentum": 0.99,
+        "weight_decay": 3e-5,
+        "schedule": "poly",
+    },
+}
+
+
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def curve_figures(history_csv: Path, steps: int) -> dict[str, float]:
+    """The validation-curve figures of one run's ``history.csv``."""
+    with open(history_csv, newline="", encoding="utf-8") as fh:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    pancreas = [r["val_dice_pancreas"] for r in rows]
+    half = len(pancreas) // 2
+    drops = [a - b for a, b in zip(pancreas[half - 1 :], pancreas[half:], strict=False)]
+    best = max(range(len(rows)), key=lambda i: pancreas[i])
+    return {
+        "epochs": len(rows),
+        "final_val_pancreas": pancreas[-1],
+        "final_val_tumour": rows[-1]["val_dice_tumour"],
+        "best_val_pancreas": pancreas[best],
+        "best_val_tumour": rows[best]["val_dice_tumour"],
+        "best_epoch": best + 1,
+        "max_drop_second_half": max([0.0, *drops]),
+        "std_last10": statistics.pstdev(pancreas[-10:]),
+        "seconds_per_step": statistics.median(r["epoch_seconds"] for r in rows) / steps,
+    }
+
+
+def run_one(out: Path, candidate: str, seed: int) -> dict[str, Any]:
+    """Train, predict and evaluate one candidate with one seed (in this process)."""
+    from pancreas.demo import demo_configs, demo_paths, train_and_score
+    from training.config import TrainConfig
+
+    configs = demo_configs()
+    train = from_dict(
+        TrainConfig, merged(to_dict(configs.train), {**CANDIDATES[candidate], "seed": seed}), where=candidate
+    )
+    configs = dataclasses.replace(configs, train=train)
+    folder = out / f"{candidate}-seed{seed}"
+    paths = {
+        **demo_paths(out),
+        "run": folder / "run",
+        "predictions": folder / "predictions",
+        "report": folder / "report.json",
+    }
+    seconds: dict[str, float] = {}
+    report = train_and_score(paths, configs, progress=False, seconds=seconds)
+    summary = report["summary"]
+    result = {
+        "candidate": candidate,
+        "seed": seed,
+        **curve_figures(paths["run"] / "history.csv", train.steps_per_epoch),
+        "heldout_pancreas": summary["pancreas"]["dice"]["mean"],
+        "heldout_tumour": summary["tumour"]["dice"]["mean"],
+        "train_seconds": seconds["train"],
+    }
+    (folder / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+COLUMNS = (
+    ("final_val_pancreas", "final val P", ".3f"),
+    ("final_val_tumour", "final val T", ".3f"),
+    ("best_val_pancreas", "best val P", ".3f"),
+    ("best_val_tumour", "best val T", ".3f"),
+    ("max_drop_second_half", "max drop 2nd half", ".3f"),
+    ("std_last10", "std last 10", ".3f"),
+    ("heldout_pancreas", "held-out P", ".3f"),
+    ("heldout_tumour", "held-out T", ".3f"),
+    ("seconds_per_step", "s/step", ".3f"),
+)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """A Markdown table: one row per run, then one per candidate (mean over its seeds)."""
+    head = "| run | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for r in results:
+        cells = " | ".join(format(r[key], fmt) for key, _, fmt in COLUMNS)
+        lines.append(f"| {r['candidate']} seed {r['seed']} | {cells} |")
+    for name in dict.fromkeys(r["candidate"] for r in results):
+        runs = [r for r in results if r["candidate"] == name]
+        cells = " | ".join(format(statistics.mean(r[key] for r in runs), fmt) for key, _, fmt in COLUMNS)
+        lines.append(f"| **{name}** (mean of {len(runs)}) | {cells} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="working folder (kept: reruns reuse finished runs)")
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--one", nargs=2, metavar=("CANDIDATE", "SEED"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    out = args.out.resolve()
+    if args.one:
+        run_one(out, args.one[0], int(args.one[1]))
+        return 0
+
+    from pancreas.demo import build_store, demo_configs, demo_paths
+
+    if not (out / "store" / "index" / "summary.json").is_file():
+        build_store(demo_paths(out), demo_configs(), workers=2, progress=False, seconds={})
+    results = []
+    for candidate in args.candidates:
+        for seed in args.seeds:
+            done = out / f"{candidate}-seed{seed}" / "result.json"
+            if not done.is_file():
+                print(f"training {candidate} seed {seed} ...", flush=True)
+                subprocess.run([sys.executable, __file__, "--out", str(out), "--one", candidate, str(seed)], check=True)
+            results.append(json.loads(done.read_text(encoding="utf-8")))
+    print(f"\n{datetime.date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
