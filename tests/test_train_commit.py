@@ -133,10 +133,10 @@ def test_commit_points_of_an_epoch_in_order(train_store, config_file, tmp_path):
     assert _cli(train_store, config, tmp_path / "run", PANCREAS_CRASH_LOG=str(log)).returncode == 0
     points = [line.split("#")[0] for line in log.read_text(encoding="utf-8").split()]
     assert points == [
+        "run-fingerprints:written",  # first: a resumable run (config.json) always knows its weights' source
+        "run-fingerprints:renamed",
         "run-config:written",
         "run-config:renamed",
-        "run-fingerprints:written",
-        "run-fingerprints:renamed",
         "input-contract:written",
         "input-contract:renamed",
         "run-environment:written",

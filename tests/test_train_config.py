@@ -53,3 +53,10 @@ def test_the_trainer_uses_the_one_patch_depth_check():
         ConfigError, match=r"training patch size \(64, 128, 120\) \(z, y, x\) cannot go through a U-Net of depth 4"
     ):
         check_patch_size((64, 128, 120), TrainConfig().model.depth, "training")
+
+
+def test_multiworker_is_refused_in_one_line_saying_why():
+    from training.config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"multiworker is not supported \(every worker would write RUN_DIR"):
+        TrainConfig(strategy="multiworker")

@@ -1,7 +1,7 @@
 """Crash test of ``pancreas train`` at EVERY commit point (tests/test_crash.py does preprocess
 and index; tests/test_train_commit.py checks a few points in detail, fast).
 
-A 2-epoch run lists its commit points (run start: config, fingerprints, input contract;
+A 2-epoch run lists its commit points (run start: fingerprints, config, input contract;
 every epoch: best and last checkpoints written, renamed, state committed, published).
 For each point in turn a fresh run is SIGKILLed there and then rerun as a user would:
 ``--resume`` when the folder holds a run, else the same command again. The result must

@@ -76,7 +76,7 @@ def test_the_line_and_the_warnings_on_a_machine_without_gpu(no_gpu, caplog):
         ("float32", "auto", []),
         ("float32", "none", []),
         ("mixed_bfloat16", "none", ["precision mixed_bfloat16 but no GPU is visible"]),
-        ("float32", "multiworker", ["strategy multiworker asks for several GPUs but none is visible"]),
+        ("float32", "mirrored", ["strategy mirrored asks for several GPUs but none is visible"]),
     ],
 )
 def test_warnings_name_what_a_cpu_cannot_give(no_gpu, precision, strategy, expected):

@@ -263,3 +263,24 @@ def test_a_fine_tuning_run_killed_before_its_first_epoch_resumes_from_the_source
     os.utime(last, ns=(last.stat().st_atime_ns, last.stat().st_mtime_ns + 10**9))  # the source moved on
     with pytest.raises(RunError, match="has changed or is gone since"):
         train(store_b, again, STILL, resume=True)
+
+
+def test_a_fine_tune_killed_before_its_config_is_started_again_not_resumed_from_random_weights(
+    source, store_b, tmp_path, monkeypatch
+):
+    """fingerprints.json (the source) is written before config.json: a kill between the two
+    leaves no resumable run, and the same command again fine-tunes from the source."""
+    from dataset.contract.run import holds_run
+    from training.run import train
+
+    run_dir = tmp_path / "tuned"
+    monkeypatch.setenv(ENOSPC_ENV, "run-config:written")
+    with pytest.raises(OSError, match="No space left"):
+        train(store_b, run_dir, STILL, init_from=source)
+    monkeypatch.delenv(ENOSPC_ENV)
+    assert not holds_run(run_dir) and read_fingerprints(run_dir).init_from["checkpoint"] == "last"
+    with pytest.raises(RunError, match="no config.json"):
+        train(store_b, run_dir, STILL, resume=True)
+    train(store_b, run_dir, STILL, init_from=source)  # the same command again
+    for tuned, start in zip(_trainable(checkpoint_path(run_dir, "last")), _trainable(checkpoint_path(source, "last"))):
+        np.testing.assert_allclose(tuned, start, atol=1e-5)

@@ -19,7 +19,15 @@ check_patch_size = check_patch_fits_depth
 LOSSES = ("generalized_dice", "cross_entropy", "dice_cross_entropy")
 REDUCTIONS = ("batch", "sample")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("auto", "mirrored", "multiworker", "none")
+STRATEGIES = ("auto", "mirrored", "none")
+# Refused rather than offered: under MultiWorkerMirroredStrategy every worker runs the callbacks, so
+# each would write RUN_DIR's checkpoints, state, history and logs over the others'. A fold trains in
+# about 35 minutes on one H200 (docs/explanation/design-facts.md): several folds on several machines
+# (`--fold K` each) scale without it.
+MULTIWORKER_REFUSAL = (
+    "strategy: multiworker is not supported (every worker would write RUN_DIR over the others); "
+    "train one fold per machine with --fold K, or use mirrored over one machine's GPUs"
+)
 JIT_COMPILE = ("auto", True, False)
 NORMS = ("batch", "instance", "group")  # of training.model.build_unet
 ACTIVATIONS = ("relu", "leaky_relu")
@@ -116,7 +124,7 @@ class TrainConfig:
     min_learning_rate: float = 1e-6
     early_stopping_patience: int = 0  # epochs without val pancreas Dice gain; 0 = off
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
-    strategy: str = "auto"  # auto | mirrored | multiworker | none
+    strategy: str = "auto"  # auto | mirrored | none
     jit_compile: bool | str = "auto"  # XLA: auto (on with a GPU, no strategy, not deterministic) | true | false
     deterministic: bool = False  # tf.config.experimental.enable_op_determinism(): reproducible GPU runs, slower
     image_patches: int = 2  # fixed patches per split drawn to TensorBoard each epoch
@@ -150,6 +158,8 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.strategy == "multiworker":
+            raise ValueError(MULTIWORKER_REFUSAL)
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.jit_compile not in JIT_COMPILE or not isinstance(self.jit_compile, (bool, str)):

@@ -25,7 +25,7 @@ from training.metrics import dice_metrics
 from training.model import N_CLASSES, build_unet
 
 log = logging.getLogger(__name__)
-STRATEGY_CLASS = {"mirrored": "MirroredStrategy", "multiworker": "MultiWorkerMirroredStrategy"}
+STRATEGY_CLASS = {"mirrored": "MirroredStrategy"}
 
 
 class NoGpuError(PancreasError, ValueError):
@@ -59,7 +59,7 @@ class ExecutionPlan:
     precision: str
     strategy: str  # the config's name
     distribution: str | None  # the tf.distribute class, None: default strategy
-    replicas: int | None  # None: multiworker (known once TF_CONFIG's cluster is joined)
+    replicas: int
     jit_compile: bool
     jit_setting: bool | str
     deterministic: bool
@@ -87,18 +87,16 @@ def plan_execution(config: TrainConfig, gpus: list[Gpu] | None = None) -> Execut
     )
 
 
-def _replicas(name: str, strategy: str | None, n_gpus: int) -> int | None:
+def _replicas(name: str, strategy: str | None, n_gpus: int) -> int:
     if strategy is None:
         return 1
-    if name == "multiworker":
-        return None
     return n_gpus or len(tf.config.list_logical_devices("CPU"))  # mirrored on a CPU host: every logical CPU
 
 
 def execution_line(plan: ExecutionPlan) -> str:
     """The one line ``pancreas train`` prints before any work."""
     strategy = "default strategy" if plan.distribution is None else plan.distribution
-    replicas = "replicas set by TF_CONFIG's cluster" if plan.replicas is None else f"{plan.replicas} replica(s)"
+    replicas = f"{plan.replicas} replica(s)"
     jit = "on" if plan.jit_compile else "off"
     return (
         f"devices {describe_devices(list(plan.gpus))}; precision {plan.precision}; strategy {plan.strategy}: "
@@ -118,12 +116,10 @@ def plan_warnings(plan: ExecutionPlan) -> list[str]:
             "on CPUs with AVX-512 BF16 or AMX"
         )
     if plan.strategy in STRATEGY_CLASS:
-        replicas = (
-            "each worker trains on its CPU"
-            if plan.replicas is None
-            else (f"its {plan.replicas} replica(s) are CPU devices")
+        found.append(
+            f"strategy {plan.strategy} asks for several GPUs but none is visible: "
+            f"its {plan.replicas} replica(s) are CPU devices"
         )
-        found.append(f"strategy {plan.strategy} asks for several GPUs but none is visible: {replicas}")
     return found
 
 
@@ -157,15 +153,13 @@ def log_plan_warnings(plan: ExecutionPlan) -> None:
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """auto: mirrored over all GPUs when there are several; mirrored on a CPU-only host uses
-    every logical CPU device (tests); multiworker reads TF_CONFIG."""
+    every logical CPU device (tests)."""
     gpus = tf.config.list_logical_devices("GPU")
     if name == "none" or (name == "auto" and len(gpus) < 2):
         return tf.distribute.get_strategy()
     if name in ("auto", "mirrored"):
         devices = gpus or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy(devices=[d.name for d in devices])
-    if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
     raise ConfigError(f"unknown strategy {name!r}")
 
 

@@ -61,8 +61,10 @@ def _nothing_to_resume(run_dir: Path) -> RunError:
 
 
 def _foreign_files(run_dir: Path) -> bool:
-    """Whether the folder holds anything but our lock file and a killed start's temporaries."""
-    return any(p.name != LOCK_NAME and TMP_SUFFIX not in p.name for p in run_dir.iterdir())
+    """Whether the folder holds anything but our lock file and what a start killed before its
+    ``config.json`` leaves (temporaries, ``fingerprints.json``)."""
+    ours = (LOCK_NAME, FINGERPRINTS_NAME)
+    return any(p.name not in ours and TMP_SUFFIX not in p.name for p in run_dir.iterdir())
 
 
 @contextlib.contextmanager
@@ -83,7 +85,7 @@ def check_run_dir(run_dir: Path, config: TrainConfig, inputs: RunInputs, resume:
     """The committed state to resume from (``None``: start at epoch 0); raise if the folder is unusable."""
     existing = run_files_present(run_dir)
     if not resume:
-        if existing:
+        if existing and existing != [FINGERPRINTS_NAME]:  # only that: a start killed before config.json
             raise RunError(
                 f"{run_dir}: holds another run ({', '.join(existing)}); pass --resume to continue it "
                 "or choose another --out"
@@ -150,9 +152,12 @@ def prepare_run_dir(
     settle_checkpoints(run_dir, state)
     check_resumable(run_dir, state)
     truncate_history(run_dir / HISTORY_NAME, state.epoch if state else 0)
-    write_run_config(run_dir, to_dict(config))
-    if not (run_dir / FINGERPRINTS_NAME).is_file():
+    # fingerprints.json (with a fine-tune's source) before config.json, which makes the folder a
+    # run: every resumable run knows where its weights came from. A new start rewrites the
+    # fingerprints a start killed before its config.json left; a resume keeps the first start's.
+    if not holds_run(run_dir) or not (run_dir / FINGERPRINTS_NAME).is_file():
         write_fingerprints(run_dir, dataclasses.replace(inputs.fingerprints, init_from=init_from))
+    write_run_config(run_dir, to_dict(config))
     write_input_contract(run_dir, input_contract(inputs, config))
     record_start(run_dir, config, state.epoch if state else 0)
 
