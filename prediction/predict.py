@@ -82,10 +82,11 @@ def predict_case(
     ``preview``: also draw ``<case>_preview.png``.
     """
     from preprocess.io import read_image
-    from preprocess.pipeline import preprocess_image
+    from preprocess.pipeline import check_before_reading, preprocess_image
 
     result = CaseResult(case.case_id, str(case.path))
     t = time.perf_counter()
+    check_before_reading(case.path, None, preprocess_config)  # absurd geometry, over the memory budget
     image, _dtype = read_image(case.path, case.series_uid)
     pre = preprocess_image(image, None, preprocess_config)
     result.shape_zyx = tuple(int(s) for s in pre.levels.shape)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -148,6 +149,9 @@ def grid_problem(positions_mm: Sequence[float], files: Sequence[str]) -> str | N
     of the median step; None for a regular grid."""
     if len(positions_mm) < 2:
         return None
+    for position, name in zip(positions_mm, files):
+        if not math.isfinite(position):
+            return f"slice position {position} is not a number ({Path(name).name}: its ImagePositionPatient)"
     order = np.argsort(positions_mm, kind="stable")
     z = np.asarray(positions_mm, dtype=np.float64)[order]
     names = [files[i] for i in order]

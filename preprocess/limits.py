@@ -49,14 +49,32 @@ def resampled_size(
     )
 
 
+DIRECTION_TOLERANCE = 1e-3  # |D^T D - I| per entry: ITK's own orthonormality check is 1e-4 on float32 headers
+
+
+def direction_problem(direction: Sequence[float]) -> str | None:
+    """Why a 3x3 direction matrix (row-major) is not a rotation or reflection: not finite, or its
+    columns not orthonormal (a NaN or sheared qform/sform in a NIfTI header)."""
+    d = np.asarray(direction, dtype=np.float64)
+    if d.size != 9 or not np.isfinite(d).all():
+        return f"direction matrix {_fmt(d.ravel().tolist())} is not finite; the header's orientation (qform/sform) is broken"
+    d = d.reshape(3, 3)
+    if np.abs(d.T @ d - np.eye(3)).max() > DIRECTION_TOLERANCE:
+        return f"direction matrix {_fmt(d.ravel().tolist())} is not orthonormal; the header's orientation (qform/sform) is broken"
+    return None
+
+
 def geometry_problem(
     size: Sequence[int],
     spacing: Sequence[float],
     direction: Sequence[float],
     target_spacing_mm: Sequence[float],
     limits: GeometryLimits,
+    origin: Sequence[float] = (0.0, 0.0, 0.0),
 ) -> str | None:
     """Why a scan's header geometry is not a sane CT (one line naming the number and the limit)."""
+    if not all(math.isfinite(v) for v in origin):
+        return f"origin {_fmt(origin)} is not finite; the header's position (qoffset/srow) is broken"
     for axis, s in zip(AXES, spacing):
         if not (math.isfinite(s) and s >= limits.min_spacing_mm):
             return (
@@ -74,6 +92,9 @@ def geometry_problem(
                 f"scan extent {n * s:g} mm along {axis} ({n} voxels x {s:g} mm) is above "
                 f"limits.max_extent_mm {limits.max_extent_mm:g}"
             )
+    problem = direction_problem(direction)
+    if problem:
+        return problem
     grid = resampled_size(size, spacing, direction, target_spacing_mm)
     count = math.prod(grid)
     if count > limits.max_resampled_voxels:

@@ -102,7 +102,12 @@ def _check_image(image: sitk.Image, label: sitk.Image | None, config: Preprocess
         if mismatch:
             raise ValueError(f"label is on another grid than its image: {mismatch}")
     problem = geometry_problem(
-        image.GetSize(), image.GetSpacing(), image.GetDirection(), config.target_spacing_mm, config.limits
+        image.GetSize(),
+        image.GetSpacing(),
+        image.GetDirection(),
+        config.target_spacing_mm,
+        config.limits,
+        image.GetOrigin(),
     )
     if problem:
         raise InputError(problem)
@@ -183,7 +188,9 @@ def check_before_reading(image_path: str | Path, label_path: str | Path | None, 
         return
     if info is None or len(info.size) != 3:
         return
-    problem = geometry_problem(info.size, info.spacing, info.direction, config.target_spacing_mm, config.limits)
+    problem = geometry_problem(
+        info.size, info.spacing, info.direction, config.target_spacing_mm, config.limits, info.origin
+    )
     if problem:
         raise InputError(f"{path}: {problem}")
     grid = resampled_size(info.size, info.spacing, info.direction, config.target_spacing_mm)
@@ -229,7 +236,12 @@ def preprocess_file(
             "the case was planned); the next run redoes it"
         )
     read_seconds = time.perf_counter() - t
-    case = preprocess_scan(scan, config)
+    try:
+        case = preprocess_scan(scan, config)
+    except InputError as err:  # the geometry of a DICOM series, known only once read
+        if str(image_path) in str(err):
+            raise
+        raise InputError(f"{image_path}: {err}") from None
     case.seconds = {"read": read_seconds, **case.seconds}
     case.attrs.update(
         original_dtype=dtype,

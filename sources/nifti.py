@@ -9,6 +9,7 @@ in this project goes through ``parse_header`` / ``read_header``.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ class NiftiHeader:
     dims: tuple[int, ...]  # dim[1 .. dim[0]]: voxels along each axis
     datatype: int
     bitpix: int
-    vox_offset: int  # where the voxels start
+    vox_offset: int  # where the voxels start; -1: the header's value is no byte offset
     scl_slope: float
     scl_inter: float
 
@@ -81,9 +82,11 @@ def parse_header(data: bytes) -> NiftiHeader | None:
     dims = struct.unpack(endian + "8h", data[40:56])
     rank = max(0, min(dims[0], 7))
     datatype, bitpix = struct.unpack(endian + "hh", data[70:74])
-    vox_offset = int(struct.unpack(endian + "f", data[108:112])[0])
+    raw_offset = struct.unpack(endian + "f", data[108:112])[0]
+    # -1: not a byte offset (NaN, infinite, negative or beyond any file): ``truncation`` refuses it
+    vox_offset = max(int(raw_offset), HEADER_BYTES) if math.isfinite(raw_offset) and 0 <= raw_offset < 2**40 else -1
     slope, inter = struct.unpack(endian + "ff", data[112:120])
-    return NiftiHeader(endian, tuple(dims[1 : 1 + rank]), datatype, bitpix, max(vox_offset, HEADER_BYTES), slope, inter)
+    return NiftiHeader(endian, tuple(dims[1 : 1 + rank]), datatype, bitpix, vox_offset, slope, inter)
 
 
 def _open(path: Path):
@@ -119,6 +122,8 @@ def truncation(path: str | Path) -> str | None:
     header = parse_header(data)
     if header is None:
         return None  # not NIfTI-1: left to ITK
+    if header.vox_offset < 0:
+        return "header's vox_offset is not a byte offset (NaN, infinite, negative or absurdly large)"
     expected = header.vox_offset + header.data_bytes
     if not path.name.endswith(".gz"):
         size = path.stat().st_size
