@@ -61,11 +61,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dicom-share", type=float, default=0.1, help="fraction of inputs that are DICOM series")
     parser.add_argument("--slow-s", type=float, default=30.0, help="a read slower than this is a defect")
+    parser.add_argument("--verbose", action="store_true", help="print each input before it is read")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     base = {suffix: nifti_bytes(suffix) for suffix in (".nii", ".nii.gz")}
     counts: collections.Counter[str] = collections.Counter()
     defects = []
+    slowest: list[tuple[float, str]] = []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.inputs):
@@ -90,8 +92,13 @@ def main() -> int:
                 path = case.with_suffix(suffix)
                 path.write_bytes(mutate_nifti(base[suffix], suffix == ".nii.gz", mutations))
                 what = f"{suffix} {mutations}"
+            if args.verbose:
+                print(f"  {i}: {what}", flush=True)
             outcome = try_read(path, args.slow_s)
             counts[outcome.kind] += 1
+            slowest = sorted([*slowest, (outcome.seconds, what)], reverse=True)[:3]
+            if (i + 1) % 500 == 0:
+                print(f"  {i + 1} inputs, {time.perf_counter() - start:.0f} s", flush=True)
             if outcome.defect:
                 defects.append((what, outcome))
     tried = sum(v for k, v in counts.items() if k != "not writable")
@@ -103,6 +110,8 @@ def main() -> int:
         f"({kinds or 'none'}); "
         f"DICOM values GDCM would not write: {counts['not writable']}"
     )
+    for seconds, what in slowest:
+        print(f"slowest: {seconds:.1f} s: {what}")
     for what, outcome in defects[:20]:
         print(f"DEFECT {outcome.kind}: {what}\n  {outcome.detail.strip().splitlines()[-1]}")
     return 1 if defects else 0

@@ -66,8 +66,12 @@ class ImageInfo:
 
 
 def read_image_info(path: str | Path) -> ImageInfo:
-    """The header of one image file (not a DICOM folder); ``RuntimeError`` from ITK if unreadable."""
+    """The header of one image file (not a DICOM folder); ``RuntimeError`` from ITK if unreadable,
+    ``InputError`` for NIfTI geometry numbers that ITK must not be given (``nifti.geometry_problem``)."""
     path = Path(path)
+    problem = nifti.file_geometry_problem(path) if nifti.is_nifti(path) else None
+    if problem:
+        raise InputError(f"{path}: {problem}")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
@@ -75,7 +79,7 @@ def read_image_info(path: str | Path) -> ImageInfo:
     if nifti.is_nifti(path):
         try:
             header = nifti.read_header(path)
-        except (OSError, EOFError):
+        except nifti.READ_ERRORS:
             header = None
         if header is not None and header.dtype:
             dtype = header.dtype

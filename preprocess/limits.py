@@ -56,11 +56,12 @@ def direction_problem(direction: Sequence[float]) -> str | None:
     """Why a 3x3 direction matrix (row-major) is not a rotation or reflection: not finite, or its
     columns not orthonormal (a NaN or sheared qform/sform in a NIfTI header)."""
     d = np.asarray(direction, dtype=np.float64)
+    shown = _fmt(d.ravel().tolist())
     if d.size != 9 or not np.isfinite(d).all():
-        return f"direction matrix {_fmt(d.ravel().tolist())} is not finite; the header's orientation (qform/sform) is broken"
+        return f"direction matrix {shown} is not finite; the header's orientation (qform/sform) is broken"
     d = d.reshape(3, 3)
     if np.abs(d.T @ d - np.eye(3)).max() > DIRECTION_TOLERANCE:
-        return f"direction matrix {_fmt(d.ravel().tolist())} is not orthonormal; the header's orientation (qform/sform) is broken"
+        return f"direction matrix {shown} is not orthonormal; the header's orientation (qform/sform) is broken"
     return None
 
 

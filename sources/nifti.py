@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import math
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,8 @@ import numpy as np
 from dataset.common.slabs import z_slabs
 
 HEADER_BYTES = 348  # sizeof_hdr of NIfTI-1
+# what reading a damaged file raises: zlib.error (a corrupt deflate block) is not an OSError
+READ_ERRORS = (OSError, EOFError, zlib.error)
 SUFFIXES = (".nii", ".nii.gz")
 # header "datatype" codes -> numpy names (the type stored on disk, before scl_slope)
 DATATYPES = {
@@ -89,6 +92,31 @@ def parse_header(data: bytes) -> NiftiHeader | None:
     return NiftiHeader(endian, tuple(dims[1 : 1 + rank]), datatype, bitpix, vox_offset, slope, inter)
 
 
+GEOMETRY_MAX_ABS = 1e15  # larger header numbers overflow to infinity in ITK's matrix arithmetic
+
+
+def geometry_problem(data: bytes) -> str | None:
+    """Why a NIfTI-1 header's spacing or orientation numbers are unusable (not finite, or so large
+    they overflow), checked before ITK sees them: ITK's reader hangs on some (an infinite sform
+    with a huge quaternion did not return in 20 s). None when they are usable or it is no NIfTI-1."""
+    header = parse_header(data)
+    if header is None:
+        return None
+    e = header.endian
+    pixdim = struct.unpack(e + "8f", data[76:108])
+    qform_code, sform_code = struct.unpack(e + "hh", data[252:256])
+    fields = [("pixdim", pixdim[1:4])]
+    if qform_code > 0:
+        fields.append(("quatern/qoffset", struct.unpack(e + "6f", data[256:280])))
+    if sform_code > 0:
+        fields.append(("srow", struct.unpack(e + "12f", data[280:328])))
+    for name, values in fields:
+        if not all(math.isfinite(v) and abs(v) <= GEOMETRY_MAX_ABS for v in values):
+            shown = ", ".join(f"{v:g}" for v in values)
+            return f"header {name} ({shown}) holds a value that is not finite or is absurdly large"
+    return None
+
+
 def _open(path: Path):
     return (gzip.open if path.name.endswith(".gz") else open)(path, "rb")
 
@@ -100,6 +128,15 @@ def read_header(path: str | Path) -> NiftiHeader | None:
     """
     with _open(Path(path)) as f:
         return parse_header(f.read(HEADER_BYTES))
+
+
+def file_geometry_problem(path: str | Path) -> str | None:
+    """``geometry_problem`` of a file's header; None when unreadable (ITK then says why)."""
+    try:
+        with _open(Path(path)) as f:
+            return geometry_problem(f.read(HEADER_BYTES))
+    except READ_ERRORS:
+        return None
 
 
 def truncation(path: str | Path) -> str | None:
@@ -115,7 +152,7 @@ def truncation(path: str | Path) -> str | None:
     try:
         with _open(path) as f:
             data = f.read(HEADER_BYTES)
-    except (OSError, EOFError) as err:
+    except READ_ERRORS as err:
         return f"unreadable header ({err})"
     if len(data) < HEADER_BYTES:
         return "file shorter than a NIfTI header"
@@ -138,7 +175,7 @@ def truncation(path: str | Path) -> str | None:
             total = 0
             while block := f.read(GZIP_BLOCK):
                 total += len(block)
-    except (OSError, EOFError) as err:
+    except READ_ERRORS as err:
         return f"truncated or corrupt gzip stream ({err})"
     return None if total >= expected else f"truncated: header promises {expected} bytes, file has {total}"
 

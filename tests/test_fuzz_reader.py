@@ -69,6 +69,13 @@ NAN = float("nan")
 @example(mutations=[Mutation("field", field="srow_x0", value=NAN)])  # NaN direction: ValueError
 @example(mutations=[Mutation("field", field="srow_z3", value=NAN)])  # NaN origin: TypeError in Resample
 @example(mutations=[Mutation("field", field="vox_offset", value=float("inf"))])  # OverflowError
+@example(  # ITK's header reader never returned (a hang, not a crash)
+    mutations=[
+        Mutation("field", field="srow_z2", value=-float("inf")),
+        Mutation("field", field="quatern_d", value=3.4e38),
+    ]
+)
+@example(mutations=[Mutation("gzip-bytes", offset=1701, data=b"\xa8\xe0\xce")])  # zlib.error, not an OSError
 def test_a_mutated_nifti_is_read_or_refused_in_one_line(suffix, mutations):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"case{suffix}"

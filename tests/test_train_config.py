@@ -60,3 +60,27 @@ def test_multiworker_is_refused_in_one_line_saying_why():
 
     with pytest.raises(ValueError, match=r"multiworker is not supported \(every worker would write RUN_DIR"):
         TrainConfig(strategy="multiworker")
+
+
+@pytest.mark.parametrize("preset", ["train_seed.yaml", "train_nnunet_like.yaml"])
+def test_the_presets_load_and_train_a_step(preset):
+    import dataclasses
+    from pathlib import Path
+
+    import numpy as np
+
+    from training.config import load_train_config
+    from training.distribute import build_compiled_model
+
+    config = load_train_config(Path(__file__).resolve().parents[1] / "configs" / preset)
+    if preset == "train_nnunet_like.yaml":
+        assert (config.model.norm, config.optimizer, config.schedule) == ("instance", "sgd", "poly")
+    else:
+        assert (config.model.norm, config.loss.name, config.optimizer) == ("batch", "generalized_dice", "adam")
+    small = dataclasses.replace(config, model=dataclasses.replace(config.model, depth=2, base_filters=4))
+    model = build_compiled_model(small)
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 16, 32, 32, 1), dtype=np.float32)
+    y = rng.integers(0, 3, (2, 16, 32, 32)).astype(np.uint8)
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["loss"]) and int(model.optimizer.iterations) == 1
