@@ -83,3 +83,18 @@ def test_an_export_recorded_before_it_listed_its_files_is_replaced_only_with_its
     (out / "assets" / "vocab.txt").write_text("mine")
     with pytest.raises(ExportError, match=r"served: assets/vocab.txt is not a file that export writes"):
         holds_export(out)
+
+
+def test_a_record_without_its_file_list_is_not_taken_for_an_export(tmp_path):
+    """No export ever wrote a record without ``files``: such a folder is refused, never replaced."""
+    import json
+
+    from training.export import EXPORT_RECORD, ExportError, holds_export
+
+    out = tmp_path / "serving"
+    out.mkdir()
+    (out / "saved_model.pb").write_bytes(b"someone's model")
+    (out / EXPORT_RECORD).write_text(json.dumps({"signature": "s", "checkpoint": "best", "model_fingerprint": "f"}))
+    with pytest.raises(ExportError, match="lists its files wrongly"):
+        holds_export(out)
+    assert (out / "saved_model.pb").read_bytes() == b"someone's model"

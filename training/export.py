@@ -52,14 +52,6 @@ EXPORT_FILES = frozenset(
 )
 # the folders a SavedModel always has, even empty (Keras writes no assets for a U-Net)
 SAVED_MODEL_FOLDERS = frozenset({"variables", "assets"})
-# what an export written before its record listed its files ("files") may hold: Keras' SavedModel layout
-LEGACY_FILES = re.compile(
-    r"^(saved_model\.pb|fingerprint\.pb|variables/variables\.index|variables/variables\.data-\d{5}-of-\d{5}|"
-    + re.escape(INPUT_CONTRACT_NAME)
-    + "|"
-    + re.escape(README_NAME)
-    + ")$"
-)
 SIGNATURE = "serving_default"
 INPUT_KEY = "image"  # the U-Net's input layer name (training.model.build_unet)
 OUTPUT_KEY = "output_0"  # Keras' name for a single-output model's result
@@ -139,10 +131,9 @@ def _refuse_files_not_written(out: Path, listed: Any) -> None:
     """Raise ``ExportError`` naming the first file or folder in the earlier export ``out`` that its
     record does not list, or whose bytes changed: replacing the folder would delete it.
 
-    ``listed`` is the record's ``files``; ``None`` (an export written before records listed files):
-    only what Keras' SavedModel layout and our two files are named may be there.
+    ``listed`` is the record's ``files``; a record without it is not ours (every export lists them).
     """
-    if listed is not None and not (
+    if not (
         isinstance(listed, dict)
         and all(isinstance(v, dict) and isinstance(v.get("size"), int) and "sha256" in v for v in listed.values())
     ):
@@ -150,7 +141,7 @@ def _refuse_files_not_written(out: Path, listed: Any) -> None:
             f"{out}: its {EXPORT_RECORD} lists its files wrongly; an export replaces only an earlier "
             "`pancreas export` folder, choose another --out"
         )
-    ours = set(listed) if listed is not None else set()
+    ours = set(listed)
     folders = set(SAVED_MODEL_FOLDERS) | {p for rel in ours for p in map(str, Path(rel).parents) if p != "."}
 
     def refuse(rel: str, why: str) -> None:
@@ -178,10 +169,6 @@ def _refuse_files_not_written(out: Path, listed: Any) -> None:
                 continue
             if path.is_symlink():
                 refuse(rel, "is a symbolic link that export did not write")
-            if listed is None:
-                if not LEGACY_FILES.match(rel):
-                    refuse(rel, "is not a file that export writes")
-                continue
             entry = listed.get(rel)
             if entry is None:
                 refuse(rel, "is not a file that export wrote")
