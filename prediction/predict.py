@@ -161,6 +161,7 @@ class Plan:
     record: Predictions
     input_fingerprints: dict[str, str | None]
     todo: tuple[CaseInput, ...]
+    previous: Predictions | None = None  # the folder's record before this run
 
 
 def _up_to_date(record: Predictions, case: CaseInput, input_fp: str | None, out: Path) -> bool:
@@ -191,9 +192,9 @@ def check_unedited(out: Path, previous: Predictions | None, cases: Sequence[Case
 def plan_run(
     out: Path, run: RunSettings, cases: Sequence[CaseInput], overwrite: bool, flag: str, overwrite_edited: bool = False
 ) -> Plan:
-    """Read the folder's record, decide what to predict, check it replaces only its own files
-    (and none the user edited, unless ``overwrite_edited``), and list those cases as pending
-    before any of their files is written."""
+    """Read the folder's record, decide what to predict, and check it replaces only its own files
+    (and none the user edited, unless ``overwrite_edited``). Writes nothing: ``start_plan``
+    lists the cases as pending, once the models have loaded (a refused model leaves no record)."""
     previous = read_predictions(out)
     record = Predictions(
         run=run.runs_text,
@@ -208,11 +209,15 @@ def plan_run(
         check_unedited(out, previous, todo)
     for case in todo:
         record = record.with_case(case.case_id, PredictionRecord(case.source, fps[case.case_id], run.fingerprint))
-    if todo:
-        write_predictions(out, record)
-    if not run.config.save_probabilities and previous is not None:
-        _remove_stale_probabilities(out, previous, todo)
-    return Plan(record, fps, todo)
+    return Plan(record, fps, todo, previous)
+
+
+def start_plan(out: Path, plan: Plan, save_probabilities: bool) -> None:
+    """List the plan's cases as pending in ``predictions.json`` before any of their files is written."""
+    if plan.todo:
+        write_predictions(out, plan.record)
+    if not save_probabilities and plan.previous is not None:
+        _remove_stale_probabilities(out, plan.previous, plan.todo)
 
 
 def _remove_stale_probabilities(out: Path, previous: Predictions, todo: Sequence[CaseInput]) -> None:
@@ -332,7 +337,8 @@ def predict_cases(
         remove_stale_temporaries(out)
         plan = plan_run(out, run, cases, overwrite, out_flag, overwrite_edited)
         if plan.todo and predict_fns is None:
-            predict_fns = load_predict_fns(run.run_dirs, run.config.checkpoint)  # a missing model stops the run
+            predict_fns = load_predict_fns(run.run_dirs, run.config.checkpoint)  # a refused model stops the run
+        start_plan(out, plan, run.config.save_probabilities)
         results = _predict_all(cases, plan, predict_fns, run, out, progress, preview)
         record = read_predictions(out)
         if record is not None:

@@ -89,3 +89,19 @@ def test_readers_share_a_folder_and_a_writer_is_refused_while_one_reads(tmp_path
         holder.wait()
     with exclusive_lock(folder):  # the reader gone, the writer gets it
         pass
+
+
+def test_predict_refused_for_a_swapped_checkpoint_leaves_no_folder(tmp_path):
+    from pancreas.testing.fuzz import nifti_bytes
+    from prediction.cases import PredictError
+    from prediction.config import PredictConfig
+    from prediction.predict import predict_cases
+
+    run = _run_with_model(tmp_path, "swap", run_depth=2, model_depth=3)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "case.nii.gz").write_bytes(nifti_bytes(".nii.gz"))
+    out = tmp_path / "preds"
+    with pytest.raises(PredictError, match="not this run's model"):
+        predict_cases(run, inputs, out, PredictConfig(mirror_axes=()), progress=False)
+    assert not out.exists()  # no predictions.json, no lock file, no folder
