@@ -189,7 +189,7 @@ def test_a_folder_with_an_export_json_of_its_own_or_extra_files_is_not_replaced(
         holds_export(other)
     mine = tmp_path / "served"
     mine.mkdir()
-    (mine / EXPORT_RECORD).write_text('{"signature": {}, "checkpoint": "best", "model_fingerprint": "x"}')
+    (mine / EXPORT_RECORD).write_text('{"signature": {}, "checkpoint": "best", "model_fingerprint": "x", "files": {}}')
     assert holds_export(mine)
     (mine / "1").mkdir()  # e.g. a TF-Serving version folder a user added beside it
     with pytest.raises(ExportError, match="also holds 1"):

@@ -65,26 +65,6 @@ def test_a_plain_re_export_over_an_untouched_earlier_export_replaces_it(run_dir,
     assert holds_export(out)
 
 
-def test_an_export_recorded_before_it_listed_its_files_is_replaced_only_with_its_own_layout(tmp_path):
-    from training.export import EXPORT_RECORD, ExportError, holds_export
-
-    out = tmp_path / "served"
-    (out / "variables").mkdir(parents=True)
-    (out / "assets").mkdir()
-    (out / EXPORT_RECORD).write_text('{"signature": {}, "checkpoint": "best", "model_fingerprint": "x"}')
-    for name in (
-        "saved_model.pb",
-        "fingerprint.pb",
-        "variables/variables.index",
-        "variables/variables.data-00000-of-00001",
-    ):
-        (out / name).write_bytes(b"tf")
-    assert holds_export(out)
-    (out / "assets" / "vocab.txt").write_text("mine")
-    with pytest.raises(ExportError, match=r"served: assets/vocab.txt is not a file that export writes"):
-        holds_export(out)
-
-
 def test_a_record_without_its_file_list_is_not_taken_for_an_export(tmp_path):
     """No export ever wrote a record without ``files``: such a folder is refused, never replaced."""
     import json
