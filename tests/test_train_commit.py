@@ -305,3 +305,15 @@ def test_a_foreign_out_folder_is_refused_without_a_lock_file_left_in_it(train_st
     with pytest.raises(RunError, match="exists and is not empty"):
         train(train_store, foreign, QUICK)
     assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
+
+
+def test_a_folder_holding_another_tools_fingerprints_json_is_refused_not_overwritten(train_store, tmp_path):
+    from dataset.contract.run import RunError
+    from training.run import train
+
+    run_dir = tmp_path / "theirs"
+    run_dir.mkdir()
+    (run_dir / "fingerprints.json").write_text('{"made_by": "another tool"}')
+    with pytest.raises(RunError, match="fingerprints.json"):
+        train(train_store, run_dir, QUICK)
+    assert (run_dir / "fingerprints.json").read_text() == '{"made_by": "another tool"}'

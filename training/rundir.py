@@ -85,7 +85,9 @@ def check_run_dir(run_dir: Path, config: TrainConfig, inputs: RunInputs, resume:
     """The committed state to resume from (``None``: start at epoch 0); raise if the folder is unusable."""
     existing = run_files_present(run_dir)
     if not resume:
-        if existing and existing != [FINGERPRINTS_NAME]:  # only that: a start killed before config.json
+        if existing == [FINGERPRINTS_NAME]:  # a start killed before config.json, if the file is ours
+            read_fingerprints(run_dir)  # another tool's fingerprints.json is refused, never replaced
+        elif existing:
             raise RunError(
                 f"{run_dir}: holds another run ({', '.join(existing)}); pass --resume to continue it "
                 "or choose another --out"
