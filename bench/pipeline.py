@@ -5,10 +5,14 @@ chunks via ``dataset.contract.store.write_shard``) with a training manifest, the
 
 * augmented training patches per second of the pipeline alone (goal >= 60 on 2 cores),
 * for each model (the default U-Net and a small one): median ``model.fit`` step time
-  fed by the pipeline vs. fed the same batches held in memory (goal: ratio <= 1.05).
+  fed by the pipeline vs. fed the same batches held in memory (goal: ratio <= 1.05),
+* with ``--augment-table``: milliseconds per patch of each online transform applied to every
+  patch (probability 1), and the pipeline's rate with nnU-Net's probabilities
+  (``configs/train_nnunet_like.yaml``) and with every transform on every patch.
 
     .venv/bin/python bench/pipeline.py                      # the real figures (quiet machine)
     .venv/bin/python bench/pipeline.py --shape 32 64 64 --patch 16 32 32 --batches 5 --fit-steps 3
+    .venv/bin/python bench/pipeline.py --augment-table --models ""     # the transforms' costs
 """
 
 from __future__ import annotations
@@ -51,6 +55,28 @@ def in_memory(dataset: tf.data.Dataset, batches: int) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((np.stack(xs), np.stack(ys))).repeat().prefetch(2)
 
 
+TRANSFORMS = ("rotation", "scale", "gamma", "blur", "lowres")
+
+
+def augment_table(store: Path, rows: list, base: TrainConfig, batches: int) -> None:
+    """Print each transform's cost per patch (on every patch) and the pipeline's rate under presets."""
+    from training.config import AugmentConfig, load_train_config
+
+    def rate(augment: AugmentConfig) -> float:
+        config = dataclasses.replace(base, augment=augment, input_threads=1)
+        return measure_patches_per_second(training_dataset(store, rows, config), batches)["patches_per_s"]
+
+    plain = rate(AugmentConfig())
+    print(f"1 input thread, default augmentation (flips, noise, offset): {plain:.1f} patches/s")
+    every = {f"{name}_probability": 1.0 for name in TRANSFORMS}
+    for name in TRANSFORMS:
+        r = rate(AugmentConfig(**{f"{name}_probability": 1.0}))
+        print(f"  + {name:8s} on every patch: {r:6.1f} patches/s, {1000 / r - 1000 / plain:+6.1f} ms per patch")
+    preset = load_train_config(Path(__file__).resolve().parents[1] / "configs" / "train_nnunet_like.yaml").augment
+    print(f"nnU-Net-like probabilities (configs/train_nnunet_like.yaml): {rate(preset):.1f} patches/s (goal >= 60)")
+    print(f"every transform on every patch: {rate(AugmentConfig(**every)):.1f} patches/s")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", type=int, default=4)
@@ -63,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="default,small", help=f"comma list of {', '.join(MODELS)}")
     p.add_argument("--input-threads", type=int, default=0, help="tf.data pool (0: half the cores)")
     p.add_argument("--store", type=Path, help="keep the synthetic store here (default: a temp folder)")
+    p.add_argument("--augment-table", action="store_true", help="also time each online transform")
     args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             f"pipeline alone ({threads} input thread(s)): {rate['patches_per_s']:.1f} augmented patches/s "
             f"({rate['patches']} patches in {rate['seconds']:.2f} s; goal >= 60)"
         )
+
+        if args.augment_table:
+            augment_table(store, rows, config, args.batches)
 
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             model_config = dataclasses.replace(config, model=MODELS[name])

@@ -37,22 +37,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from dataset.common.configio import from_dict, to_dict
 
+PRESETS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def preset(name: str) -> dict[str, Any]:
+    """A preset file's keys, as overrides (so the candidate is the preset, not a copy of it)."""
+    import yaml
+
+    return yaml.safe_load((PRESETS / name).read_text(encoding="utf-8"))
+
+
 # Overrides of the demo's train config (configs/demo/train.yaml). "seed" is the demo as it is:
 # batch norm, ReLU, Adam 1e-3, ReduceLROnPlateau. "instance": the same with instance norm;
-# "instance_poly": and the poly decay instead of the plateau rule. "nnunet_like": nnU-Net's normalisation,
-# activation, optimizer and schedule (its augmentation and deep supervision are not here).
+# "instance_poly": and the poly decay instead of the plateau rule; "instance_poly_ds": and deep
+# supervision. "nnunet_like": configs/train_nnunet_like.yaml (nnU-Net's normalisation, activation,
+# deep supervision, optimizer, schedule and augmentation probabilities) at the demo's budget.
 CANDIDATES: dict[str, dict[str, Any]] = {
     "seed": {},
     "instance": {"model": {"norm": "instance"}},
     "instance_poly": {"model": {"norm": "instance"}, "schedule": "poly"},
-    "nnunet_like": {
-        "model": {"norm": "instance", "activation": "leaky_relu"},
-        "optimizer": "sgd",
-        "learning_rate": 0.01,
-        "momentum": 0.99,
-        "weight_decay": 3e-5,
-        "schedule": "poly",
-    },
+    "instance_poly_ds": {"model": {"norm": "instance", "deep_supervision": True}, "schedule": "poly"},
+    "nnunet_like": preset("train_nnunet_like.yaml"),
 }
 
 

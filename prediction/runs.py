@@ -263,11 +263,6 @@ def load_predict_fn(run_dir: str | Path, checkpoint: str = "best") -> PredictFn:
     path = checkpoint_path(run_dir, checkpoint)
     if not path.is_file():
         raise PredictError(f"{run_dir}: no checkpoint {path.name} in checkpoints/")
-    for module in ("training.losses", "training.metrics"):  # register the custom objects
-        try:
-            __import__(module)
-        except ImportError:  # loading with compile=False does not need them
-            log.debug("could not import %s", module)
     model = load_keras_model(path, PredictError)
     check_model_is_the_runs(model, run_dir, path)
 

@@ -75,9 +75,10 @@ def test_the_presets_load_and_train_a_step(preset):
     config = load_train_config(Path(__file__).resolve().parents[1] / "configs" / preset)
     if preset == "train_nnunet_like.yaml":
         assert (config.model.norm, config.optimizer, config.schedule) == ("instance", "sgd", "poly")
+        assert config.model.deep_supervision
     else:
         assert (config.model.norm, config.loss.name, config.optimizer) == ("batch", "generalized_dice", "adam")
-    small = dataclasses.replace(config, model=dataclasses.replace(config.model, depth=2, base_filters=4))
+    small = dataclasses.replace(config, model=dataclasses.replace(config.model, depth=3, base_filters=4))
     model = build_compiled_model(small)
     rng = np.random.default_rng(0)
     x = rng.random((2, 16, 32, 32, 1), dtype=np.float32)

@@ -361,12 +361,14 @@ def test_incomplete_or_edited_index_is_refused(tmp_path):
 
 
 def test_nnunet_like_recipe_trains_and_its_poly_rate_survives_a_resume(store, tmp_path, monkeypatch):
-    """Instance norm, leaky ReLU, SGD and the poly schedule in a real run; an interrupted run
-    resumes on the same learning-rate curve (the rate is a function of the epoch alone)."""
+    """Instance norm, leaky ReLU, deep supervision, SGD and the poly schedule in a real run; an
+    interrupted run resumes (the deep-supervision checkpoint reloads with its loss) on the same
+    learning-rate curve (the rate is a function of the epoch alone), and its checkpoint predicts
+    with the full-resolution head alone."""
     from training.callbacks import PolyLearningRate, poly_learning_rate
     from training.run import train
 
-    model = ModelConfig(depth=2, base_filters=4, norm="instance", activation="leaky_relu")
+    model = ModelConfig(depth=3, base_filters=4, norm="instance", activation="leaky_relu", deep_supervision=True)
     config = dataclasses.replace(
         TINY, epochs=3, steps_per_epoch=4, optimizer="sgd", weight_decay=3e-5, schedule="poly", model=model
     )
@@ -389,3 +391,8 @@ def test_nnunet_like_recipe_trains_and_its_poly_rate_survives_a_resume(store, tm
     assert summary.epochs_completed == 3 and [int(r["epoch"]) for r in rows] == [0, 1, 2]
     np.testing.assert_allclose([r["learning_rate"] for r in rows], expected, rtol=1e-6)
     assert all(math.isfinite(r["loss"]) for r in rows)
+    assert "val_dice_pancreas" in rows[-1]  # the top head's Dice, under its usual name
+    from prediction.runs import load_predict_fn
+
+    probs = load_predict_fn(tmp_path / "run", "last")(np.zeros((1, 16, 32, 32, 1), np.float32))
+    assert probs.shape == (1, 16, 32, 32, 3)

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from training.checkpoints import BEST_MONITOR, RunCheckpoint, save_model_atomic
+from training.model import top_output
 from training.progress import write_progress
 from training.summaries import write_image, write_scalar
 
@@ -119,7 +120,7 @@ class ImageSummaries(keras.callbacks.Callback):
         with self._writer.as_default():
             for split, items in self.samples.items():
                 for name, image, label in items:
-                    probs = keras.ops.convert_to_numpy(self.model(image[None, ..., None], training=False))
+                    probs = keras.ops.convert_to_numpy(top_output(self.model(image[None, ..., None], training=False)))
                     z = foreground_slice(label)
                     pred = probs[0, z].argmax(-1)
                     write_image(f"{split}/{name}", summary_panel(image[z], label[z], pred), step=epoch)

@@ -44,6 +44,9 @@ class ModelConfig:
     norm: str = "batch"  # batch | instance (per sample and channel) | group (norm_groups per sample)
     norm_groups: int = 8  # groups of norm: group; must divide base_filters
     activation: str = "relu"  # relu | leaky_relu (slope 0.01, nnU-Net's)
+    # extra softmax heads on decoder levels 1..depth-2, loss weights halving per level (nnU-Net's);
+    # predict, export and --init-from use the full-resolution head only
+    deep_supervision: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.depth <= 6:
@@ -54,6 +57,9 @@ class ModelConfig:
             raise ValueError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"model.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.deep_supervision and self.depth < 3:
+            # the lowest decoder level is dropped (nnU-Net's rule), so depth 2 leaves no extra head
+            raise ValueError(f"model.deep_supervision needs model.depth >= 3, got {self.depth}")
         if self.norm == "group" and (self.norm_groups < 1 or self.base_filters % self.norm_groups):
             # every level's filters are base_filters * 2**level, so dividing the first suffices
             raise ValueError(f"model.norm_groups must divide base_filters={self.base_filters}, got {self.norm_groups}")
@@ -91,11 +97,45 @@ class AugmentConfig:
     noise_std: float = 0.02  # Gaussian noise sigma, intensity units ([0, 1] scale)
     offset_probability: float = 0.2
     offset_max: float = 0.05  # global offset drawn uniformly in [-offset_max, offset_max]
+    # in-plane (y, x) rotation and scaling of image and label together (training.augment);
+    # probabilities 0 here: chosen by bench/recipe.py (docs/how-to/train.md#training-recipes)
+    rotation_probability: float = 0.0
+    rotation_max_degrees: float = 15.0  # angle uniform in [-max, max]
+    scale_probability: float = 0.0
+    scale_range: tuple[float, float] = (0.85, 1.25)  # magnification, uniform in the range
+    gamma_probability: float = 0.0
+    gamma_range: tuple[float, float] = (0.7, 1.5)  # half the draws below 1, half above (nnU-Net's)
+    blur_probability: float = 0.0
+    blur_sigma: tuple[float, float] = (0.5, 1.0)  # Gaussian sigma in voxels (1 mm)
+    lowres_probability: float = 0.0
+    lowres_zoom: tuple[float, float] = (0.5, 1.0)  # fraction of every edge kept before scaling back
 
     def __post_init__(self) -> None:
         if any(a not in (0, 1, 2) for a in self.flip_axes) or len(set(self.flip_axes)) != len(self.flip_axes):
             raise ValueError(f"augment.flip_axes must be distinct axes among 0, 1, 2, got {self.flip_axes}")
-        for key in ("flip_probability", "noise_probability", "offset_probability"):
+        if not (math.isfinite(self.rotation_max_degrees) and 0 <= self.rotation_max_degrees <= 180):
+            raise ValueError(f"augment.rotation_max_degrees must be in [0, 180], got {self.rotation_max_degrees}")
+        for key, low, high in (
+            ("scale_range", 0.0, math.inf),
+            ("gamma_range", 0.0, math.inf),
+            ("blur_sigma", 0.0, 5.0),
+            ("lowres_zoom", 0.0, 1.0),
+        ):
+            pair = getattr(self, key)
+            if len(pair) != 2 or not (low < pair[0] <= pair[1] <= high):
+                raise ValueError(f"augment.{key} must be two numbers lo <= hi in ({low}, {high}], got {pair}")
+        if not self.gamma_range[0] <= 1.0 <= self.gamma_range[1]:
+            raise ValueError(f"augment.gamma_range must hold 1.0, got {self.gamma_range}")
+        for key in (
+            "flip_probability",
+            "noise_probability",
+            "offset_probability",
+            "rotation_probability",
+            "scale_probability",
+            "gamma_probability",
+            "blur_probability",
+            "lowres_probability",
+        ):
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"augment.{key} must be in [0, 1], got {value}")

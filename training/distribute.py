@@ -215,7 +215,13 @@ def build_compiled_model(config: TrainConfig) -> keras.Model:
     """A fresh U-Net compiled with the run's optimizer, loss, Dice metrics and XLA setting."""
     m = config.model
     model = build_unet(
-        m.depth, m.base_filters, N_CLASSES, norm=m.norm, activation=m.activation, norm_groups=m.norm_groups
+        m.depth,
+        m.base_filters,
+        N_CLASSES,
+        norm=m.norm,
+        activation=m.activation,
+        norm_groups=m.norm_groups,
+        deep_supervision=m.deep_supervision,
     )
     model.compile(
         optimizer=make_optimizer(config),

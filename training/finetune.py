@@ -32,7 +32,7 @@ from dataset.contract.run import (
     read_input_contract,
 )
 from training.config import TrainConfig
-from training.model import N_CLASSES
+from training.model import N_CLASSES, is_aux_head_layer
 from training.preflight import RunInputs
 
 log = logging.getLogger(__name__)
@@ -216,11 +216,19 @@ def recorded_init_weights(run_dir: Path, config: TrainConfig, inputs: RunInputs)
 
 
 def apply_init_weights(model: keras.Model, init: InitWeights) -> None:
-    """Copy the source's weights into the freshly built model, layer by layer (names and shapes checked)."""
+    """Copy the source's weights into the freshly built model, layer by layer (names and shapes checked).
+
+    Deep-supervision heads the source lacks start fresh; the source's own heads are not copied
+    into a model without them (only the network up to the full-resolution head carries over).
+    """
+    fresh = []
     for layer in model.layers:
         if not layer.weights:
             continue
         weights = init.weights.get(layer.name)
+        if weights is None and is_aux_head_layer(layer.name):
+            fresh.append(layer.name)
+            continue
         shapes = [tuple(w.shape) for w in layer.weights]
         if weights is None or [w.shape for w in weights] != shapes:
             found = None if weights is None else [w.shape for w in weights]
@@ -229,6 +237,8 @@ def apply_init_weights(model: keras.Model, init: InitWeights) -> None:
                 f"source but {shapes} in the configured model"
             )
         layer.set_weights(weights)
+    if fresh:
+        log.info("deep-supervision heads not in the source start fresh: %s", ", ".join(fresh))
     log.info(
         "starting from the weights of %s (%s): fresh optimizer at step 0",
         init.source.model_path,

@@ -99,8 +99,9 @@ def recipe_line(config: TrainConfig) -> str:
     m = config.model
     norm = f"group({m.norm_groups})" if m.norm == "group" else m.norm
     schedule = "poly" if config.schedule == "poly" else "plateau"
+    supervision = ", deep supervision" if m.deep_supervision else ""
     return (
-        f"U-Net depth {m.depth}, {m.base_filters} filters, {norm} norm, {m.activation}; "
+        f"U-Net depth {m.depth}, {m.base_filters} filters, {norm} norm, {m.activation}{supervision}; "
         f"{config.loss.name}; {config.optimizer} lr {config.learning_rate:g} {schedule}; batch {config.batch_size}"
     )
 

@@ -142,6 +142,30 @@ class DiceCrossEntropyLoss(GeneralizedDiceLoss):
         return {**super().get_config(), "ce_weight": self.ce_weight}
 
 
+def deep_supervision_weights(n_outputs: int) -> list[float]:
+    """Loss weights of the full-resolution head and ``n_outputs - 1`` coarser ones: halving per
+    level and summing to 1 (nnU-Net's rule; its lowest level, weight 0 there, is not built here)."""
+    raw = [0.5**level for level in range(n_outputs)]
+    return [w / sum(raw) for w in raw]
+
+
+def downsample_labels(y_true, level: int):
+    """Class indices ``(N, z, y, x)`` at ``1 / 2**level`` of the resolution, by nearest neighbour:
+    the first voxel of every ``2**level`` block (a stride), so no new class can appear."""
+    step = 2**level
+    return y_true[:, ::step, ::step, ::step] if step > 1 else y_true
+
+
+def deep_supervision_loss(loss_fn, y_true, outputs):
+    """``sum_i w_i * loss_fn(labels at level i, outputs[i])``: ``outputs[0]`` is the full-resolution
+    softmax, ``outputs[i]`` the head at ``1 / 2**i``; weights from :func:`deep_supervision_weights`."""
+    weights = deep_supervision_weights(len(outputs))
+    total = 0.0
+    for level, (weight, probs) in enumerate(zip(weights, outputs, strict=True)):
+        total = total + weight * ops.mean(loss_fn(downsample_labels(y_true, level), probs))
+    return total
+
+
 def make_loss(config) -> keras.losses.Loss:
     """The loss a ``training.config.LossConfig`` names."""
     dice_kwargs = {

@@ -14,6 +14,7 @@ import keras
 from keras import layers
 
 from training.config import ACTIVATIONS, NORMS
+from training.losses import PACKAGE, deep_supervision_loss
 
 N_CLASSES = 3
 # Moving-statistics momentum of batch norm: 0.9 (PyTorch's 0.1) rather than Keras' 0.99,
@@ -63,6 +64,43 @@ def up_block(x, skip, filters: int, name: str, block: Callable[..., Any] = conv_
     return block(x, filters, name)
 
 
+def aux_head_name(level: int) -> str:
+    """Layer-name prefix of the deep-supervision head on decoder level ``level``."""
+    return f"ds{level}"
+
+
+def is_aux_head_layer(name: str) -> bool:
+    """Whether a layer belongs to a deep-supervision head (not to the network that predicts)."""
+    return name.startswith("ds") and name[2:3].isdigit()
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class DeepSupervisionUNet(keras.Model):
+    """A functional U-Net whose outputs are ``[full-resolution softmax, coarser heads...]``.
+
+    Training sums the compiled loss over the heads (``training.losses.deep_supervision_loss``,
+    labels downsampled on the device); metrics see the full-resolution head only, so the
+    logged Dice means what it means without deep supervision. Loaders for prediction take
+    ``outputs[0]`` (``dataset.common.modelfiles.load_keras_model``).
+    """
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if not isinstance(y_pred, (list, tuple)):
+            return super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        total = deep_supervision_loss(self.loss, y, list(y_pred))
+        for extra in self.losses:  # regularisers, as Keras' own compute_loss adds them
+            total = total + keras.ops.sum(extra)
+        return total
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return super().compute_metrics(x, y, top_output(y_pred), sample_weight)
+
+
+def top_output(outputs):
+    """The full-resolution softmax of a model's outputs (the only one without deep supervision)."""
+    return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+
+
 def build_unet(
     depth: int = 4,
     base_filters: int = 16,
@@ -71,8 +109,12 @@ def build_unet(
     norm: str = "batch",
     activation: str = "relu",
     norm_groups: int = 8,
+    deep_supervision: bool = False,
 ) -> keras.Model:
-    """A U-Net with ``depth`` poolings and ``base_filters * 2**level`` filters per level."""
+    """A U-Net with ``depth`` poolings and ``base_filters * 2**level`` filters per level.
+
+    ``deep_supervision``: a :class:`DeepSupervisionUNet` with a 1x1x1 softmax head on each
+    decoder level 1..depth-2 as well (nnU-Net drops the lowest level; depth >= 3)."""
     if norm not in NORMS or activation not in ACTIVATIONS:
         raise ValueError(
             f"norm must be one of {NORMS} and activation one of {ACTIVATIONS}, got {norm!r}, {activation!r}"
@@ -86,9 +128,20 @@ def build_unet(
         skips.append(x)
         x = down_block(x, f"enc{level}")
     x = block(x, base_filters * 2**depth, "bottleneck")
+    aux = {}
     for level in reversed(range(depth)):
         x = up_block(x, skips[level], base_filters * 2**level, f"dec{level}", block)
-    logits = layers.Conv3D(n_classes, 1, name="head_conv")(x)
-    # float32 softmax even under a mixed precision policy
-    probs = layers.Activation("softmax", dtype="float32", name="head_softmax")(logits)
-    return keras.Model(inputs, probs, name=name)
+        if deep_supervision and 1 <= level <= depth - 2:
+            aux[level] = softmax_head(x, n_classes, aux_head_name(level))
+    probs = softmax_head(x, n_classes, "head")
+    if not deep_supervision:
+        return keras.Model(inputs, probs, name=name)
+    if not aux:
+        raise ValueError(f"deep_supervision needs depth >= 3, got {depth}")
+    return DeepSupervisionUNet(inputs, [probs, *(aux[level] for level in sorted(aux))], name=name)
+
+
+def softmax_head(x, n_classes: int, name: str):
+    """A 1x1x1 convolution to class logits and a float32 softmax (even under mixed precision)."""
+    logits = layers.Conv3D(n_classes, 1, name=f"{name}_conv")(x)
+    return layers.Activation("softmax", dtype="float32", name=f"{name}_softmax")(logits)

@@ -7,6 +7,7 @@ where it is: docs/explanation/internals.md#the-input-pipeline-trainingpipelinepy
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -20,6 +21,7 @@ from dataset.common.errors import UsageError
 from dataset.contract.manifest import manifest_path, read_manifest
 from dataset.contract.reader import PatchReader
 from dataset.contract.store import IMAGE_LEVELS
+from training import augment
 from training.config import AugmentConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -74,11 +76,35 @@ def to_intensity(levels):
     return tf.cast(levels, tf.float32) * (1.0 / IMAGE_LEVELS)
 
 
+def _uniform_in(u, pair: tuple[float, float]):
+    return pair[0] + u * (pair[1] - pair[0])
+
+
+def draw_spatial_intensity_params(seed, config: AugmentConfig) -> dict[str, tf.Tensor]:
+    """The draws of rotation, scaling, gamma, blur and low resolution from their own seed, so
+    adding them left the flips', noise's and offset's draws (and older runs) as they were.
+
+    A transform not drawn gets its identity value (angle 0, scale 1, gamma 1, sigma 0, zoom 1).
+    """
+    u = tf.random.stateless_uniform([11], seed=seed)
+    angle = math.radians(config.rotation_max_degrees) * (2.0 * u[5] - 1.0)
+    low, high = config.gamma_range
+    gamma = tf.where(u[7] < 0.5, low + 2.0 * u[7] * (1.0 - low), 1.0 + (2.0 * u[7] - 1.0) * (high - 1.0))
+    return {
+        "angle": tf.where(u[0] < config.rotation_probability, angle, 0.0),
+        "scale": tf.where(u[1] < config.scale_probability, _uniform_in(u[6], config.scale_range), 1.0),
+        "gamma": tf.where(u[2] < config.gamma_probability, gamma, 1.0),
+        "blur_sigma": tf.where(u[3] < config.blur_probability, _uniform_in(u[8], config.blur_sigma), 0.0),
+        "lowres_zoom": tf.where(u[4] < config.lowres_probability, _uniform_in(u[9], config.lowres_zoom), 1.0),
+    }
+
+
 def draw_augment_params(seed, config: AugmentConfig) -> dict[str, tf.Tensor]:
     """All random choices of one draw from a stateless seed (shape (2,) int)."""
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
     u = tf.random.stateless_uniform([5], seed=seeds[0])
     return {
+        **draw_spatial_intensity_params(seeds[3], config),
         "flip": u[:3] < config.flip_probability,  # per axis (z, y, x); only flip_axes used
         "noise": u[3] < config.noise_probability,
         "offset": tf.where(
@@ -93,8 +119,10 @@ def draw_augment_params(seed, config: AugmentConfig) -> dict[str, tf.Tensor]:
 def apply_augment(levels, label, params: dict[str, tf.Tensor], config: AugmentConfig):
     """Deterministic application to uint8 ``levels``: -> (float image in [0, 1], label).
 
-    Flips act on the uint8 levels and the label together (a quarter of the bytes of
-    float32); noise, offset and the clip to [0, 1] run only when drawn.
+    Order: flips (on the uint8 levels and the label together, a quarter of the bytes of
+    float32), rotation and scaling (image and label together), noise, blur, offset, low
+    resolution, gamma, then the clip to [0, 1]. Each runs only when drawn; a transform whose
+    probability is 0 is not even in the graph.
     """
     for axis in config.flip_axes:
         levels, label = tf.cond(
@@ -103,6 +131,27 @@ def apply_augment(levels, label, params: dict[str, tf.Tensor], config: AugmentCo
             lambda i=levels, y=label: (i, y),
         )
     image = to_intensity(levels)
+    if config.rotation_probability > 0 or config.scale_probability > 0:
+        image, label = tf.cond(
+            tf.not_equal(params["angle"], 0.0) | tf.not_equal(params["scale"], 1.0),
+            lambda: augment.rotate_scale(image, label, params["angle"], params["scale"]),
+            lambda: (image, label),
+        )
+    image = _apply_noise_and_offset(image, params, config)
+    if config.lowres_probability > 0:
+        zoom = params["lowres_zoom"]
+        image = tf.cond(zoom < 1.0, lambda: augment.simulate_low_resolution(image, zoom), lambda: image)
+    if config.gamma_probability > 0:
+        image = tf.cond(
+            tf.not_equal(params["gamma"], 1.0), lambda: augment.gamma(image, params["gamma"]), lambda: image
+        )
+    if config.lowres_probability > 0 or config.gamma_probability > 0:
+        image = tf.clip_by_value(image, 0.0, 1.0)  # cubic upsampling overshoots a little
+    return image, label
+
+
+def _apply_noise_and_offset(image, params: dict[str, tf.Tensor], config: AugmentConfig):
+    """Gaussian noise, blur, the global offset and the clip to [0, 1], each only when drawn."""
     if config.noise_probability > 0 and config.noise_std > 0:
         noisy = params["noise"]
         image = tf.cond(
@@ -112,12 +161,16 @@ def apply_augment(levels, label, params: dict[str, tf.Tensor], config: AugmentCo
         )
     else:
         noisy = tf.constant(False)
-    image = tf.cond(
+    if config.blur_probability > 0:
+        radius = augment.blur_radius(config.blur_sigma[1])
+        image = tf.cond(
+            params["blur_sigma"] > 0, lambda: augment.gaussian_blur(image, params["blur_sigma"], radius), lambda: image
+        )
+    return tf.cond(
         noisy | tf.not_equal(params["offset"], 0.0),
         lambda: tf.clip_by_value(image + params["offset"], 0.0, 1.0),
         lambda: image,
     )
-    return image, label
 
 
 def to_model_inputs(image, label):

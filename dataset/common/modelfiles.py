@@ -24,18 +24,44 @@ def keras_file_problem(path: str | Path) -> str | None:
     return None
 
 
+# Modules whose import registers the project's Keras classes (the deep-supervision U-Net, losses,
+# metrics): imported before a load when installed, so a checkpoint of this project always reads.
+CUSTOM_OBJECT_MODULES = ("training.model", "training.losses", "training.metrics")
+
+
 def load_keras_model(path: str | Path, error: type[Exception]) -> Any:
-    """``keras.saving.load_model(path, compile=False)``, or ``error`` with one line naming ``path``
-    when it cannot be a model (``keras_file_problem``) or Keras cannot read it."""
+    """``keras.saving.load_model(path, compile=False)`` reduced to the full-resolution output, or
+    ``error`` with one line naming ``path`` when it cannot be a model (``keras_file_problem``) or
+    Keras cannot read it.
+
+    A model trained with deep supervision has extra coarse outputs; what predicts, exports or
+    is compared is the network up to ``outputs[0]``, which is exactly the model without them.
+    """
+    import contextlib
+    import importlib
+
     import keras
 
     problem = keras_file_problem(path)
     if problem:
         raise error(f"{path}: {problem}")
+    for module in CUSTOM_OBJECT_MODULES:
+        with contextlib.suppress(ImportError):  # a tree without the trainer: plain models still load
+            importlib.import_module(module)
     try:
-        return keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False)
     except ValueError as err:  # Keras says "File not found" of a damaged archive that exists
         raise error(f"{path}: not a readable Keras model ({str(err).splitlines()[0]})") from None
+    return full_resolution_model(model)
+
+
+def full_resolution_model(model: Any) -> Any:
+    """``model`` itself, or for a multi-output (deep-supervision) U-Net its sub-model up to ``outputs[0]``."""
+    if len(model.outputs) <= 1:
+        return model
+    import keras
+
+    return keras.Model(model.inputs, model.outputs[0], name=model.name)
 
 
 _POOL = re.compile(r"^enc(\d+)_pool$")
