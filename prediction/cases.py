@@ -123,7 +123,7 @@ def check_seg_inputs(cases: Sequence[CaseInput], output_format: str) -> None:
         if not case.path.is_dir():
             raise PredictError(
                 f"{case.path}: output format {output_format!r} writes a DICOM SEG, which must reference a "
-                "DICOM series, and this input is a NIfTI file; give a DICOM folder or use the format 'nifti'"
+                "DICOM series, and this input is a NIfTI file; give a DICOM folder, or --format nifti"
             )
 
 
