@@ -56,14 +56,37 @@ def software_version() -> str:
         return "unknown"
 
 
+# what a SEG references (type 1: a series without one cannot be referenced), and the patient and study
+# attributes it copies that DICOM lets be empty (type 2: an export that dropped one gets it empty, in memory)
+REFERENCED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+MAY_BE_EMPTY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
 def read_sources(files: Sequence[str]) -> list[pydicom.Dataset]:
     """The series' datasets without their pixels, in the order given (``read_image``'s z order)."""
     datasets: list[pydicom.Dataset] = []
     for name in files:
         try:
-            datasets.append(pydicom.dcmread(name, stop_before_pixels=True))
+            dataset = pydicom.dcmread(name, stop_before_pixels=True)
         except (OSError, pydicom.errors.InvalidDicomError) as err:
             raise PredictError(f"{name}: cannot read for the DICOM SEG ({err})") from None
+        missing = [k for k in REFERENCED if not dataset.get(k)]
+        if missing:
+            raise PredictError(f"{name}: lacks {', '.join(missing)}, which a DICOM SEG must reference")
+        for keyword in MAY_BE_EMPTY:
+            if keyword not in dataset:
+                setattr(dataset, keyword, "")
+        datasets.append(dataset)
     return datasets
 
 

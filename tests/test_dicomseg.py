@@ -184,6 +184,39 @@ def test_files_in_another_order_than_the_grid_are_refused(tmp_path: Path):
     assert not (tmp_path / "x_seg.dcm").exists()
 
 
+def test_a_full_disk_leaves_no_seg(tmp_path: Path, short_writes):
+    folder = tmp_path / "ct"
+    write_dicom_series(ct(ORIENTATIONS["axial head-first"][0]), folder, "1.2.826.0.1.3680043.2.1125.335")
+    image, _ = read_image(folder)
+    with pytest.raises(OSError, match=r"x_seg.dcm: only \d+ of \d+ bytes reached the disk"):
+        write_case_seg(dicom_series_files(folder), labels_for(SHAPE_ZYX), geometry(image), tmp_path / "x_seg.dcm", "f")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct"]
+
+
+def drop(folder: Path, keyword: str) -> None:
+    for path in folder.iterdir():
+        dataset = pydicom.dcmread(path)
+        delattr(dataset, keyword)
+        dataset.save_as(path)
+
+
+def test_a_series_without_a_frame_of_reference_is_refused_naming_the_file(tmp_path: Path):
+    folder = tmp_path / "ct"
+    write_dicom_series(ct(ORIENTATIONS["axial head-first"][0]), folder, "1.2.826.0.1.3680043.2.1125.336")
+    drop(folder, "FrameOfReferenceUID")
+    image, _ = read_image(folder)
+    with pytest.raises(PredictError, match=r"IM0001.dcm: lacks FrameOfReferenceUID, which a DICOM SEG must reference"):
+        write_case_seg(dicom_series_files(folder), labels_for(SHAPE_ZYX), geometry(image), tmp_path / "x.dcm", "f")
+
+
+def test_an_export_without_patient_id_gets_an_empty_one(tmp_path: Path):
+    folder = tmp_path / "ct"
+    write_dicom_series(ct(ORIENTATIONS["axial head-first"][0]), folder, "1.2.826.0.1.3680043.2.1125.337")
+    drop(folder, "PatientID")
+    path, _, _ = written(("", folder), tmp_path)
+    assert pydicom.dcmread(path).PatientID == ""
+
+
 def test_labels_without_a_segment_are_refused(tmp_path: Path):
     folder = tmp_path / "ct"
     write_dicom_series(ct(ORIENTATIONS["axial head-first"][0]), folder, "1.2.826.0.1.3680043.2.1125.340")
