@@ -164,10 +164,12 @@ def build_segmentation(
     known = {s.number for s in SEGMENTS}
     if not values <= known:
         raise PredictError(f"label map holds values {sorted(values - known)}; a DICOM SEG here has segments 1 and 2")
+    model_fingerprint = model_fingerprint or "unknown"  # predict_case called without one
     algorithm = hd.AlgorithmIdentificationSequence(
         name=SOFTWARE,
         family=codes.cid7162.ArtificialIntelligence,
         version=software_version(),
+        # a model package's SHA-256 joins the parameters once packages exist (issue 21, items 1-4)
         parameters={"settings_fingerprint": model_fingerprint},
     )
     return hd.seg.Segmentation(

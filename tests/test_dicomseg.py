@@ -172,6 +172,14 @@ def test_the_seg_passes_the_dicom_validator(series, tmp_path: Path):
     assert result.returncode == 0 and "Error" not in report and "Warning" not in report, report
 
 
+def test_without_a_fingerprint_the_algorithm_says_unknown(tmp_path: Path):
+    folder = tmp_path / "ct"
+    write_dicom_series(ct(ORIENTATIONS["axial head-first"][0]), folder, "1.2.826.0.1.3680043.2.1125.325")
+    seg = build_segmentation(read_sources(dicom_series_files(folder)), labels_for(SHAPE_ZYX), "")
+    algorithm = seg.SegmentSequence[1].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmParameters == "settings_fingerprint=unknown" and seg.DeviceSerialNumber == "unknown"
+
+
 def test_files_in_another_order_than_the_grid_are_refused(tmp_path: Path):
     folder = tmp_path / "ct"
     write_dicom_series(ct(ORIENTATIONS["axial head-first"][0]), folder, "1.2.826.0.1.3680043.2.1125.330")
