@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # highdicom logs each DICOM module it copies into a SEG at INFO
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
     try:
         code = int(args.run(args) or 0)
         sys.stdout.flush()  # a reader that left shows here, not as a traceback at the interpreter's exit

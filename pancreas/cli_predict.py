@@ -54,6 +54,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="also draw <case>_preview.png (three slices with the outlines) and DIR/index.html",
     )
+    parser.add_argument(
+        "--format",
+        choices=("nifti", "dicom-seg", "both"),
+        default=None,
+        help="nifti: <case>.nii.gz (the default); dicom-seg: <case>_seg.dcm, a DICOM Segmentation "
+        "referencing the source series (DICOM input only); both: the two side by side",
+    )
     parser.add_argument("--overwrite", action="store_true", help="predict again even if up to date")
     parser.add_argument(
         "--overwrite-edited",
@@ -77,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, mirror_axes=())
     if args.postprocessing is not None:
         config = dataclasses.replace(config, postprocessing=args.postprocessing)
+    if args.format is not None:
+        config = dataclasses.replace(config, output_format=args.format)
     summary = predict_cases(
         args.model,
         args.input,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataset.common.errors import PancreasError
+from dataset.contract.predictions import writes_seg
 from sources.msd import case_id_of, is_image_name, load_msd_dataset
 from sources.nnunet import stripped_case_ids
 
@@ -112,6 +113,18 @@ def gather_inputs(inputs: str | Path | Sequence[CaseInput]) -> list[CaseInput]:
     if duplicates:
         raise PredictError(f"several inputs share the case name(s) {', '.join(duplicates)}; outputs would collide")
     return cases
+
+
+def check_seg_inputs(cases: Sequence[CaseInput], output_format: str) -> None:
+    """Refuse, before any work, a DICOM SEG of a case that is no DICOM series (nothing to reference)."""
+    if not writes_seg(output_format):
+        return
+    for case in cases:
+        if not case.path.is_dir():
+            raise PredictError(
+                f"{case.path}: output format {output_format!r} writes a DICOM SEG, which must reference a "
+                "DICOM series, and this input is a NIfTI file; give a DICOM folder, or --format nifti"
+            )
 
 
 def input_folders(inputs: str | Path | Sequence[CaseInput], cases: Sequence[CaseInput]) -> list[Path]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dataset.common.regions import NSD_TOLERANCE_MM, REGIONS
+from dataset.contract.predictions import OUTPUT_FORMATS
 from review.detection import DEFAULT_MIN_IOU
 
 LARGEST_COMPONENT_MODES = ("off", "foreground", "per_class")
@@ -46,6 +47,7 @@ class PredictConfig:
     postprocessing: str | None = None  # a postprocessing.json of `pancreas evaluate --cv`
     save_probabilities: bool = False
     checkpoint: str = "best"
+    output_format: str = "nifti"  # "nifti" | "dicom-seg" | "both" (a DICOM SEG needs DICOM input)
     # evaluation only: NSD tolerance (mm) per region of evaluation.metrics.REGIONS
     nsd_tolerance_mm: dict[str, float] = field(default_factory=lambda: dict(NSD_TOLERANCE_MM))
     # evaluation only: tumour-level detection
@@ -75,6 +77,8 @@ class PredictConfig:
             )
         if self.checkpoint not in CHECKPOINTS:
             raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {self.checkpoint!r}")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {self.output_format!r}")
 
 
 def nsd_tolerances(value: Any) -> dict[str, float]:

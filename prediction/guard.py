@@ -17,6 +17,7 @@ from dataset.contract.predictions import (
     label_name,
     probabilities_name,
     read_predictions,
+    seg_name,
 )
 from prediction.cases import PredictError
 
@@ -30,10 +31,13 @@ def run_folders(run_dirs: Sequence[str | Path], out: str | Path) -> list[tuple[s
     return [("model's run folder", Path(d)) for d in run_dirs if not inside(out, Path(d) / VALIDATION_PREDICTIONS)]
 
 
-def check_owned(out: Path, record: Predictions | None, case_ids: Sequence[str], probabilities: bool, flag: str) -> None:
+def check_owned(
+    out: Path, record: Predictions | None, case_ids: Sequence[str], probabilities: bool, flag: str, seg: bool = False
+) -> None:
     """Refuse to replace a file of ``out`` that the folder's ``predictions.json`` does not list."""
     for case_id in case_ids:
         names = [label_name(case_id)] + ([probabilities_name(case_id)] if probabilities else [])
+        names += [seg_name(case_id)] if seg else []
         for name in names:
             path = out / name
             if (path.exists() or path.is_symlink()) and not (record and record.owns(name)):
@@ -44,7 +48,12 @@ def check_owned(out: Path, record: Predictions | None, case_ids: Sequence[str], 
 
 
 def check_output(
-    out_dir: str | Path, protected: Sequence[tuple[str, Path]], case_ids: Sequence[str], probabilities: bool, flag: str
+    out_dir: str | Path,
+    protected: Sequence[tuple[str, Path]],
+    case_ids: Sequence[str],
+    probabilities: bool,
+    flag: str,
+    seg: bool = False,
 ) -> None:
     """Every refusal that needs no lock; run it before taking ``out_dir``'s lock.
 
@@ -52,4 +61,4 @@ def check_output(
     folders: a case that is up to date is listed in the record, so its files are owned.
     """
     refuse_inside(out_dir, protected, flag)
-    check_owned(Path(out_dir), read_predictions(out_dir), case_ids, probabilities, flag)
+    check_owned(Path(out_dir), read_predictions(out_dir), case_ids, probabilities, flag, seg)

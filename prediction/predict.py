@@ -26,11 +26,22 @@ from dataset.contract.predictions import (
     PredictionRecord,
     Predictions,
     label_name,
+    output_names,
     probabilities_name,
     read_predictions,
+    seg_name,
     write_predictions,
+    writes_nifti,
+    writes_seg,
 )
-from prediction.cases import CaseInput, PredictError, discover_inputs, gather_inputs, input_folders
+from prediction.cases import (
+    CaseInput,
+    PredictError,
+    check_seg_inputs,
+    discover_inputs,
+    gather_inputs,
+    input_folders,
+)
 from prediction.config import PredictConfig
 from prediction.guard import check_output, check_owned, run_folders
 from prediction.postprocess import apply_postprocessing, keep_largest_component
@@ -73,13 +84,16 @@ def predict_case(
     postprocessing: PostprocessingDecision | None = None,
     progress: bool = True,
     preview: bool = False,
+    model_fingerprint: str = "",
 ) -> CaseResult:
     """Predict one CT and write ``out_dir/<case>.nii.gz`` (uint8, the scan's exact grid).
 
     ``predict_fn``: one model or an ensemble's list; ``mirror_axes``: each model's (default
     ``config.mirror_axes``); ``postprocessing``: the decision, applied on the scan's grid.
     The label map's statistics are measured on the scan (``prediction.previews``);
-    ``preview``: also draw ``<case>_preview.png``.
+    ``preview``: also draw ``<case>_preview.png``. ``config.output_format`` with a DICOM
+    SEG: also (or only) ``<case>_seg.dcm`` (``prediction.dicomseg``), whose algorithm
+    names ``model_fingerprint``.
     """
     from preprocess.io import read_image
     from preprocess.pipeline import check_before_reading, preprocess_image
@@ -101,12 +115,26 @@ def predict_case(
 
     t = time.perf_counter()
     out_path, labels = _write_case(case.case_id, probs, pre, image, config, out_dir, postprocessing)
-    result.output = str(out_path)
+    result.output = str(out_path) if out_path is not None else None
+    if writes_seg(config.output_format):
+        result.dicom_seg = str(_write_seg(case, labels, image, out_dir, model_fingerprint))
     result.statistics = measure(sitk.GetArrayViewFromImage(labels), image)
     if preview:
         draw_preview(out_dir / preview_name(case.case_id), case.case_id, labels, image)
     result.seconds["export"] = time.perf_counter() - t  # the label map, its statistics and preview
     return result
+
+
+def _write_seg(case: CaseInput, labels, image, out_dir: Path, model_fingerprint: str) -> Path:
+    """``<case>_seg.dcm`` from the series' own files, in the order ``read_image`` read them."""
+    from prediction.dicomseg import write_case_seg
+    from preprocess.io import dicom_series_files
+    from preprocess.output import geometry, image_array
+
+    files = dicom_series_files(case.path, case.series_uid)
+    return write_case_seg(
+        files, image_array(labels), geometry(image), out_dir / seg_name(case.case_id), model_fingerprint
+    )
 
 
 def _write_case(
@@ -117,9 +145,9 @@ def _write_case(
     config: PredictConfig,
     out_dir: Path,
     postprocessing: PostprocessingDecision | None = None,
-) -> tuple[Path, Any]:
+) -> tuple[Path | None, Any]:
     """Labels (and the optional probabilities) back on the scan's grid, written atomically;
-    the path and the label image."""
+    the path (None when ``config.output_format`` asks for no NIfTI) and the label image."""
     from preprocess.geometry import restore_to_original
     from preprocess.io import grid_mismatch
     from preprocess.output import compose, copy_geometry, image_array, labels_image, write_image_atomic
@@ -131,9 +159,10 @@ def _write_case(
         raise PredictError(f"restored label map is not on the scan's grid: {mismatch}")
     if postprocessing is not None:  # on the scan's grid: where `evaluate --cv` chose it, on the label maps
         restored = labels_image(apply_postprocessing(image_array(restored), postprocessing), image)
-    out_path = out_dir / label_name(case_id)
+    out_path = out_dir / label_name(case_id) if writes_nifti(config.output_format) else None
     restored = copy_geometry(restored, image)
-    write_image_atomic(restored, out_path)
+    if out_path is not None:
+        write_image_atomic(restored, out_path)
     if config.save_probabilities:
         channels = [  # voxels cropped away by preprocessing: background (1), other classes 0
             copy_geometry(restore_to_original(np.ascontiguousarray(p), pre.attrs, "linear", 0.0 if c else 1.0), image)
@@ -164,29 +193,36 @@ class Plan:
     previous: Predictions | None = None  # the folder's record before this run
 
 
-def _up_to_date(record: Predictions, case: CaseInput, input_fp: str | None, out: Path) -> bool:
+def _up_to_date(record: Predictions, case: CaseInput, input_fp: str | None, out: Path, output_format: str) -> bool:
     prev = record.cases.get(case.case_id)
     return (
         prev is not None
         and prev.done
         and prev.input_fingerprint == input_fp
         and prev.settings_fingerprint == record.settings_fingerprint
-        and (out / label_name(case.case_id)).is_file()
+        and all((out / name).is_file() for name in output_names(case.case_id, output_format))
     )
 
 
 def check_unedited(out: Path, previous: Predictions | None, cases: Sequence[CaseInput]) -> None:
-    """Refuse to replace a label map whose bytes changed since predict wrote it (a hand correction)."""
+    """Refuse to replace a label map (or SEG) whose bytes changed since predict wrote it (a hand correction)."""
     for case in cases:
         prev = previous.cases.get(case.case_id) if previous else None
-        path = out / label_name(case.case_id)
-        if prev is None or not prev.done or prev.output_sha256 is None or not path.is_file():
+        if prev is None or not prev.done:
             continue
-        if content_sha256(path) != prev.output_sha256:
-            raise PredictError(
-                f"{path}: changed since `pancreas predict` wrote it (edited by hand?); predicting this case again "
-                "would replace it: move it away, or pass --overwrite-edited to replace it"
-            )
+        for name, sha256 in (
+            (label_name(case.case_id), prev.output_sha256),
+            (seg_name(case.case_id), prev.dicom_seg_sha256),
+        ):
+            _check_unedited(out / name, sha256)
+
+
+def _check_unedited(path: Path, sha256: str | None) -> None:
+    if sha256 is not None and path.is_file() and content_sha256(path) != sha256:
+        raise PredictError(
+            f"{path}: changed since `pancreas predict` wrote it (edited by hand?); predicting this case again "
+            "would replace it: move it away, or pass --overwrite-edited to replace it"
+        )
 
 
 def plan_run(
@@ -203,8 +239,9 @@ def plan_run(
         cases=previous.cases if previous else {},
     )
     fps = {c.case_id: _input_fingerprint(c.path) for c in cases}
-    todo = tuple(c for c in cases if overwrite or not _up_to_date(record, c, fps[c.case_id], out))
-    check_owned(out, previous, [c.case_id for c in todo], run.config.save_probabilities, flag)
+    fmt = run.config.output_format
+    todo = tuple(c for c in cases if overwrite or not _up_to_date(record, c, fps[c.case_id], out, fmt))
+    check_owned(out, previous, [c.case_id for c in todo], run.config.save_probabilities, flag, writes_seg(fmt))
     if not overwrite_edited:
         check_unedited(out, previous, todo)
     for case in todo:
@@ -240,6 +277,8 @@ def _record_of(case: CaseInput, result: CaseResult, input_fp: str | None, settin
         output=result.output,
         shape_zyx=result.shape_zyx,
         output_sha256=content_sha256(result.output) if result.output and not result.error else None,
+        dicom_seg=result.dicom_seg,
+        dicom_seg_sha256=content_sha256(result.dicom_seg) if result.dicom_seg and not result.error else None,
         seconds=result.seconds,
     )
 
@@ -263,6 +302,7 @@ def _predict_or_report(
             postprocessing=run.postprocessing,
             progress=progress,
             preview=preview,
+            model_fingerprint=run.fingerprint,
         )
     except Exception as err:
         log.debug("case %s failed", case.case_id, exc_info=True)
@@ -326,10 +366,12 @@ def predict_cases(
     run = load_runs(run_dirs, config, predict_fn)
     predict_fns = None if predict_fn is None else [predict_fn] if callable(predict_fn) else list(predict_fn)
     cases = gather_inputs(inputs)
+    check_seg_inputs(cases, run.config.output_format)
     out = Path(out_dir)
     protected = [("input folder", f) for f in input_folders(inputs, cases)] + run_folders(run.run_dirs, out)
     # refusals that need no lock first: a refused run leaves no lock file in somebody else's folder
-    check_output(out, protected, [c.case_id for c in cases], run.config.save_probabilities, out_flag)
+    seg = writes_seg(run.config.output_format)
+    check_output(out, protected, [c.case_id for c in cases], run.config.save_probabilities, out_flag, seg)
     check_review_files(out, [c.case_id for c in cases], preview, out_flag)
     if predict_fns is None:
         check_checkpoints(run.run_dirs, run.config.checkpoint)

@@ -189,10 +189,13 @@ def _read_decision(path: str | Path, members: Sequence[Member]) -> Postprocessin
 # Settings that change the score of a label map, never the map: left out of the fingerprint,
 # so changing one does not predict every case again.
 EVALUATION_ONLY = ("nsd_tolerance_mm", "detection")
+# which files a case is written as changes no label: a case whose files are missing is predicted again
+# (``prediction.predict``), and the NIfTI and the DICOM SEG of one prediction carry one fingerprint
+OUTPUT_ONLY = ("output_format",)
 
 
 def _fingerprint(members: Sequence[Member], config: PredictConfig, decision: PostprocessingDecision | None) -> str:
-    settings = {k: v for k, v in to_dict(config).items() if k not in EVALUATION_ONLY}
+    settings = {k: v for k, v in to_dict(config).items() if k not in EVALUATION_ONLY + OUTPUT_ONLY}
     settings["postprocessing"] = dict(decision.largest_component) if decision else None
     if len(members) == 1:
         return fingerprint_json(

@@ -16,7 +16,8 @@ from typing import Any
 class CaseResult:
     case_id: str
     source: str
-    output: str | None = None
+    output: str | None = None  # the NIfTI label map
+    dicom_seg: str | None = None  # the DICOM Segmentation (prediction.dicomseg)
     error: str | None = None
     skipped: bool = False
     shape_zyx: tuple[int, ...] | None = None

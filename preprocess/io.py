@@ -93,8 +93,9 @@ def read_image_info(path: str | Path) -> ImageInfo:
     )
 
 
-def _dicom_files(folder: Path, series_uid: str | None = None) -> list[str]:
-    """The files of the folder's one series, or of series ``series_uid`` in it or below it.
+def dicom_series_files(folder: Path, series_uid: str | None = None) -> list[str]:
+    """The files of the folder's one series, or of series ``series_uid`` in it or below it, in the
+    order ``read_image`` reads them (its z index k is file k; a DICOM SEG references them so).
 
     A given series is looked for below the folder too when it has sub-folders (a series
     spread over several folders is read from their common one, ``preprocess.dicom``).
@@ -127,7 +128,7 @@ def _read(path: Path, pixel_type: int, series_uid: str | None = None) -> tuple[s
         raise InputError(f"{path}: DICOM series {series_uid} was asked for, but this is not a folder")
     where = f"{path} (series {series_uid})" if series_uid is not None else str(path)
     try:
-        files = _dicom_files(path, series_uid) if path.is_dir() else [str(path)]
+        files = dicom_series_files(path, series_uid) if path.is_dir() else [str(path)]
         info = read_image_info(files[0])
         dimension = 3 if path.is_dir() else len(info.size)
         if dimension != 3:

@@ -4,13 +4,16 @@
   tests whose ``predict_fn`` stands in for the model;
 * ``tiny_train_store``: the 3-case 16x32x32 trainable store of the training tests;
 * ``preprocessed_store``: the training cases of a synthetic dataset, really preprocessed,
-  in a store with its catalog (the index is each test's own).
+  in a store with its catalog (the index is each test's own);
+* ``write_dicom_series``: a CT image as a DICOM series of one file per slice, in any
+  orientation, with the patient, study and frame-of-reference tags a DICOM SEG copies.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from dataset.common.configio import to_dict
 from dataset.contract.catalog import Catalog, CatalogRecord, write_catalog
@@ -63,3 +66,60 @@ def preprocessed_store(data: Path, store: Path, n_cases: int, seed: int) -> tupl
         catalog = catalog.with_case(p.name, CatalogRecord.new(p.name, "training", True, status="done"))
     write_catalog(store, catalog)
     return catalog, [p.name for p in params], json.loads(case.attrs["config"])
+
+
+DICOM_STUDY = "1.2.826.0.1.3680043.2.1125.300"
+DICOM_FRAME_OF_REFERENCE = "1.2.826.0.1.3680043.2.1125.301"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def write_dicom_series(
+    image: Any, folder: Path, uid: str, *, reverse_instances: bool = False, patient_position: str = "HFS"
+) -> list[Path]:
+    """Slice k of ``image`` (a SimpleITK int16 image, any direction) as ``folder/IM<k>.dcm``, its
+    ImageOrientationPatient the direction's first two columns; the files, in slice order.
+
+    ``reverse_instances``: InstanceNumber and file names count down as k counts up (a series
+    stored in reverse order: only the positions sort it).
+    """
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    d = image.GetDirection()
+    orientation = (d[0], d[3], d[6], d[1], d[4], d[7])  # row direction (x axis), column direction (y axis)
+    n = image.GetSize()[2]
+    files = []
+    for k in range(n):
+        number = n - k if reverse_instances else k + 1
+        tags = {
+            "0008|0016": CT_IMAGE_STORAGE,
+            "0008|0018": f"{uid}.{number}",
+            "0008|0060": "CT",
+            "0010|0010": "Test^Patient",
+            "0010|0020": "P001",
+            "0010|0030": "19700101",
+            "0010|0040": "O",
+            "0008|0020": "20260101",
+            "0008|0030": "120000",
+            "0008|0050": "A001",
+            "0008|0090": "",
+            "0020|0010": "1",
+            "0018|5100": patient_position,
+            "0020|000d": DICOM_STUDY,
+            "0020|000e": uid,
+            "0020|0052": DICOM_FRAME_OF_REFERENCE,
+            "0020|0011": "3",
+            "0020|0013": str(number),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in orientation),
+            "0018|0050": f"{image.GetSpacing()[2]:g}",
+        }
+        slice_ = image[:, :, k]
+        for tag, value in tags.items():
+            slice_.SetMetaData(tag, value)
+        files.append(folder / f"IM{number:04d}.dcm")
+        writer.SetFileName(str(files[-1]))
+        writer.Execute(slice_)
+    return files

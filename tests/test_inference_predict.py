@@ -239,6 +239,8 @@ def test_bad_case_is_reported_others_written_and_rerun_skips(msd: Path, tmp_path
         "output",
         "shape_zyx",
         "output_sha256",  # issue 18: an edited label map is noticed
+        "dicom_seg",  # issue 21: the DICOM SEG (--format dicom-seg or both), its path and SHA-256
+        "dicom_seg_sha256",
         "seconds",
     ]
 

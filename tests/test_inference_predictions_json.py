@@ -14,8 +14,10 @@ from dataset.contract.predictions import (
     Predictions,
     PredictionsError,
     label_name,
+    output_names,
     probabilities_name,
     read_predictions,
+    seg_name,
     write_predictions,
 )
 
@@ -33,7 +35,7 @@ CONFIG = {
 
 def legacy_bytes() -> bytes:
     """What predict wrote before the typed contract, built the way it built it (plus the format version and,
-    since issue 18, each output's SHA-256)."""
+    since issue 18, each output's SHA-256, and since issue 21, the DICOM SEG's path and SHA-256)."""
     manifest = {"version": 1, "cases": {}}
     manifest.update(run="/runs/r1", settings_fingerprint="s1", config=CONFIG)
     manifest["cases"]["pancreas_010"] = {
@@ -45,6 +47,8 @@ def legacy_bytes() -> bytes:
         "output": "out/pancreas_010.nii.gz",
         "shape_zyx": [40, 96, 96],
         "output_sha256": None,
+        "dicom_seg": None,
+        "dicom_seg_sha256": None,
         "seconds": {
             k: round(v, 3) for k, v in {"preprocess": 0.12345, "model": 1.0, "stitch": 0.0004, "export": 2.5}.items()
         },
@@ -58,6 +62,8 @@ def legacy_bytes() -> bytes:
         "output": None,
         "shape_zyx": None,
         "output_sha256": None,
+        "dicom_seg": None,
+        "dicom_seg_sha256": None,
         "seconds": {},
     }
     return (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode()
@@ -104,7 +110,16 @@ def test_a_case_keeps_its_place_when_redone():
 def test_owns_the_files_of_listed_cases_only():
     record = typed()
     assert record.owns(label_name("broken")) and record.owns(probabilities_name("pancreas_010"))
+    assert record.owns(seg_name("broken")) and not record.owns(seg_name("pancreas_011"))
     assert not record.owns("pancreas_011.nii.gz") and not record.owns("predictions.json")
+
+
+@pytest.mark.parametrize(
+    ("output_format", "names"),
+    [("nifti", ["a.nii.gz"]), ("dicom-seg", ["a_seg.dcm"]), ("both", ["a.nii.gz", "a_seg.dcm"])],
+)
+def test_each_output_format_names_its_files(output_format: str, names: list[str]):
+    assert output_names("a", output_format) == names
 
 
 def test_no_record_is_none(tmp_path: Path):

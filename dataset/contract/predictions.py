@@ -3,7 +3,7 @@
 Predict reads it back to skip up-to-date cases and to know which files in PRED_DIR are its
 own: a case is listed (``pending``) before its files are written. A case is up to date when
 its record is ``done`` with the same input and settings fingerprints and its
-``<case>.nii.gz`` exists. Fields: the dataclasses below and docs/reference/contract.md.
+files (``output_names``) exist. Fields: the dataclasses below and docs/reference/contract.md.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from dataset.common.records import ContractError, read_record, write_record
 PREDICTIONS_NAME = "predictions.json"
 LABEL_SUFFIX = ".nii.gz"
 PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
+SEG_SUFFIX = "_seg.dcm"
+# what predict writes per case: the NIfTI label map, a DICOM Segmentation (DICOM input only), or both
+OUTPUT_FORMATS = ("nifti", "dicom-seg", "both")
 STATUSES = ("done", "failed", "pending")
 _REMEDY = "move the folder's files away or choose another output folder"
 
@@ -37,6 +40,25 @@ def probabilities_name(case_id: str) -> str:
     return f"{case_id}{PROBABILITIES_SUFFIX}"
 
 
+def seg_name(case_id: str) -> str:
+    """File name of a case's DICOM Segmentation in PRED_DIR."""
+    return f"{case_id}{SEG_SUFFIX}"
+
+
+def writes_nifti(output_format: str) -> bool:
+    return output_format in ("nifti", "both")
+
+
+def writes_seg(output_format: str) -> bool:
+    return output_format in ("dicom-seg", "both")
+
+
+def output_names(case_id: str, output_format: str) -> list[str]:
+    """The files a case is written as under ``output_format`` (one of ``OUTPUT_FORMATS``)."""
+    nifti = [label_name(case_id)] if writes_nifti(output_format) else []
+    return nifti + ([seg_name(case_id)] if writes_seg(output_format) else [])
+
+
 @dataclass(frozen=True)
 class PredictionRecord:
     """One case of ``predictions.json``."""
@@ -46,9 +68,11 @@ class PredictionRecord:
     settings_fingerprint: str  # the settings fingerprint the case was predicted with
     status: str = "pending"  # "done" | "failed" | "pending" (planned, not finished: a killed run)
     error: str | None = None  # null | one-line reason
-    output: str | None = None  # path of <case>.nii.gz when done | null
+    output: str | None = None  # path of <case>.nii.gz when done (none is written for output_format dicom-seg) | null
     shape_zyx: tuple[int, ...] | None = None  # [z, y, x] of the preprocessed (stored-grid) volume | null
     output_sha256: str | None = None  # SHA-256 of <case>.nii.gz as predict wrote it (an edited file differs) | null
+    dicom_seg: str | None = None  # path of <case>_seg.dcm (DICOM Segmentation) when one was written | null
+    dicom_seg_sha256: str | None = None  # SHA-256 of <case>_seg.dcm as predict wrote it | null
     # seconds per step: {"preprocess", "model", "stitch", "export"}, 3 decimals
     seconds: Mapping[str, float] = field(default_factory=dict)
 
@@ -82,7 +106,7 @@ class Predictions:
 
     def owns(self, name: str) -> bool:
         """Whether the file ``name`` of PRED_DIR is one this record lets predict replace."""
-        return any(name in (label_name(c), probabilities_name(c)) for c in self.cases)
+        return any(name in (label_name(c), probabilities_name(c), seg_name(c)) for c in self.cases)
 
 
 def predictions_path(folder: str | Path) -> Path:
@@ -104,15 +128,21 @@ def write_predictions(folder: str | Path, predictions: Predictions) -> None:
 
 __all__ = [
     "LABEL_SUFFIX",
+    "OUTPUT_FORMATS",
     "PREDICTIONS_NAME",
     "PROBABILITIES_SUFFIX",
+    "SEG_SUFFIX",
     "STATUSES",
     "PredictionRecord",
     "Predictions",
     "PredictionsError",
     "label_name",
+    "output_names",
     "predictions_path",
     "probabilities_name",
     "read_predictions",
+    "seg_name",
     "write_predictions",
+    "writes_nifti",
+    "writes_seg",
 ]
