@@ -48,12 +48,14 @@ def preset(name: str) -> dict[str, Any]:
 
 
 # Overrides of the demo's train config (configs/demo/train.yaml). "seed" is the demo as it is:
-# batch norm, ReLU, Adam 1e-3, ReduceLROnPlateau. "instance": the same with instance norm;
+# batch norm, ReLU, Adam 1e-3, ReduceLROnPlateau; "seed_poly" the same with the poly decay.
+# "instance": the seed's recipe with instance norm;
 # "instance_poly": and the poly decay instead of the plateau rule; "instance_poly_ds": and deep
 # supervision. "nnunet_like": configs/train_nnunet_like.yaml (nnU-Net's normalisation, activation,
 # deep supervision, optimizer, schedule and augmentation probabilities) at the demo's budget.
 CANDIDATES: dict[str, dict[str, Any]] = {
     "seed": {},
+    "seed_poly": {"schedule": "poly"},
     "instance": {"model": {"norm": "instance"}},
     "instance_poly": {"model": {"norm": "instance"}, "schedule": "poly"},
     "instance_poly_ds": {"model": {"norm": "instance", "deep_supervision": True}, "schedule": "poly"},
