@@ -62,7 +62,7 @@ def _scores(report: Mapping[str, Any] | None, decision: PostprocessingDecision |
     lines = [
         f"Pooled out-of-fold scores of `pancreas evaluate --cv`, checkpoint `{checkpoint}` of each fold "
         f"(the model of each case never saw it in training). Means and medians over the cases where a "
-        "metric is defined; the tumour region is scored where either map has tumour.",
+        "metric is defined (a region absent from both maps is left out).",
         "",
         "Raw out-of-fold predictions:",
         "",

@@ -56,8 +56,8 @@ def _verify(path: str) -> int:
     size = sum(m.size for m in record.members.values())
     print(
         f"pancreas package --verify: {path}: OK: format version {record.version}, {len(record.members) + 1} members "
-        f"({size / 2**20:.1f} MiB) match package.json, {len(record.models)} model(s) agree, probe within "
-        f"{found.max_difference:.2g} of the recorded output (tolerance {found.tolerance:g}); "
+        f"({size / 2**20:.1f} MiB) match package.json, {len(record.models)} model(s) agree, largest probe "
+        f"difference {found.max_difference:.1e} (tolerance {found.tolerance:g}); "
         f"package {found.opened.sha256[:16]}"
     )
     return 0

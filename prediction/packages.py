@@ -107,7 +107,10 @@ def _cached(folder: Path, read: ReadPackage) -> bool:
         raise PackageError(
             f"{folder}: the cache folder of {read.path} holds something else than this package; remove it and rerun"
         )
-    read_folder_package(folder)  # every member's size and hash again: a changed cache is not trusted
+    try:
+        read_folder_package(folder)  # every member's size and hash again: a changed cache is not trusted
+    except PackageError as err:
+        raise PackageError(f"{err}; the cache folder changed since it was unpacked, remove it and rerun") from None
     return True
 
 

@@ -136,7 +136,7 @@ def test_verify_passes_with_one_line(cv, capsys):
     assert main(["package", "--verify", str(cv[3])]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and re.search(
-        r": OK: format version 1, \d+ members .* 2 model\(s\) agree, probe within", out[0]
+        r": OK: format version 1, \d+ members .* 2 model\(s\) agree, largest probe difference", out[0]
     )
 
 
@@ -277,3 +277,17 @@ def test_an_existing_file_is_replaced_only_when_it_is_a_package(cv, tmp_path, ca
         record = json.loads(archive.read(PACKAGE_NAME))
     assert record["checkpoint"] == "best" and len(record["models"]) == 1 and "postprocessing" not in record
     assert read_input_contract(runs[0]).fold == record["models"][0]["fold"]
+
+
+def test_a_changed_cache_folder_is_refused_and_a_package_goes_alone(cv, tmp_path, cache, capsys):
+    data, runs, _cv_dir, package = cv
+    argv = ["predict", "--input", str(data / "imagesTr" / f"{CASE}.nii.gz"), "--no-progress"]
+    assert main(["package", "--verify", str(package)]) == 0  # unpacks into the cache
+    capsys.readouterr()
+    (next((cache / "packages").iterdir()) / "MODEL.md").write_text("edited", encoding="utf-8")
+    assert main([*argv, "--model", str(package), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "member 'MODEL.md' holds 6 bytes, package.json says" in err and "remove it and rerun" in err
+    assert main([*argv, "--model", str(package), str(runs[0]), "--out", str(tmp_path / "p")]) == 2
+    assert "a model package is given alone" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
