@@ -185,6 +185,9 @@ def resolve_models(
 ) -> tuple[str | Path | Sequence[str | Path], PredictConfig, OpenedPackage | None]:
     """``predict``'s models: a package given alone becomes its run folders, checkpoint and decision."""
     given = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    missing = [p for p in given if Path(p).suffix.lower() == ".zip" and not Path(p).exists()]
+    if missing:
+        raise PackageError(f"{missing[0]}: no such model package")
     packages = [p for p in given if is_package(p)]
     if not packages:
         return run_dirs, config, None

@@ -229,6 +229,9 @@ def _crafted(kind: str, path: Path, package: Path) -> Path:
                 archive.writestr("MODEL.md", "b")
         elif kind == "bomb":
             archive.writestr("probe.npz", bytes(8 << 20))  # 8 MiB of zeros deflate to about 8 kB
+        elif kind == "many":
+            for i in range(4096):
+                archive.writestr(f"m{i}", b"")
         elif kind == "declared":
             archive.writestr("probe.npz", b"small")
             archive.filelist[-1].file_size = 3 << 30  # the central directory claims 3 GiB
@@ -242,6 +245,7 @@ CRAFTED = {
     "duplicate": "refusing member 'MODEL.md': its name appears twice; nothing was unpacked",
     "bomb": r"refusing member 'probe.npz': compression ratio \d+:1, more than 200:1 \(a zip bomb\?\)",
     "declared": "refusing member 'probe.npz': declares 3221225472 bytes uncompressed, more than a member may hold",
+    "many": r"crafted.zip: 4097 members, more than a package may hold \(4096\)",
     "extra": "refusing member 'model_0/notes.txt': not listed in package.json",
     "newer": r"package.json: written by a newer pancreas-seg \(format version 2; this one reads 1\)",
 }
