@@ -119,8 +119,14 @@ def unpack_into_cache(read: ReadPackage) -> Path:
     folder = cache_folder(read)
     if _cached(folder, read):
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=TMP_SUFFIX, dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=TMP_SUFFIX, dir=folder.parent))
+    except OSError as err:
+        raise PackageError(
+            f"{folder.parent}: cannot unpack {read.path} there ({err.strerror or err}); "
+            f"set {CACHE_ENV} to a writable folder"
+        ) from None
     try:
         unpack_zip(read.path, staging)
         try:
