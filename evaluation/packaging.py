@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from dataset.common.atomic import TMP_SUFFIX, atomic_path, read_json
-from dataset.common.errors import PancreasError
 from dataset.common.fingerprints import content_sha256
 from dataset.common.locks import exclusive_lock, shared_lock
 from dataset.common.modelfiles import load_keras_model
@@ -38,8 +37,8 @@ from dataset.contract.package import (
     PackageMember,
     PackageModel,
     PackageRecord,
+    is_package_record,
     package_record_bytes,
-    read_package_record,
 )
 from dataset.contract.postprocessing import POSTPROCESSING_NAME, read_postprocessing
 from dataset.contract.run import (
@@ -57,7 +56,7 @@ from evaluation.crossval import REPORT_NAME
 from evaluation.model_card import CardModel, model_card
 from evaluation.report_files import ReportFiles
 from prediction.config import PredictConfig
-from prediction.package_zip import read_zip_package
+from prediction.package_zip import MAX_RECORD_BYTES, read_zip_package
 from prediction.packages import PROBE_INPUT, PROBE_TOLERANCE, probe_input
 from prediction.runs import check_checkpoints, check_model_is_the_runs, load_predict_fn, load_runs
 
@@ -97,6 +96,8 @@ def _from_cv(cv_dir: Path, checkpoint: str | None) -> Sources:
     report = read_json(cv_dir / REPORT_NAME, "cross-validation report", "run `pancreas evaluate --cv` first")
     if not isinstance(report, dict) or not isinstance(report.get("folds"), list) or not report["folds"]:
         raise PackageError(f"{cv_dir / REPORT_NAME}: not a `pancreas evaluate --cv` report (no folds)")
+    if not all(isinstance(f, dict) and isinstance(f.get("run"), str) for f in report["folds"]):
+        raise PackageError(f"{cv_dir / REPORT_NAME}: a fold without its run; rerun `pancreas evaluate --cv`")
     runs = [Path(f["run"]) for f in report["folds"]]
     decision = cv_dir / POSTPROCESSING_NAME
     read_postprocessing(decision)  # one line when it is missing or wrong
@@ -116,7 +117,10 @@ def resolve_sources(
         raise PackageError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
     if cv_dir is not None:
         if postprocessing is not None:
-            raise PackageError(f"--postprocessing: --cv packages {Path(cv_dir) / POSTPROCESSING_NAME}; give one")
+            raise PackageError(
+                f"--postprocessing: --cv packages its own {Path(cv_dir) / POSTPROCESSING_NAME}; give --cv or "
+                "--model with --postprocessing, not both"
+            )
         sources = _from_cv(Path(cv_dir), checkpoint)
     else:
         assert run_dirs is not None
@@ -146,14 +150,14 @@ def holds_package(out: Path) -> bool:
     try:
         with zipfile.ZipFile(out) as archive:
             info = archive.getinfo(PACKAGE_NAME)
-            if info.file_size > 16 << 20:
-                raise KeyError(PACKAGE_NAME)
-            read_package_record(archive.read(info), str(out))
-    except (KeyError, zipfile.BadZipFile, OSError, PancreasError):
+            ours = info.file_size <= MAX_RECORD_BYTES and is_package_record(archive.read(info))
+    except (KeyError, zipfile.BadZipFile, OSError):
+        ours = False
+    if not ours:
         raise PackageError(
             f"--out {out}: exists and is not a `pancreas package` package; an existing file is replaced only "
             "when it is one of ours, choose another --out"
-        ) from None
+        )
     return True
 
 

@@ -67,16 +67,21 @@ def package_record_bytes(record: PackageRecord) -> bytes:
     return (json.dumps(record_to_dict(record), indent=2) + "\n").encode("utf-8")
 
 
+def is_package_record(data: bytes) -> bool:
+    """Whether ``data`` is a package.json of ours, of any format version (one a later version may replace)."""
+    try:
+        parsed = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(parsed, dict) and parsed.get("format") == FORMAT
+
+
 def read_package_record(data: bytes, where: str) -> PackageRecord:
     """``package.json``'s record from its bytes; ``PackageError`` with one line naming ``where``
     (a newer format version is refused naming both versions)."""
-    try:
-        parsed = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PackageError(f"{where}: unreadable {PACKAGE_NAME} ({err})") from None
-    if not isinstance(parsed, dict) or parsed.get("format") != FORMAT:
+    if not is_package_record(data):
         raise PackageError(f"{where}: {PACKAGE_NAME} is not a `pancreas package` record (no format {FORMAT!r})")
-    return record_from_dict(PackageRecord, parsed, f"{where}: {PACKAGE_NAME}")
+    return record_from_dict(PackageRecord, json.loads(data), f"{where}: {PACKAGE_NAME}")
 
 
 __all__ = [
@@ -90,6 +95,7 @@ __all__ = [
     "PackageMember",
     "PackageModel",
     "PackageRecord",
+    "is_package_record",
     "package_record_bytes",
     "read_package_record",
 ]
