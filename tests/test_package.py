@@ -132,12 +132,14 @@ def test_predicting_with_the_package_gives_the_runs_label_maps_bit_for_bit(cv, t
     assert [p.name for p in (cache / "packages").iterdir()] == [unpacked.name]  # unpacked once, reused
 
 
-def test_verify_passes_with_one_line(cv, capsys):
+def test_verify_passes_with_one_line_for_the_zip_and_its_folder(cv, capsys, cache):
     assert main(["package", "--verify", str(cv[3])]) == 0
+    assert main(["package", "--verify", str(next((cache / "packages").iterdir()))]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and re.search(
-        r": OK: format version 1, \d+ members .* 2 model\(s\) agree, largest probe difference", out[0]
-    )
+    assert len(out) == 2
+    for line in out:
+        assert re.search(r": OK: format version 1, \d+ members .* 2 model\(s\) agree, largest probe difference", line)
+    assert out[0].split()[-1] == out[1].split()[-1]  # the same package hash for the zip and its folder
 
 
 def _rewrite(package: Path, out: Path, change) -> Path:
@@ -279,7 +281,9 @@ def test_an_existing_file_is_replaced_only_when_it_is_a_package(cv, tmp_path, ca
     assert "replaced the earlier package" in capsys.readouterr().out
     with zipfile.ZipFile(mine) as archive:
         record = json.loads(archive.read(PACKAGE_NAME))
+        card = archive.read("MODEL.md").decode("utf-8")
     assert record["checkpoint"] == "best" and len(record["models"]) == 1 and "postprocessing" not in record
+    assert "Not scored" in card and "Postprocessing: none packaged" in card
     assert read_input_contract(runs[0]).fold == record["models"][0]["fold"]
 
 
