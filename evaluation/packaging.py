@@ -7,6 +7,7 @@ staging folder and writes the zip atomically under the output folder's lock. See
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import shutil
@@ -276,6 +277,14 @@ def write_zip(path: Path, staging: Path, record: PackageRecord) -> bytes:
     return data
 
 
+def remove_stale_packages(out: Path) -> None:
+    """Delete the temporaries a killed ``package`` of this very ``out`` left beside it (the lock is held)."""
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.*{TMP_SUFFIX}.zip"):
+        if stale.is_file() and not stale.is_symlink():
+            log.info("%s: removing %s, left by a package that was killed", out, stale.name)
+            stale.unlink()
+
+
 # ----------------------------------------------------------------------------- the command
 def package_models(
     out: str | Path,
@@ -298,6 +307,7 @@ def package_models(
             stack.enter_context(shared_lock(run))
         stack.enter_context(exclusive_lock(out.parent))
         replaced = holds_package(out)
+        remove_stale_packages(out)
         staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=TMP_SUFFIX)))
         record = assemble(sources, staging)
         with atomic_path(out, ending=".zip", point="package") as tmp:

@@ -277,7 +277,11 @@ def test_an_existing_file_is_replaced_only_when_it_is_a_package(cv, tmp_path, ca
     assert "is not a `pancreas package` zip" in capsys.readouterr().err
     assert mine.read_bytes() == b"my own notes" and sorted(p.name for p in tmp_path.iterdir()) == ["MODEL.zip"]
     shutil.copyfile(package, mine)
+    killed, other = tmp_path / ".MODEL.zip.k1ll3d.pancreas-tmp.zip", tmp_path / ".OTHER.zip.k1ll3d.pancreas-tmp.zip"
+    killed.write_bytes(b"half a zip")
+    other.write_bytes(b"another package's")
     assert main(argv) == 0
+    assert not killed.exists() and other.exists()  # only this output's temporaries are swept
     assert "replaced the earlier package" in capsys.readouterr().out
     with zipfile.ZipFile(mine) as archive:
         record = json.loads(archive.read(PACKAGE_NAME))
