@@ -23,6 +23,7 @@ COMMANDS = {
     "index": "pancreas.cli_index",
     "train": "pancreas.cli_train",
     "export": "pancreas.cli_export",
+    "package": "pancreas.cli_package",
     "predict": "pancreas.cli_predict",
     "evaluate": "pancreas.cli_evaluate",
     "qc": "pancreas.cli_qc",

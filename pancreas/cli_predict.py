@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         nargs="+",
         metavar="RUN_DIR",
         help="training run folder (input_contract.json + checkpoints/); several: an ensemble "
-        "(the mean of their softmax; their input contracts must agree)",
+        "(the mean of their softmax; their input contracts must agree); or one `pancreas package` "
+        "MODEL.zip (or the folder it unpacks to): its ensemble, checkpoint and postprocessing",
     )
     required.add_argument(
         "--input",

@@ -44,6 +44,7 @@ from prediction.cases import (
 )
 from prediction.config import PredictConfig
 from prediction.guard import check_output, check_owned, run_folders
+from prediction.packages import resolve_models
 from prediction.postprocess import apply_postprocessing, keep_largest_component
 from prediction.previews import check_review_files, draw_preview, measure, preview_name, write_review_files
 from prediction.runs import RunSettings, check_checkpoints, load_predict_fns, load_runs, resolve_config
@@ -363,6 +364,7 @@ def predict_cases(
     ``preview`` their ``<case>_preview.png`` and ``index.html`` (``prediction.previews``).
     """
     t0 = time.perf_counter()
+    run_dirs, config, _ = resolve_models(run_dirs, config)  # a package: checked, its runs and decision
     run = load_runs(run_dirs, config, predict_fn)
     predict_fns = None if predict_fn is None else [predict_fn] if callable(predict_fn) else list(predict_fn)
     cases = gather_inputs(inputs)

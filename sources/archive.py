@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from dataset.common.archives import member_name_problem
 from dataset.common.errors import PancreasError
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,7 @@ def _member_problem(member: tarfile.TarInfo) -> str | None:
         return "FIFO"
     if not (member.isfile() or member.isdir()):
         return f"special file (tar type {member.type!r})"
-    name = member.name
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        return "absolute path"
-    if ".." in PurePosixPath(name).parts:
-        return "path contains '..'"
-    return None
+    return member_name_problem(member.name)
 
 
 def is_resource_fork(name: str) -> bool:

@@ -30,6 +30,7 @@ def test_console_script_lists_every_stage():
         "index",
         "train",
         "export",
+        "package",
         "predict",
         "evaluate",
         "qc",
@@ -51,6 +52,7 @@ OWN_HELP = {
     "download": "--md5 MD5",
     "demo": "folder for everything (default demo-output/)",
     "export": "--checkpoint {best,last}",
+    "package": "--verify MODEL",
     "env": "what this machine gives the pipeline",
 }
 

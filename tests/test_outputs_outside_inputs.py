@@ -39,6 +39,10 @@ CASES: dict[tuple[str, str], list[tuple[Argv, str]]] = {
     ("export", "out"): [
         (lambda p: ["export", "--model", str(p["run0"]), "--out", str(p["run0"] / "serving")], "model's run folder"),
     ],
+    ("package", "out"): [
+        (lambda p: ["package", "--model", str(p["run0"]), "--out", str(p["run0"] / "MODEL.zip")],
+         "model's run folder"),
+    ],
     ("predict", "out"): [
         (lambda p: ["predict", "--model", str(p["run0"]), "--input", str(p["data"] / "imagesTr"),
                     "--out", str(p["run0"] / "checkpoints" / "p")], "model's run folder"),
@@ -122,7 +126,7 @@ def paths(two_folds) -> dict[str, Path]:  # noqa: F811 - the imported fixture
 )
 def test_output_inside_a_folder_it_reads_is_refused_writing_nothing(paths, capsys, key, index):
     argv, role = CASES[key][index]
-    args = [*argv(paths), "--no-progress"] if key[0] != "export" else argv(paths)
+    args = [*argv(paths), "--no-progress"] if key[0] not in ("export", "package") else argv(paths)
     root = paths["data"].parent
     before = tree(root) | tree(DEMO_CONFIG_DIR)
     assert main(args) == 2

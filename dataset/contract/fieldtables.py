@@ -17,6 +17,7 @@ from pathlib import Path
 from dataset.common.records import OMIT_EMPTY
 from dataset.contract.catalog import Catalog, CatalogRecord
 from dataset.contract.index import Fold, FoldCounts, IndexSummary, Split
+from dataset.contract.package import PackageMember, PackageModel, PackageRecord
 from dataset.contract.postprocessing import PostprocessingDecision
 from dataset.contract.predictions import PredictionRecord, Predictions
 from dataset.contract.run import Environment, EnvironmentRecord, InputContract, RunFingerprints, RunState
@@ -38,6 +39,9 @@ RECORDS: dict[str, type] = {
         Environment,
         EnvironmentRecord,
         RunState,
+        PackageRecord,
+        PackageModel,
+        PackageMember,
     )
 }
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "reference" / "contract.md"
