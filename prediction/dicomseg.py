@@ -153,12 +153,16 @@ def _description(segment: Segment, algorithm: hd.AlgorithmIdentificationSequence
 
 
 def build_segmentation(
-    sources: Sequence[pydicom.Dataset], labels_zyx: np.ndarray, model_fingerprint: str
+    sources: Sequence[pydicom.Dataset],
+    labels_zyx: np.ndarray,
+    model_fingerprint: str,
+    package_sha256: str | None = None,
 ) -> hd.seg.Segmentation:
     """One binary SEG of ``labels_zyx`` (slice k on ``sources[k]``'s pixels, checked by ``grid_problem``).
 
     ``model_fingerprint``: the settings fingerprint ``predictions.json`` records, the
-    algorithm's parameter that names the models and settings the map came from.
+    algorithm's parameter that names the models and settings the map came from;
+    ``package_sha256``: the model package's hash, a second parameter when predict read one.
     """
     values = {int(v) for v in np.unique(labels_zyx)} - {0}
     known = {s.number for s in SEGMENTS}
@@ -169,8 +173,10 @@ def build_segmentation(
         name=SOFTWARE,
         family=codes.cid7162.ArtificialIntelligence,
         version=software_version(),
-        # a model package's SHA-256 joins the parameters once packages exist (issue 21, items 1-4)
-        parameters={"settings_fingerprint": model_fingerprint},
+        parameters={
+            "settings_fingerprint": model_fingerprint,
+            **({"package_sha256": package_sha256} if package_sha256 else {}),
+        },
     )
     return hd.seg.Segmentation(
         source_images=list(sources),
@@ -199,13 +205,18 @@ def write_segmentation(seg: hd.seg.Segmentation, path: Path) -> None:
 
 
 def write_case_seg(
-    files: Sequence[str], labels_zyx: np.ndarray, grid: Mapping[str, Any], path: Path, model_fingerprint: str
+    files: Sequence[str],
+    labels_zyx: np.ndarray,
+    grid: Mapping[str, Any],
+    path: Path,
+    model_fingerprint: str,
+    package_sha256: str | None = None,
 ) -> Path:
     """The SEG of one case's label map (on the grid ``read_image`` read from ``files``), written to ``path``."""
     sources = read_sources(files)
     problem = grid_problem(sources, files, grid)
     if problem:
         raise PredictError(f"{Path(files[0]).parent}: cannot place the DICOM SEG on the series: {problem}")
-    write_segmentation(build_segmentation(sources, labels_zyx, model_fingerprint), path)
+    write_segmentation(build_segmentation(sources, labels_zyx, model_fingerprint, package_sha256), path)
     log.info("%s: DICOM SEG of %d source instances", path.name, len(sources))
     return path

@@ -6,6 +6,7 @@ loop). See docs/how-to/predict.md and docs/explanation/internals.md#the-layers-p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -86,6 +87,7 @@ def predict_case(
     progress: bool = True,
     preview: bool = False,
     model_fingerprint: str = "",
+    package_sha256: str | None = None,
 ) -> CaseResult:
     """Predict one CT and write ``out_dir/<case>.nii.gz`` (uint8, the scan's exact grid).
 
@@ -94,7 +96,7 @@ def predict_case(
     The label map's statistics are measured on the scan (``prediction.previews``);
     ``preview``: also draw ``<case>_preview.png``. ``config.output_format`` with a DICOM
     SEG: also (or only) ``<case>_seg.dcm`` (``prediction.dicomseg``), whose algorithm
-    names ``model_fingerprint``.
+    names ``model_fingerprint`` and, predicting with a model package, ``package_sha256``.
     """
     from preprocess.io import read_image
     from preprocess.pipeline import check_before_reading, preprocess_image
@@ -118,7 +120,7 @@ def predict_case(
     out_path, labels = _write_case(case.case_id, probs, pre, image, config, out_dir, postprocessing)
     result.output = str(out_path) if out_path is not None else None
     if writes_seg(config.output_format):
-        result.dicom_seg = str(_write_seg(case, labels, image, out_dir, model_fingerprint))
+        result.dicom_seg = str(_write_seg(case, labels, image, out_dir, model_fingerprint, package_sha256))
     result.statistics = measure(sitk.GetArrayViewFromImage(labels), image)
     if preview:
         draw_preview(out_dir / preview_name(case.case_id), case.case_id, labels, image)
@@ -126,7 +128,9 @@ def predict_case(
     return result
 
 
-def _write_seg(case: CaseInput, labels, image, out_dir: Path, model_fingerprint: str) -> Path:
+def _write_seg(
+    case: CaseInput, labels, image, out_dir: Path, model_fingerprint: str, package_sha256: str | None
+) -> Path:
     """``<case>_seg.dcm`` from the series' own files, in the order ``read_image`` read them."""
     from prediction.dicomseg import write_case_seg
     from preprocess.io import dicom_series_files
@@ -134,7 +138,12 @@ def _write_seg(case: CaseInput, labels, image, out_dir: Path, model_fingerprint:
 
     files = dicom_series_files(case.path, case.series_uid)
     return write_case_seg(
-        files, image_array(labels), geometry(image), out_dir / seg_name(case.case_id), model_fingerprint
+        files,
+        image_array(labels),
+        geometry(image),
+        out_dir / seg_name(case.case_id),
+        model_fingerprint,
+        package_sha256,
     )
 
 
@@ -238,6 +247,8 @@ def plan_run(
         settings_fingerprint=run.fingerprint,
         config=to_dict(run.config),
         cases=previous.cases if previous else {},
+        package=run.package,
+        package_sha256=run.package_sha256,
     )
     fps = {c.case_id: _input_fingerprint(c.path) for c in cases}
     fmt = run.config.output_format
@@ -304,6 +315,7 @@ def _predict_or_report(
             progress=progress,
             preview=preview,
             model_fingerprint=run.fingerprint,
+            package_sha256=run.package_sha256,
         )
     except Exception as err:
         log.debug("case %s failed", case.case_id, exc_info=True)
@@ -364,8 +376,10 @@ def predict_cases(
     ``preview`` their ``<case>_preview.png`` and ``index.html`` (``prediction.previews``).
     """
     t0 = time.perf_counter()
-    run_dirs, config, _ = resolve_models(run_dirs, config)  # a package: checked, its runs and decision
+    run_dirs, config, package = resolve_models(run_dirs, config)  # a package: checked, its runs and decision
     run = load_runs(run_dirs, config, predict_fn)
+    if package is not None:
+        run = dataclasses.replace(run, package=str(package.source), package_sha256=package.sha256)
     predict_fns = None if predict_fn is None else [predict_fn] if callable(predict_fn) else list(predict_fn)
     cases = gather_inputs(inputs)
     check_seg_inputs(cases, run.config.output_format)

@@ -58,6 +58,8 @@ class RunSettings:
     config: PredictConfig  # resolved: window_zyx set; mirror_axes set when every member mirrors alike
     postprocessing: PostprocessingDecision | None
     fingerprint: str  # of contracts + config + decision + models: recorded per case in predictions.json
+    package: str | None = None  # the model package (zip or folder) the members came from, if any
+    package_sha256: str | None = None  # its hash (SHA-256 of its package.json)
 
     @property
     def contract(self) -> InputContract:

@@ -180,6 +180,14 @@ def test_without_a_fingerprint_the_algorithm_says_unknown(tmp_path: Path):
     assert algorithm.AlgorithmParameters == "settings_fingerprint=unknown" and seg.DeviceSerialNumber == "unknown"
 
 
+def test_a_model_package_is_named_by_its_hash(tmp_path: Path):
+    folder = tmp_path / "ct"
+    write_dicom_series(ct(ORIENTATIONS["axial head-first"][0]), folder, "1.2.826.0.1.3680043.2.1125.326")
+    seg = build_segmentation(read_sources(dicom_series_files(folder)), labels_for(SHAPE_ZYX), FINGERPRINT, "ab" * 32)
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmParameters == f"settings_fingerprint={FINGERPRINT},package_sha256={'ab' * 32}"
+
+
 def test_files_in_another_order_than_the_grid_are_refused(tmp_path: Path):
     folder = tmp_path / "ct"
     write_dicom_series(ct(ORIENTATIONS["axial head-first"][0]), folder, "1.2.826.0.1.3680043.2.1125.330")

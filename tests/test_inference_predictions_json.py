@@ -35,9 +35,10 @@ CONFIG = {
 
 def legacy_bytes() -> bytes:
     """What predict wrote before the typed contract, built the way it built it (plus the format version and,
-    since issue 18, each output's SHA-256, and since issue 21, the DICOM SEG's path and SHA-256)."""
+    since issue 18, each output's SHA-256, and since issue 21, the DICOM SEG's path and SHA-256 and the model
+    package read)."""
     manifest = {"version": 1, "cases": {}}
-    manifest.update(run="/runs/r1", settings_fingerprint="s1", config=CONFIG)
+    manifest.update(run="/runs/r1", settings_fingerprint="s1", config=CONFIG, package=None, package_sha256=None)
     manifest["cases"]["pancreas_010"] = {
         "input": "data/imagesTs/pancreas_010.nii.gz",
         "input_fingerprint": "f10",

@@ -130,6 +130,9 @@ def test_predicting_with_the_package_gives_the_runs_label_maps_bit_for_bit(cv, t
         assert list(found) == list(expected)
         assert all(np.array_equal(found[k], expected[k]) and found[k].dtype == expected[k].dtype for k in expected)
     assert [p.name for p in (cache / "packages").iterdir()] == [unpacked.name]  # unpacked once, reused
+    record = json.loads((by_zip / "predictions.json").read_text(encoding="utf-8"))
+    assert record["package"] == str(moved) and record["package_sha256"].startswith(unpacked.name)
+    assert json.loads((by_runs / "predictions.json").read_text(encoding="utf-8"))["package"] is None
 
 
 def test_verify_passes_with_one_line_for_the_zip_and_its_folder(cv, capsys, cache):

@@ -99,6 +99,8 @@ class Predictions:
     run: str  # absolute path of the training run of the latest predict (an ensemble: the runs joined by os.pathsep)
     settings_fingerprint: str  # of input contract + resolved config + model file (every run's), and the postprocessing
     config: Mapping[str, Any]  # the resolved PredictConfig of that run
+    package: str | None = None  # the model package (MODEL.zip or its folder) that predict read, as given | null
+    package_sha256: str | None = None  # that package's hash (SHA-256 of its package.json) | null
 
     def with_case(self, case_id: str, record: PredictionRecord) -> Predictions:
         """A copy with ``case_id``'s record set (a case already listed keeps its place)."""
