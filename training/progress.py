@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from dataset.common.figures import OKABE_ITO, plain_text, write_figure
 
@@ -68,6 +69,7 @@ def progress_figure(rows: Sequence[Mapping[str, float]], title: str = "") -> Fig
             ax.legend(fontsize="small")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 2.5
     if title:
         fig.suptitle(plain_text(title))
     return fig
