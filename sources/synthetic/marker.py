@@ -24,6 +24,7 @@ SYNTH_CASE_FILE = re.compile(r"pancreas_\d{3,}(_0000)?\.nii(\.gz)?")  # either l
 
 LAYOUTS = ("msd", "nnunet")
 NNUNET_ENDING = ".nii.gz"  # nnU-Net v2 has one file_ending per dataset: the uncompressed cases are gzipped there
+DICOM_DIR = "dicomTs"  # --dicom: each test case's image as a DICOM series, dicomTs/<case>/IM0001.dcm...
 
 
 def case_file_names(params: CaseParams, layout: str = "msd") -> tuple[str, str]:
@@ -33,13 +34,25 @@ def case_file_names(params: CaseParams, layout: str = "msd") -> tuple[str, str]:
     return params.filename, params.filename
 
 
-def planned_files(params: list[CaseParams], n_cases: int, layout: str = "msd") -> set[str]:
+def slice_file_name(number: int) -> str:
+    """The file of a DICOM series' instance ``number`` (from 1): ``IM0001.dcm``."""
+    return f"IM{number:04d}.dcm"
+
+
+def series_file_names(params: CaseParams) -> list[str]:
+    """The files of a case's DICOM series (one per slice), relative to the dataset folder."""
+    return [f"{DICOM_DIR}/{params.name}/{slice_file_name(k + 1)}" for k in range(params.grid_size[2])]
+
+
+def planned_files(params: list[CaseParams], n_cases: int, layout: str = "msd", dicom: bool = False) -> set[str]:
     """Every file ``make_dataset`` writes for ``params`` (training first), relative to the folder."""
     files = {"dataset.json", *(f"{folder}/{JUNK_NAME}" for folder in SPLIT_DIRS["training"])}
     for i, p in enumerate(params):
         images, labels = SPLIT_DIRS["training" if i < n_cases else "test"]
         image, label = case_file_names(p, layout)
         files |= {f"{images}/{image}", f"{labels}/{label}"}
+        if dicom and i >= n_cases:
+            files.update(series_file_names(p))
     return files
 
 
