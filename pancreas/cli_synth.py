@@ -44,13 +44,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="msd: MSD Task07 (default); nnunet: nnU-Net v2 raw dataset (imagesTr/<case>_0000.nii.gz, "
         "a v2 dataset.json without case lists)",
     )
+    parser.add_argument(
+        "--dicom",
+        action="store_true",
+        help="also write each test case (imagesTs/) as a DICOM CT series, dicomTs/<case>/IM0001.dcm... "
+        "(one file per slice, int16 HU), to try `pancreas predict --format both` on",
+    )
     add_no_progress_option(parser)
     parser.set_defaults(run=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from sources.synthetic.marker import case_file_names
+    from sources.synthetic.marker import DICOM_DIR, case_file_names
     from sources.synthetic.msd import dataset_params, make_dataset
 
     if args.seed < 0:
@@ -64,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         layout=args.layout,
         progress=not args.no_progress,
         tumours=args.tumours,
+        dicom=args.dicom,
     )
     params = dataset_params(args.cases, args.seed, args.size, args.test, args.tumours)
     n_train = args.cases
@@ -80,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
         image = case_file_names(p, args.layout)[0]
         rows.append((image, split, size, spacing, p.orientation, dtype, "yes" if p.anatomy.has_tumour else "no"))
     print("\n".join(table_lines(("case", "split", "size (x,y,z)", "spacing mm", "orient", "dtype", "tumour"), rows)))
+    if args.dicom and len(params) > n_train:
+        dicom = out.resolve() / DICOM_DIR
+        print(f"DICOM series of the test cases: {dicom}/<case>/ (try: pancreas predict --input {dicom} --format both)")
     return 0
 
 

@@ -15,7 +15,9 @@ from tqdm import tqdm
 from dataset.common.atomic import atomic_path, remove_stale_temporaries, write_json_atomic
 from dataset.common.errors import UsageError
 from dataset.common.locks import exclusive_lock
+from sources.synthetic.dicom import hu_int16, write_case_series
 from sources.synthetic.marker import (
+    DICOM_DIR,
     JUNK_NAME,
     LAYOUTS,
     NNUNET_ENDING,
@@ -69,15 +71,20 @@ def write_case(
     size: str,
     layout: str = "msd",
     tumours: str = "profile",
+    dicom_out: Path | None = None,
 ) -> CaseParams:
-    """Render case ``index`` and write its image and label; return its parameters."""
+    """Render case ``index`` and write its image and label; return its parameters.
+
+    ``dicom_out``: the dataset folder, to write the image as a DICOM series there as well.
+    """
     params = draw_case_params(index, seed, size, tumours=tumours)
     hu, label = render_case(params)
     image_name, label_name = case_file_names(params, layout)
-    write_nifti(
-        folder_images / image_name, to_image(stored_array(hu, params), params), params.scl_slope, params.scl_inter
-    )
+    stored = stored_array(hu, params)
+    write_nifti(folder_images / image_name, to_image(stored, params), params.scl_slope, params.scl_inter)
     write_nifti(folder_labels / label_name, to_image(label, params))
+    if dicom_out is not None:
+        write_case_series(dicom_out, to_image(hu_int16(stored, params), params), params, seed, tumours)
     return params
 
 
@@ -144,6 +151,8 @@ def _prepare_output(out: Path, planned: set[str], layout: str = "msd") -> dict[s
     for f in folders.values():
         f.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(f)
+    for series in sorted({str(Path(rel).parent) for rel in planned if rel.startswith(f"{DICOM_DIR}/")}):
+        remove_stale_temporaries(out / series)
     write_synth_marker(out, listed | planned)
     return folders
 
@@ -157,11 +166,13 @@ def make_dataset(
     progress: bool = True,
     layout: str = "msd",
     tumours: str = "profile",
+    dicom: bool = False,
 ) -> Path:
     """Write ``n_cases`` labelled and ``n_test`` (default max(1, n_cases // 4)) test cases.
 
     ``layout``: "msd" (MSD Task07) or "nnunet" (nnU-Net v2 raw dataset); see the module docstring.
     ``tumours``: "profile" (the size profile's own) or "task07" (``sources.synthetic.params``).
+    ``dicom``: also write each test image as a DICOM CT series, ``dicomTs/<case>/`` (``sources.synthetic.dicom``).
 
     Test case j is case index ``n_cases + j``. ``dataset.json`` is written last, so a
     folder with one is complete. Returns ``out_dir``. Refuses (ValueError) to replace a
@@ -179,7 +190,7 @@ def make_dataset(
     out = Path(out_dir)
     if tumours not in TUMOURS:
         raise UsageError(f"tumours {tumours!r} is not one of {TUMOURS}")
-    planned = planned_files(dataset_params(n_cases, seed, size, n_test, tumours), n_cases, layout)
+    planned = planned_files(dataset_params(n_cases, seed, size, n_test, tumours), n_cases, layout, dicom)
     check_not_replacing(out, planned, synth_files(out))  # before the lock file is made there
     with exclusive_lock(out):
         folders = _prepare_output(out, planned, layout)
@@ -188,7 +199,11 @@ def make_dataset(
             if i < n_cases:
                 train.append(write_case(folders["imagesTr"], folders["labelsTr"], i, seed, size, layout, tumours))
             else:
-                test.append(write_case(folders["imagesTs"], folders["labelsTs"], i, seed, size, layout, tumours))
+                test.append(
+                    write_case(
+                        folders["imagesTs"], folders["labelsTs"], i, seed, size, layout, tumours, out if dicom else None
+                    )
+                )
         for key in SPLIT_DIRS["training"]:
             _write_junk(folders[key], seed)
         meta = (
