@@ -87,9 +87,12 @@ def run(args: argparse.Namespace) -> int:
         image = case_file_names(p, args.layout)[0]
         rows.append((image, split, size, spacing, p.orientation, dtype, "yes" if p.anatomy.has_tumour else "no"))
     print("\n".join(table_lines(("case", "split", "size (x,y,z)", "spacing mm", "orient", "dtype", "tumour"), rows)))
-    if args.dicom and len(params) > n_train:
+    tests = params[n_train:]
+    if args.dicom and tests:
         dicom = out.resolve() / DICOM_DIR
-        print(f"DICOM series of the test cases: {dicom}/<case>/ (try: pancreas predict --input {dicom} --format both)")
+        given = dicom / tests[0].name if len(tests) == 1 else dicom  # one series is named after the folder given
+        print(f"DICOM series of the test cases in {dicom}/<case>/; to try DICOM SEG output:")
+        print(f"  pancreas predict --model RUN --input {given} --out predictions --format both")
     return 0
 
 

@@ -146,7 +146,8 @@ def test_cli_says_where_the_series_are(tmp_path: Path, capsys):
     out = tmp_path / "d"
     assert main(["synth", "--out", str(out), "--cases", "1", "--test", "1", "--dicom", "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert f"pancreas predict --input {out.resolve() / 'dicomTs'} --format both" in printed
+    given = out.resolve() / "dicomTs" / "pancreas_002"  # the only series: its own folder names the case
+    assert f"pancreas predict --model RUN --input {given} --out predictions --format both" in printed
     assert (out / "dicomTs" / "pancreas_002" / "IM0001.dcm").is_file()
 
 
