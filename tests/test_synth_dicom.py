@@ -15,8 +15,10 @@ from helpers import dciodvfy, write_tiny_keras_run
 from pydicom.uid import UID
 
 from dataset.common.atomic import TMP_SUFFIX
+from dataset.common.crashpoints import ENOSPC_ENV
 from dataset.common.errors import UsageError
 from dataset.common.locks import LOCK_NAME
+from dataset.common.verify import WriteError
 from pancreas.cli import main
 from preprocess.dicom import find_series
 from preprocess.io import grid_mismatch, read_image
@@ -140,6 +142,20 @@ def test_only_an_int16_volume_is_written(tmp_path: Path):
     with pytest.raises(ValueError, match=r"from a 3D int16 image, got 32-bit float"):
         dicom.write_ct_series(sitk.Image([4, 3, 2], sitk.sitkFloat32), tmp_path / "s", {}, ["1.2.3.1", "1.2.3.2"])
     assert not (tmp_path / "s").exists()
+
+
+def test_a_full_disk_names_the_slice_and_leaves_no_part_of_it(tmp_path: Path, monkeypatch):
+    image, uids = sitk.Image([4, 3, 3], sitk.sitkInt16), ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
+    monkeypatch.setenv(ENOSPC_ENV, "IM0002.dcm:written")
+    with pytest.raises(WriteError, match=r"^No space left on device writing .*s/IM0002\.dcm \(folder .*s\)$"):
+        dicom.write_ct_series(image, tmp_path / "s", {}, uids)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["IM0001.dcm"]
+    monkeypatch.delenv(ENOSPC_ENV)
+    assert [p.name for p in dicom.write_ct_series(image, tmp_path / "s", {}, uids)] == [
+        "IM0001.dcm",
+        "IM0002.dcm",
+        "IM0003.dcm",
+    ]
 
 
 def test_cli_says_where_the_series_are(tmp_path: Path, capsys):

@@ -94,14 +94,15 @@ def write_json_atomic(path: str | Path, data: Any, keep_identical: bool = False,
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def write_bytes_atomic(path: str | Path, data: bytes, point: str | None = None) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes, point: str | None = None, keep_identical: bool = False) -> None:
     """Write ``data`` atomically and durably, checking every byte reached the file before the rename.
 
     A full disk can make a library's writer stop short without raising; this writer goes
     through a Python file object (which raises) and compares the file's size with
     ``len(data)``, so a short file is an ``OSError`` naming it, never a final name.
+    ``keep_identical``: as ``atomic_path``'s.
     """
-    with atomic_path(path, point=point) as tmp:
+    with atomic_path(path, keep_identical, point=point) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(data)
         size = tmp.stat().st_size

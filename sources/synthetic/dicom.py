@@ -6,6 +6,7 @@ has read a DICOM series, so its bytes depend on what ran before. See docs/how-to
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from dataset.common.atomic import atomic_path
+from dataset.common.atomic import write_bytes_atomic
 from sources.synthetic.marker import DICOM_DIR, slice_file_name
 from sources.synthetic.params import CaseParams
 
@@ -63,10 +64,10 @@ def write_ct_series(
         number = n - k if reverse_instances else k + 1
         position = [_ds(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))]
         attributes = {**series, **geometry, "InstanceNumber": number, "ImagePositionPatient": position}
-        dataset = ct_slice(pixels[k], instance_uids[k], attributes)
+        buffer = io.BytesIO()  # encoded in memory: a short write is then an error, never a final name
+        ct_slice(pixels[k], instance_uids[k], attributes).save_as(buffer, enforce_file_format=True)
         files.append(folder / slice_file_name(number))
-        with atomic_path(files[-1], keep_identical=True) as tmp:
-            dataset.save_as(tmp, enforce_file_format=True)
+        write_bytes_atomic(files[-1], buffer.getvalue(), keep_identical=True)
     return files
 
 
