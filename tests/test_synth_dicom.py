@@ -27,7 +27,7 @@ from sources.synthetic.marker import SYNTH_MARKER
 from sources.synthetic.msd import dataset_params, make_dataset
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-N_TRAIN, N_TEST = 1, 4  # test cases pancreas_002..005: RAS, LPI, PLS and LPS; scaled int16, float32, int32, int16
+N_TRAIN, N_TEST = 1, 4  # pancreas_002..005: RAS, LPI, PLS, LPS; int16 slope 2, float32, int32, int16 slope 0.5
 
 
 @pytest.fixture(scope="module")
