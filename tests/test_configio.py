@@ -56,12 +56,14 @@ class _Outer:
         (
             TrainConfig,
             "model: 3\n",
-            "c.yaml.model: expected a mapping (keys: activation, base_filters, depth, norm, norm_groups), got 3",
+            "c.yaml.model: expected a mapping (keys: activation, base_filters, deep_supervision, depth, norm, "
+            "norm_groups), got 3",
         ),
         (
             TrainConfig,
             "model: [4, 16]\n",
-            "c.yaml.model: expected a mapping (keys: activation, base_filters, depth, norm, norm_groups), got [4, 16]",
+            "c.yaml.model: expected a mapping (keys: activation, base_filters, deep_supervision, depth, norm, "
+            "norm_groups), got [4, 16]",
         ),
         (IndexConfig, "elastic: null\n", "c.yaml.elastic: expected a mapping (keys: control_points, "),
         (IndexConfig, "elastic:\n", "got None"),
@@ -188,7 +190,8 @@ def test_exponent_without_a_dot_is_a_float_in_files_too(tmp_path):
         (
             TrainConfig,
             ["model.dpeth=3"],
-            "--set model: unknown key(s) dpeth; allowed: activation, base_filters, depth, norm, norm_groups",
+            "--set model: unknown key(s) dpeth; allowed: activation, base_filters, deep_supervision, depth, norm, "
+            "norm_groups",
         ),
         (TrainConfig, ["epoch=3"], "--set: unknown key(s) epoch; allowed: augment, batch_size, "),
         (TrainConfig, ["model.depth=abc"], "--set model.depth: expected int, got 'abc'"),
@@ -197,7 +200,8 @@ def test_exponent_without_a_dot_is_a_float_in_files_too(tmp_path):
         (
             TrainConfig,
             ["model=3"],
-            "--set model: expected a mapping (keys: activation, base_filters, depth, norm, norm_groups), got 3",
+            "--set model: expected a mapping (keys: activation, base_filters, deep_supervision, depth, norm, "
+            "norm_groups), got 3",
         ),
         (TrainConfig, ["epochs.x=1"], "--set epochs: expected int, got {'x': 1}"),
         (TrainConfig, ["augment.flip_axes=[1, x]"], "--set augment.flip_axes[1]: expected int, got 'x'"),

@@ -228,7 +228,7 @@ def test_bad_case_is_reported_others_written_and_rerun_skips(msd: Path, tmp_path
     manifest = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
     assert manifest["cases"]["broken"]["status"] == "failed"
     # the file format of before the typed contract: keys and their order
-    assert list(manifest) == ["version", "cases", "run", "settings_fingerprint", "config"]
+    assert list(manifest) == ["version", "cases", "run", "settings_fingerprint", "config", "package", "package_sha256"]
     assert list(manifest["cases"]) == ["broken", good.name]
     assert list(manifest["cases"][good.name]) == [
         "input",
