@@ -210,8 +210,18 @@ def _up_to_date(record: Predictions, case: CaseInput, input_fp: str | None, out:
         and prev.done
         and prev.input_fingerprint == input_fp
         and prev.settings_fingerprint == record.settings_fingerprint
-        and all((out / name).is_file() for name in output_names(case.case_id, output_format))
+        # each file the format asks for: written by that prediction (in its record) and still there
+        and all(
+            (out / name).is_file() and _recorded(prev, case.case_id, name)
+            for name in output_names(case.case_id, output_format)
+        )
     )
+
+
+def _recorded(prev: PredictionRecord, case_id: str, name: str) -> bool:
+    """Whether ``prev`` lists ``name`` among the files its prediction wrote (a file left from an
+    earlier prediction in another format is not this one's)."""
+    return (prev.output if name == label_name(case_id) else prev.dicom_seg) is not None
 
 
 def check_unedited(out: Path, previous: Predictions | None, cases: Sequence[CaseInput]) -> None:
@@ -261,12 +271,38 @@ def plan_run(
     return Plan(record, fps, todo, previous)
 
 
-def start_plan(out: Path, plan: Plan, save_probabilities: bool) -> None:
+def start_plan(out: Path, plan: Plan, save_probabilities: bool, output_format: str) -> None:
     """List the plan's cases as pending in ``predictions.json`` before any of their files is written."""
     if plan.todo:
         write_predictions(out, plan.record)
-    if not save_probabilities and plan.previous is not None:
-        _remove_stale_probabilities(out, plan.previous, plan.todo)
+    if plan.previous is not None:
+        if not save_probabilities:
+            _remove_stale_probabilities(out, plan.previous, plan.todo)
+        _remove_stale_outputs(out, plan.previous, plan.todo, output_format)
+
+
+def _remove_stale_outputs(out: Path, previous: Predictions, todo: Sequence[CaseInput], output_format: str) -> None:
+    """A case predicted again in another format loses the label map or SEG the new format does not
+    write (they would be the earlier model's), when ours and unedited; an edited one is kept."""
+    wanted = set()
+    for case in todo:
+        wanted.update(output_names(case.case_id, output_format))
+    for case in todo:
+        prev = previous.cases.get(case.case_id)
+        if prev is None:
+            continue
+        for name, sha256 in (
+            (label_name(case.case_id), prev.output_sha256),
+            (seg_name(case.case_id), prev.dicom_seg_sha256),
+        ):
+            stale = out / name
+            if name in wanted or not stale.is_file() or stale.is_symlink() or not previous.owns(name):
+                continue
+            if sha256 is not None and content_sha256(stale) != sha256:
+                log.warning("%s: keeping %s, edited since predict wrote it (it is not this run's)", case.case_id, name)
+                continue
+            log.info("%s: removing %s (this run writes %s)", case.case_id, name, output_format)
+            stale.unlink()
 
 
 def _remove_stale_probabilities(out: Path, previous: Predictions, todo: Sequence[CaseInput]) -> None:
@@ -396,7 +432,7 @@ def predict_cases(
         plan = plan_run(out, run, cases, overwrite, out_flag, overwrite_edited)
         if plan.todo and predict_fns is None:
             predict_fns = load_predict_fns(run.run_dirs, run.config.checkpoint)  # a refused model stops the run
-        start_plan(out, plan, run.config.save_probabilities)
+        start_plan(out, plan, run.config.save_probabilities, run.config.output_format)
         results = _predict_all(cases, plan, predict_fns, run, out, progress, preview)
         record = read_predictions(out)
         if record is not None:

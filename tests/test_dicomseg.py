@@ -313,6 +313,21 @@ def test_a_seg_predict_did_not_write_or_that_was_edited_is_never_replaced(body: 
         predict_body(body, out, "both", overwrite=True)
 
 
+def test_another_format_never_passes_off_an_earlier_predictions_file(body: Path, tmp_path: Path):
+    """Predicted again (new models: here --overwrite) as NIfTI only, the case loses its earlier SEG
+    (it is the earlier models'); a later SEG-only run then predicts the case instead of skipping it."""
+    out = tmp_path / "out"
+    assert not predict_body(body, out, "both").failed
+    summary = predict_body(body, out, "nifti", overwrite=True)
+    assert not summary.failed and not (out / "body_seg.dcm").exists() and (out / "body.nii.gz").is_file()
+    case = json.loads((out / "predictions.json").read_text(encoding="utf-8"))["cases"]["body"]
+    assert case["dicom_seg"] is None
+    again = predict_body(body, out, "dicom-seg")
+    assert [r.case_id for r in again.results if r.output is not None or r.dicom_seg] == ["body"]
+    assert (out / "body_seg.dcm").is_file() and not (out / "body.nii.gz").exists()
+    assert not predict_body(body, out, "dicom-seg").results[0].dicom_seg  # now up to date: skipped
+
+
 def test_cli_predicts_a_dicom_series_into_nifti_and_seg_side_by_side(tmp_path: Path):
     """The whole path with a tiny untrained Keras U-Net: the SEG is the NIfTI, and both are recorded."""
     from dataset.common.fingerprints import content_sha256

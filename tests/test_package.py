@@ -306,3 +306,25 @@ def test_a_changed_cache_folder_is_refused_and_a_package_goes_alone(cv, tmp_path
     assert main([*argv, "--model", str(package), str(runs[0]), "--out", str(tmp_path / "p")]) == 2
     assert "a model package is given alone" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"postprocessing": "/etc/passwd"}, r"postprocessing '/etc/passwd' is not the listed member"),
+        ({"postprocessing": "../cv/postprocessing.json"}, r"postprocessing '\.\./cv/postprocessing\.json' is not the"),
+        ({"checkpoint": "x"}, r"checkpoint 'x' is not one of best, last"),
+    ],
+)
+def test_a_record_pointing_outside_its_members_is_refused(cv, change, message):
+    """What predict joins to the package folder (the decision, the checkpoint) must be a member the hashes pin."""
+    from dataset.contract.package import PackageError, read_package_record
+
+    package = cv[3]
+    record = json.loads(zipfile.ZipFile(package).read(PACKAGE_NAME))
+    read_package_record(json.dumps(record).encode(), str(package))  # as packaged: accepted
+    with pytest.raises(PackageError, match=message):
+        read_package_record(json.dumps({**record, **change}).encode(), str(package))
+    unlisted = {**record, "members": {k: v for k, v in record["members"].items() if k != PROBE_NAME}}
+    with pytest.raises(PackageError, match=r"members do not list probe\.npz"):
+        read_package_record(json.dumps(unlisted).encode(), str(package))

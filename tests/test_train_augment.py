@@ -149,3 +149,14 @@ def test_the_stream_with_every_transform_is_reproducible_and_resumable(tmp_path)
         for x, _ in training_dataset(store, rows, dataclasses.replace(config, augment=AugmentConfig())).take(4)
     ]
     assert any(not np.array_equal(a, b) for (a, _), b in zip(first, plain, strict=True))
+
+
+def test_a_blur_wider_than_the_patch_is_refused_in_one_line():
+    from dataset.common.errors import UsageError
+    from training.preflight import check_blur_fits
+
+    check_blur_fits(TrainConfig(augment=AugmentConfig(blur_probability=0.2)), (8, 16, 16))
+    wide = TrainConfig(augment=AugmentConfig(blur_probability=0.2, blur_sigma=(0.5, 3.0)))
+    check_blur_fits(dataclasses.replace(wide, augment=AugmentConfig(blur_sigma=(0.5, 3.0))), (8, 16, 16))  # off
+    with pytest.raises(UsageError, match=r"half-width 9 voxels, not below the training patch's smallest edge 8"):
+        check_blur_fits(wide, (8, 16, 16))

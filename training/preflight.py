@@ -47,6 +47,19 @@ def check_cases(rows: list[dict[str, Any]], catalog: Catalog, what: str) -> None
             raise StoreError(f"{what} manifest names case {case_id}, which {reason}; {REINDEX}")
 
 
+def check_blur_fits(config: TrainConfig, patch_zyx: tuple[int, ...]) -> None:
+    """The blur kernel's half-width must be below every patch edge (a mirrored border needs it)."""
+    from training.augment import blur_radius
+
+    aug = config.augment
+    if aug.blur_probability > 0 and blur_radius(aug.blur_sigma[1]) >= min(patch_zyx):
+        raise UsageError(
+            f"augment.blur_sigma up to {aug.blur_sigma[1]} needs a kernel of half-width "
+            f"{blur_radius(aug.blur_sigma[1])} voxels, not below the training patch's smallest edge "
+            f"{min(patch_zyx)} (patch {tuple(patch_zyx)}); lower blur_sigma or index larger patches"
+        )
+
+
 def read_run_inputs(store: str | Path, config: TrainConfig, fold: int = 0) -> RunInputs:
     """Catalog, committed index and fold ``fold``'s manifests, checked against each other and the model."""
     if isinstance(fold, bool) or not isinstance(fold, int) or fold < 0:
@@ -61,6 +74,7 @@ def read_run_inputs(store: str | Path, config: TrainConfig, fold: int = 0) -> Ru
     check_cases(val_rows, catalog, "validation")
     patch = check_patch_size(patch_size_of(train_rows, "training"), config.model.depth, "training")
     val_patch = check_patch_size(patch_size_of(val_rows, "validation"), config.model.depth, "validation")
+    check_blur_fits(config, patch)
     summary = check_index(store, catalog, fold)
     fingerprints = RunFingerprints(
         store_fingerprint=store_fingerprint(catalog),

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from dataset.common.records import ContractError, optional, record_from_dict, record_to_dict
+from dataset.contract.postprocessing import POSTPROCESSING_NAME
 
 PACKAGE_NAME = "package.json"
 MODEL_CARD_NAME = "MODEL.md"
 PROBE_NAME = "probe.npz"
+CHECKPOINTS = ("best", "last")
 REPORT_DIR = "report"  # the cross-validation report's files, as evaluate --cv wrote them
 MODEL_DIR = "model_{i}"  # one run folder per model, in ensemble order
 FORMAT = "pancreas-seg model package"  # what says a zip is one of ours
@@ -60,6 +62,19 @@ class PackageRecord:
     cv_dir: str | None = optional()  # the CV_DIR packaged (absolute path on the packaging machine)
     probe_tolerance: float  # largest absolute difference of a probability allowed on the probe
     members: Mapping[str, PackageMember]  # {member name: size and SHA-256} of every member but this one
+
+    def __post_init__(self) -> None:
+        # what predict joins to the package's folder must be one of the members the hashes pin
+        if self.checkpoint not in CHECKPOINTS:
+            raise PackageError(f"checkpoint {self.checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
+        if self.postprocessing not in (None, POSTPROCESSING_NAME) or (
+            self.postprocessing is not None and self.postprocessing not in self.members
+        ):
+            raise PackageError(
+                f"postprocessing {self.postprocessing!r} is not the listed member {POSTPROCESSING_NAME!r}"
+            )
+        if PROBE_NAME not in self.members:
+            raise PackageError(f"members do not list {PROBE_NAME}")
 
 
 def package_record_bytes(record: PackageRecord) -> bytes:
