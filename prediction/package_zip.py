@@ -75,12 +75,17 @@ def check_zip_members(archive: zipfile.ZipFile, where: Path) -> dict[str, zipfil
     if len(infos) > MAX_MEMBERS:
         raise PackageError(f"{where}: {len(infos)} members, more than a package may hold ({MAX_MEMBERS})")
     by_name: dict[str, zipfile.ZipInfo] = {}
+    seen: dict[str, str] = {}
     for info in infos:
         problem = zip_member_problem(info)
         if problem:
             raise _refused(where, info.filename, problem)
         if info.filename in by_name:
             raise _refused(where, info.filename, "its name appears twice")
+        folded = info.filename.casefold()
+        if folded in seen:  # one file on a case-insensitive disk (macOS, Windows)
+            raise _refused(where, info.filename, f"its name differs from {seen[folded]!r} only in case")
+        seen[folded] = info.filename
         by_name[info.filename] = info
     total = sum(i.file_size for i in infos)
     if total > MAX_TOTAL_BYTES:
@@ -168,12 +173,17 @@ def read_folder_package(folder: Path) -> ReadPackage:
     return ReadPackage(folder, record, data)
 
 
-def unpack_zip(path: Path, folder: Path) -> None:
-    """Write every member of the (checked) zip ``path`` into the new, empty ``folder``, durably."""
+def unpack_zip(path: Path, folder: Path, read: ReadPackage) -> None:
+    """Write ``package.json`` and the members ``read`` lists from the (checked) zip ``path`` into the
+    new, empty ``folder``, durably; then check the folder against ``read`` (the zip may have been
+    replaced since it was read: what was written must be what was checked)."""
     root = folder.resolve()
+    wanted = {*read.record.members, PACKAGE_NAME}
     with open_zip(path) as archive:
         for info in archive.infolist():
             name = info.filename
+            if name not in wanted:
+                raise _refused(path, name, f"not listed in {PACKAGE_NAME} (the zip changed since it was checked)")
             target = folder.joinpath(*PurePosixPath(name).parts)
             if not target.resolve().is_relative_to(root):  # a second wall behind zip_member_problem
                 raise _refused(path, name, "it would land outside the folder")
@@ -184,3 +194,5 @@ def unpack_zip(path: Path, folder: Path) -> None:
             fsync_path(target)
     for root_dir, _dirs, _files in os.walk(folder):
         fsync_path(root_dir)
+    if read_folder_package(folder).record_bytes != read.record_bytes:
+        raise PackageError(f"{path}: changed while it was unpacked ({PACKAGE_NAME} differs); run again")

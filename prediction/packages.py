@@ -128,7 +128,7 @@ def unpack_into_cache(read: ReadPackage) -> Path:
             f"set {CACHE_ENV} to a writable folder"
         ) from None
     try:
-        unpack_zip(read.path, staging)
+        unpack_zip(read.path, staging, read)
         try:
             os.rename(staging, folder)  # a folder onto a missing name; fails if another predict was first
         except OSError:

@@ -232,6 +232,9 @@ def _crafted(kind: str, path: Path, package: Path) -> Path:
             archive.writestr("MODEL.md", "a")
             with pytest.warns(UserWarning, match="Duplicate name"):
                 archive.writestr("MODEL.md", "b")
+        elif kind == "case":
+            archive.writestr("model_0/a", "a")
+            archive.writestr("Model_0/a", "b")
         elif kind == "bomb":
             archive.writestr("probe.npz", bytes(8 << 20))  # 8 MiB of zeros deflate to about 8 kB
         elif kind == "many":
@@ -248,6 +251,7 @@ CRAFTED = {
     "dotdot": "refusing member 'model_0/../../evil': path contains '..'; nothing was unpacked",
     "link": "refusing member 'model_0/link': symbolic link; nothing was unpacked",
     "duplicate": "refusing member 'MODEL.md': its name appears twice; nothing was unpacked",
+    "case": r"refusing member 'Model_0/a': its name differs from 'model_0/a' only in case",
     "bomb": r"refusing member 'probe.npz': compression ratio \d+:1, more than 200:1 \(a zip bomb\?\)",
     "declared": "refusing member 'probe.npz': declares 3221225472 bytes uncompressed, more than a member may hold",
     "many": r"crafted.zip: 4097 members, more than a package may hold \(4096\)",
@@ -328,3 +332,18 @@ def test_a_record_pointing_outside_its_members_is_refused(cv, change, message):
     unlisted = {**record, "members": {k: v for k, v in record["members"].items() if k != PROBE_NAME}}
     with pytest.raises(PackageError, match=r"members do not list probe\.npz"):
         read_package_record(json.dumps(unlisted).encode(), str(package))
+
+
+def test_a_zip_replaced_between_its_check_and_its_unpacking_is_refused(cv, tmp_path):
+    """Unpacking writes only what the check listed and checks the folder again before it is used."""
+    from dataset.contract.package import PackageError
+    from prediction.package_zip import read_zip_package, unpack_zip
+
+    checked = read_zip_package(cv[3])
+    swapped = _crafted("extra", tmp_path / "swapped.zip", cv[3])  # the same package plus a member
+    with pytest.raises(PackageError, match=r"refusing member 'model_0/notes.txt': not listed in package.json"):
+        unpack_zip(swapped, tmp_path / "a", checked)
+    other = _rewrite(cv[3], tmp_path / "other.zip", lambda name, data: data + b" " if name == "MODEL.md" else data)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(PackageError, match=r"member 'MODEL.md' holds \d+ bytes"):
+        unpack_zip(other, tmp_path / "b", checked)
