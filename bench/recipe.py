@@ -11,7 +11,7 @@ candidate (mean over seeds):
 * the held-out Dice (pancreas, tumour) of the final checkpoint's predictions,
 * median seconds per training step (epoch time without validation / steps).
 
-    .venv/bin/python bench/recipe.py --out /tmp/recipe                  # 3 candidates x 2 seeds
+    .venv/bin/python bench/recipe.py --out /tmp/recipe                  # every candidate x 2 seeds
     .venv/bin/python bench/recipe.py --out /tmp/recipe --seeds 0 --candidates seed instance
 
 A finished run is kept and reused on a rerun (its folder holds ``result.json``).
