@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import logging
 import os
 import shutil
@@ -278,11 +279,17 @@ def write_zip(path: Path, staging: Path, record: PackageRecord) -> bytes:
 
 
 def remove_stale_packages(out: Path) -> None:
-    """Delete the temporaries a killed ``package`` of this very ``out`` left beside it (the lock is held)."""
-    for stale in out.parent.glob(f".{glob.escape(out.name)}.*{TMP_SUFFIX}.zip"):
-        if stale.is_file() and not stale.is_symlink():
+    """Delete the temporaries a killed ``package`` of this very ``out`` left beside it (the lock is
+    held): its unfinished zip and its staging folder."""
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.*{TMP_SUFFIX}*"):
+        if stale.is_symlink():
+            continue
+        if stale.is_file() and stale.name.endswith(f"{TMP_SUFFIX}.zip"):
             log.info("%s: removing %s, left by a package that was killed", out, stale.name)
             stale.unlink()
+        elif stale.is_dir() and stale.name.endswith(TMP_SUFFIX):
+            log.info("%s: removing %s/, left by a package that was killed", out, stale.name)
+            shutil.rmtree(stale)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -308,22 +315,24 @@ def package_models(
         stack.enter_context(exclusive_lock(out.parent))
         replaced = holds_package(out)
         remove_stale_packages(out)
-        staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=TMP_SUFFIX)))
+        # the members are assembled beside --out (its folder, its lock), not in the system's temporary folder
+        staging = Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=TMP_SUFFIX, dir=out.parent))
+        )
         record = assemble(sources, staging)
         with atomic_path(out, ending=".zip", point="package") as tmp:
-            write_zip(tmp, staging, record)
+            written = write_zip(tmp, staging, record)
             read_zip_package(tmp)  # every member read back and hashed before the rename
             holds_package(out)  # again: a file put there while this one was written
     summary = PackageSummary(
         out,
-        read_zip_package(out).sha256,
+        hashlib.sha256(written).hexdigest(),  # the package hash: package.json's bytes (ReadPackage.sha256)
         len(record.models),
         record.checkpoint,
         len(record.members) + 1,
         out.stat().st_size,
         replaced,
     )
-    log.info("%s: packaged %d model(s), %d bytes", out, summary.models, summary.size_bytes)
     return summary
 
 

@@ -284,13 +284,11 @@ def start_plan(out: Path, plan: Plan, save_probabilities: bool, output_format: s
 def _remove_stale_outputs(out: Path, previous: Predictions, todo: Sequence[CaseInput], output_format: str) -> None:
     """A case predicted again in another format loses the label map or SEG the new format does not
     write (they would be the earlier model's), when ours and unedited; an edited one is kept."""
-    wanted = set()
-    for case in todo:
-        wanted.update(output_names(case.case_id, output_format))
     for case in todo:
         prev = previous.cases.get(case.case_id)
         if prev is None:
             continue
+        wanted = output_names(case.case_id, output_format)
         for name, sha256 in (
             (label_name(case.case_id), prev.output_sha256),
             (seg_name(case.case_id), prev.dicom_seg_sha256),

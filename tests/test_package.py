@@ -287,8 +287,17 @@ def test_an_existing_file_is_replaced_only_when_it_is_a_package(cv, tmp_path, ca
     killed, other = tmp_path / ".MODEL.zip.k1ll3d.pancreas-tmp.zip", tmp_path / ".OTHER.zip.k1ll3d.pancreas-tmp.zip"
     killed.write_bytes(b"half a zip")
     other.write_bytes(b"another package's")
+    staged = tmp_path / ".MODEL.zip.k1ll3d.pancreas-tmp"  # a killed package's staging folder
+    (staged / "model_0").mkdir(parents=True)
+    (staged / "model_0" / "config.json").write_text("{}")
     assert main(argv) == 0
-    assert not killed.exists() and other.exists()  # only this output's temporaries are swept
+    assert not killed.exists() and not staged.exists() and other.exists()  # only this output's are swept
+    # the members were staged beside MODEL.zip and nothing of them is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".OTHER.zip.k1ll3d.pancreas-tmp.zip",
+        ".pancreas.lock",
+        "MODEL.zip",
+    ]
     assert "replaced the earlier package" in capsys.readouterr().out
     with zipfile.ZipFile(mine) as archive:
         record = json.loads(archive.read(PACKAGE_NAME))
