@@ -44,6 +44,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="no test-time mirroring (default: along the axes each run's trainer flipped)",
     )
     parser.add_argument(
+        "--roi",
+        choices=("auto", "whole"),
+        default=None,
+        help="auto (the default): a first pass finds the gland and the full pass covers only it (plus "
+        "roi_margin_mm); whole: the full pass over every window of the body crop",
+    )
+    parser.add_argument(
         "--postprocessing",
         default=None,
         metavar="FILE",
@@ -87,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, postprocessing=args.postprocessing)
     if args.format is not None:
         config = dataclasses.replace(config, output_format=args.format)
+    if args.roi is not None:
+        config = dataclasses.replace(config, roi=args.roi)
     summary = predict_cases(
         args.model,
         args.input,

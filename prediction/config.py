@@ -18,6 +18,7 @@ from review.detection import DEFAULT_MIN_IOU
 
 LARGEST_COMPONENT_MODES = ("off", "foreground", "per_class")
 CHECKPOINTS = ("best", "last")
+ROI_MODES = ("auto", "whole")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class PredictConfig:
     save_probabilities: bool = False
     checkpoint: str = "best"
     output_format: str = "nifti"  # "nifti" | "dicom-seg" | "both" (a DICOM SEG needs DICOM input)
+    roi: str = "auto"  # "auto": a first pass finds the gland, the full pass covers it (prediction.roi); "whole"
+    roi_margin_mm: float = 30.0  # roi: auto: the first pass's boxes widened by this on every side
     # evaluation only: NSD tolerance (mm) per region of evaluation.metrics.REGIONS
     nsd_tolerance_mm: dict[str, float] = field(default_factory=lambda: dict(NSD_TOLERANCE_MM))
     # evaluation only: tumour-level detection
@@ -77,6 +80,10 @@ class PredictConfig:
             )
         if self.checkpoint not in CHECKPOINTS:
             raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {self.checkpoint!r}")
+        if self.roi not in ROI_MODES:
+            raise ValueError(f"roi must be one of {ROI_MODES}, got {self.roi!r}")
+        if not (math.isfinite(self.roi_margin_mm) and self.roi_margin_mm >= 0):
+            raise ValueError(f"roi_margin_mm must be a number >= 0 (mm), got {self.roi_margin_mm}")
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {self.output_format!r}")
 

@@ -82,6 +82,7 @@ def predict_case(
     out_dir: Path,
     *,
     n_classes: int | None = None,
+    model_depth: int | None = None,
     mirror_axes: Sequence[Sequence[int]] | None = None,
     postprocessing: PostprocessingDecision | None = None,
     progress: bool = True,
@@ -110,11 +111,22 @@ def predict_case(
     result.seconds["preprocess"] = time.perf_counter() - t
 
     timings: dict[str, float] = {}
+    roi: dict[str, Any] = {}
     probs = predict_volume(
-        pre.levels, predict_fn, config, mirror_axes=mirror_axes, progress=progress, timings=timings, n_classes=n_classes
+        pre.levels,
+        predict_fn,
+        config,
+        mirror_axes=mirror_axes,
+        progress=progress,
+        timings=timings,
+        n_classes=n_classes,
+        spacing_zyx=tuple(float(v) for v in np.asarray(pre.attrs["spacing"])[::-1]),
+        roi=roi,
+        window_multiple=2**model_depth if model_depth is not None else None,
     )
-    result.n_windows = int(timings["windows"])
-    result.seconds["model"], result.seconds["stitch"] = timings["model"], timings["stitch"]
+    result.n_windows, result.roi = int(timings["windows"]), roi
+    for stage in ("model", "first_pass", "stitch"):
+        result.seconds[stage] = timings[stage]
 
     t = time.perf_counter()
     out_path, labels = _write_case(case.case_id, probs, pre, image, config, out_dir, postprocessing)
@@ -326,6 +338,7 @@ def _record_of(case: CaseInput, result: CaseResult, input_fp: str | None, settin
         dicom_seg=result.dicom_seg,
         dicom_seg_sha256=content_sha256(result.dicom_seg) if result.dicom_seg and not result.error else None,
         seconds=result.seconds,
+        roi=result.roi if not result.error else None,
     )
 
 
@@ -344,6 +357,7 @@ def _predict_or_report(
             run.preprocess,
             out,
             n_classes=int(run.contract.n_classes),
+            model_depth=int(run.contract.model_depth),
             mirror_axes=run.mirror_axes,
             postprocessing=run.postprocessing,
             progress=progress,

@@ -96,6 +96,7 @@ class Stitcher:
         self.weights = gaussian_weights(self.window_zyx, sigma_scale)
         self.sum = np.zeros((n_classes, *shape_zyx), dtype=np.float32)
         self.norm = np.zeros(tuple(shape_zyx), dtype=np.float32)
+        self.model_seconds = 0.0  # set by the caller that timed the model calls
 
     def add(self, probs_czyx: np.ndarray, start: ZYX) -> None:
         """Add one window's class probabilities (C, z, y, x) at ``start``."""
@@ -105,9 +106,15 @@ class Stitcher:
         self.sum[(slice(None), *region)] += probs_czyx * self.weights
         self.norm[region] += self.weights
 
-    def result(self) -> np.ndarray:
-        """Weighted mean probabilities; reuses the sum buffer (the stitcher is spent after)."""
-        if not np.all(self.norm > 0):
+    def result(self, uncovered_ok: bool = False) -> np.ndarray:
+        """Weighted mean probabilities; reuses the sum buffer (the stitcher is spent after).
+
+        A voxel no window covered is an error, unless ``uncovered_ok`` (``roi: auto``, whose
+        caller overwrites everything outside its boxes): such voxels are then 0 in every class.
+        """
+        if not uncovered_ok and not np.all(self.norm > 0):
             raise ValueError("some voxels were covered by no window")
+        if uncovered_ok:
+            np.maximum(self.norm, np.float32(1.0), out=self.norm, where=self.norm <= 0)
         self.sum /= self.norm
         return self.sum

@@ -24,6 +24,7 @@ class CaseResult:
     n_windows: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     statistics: dict[str, Any] | None = None  # review.statistics of the label map (prediction.previews)
+    roi: dict[str, Any] | None = None  # what roi: auto did (prediction.volume.roi_record)
 
 
 @dataclass
@@ -47,7 +48,7 @@ class PredictSummary:
     def table(self) -> str:
         """Readable per-case summary for the terminal."""
         head = (
-            f"{'case':<24} {'status':<8} {'stored z,y,x':<16} {'windows':>7} {'prep s':>7} {'model s':>8} "
+            f"{'case':<24} {'status':<8} {'stored z,y,x':<16} {'windows':>7} {'roi':>7} {'prep s':>7} {'model s':>8} "
             f"{'stitch s':>8} {'export s':>8}"
         )
         lines = [head, "-" * len(head)]
@@ -56,7 +57,8 @@ class PredictSummary:
             shape = "x".join(map(str, r.shape_zyx)) if r.shape_zyx else "-"
             s = r.seconds
             lines.append(
-                f"{r.case_id:<24} {status:<8} {shape:<16} {r.n_windows:>7} {s.get('preprocess', 0):>7.2f} "
+                f"{r.case_id:<24} {status:<8} {shape:<16} {r.n_windows:>7} {roi_cell(r.roi):>7} "
+                f"{s.get('preprocess', 0):>7.2f} "
                 f"{s.get('model', 0):>8.2f} {s.get('stitch', 0):>8.2f} {s.get('export', 0):>8.2f}"
             )
             if r.error:
@@ -69,3 +71,12 @@ class PredictSummary:
         if (self.out_dir / "index.html").is_file():
             lines.append(f"previews: open {self.out_dir / 'index.html'} in a browser")
         return "\n".join(lines)
+
+
+def roi_cell(roi: dict[str, Any] | None) -> str:
+    """The table's roi column: windows the full pass kept / the whole grid's ("all" when it ran everywhere)."""
+    if not roi or roi.get("mode") != "auto":
+        return "-"
+    if roi.get("boxes") is None:
+        return "all"
+    return f"{roi['windows']}/{roi['windows_whole']}"

@@ -331,7 +331,10 @@ class CountingLoader:
         return [model for _ in run_dirs]
 
 
-@pytest.mark.parametrize(("extra", "passes_per_batch", "mirror"), [([], 4, [1, 2]), (["--no-mirror"], 1, [])])
+@pytest.mark.parametrize(
+    ("extra", "passes_per_batch", "mirror"),
+    [(["--roi", "whole"], 4, [1, 2]), (["--no-mirror", "--roi", "whole"], 1, [])],
+)
 def test_cli_with_two_model_runs(msd: Path, tmp_path: Path, monkeypatch, extra, passes_per_batch, mirror):
     from pancreas.cli import main
 

@@ -165,9 +165,10 @@ def test_round_trip_to_original_grid(msd: Path, tmp_path: Path, index: int, wind
     truth_path = msd / "labelsTr" / params.filename
     run = write_contract_run(tmp_path / "run", window=window)
     stored = preprocess_file(image_path, truth_path, PreprocessConfig())
-    model = LabelLookup(stored.levels, stored.label, window, PredictConfig())
+    config = PredictConfig(roi="whole")  # the double answers the whole grid in order (roi: tests/test_predict_roi.py)
+    model = LabelLookup(stored.levels, stored.label, window, config)
     summary = predict_cases(
-        run, [CaseInput(params.name, image_path)], tmp_path / "out", PredictConfig(), predict_fn=model, progress=False
+        run, [CaseInput(params.name, image_path)], tmp_path / "out", config, predict_fn=model, progress=False
     )
     assert not summary.failed, summary.table()
     assert next(model.pending, None) is None  # every window was asked for
@@ -242,6 +243,7 @@ def test_bad_case_is_reported_others_written_and_rerun_skips(msd: Path, tmp_path
         "dicom_seg",  # issue 21: the DICOM SEG (--format dicom-seg or both), its path and SHA-256
         "dicom_seg_sha256",
         "seconds",
+        "roi",  # issue 20: what roi: auto did
     ]
 
     again = predict_cases(

@@ -33,10 +33,21 @@ CONFIG = {
 }
 
 
+ROI = {
+    "mode": "auto",
+    "margin_mm": 30.0,
+    "result": "found",
+    "boxes": [{"start_zyx": [1, 2, 3], "stop_zyx": [30, 60, 90]}],
+    "windows": 2,
+    "windows_whole": 12,
+    "first_pass_windows": 4,
+}
+
+
 def legacy_bytes() -> bytes:
     """What predict wrote before the typed contract, built the way it built it (plus the format version and,
-    since issue 18, each output's SHA-256, and since issue 21, the DICOM SEG's path and SHA-256 and the model
-    package read)."""
+    since issue 18, each output's SHA-256, since issue 21, the DICOM SEG's path and SHA-256 and the model
+    package read, and since issue 20 what roi: auto did)."""
     manifest = {"version": 1, "cases": {}}
     manifest.update(run="/runs/r1", settings_fingerprint="s1", config=CONFIG, package=None, package_sha256=None)
     manifest["cases"]["pancreas_010"] = {
@@ -53,6 +64,7 @@ def legacy_bytes() -> bytes:
         "seconds": {
             k: round(v, 3) for k, v in {"preprocess": 0.12345, "model": 1.0, "stitch": 0.0004, "export": 2.5}.items()
         },
+        "roi": ROI,
     }
     manifest["cases"]["broken"] = {
         "input": "data/imagesTs/broken.nii.gz",
@@ -66,6 +78,7 @@ def legacy_bytes() -> bytes:
         "dicom_seg": None,
         "dicom_seg_sha256": None,
         "seconds": {},
+        "roi": None,
     }
     return (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode()
 
@@ -83,6 +96,7 @@ def typed() -> Predictions:
             "out/pancreas_010.nii.gz",
             (40, 96, 96),
             seconds={"preprocess": 0.12345, "model": 1.0, "stitch": 0.0004, "export": 2.5},
+            roi=ROI,
         ),
     )
     return record.with_case(

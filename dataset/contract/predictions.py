@@ -73,8 +73,12 @@ class PredictionRecord:
     output_sha256: str | None = None  # SHA-256 of <case>.nii.gz as predict wrote it (an edited file differs) | null
     dicom_seg: str | None = None  # path of <case>_seg.dcm (DICOM Segmentation) when one was written | null
     dicom_seg_sha256: str | None = None  # SHA-256 of <case>_seg.dcm as predict wrote it | null
-    # seconds per step: {"preprocess", "model", "stitch", "export"}, 3 decimals
+    # seconds per step: {"preprocess", "model" (the first pass included), "first_pass", "stitch", "export"}, 3 decimals
     seconds: Mapping[str, float] = field(default_factory=dict)
+    # roi: auto: {"mode", "margin_mm", "result", "boxes" (stored grid, half-open [{"start_zyx", "stop_zyx"}] |
+    # null: predicted everywhere), "windows" (the full pass's), "windows_whole" (the whole grid's),
+    # "first_pass_windows"} | null (not predicted yet, failed)
+    roi: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
