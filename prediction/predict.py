@@ -452,6 +452,8 @@ def _predict_all(
         for sent, result, error in _run_planned(plan, predict_fns, run, out, progress, preview, parallel):
             case = planned[sent.case_id]
             finished[case.case_id] = _as_given(case, result, error, out)
+            if parallel.on_dask and result is not None and result.error:  # logged on the worker; here too
+                log.error("case %s failed: %s", case.case_id, result.error)
             entry = _record_of(case, finished[case.case_id], plan.input_fingerprints[case.case_id], run.fingerprint)
             record = record.with_case(case.case_id, entry)
             write_predictions(out, record)
