@@ -69,6 +69,7 @@ bench: $(STAMP)
 	$(PY) bench/pipeline.py
 	$(PY) bench/predict.py --scenarios plain
 	$(PY) bench/predict.py --small
+	$(PY) bench/predict_cluster.py
 	$(PY) bench/elastic.py --repeats 3
 	$(PY) bench/scale.py --cases 3 --predict-model small
 

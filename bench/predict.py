@@ -92,7 +92,7 @@ def make_run(run_dir: Path, depth: int, base_filters: int, window_zyx: tuple[int
     build_unet(depth=depth, base_filters=base_filters).save(run_dir / "checkpoints" / "best.keras")
     augment = AugmentConfig()
     contract = {
-        "version": 1,
+        "version": 1,  # the input contract's format (dataset.contract.run); a record without one is refused
         "patch_size_zyx": list(window_zyx),
         "val_patch_size_zyx": list(window_zyx),
         "n_classes": 3,

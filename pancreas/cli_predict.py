@@ -75,6 +75,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="also replace label maps changed since predict wrote them (by default they are kept and the run refused)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Dask worker processes on this machine, each loading the models once and given "
+        "cores / N TensorFlow threads (default: none, the cases run in this process; 0: the same)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of a running Dask scheduler (tcp://host:port) to send the cases to instead; "
+        "its workers must see --model, --input and --out at the same paths",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
     return parser
@@ -84,9 +97,14 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from dataset.common.configio import load_config
+    from dataset.common.runner import quiet_dask_logs
+    from prediction.cluster import check_parallel_options
     from prediction.config import PredictConfig
     from prediction.predict import predict_cases
 
+    check_parallel_options(args.workers, args.scheduler)
+    if (args.workers or args.scheduler) and not getattr(args, "verbose", False):
+        quiet_dask_logs()
     config = load_config(PredictConfig, args.config, args.overrides)
     if args.no_mirror:
         config = dataclasses.replace(config, mirror_axes=())
@@ -105,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         preview=args.preview,
         overwrite_edited=args.overwrite_edited,
+        workers=args.workers,
+        scheduler=args.scheduler,
     )
     print(summary.table())
     return 1 if summary.failed else 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from dataset.common.atomic import remove_stale_temporaries
 from dataset.common.configio import to_dict
 from dataset.common.fingerprints import content_sha256, fingerprint_file
 from dataset.common.locks import exclusive_lock
+from dataset.common.runner import run_cases
 from dataset.contract.postprocessing import PostprocessingDecision
 from dataset.contract.predictions import (
     PredictionRecord,
@@ -42,6 +43,15 @@ from prediction.cases import (
     discover_inputs,
     gather_inputs,
     input_folders,
+)
+from prediction.cluster import (
+    check_parallel_options,
+    check_picklable,
+    for_workers,
+    on_a_cluster,
+    predict_on_worker,
+    threads_per_worker,
+    worker_memory,
 )
 from prediction.config import PredictConfig
 from prediction.guard import check_output, check_owned, run_folders
@@ -345,7 +355,7 @@ def _record_of(case: CaseInput, result: CaseResult, input_fp: str | None, settin
 # ----------------------------------------------------------------------------- many cases
 
 
-def _predict_or_report(
+def predict_or_report(
     case: CaseInput, predict_fns: Sequence[PredictFn], run: RunSettings, out: Path, progress: bool, preview: bool
 ) -> CaseResult:
     """One case; any failure becomes the case's one-line error (it must not stop the others)."""
@@ -368,10 +378,72 @@ def _predict_or_report(
     except Exception as err:
         log.debug("case %s failed", case.case_id, exc_info=True)
         text = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if str(case.path) not in text:
-            text = f"{case.path}: {text}"
-        log.error("case %s failed: %s", case.case_id, text)
-        return CaseResult(case.case_id, str(case.path), error=text)
+        return _failed(case, text)
+
+
+def _failed(case: CaseInput, text: str) -> CaseResult:
+    if str(case.path) not in text:
+        text = f"{case.path}: {text}"
+    log.error("case %s failed: %s", case.case_id, text)
+    return CaseResult(case.case_id, str(case.path), error=text)
+
+
+def _case_id(case: CaseInput) -> str:
+    return case.case_id
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """Where the cases run: in this process (neither set, or ``workers`` 0), else on Dask."""
+
+    workers: int | None = None
+    scheduler: str | None = None
+
+    @property
+    def on_dask(self) -> bool:
+        return on_a_cluster(self.workers, self.scheduler)
+
+
+def _run_planned(
+    plan: Plan,
+    predict_fns: Sequence[PredictFn] | None,
+    run: RunSettings,
+    out: Path,
+    progress: bool,
+    preview: bool,
+    parallel: Parallel,
+) -> Iterator[tuple[CaseInput, CaseResult | None, str | None]]:
+    """``run_cases`` over the plan: here with the loaded models, or on Dask workers that load their own."""
+    if not plan.todo:
+        return iter(())
+    if not parallel.on_dask:
+        assert predict_fns is not None  # loaded whenever the plan has a case to predict
+        args: tuple = (predict_fns, run, out, progress, preview)
+        return run_cases(predict_or_report, plan.todo, args, name="predict", key=_case_id, workers=0)
+    sent, todo, where = for_workers(run, plan.todo, out)
+    args = (sent, str(where), preview, predict_fns, threads_per_worker(parallel.workers, parallel.scheduler))
+    return run_cases(
+        predict_on_worker,
+        todo,
+        args,
+        name="predict",
+        key=_case_id,
+        workers=parallel.workers,
+        scheduler=parallel.scheduler,
+        memory_limit=worker_memory(parallel.workers),
+    )
+
+
+def _as_given(case: CaseInput, result: CaseResult | None, error: str | None, out: Path) -> CaseResult:
+    """A worker's result with the paths as the user gave them (a worker was sent absolute ones)."""
+    if result is None:  # the task died with its worker (Dask gave up on it): a rerun redoes it
+        return _failed(case, error or "failed")
+    return dataclasses.replace(
+        result,
+        source=str(case.path),
+        output=str(out / Path(result.output).name) if result.output else None,
+        dicom_seg=str(out / Path(result.dicom_seg).name) if result.dicom_seg else None,
+    )
 
 
 def _predict_all(
@@ -382,21 +454,28 @@ def _predict_all(
     out: Path,
     progress: bool,
     preview: bool = False,
+    parallel: Parallel = Parallel(),
 ) -> list[CaseResult]:
-    """Predict the planned cases in input order, committing each one's record as it ends."""
-    todo = {c.case_id for c in plan.todo}
-    record, results = plan.record, []
-    for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
-        if case.case_id not in todo:
-            results.append(CaseResult(case.case_id, str(case.path), str(out / label_name(case.case_id)), skipped=True))
-            continue
-        assert predict_fns is not None  # loaded whenever the plan has a case to predict
-        result = _predict_or_report(case, predict_fns, run, out, progress, preview)
-        entry = _record_of(case, result, plan.input_fingerprints[case.case_id], run.fingerprint)
-        record = record.with_case(case.case_id, entry)
-        write_predictions(out, record)
-        results.append(result)
-    return results
+    """Predict the planned cases, committing each one's record as it ends (in input order here,
+    as they finish on Dask: each case keeps the place ``plan_run`` gave it in the record)."""
+    planned = {c.case_id: c for c in plan.todo}
+    record, finished = plan.record, {}
+    with tqdm(
+        total=len(cases), initial=len(cases) - len(planned), desc="predict", unit="case", disable=not progress
+    ) as bar:
+        for sent, result, error in _run_planned(plan, predict_fns, run, out, progress, preview, parallel):
+            case = planned[sent.case_id]
+            finished[case.case_id] = _as_given(case, result, error, out)
+            if parallel.on_dask and result is not None and result.error:  # logged on the worker; here too
+                log.error("case %s failed: %s", case.case_id, result.error)
+            entry = _record_of(case, finished[case.case_id], plan.input_fingerprints[case.case_id], run.fingerprint)
+            record = record.with_case(case.case_id, entry)
+            write_predictions(out, record)
+            bar.update(1)
+    return [
+        finished.get(c.case_id) or CaseResult(c.case_id, str(c.path), str(out / label_name(c.case_id)), skipped=True)
+        for c in cases
+    ]
 
 
 def predict_cases(
@@ -411,6 +490,8 @@ def predict_cases(
     out_flag: str = "--out",
     preview: bool = False,
     overwrite_edited: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> PredictSummary:
     """Predict every input case into ``out_dir``; resumable, failures reported per case.
 
@@ -422,13 +503,20 @@ def predict_cases(
     option that chose ``out_dir`` in refusals (``evaluate --run`` passes ``--pred-out``).
     Every run ends by rebuilding ``statistics.csv``/``.json`` of the done cases, and with
     ``preview`` their ``<case>_preview.png`` and ``index.html`` (``prediction.previews``).
+    ``workers`` (local processes) or ``scheduler`` (a running cluster's address): the cases
+    run on Dask workers, each loading the models once (``prediction.cluster``); neither (or
+    ``workers`` 0): in this process. This process holds the lock and writes the record.
     """
     t0 = time.perf_counter()
+    check_parallel_options(workers, scheduler)
+    parallel = Parallel(workers, scheduler)
     run_dirs, config, package = resolve_models(run_dirs, config)  # a package: checked, its runs and decision
     run = load_runs(run_dirs, config, predict_fn)
     if package is not None:
         run = dataclasses.replace(run, package=str(package.source), package_sha256=package.sha256)
     predict_fns = None if predict_fn is None else [predict_fn] if callable(predict_fn) else list(predict_fn)
+    if parallel.on_dask:
+        check_picklable(predict_fns)
     cases = gather_inputs(inputs)
     check_seg_inputs(cases, run.config.output_format)
     out = Path(out_dir)
@@ -442,10 +530,13 @@ def predict_cases(
     with exclusive_lock(out):
         remove_stale_temporaries(out)
         plan = plan_run(out, run, cases, overwrite, out_flag, overwrite_edited)
-        if plan.todo and predict_fns is None:
+        if plan.todo and predict_fns is None and not parallel.on_dask:
             predict_fns = load_predict_fns(run.run_dirs, run.config.checkpoint)  # a refused model stops the run
         start_plan(out, plan, run.config.save_probabilities, run.config.output_format)
-        results = _predict_all(cases, plan, predict_fns, run, out, progress, preview)
+        results = _predict_all(cases, plan, predict_fns, run, out, progress, preview, parallel)
+        if parallel.on_dask:  # a worker that died mid-write left its temporary
+            for stale in remove_stale_temporaries(out):
+                log.info("removed %s, left by a worker that died", stale.name)
         record = read_predictions(out)
         if record is not None:
             fresh = {r.case_id: r.statistics for r in results if r.statistics is not None}

@@ -42,11 +42,14 @@ def worker_memory_limit(workers: int) -> int:
 
 
 @contextlib.contextmanager
-def dask_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[distributed.Client]:
+def dask_client(
+    workers: int | None = None, scheduler: str | None = None, memory_limit: int | None = None
+) -> Iterator[distributed.Client]:
     """Yield a ``distributed.Client``; a local cluster is closed on exit.
 
     ``scheduler`` (e.g. ``tcp://host:8786``) connects to a running cluster and ignores
-    ``workers``; otherwise ``workers`` processes (default: all cores) start here.
+    ``workers``; otherwise ``workers`` processes (default: all cores) start here, each
+    limited to ``memory_limit`` bytes (default ``worker_memory_limit``; 0: no limit).
     """
     from distributed import Client, LocalCluster
 
@@ -66,7 +69,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
             n_workers=n,
             threads_per_worker=1,
             processes=True,
-            memory_limit=worker_memory_limit(n),
+            memory_limit=worker_memory_limit(n) if memory_limit is None else memory_limit,
             dashboard_address="127.0.0.1:0",
             scheduler_kwargs={"dashboard": False},
             silence_logs=logging.ERROR,
@@ -104,6 +107,7 @@ def run_cases(
     key: Callable[[T], str] = str,
     workers: int | None = None,
     scheduler: str | None = None,
+    memory_limit: int | None = None,
 ) -> Iterator[tuple[T, Any, str | None]]:
     """Run ``fn(item, *args)`` for every item; yield ``(item, result, error)`` as each finishes.
 
@@ -112,6 +116,7 @@ def run_cases(
     records it and reports all failures at the end. ``workers == 0`` (and no
     ``scheduler``) runs in this process, in order, without Dask (debugging, tests, the
     crash tests' kill points). Tasks get unique keys, so two runs never share results.
+    ``memory_limit``: bytes per local worker (``dask_client``).
     """
     items = list(items)
     if not items:
@@ -126,7 +131,7 @@ def run_cases(
         return
     from distributed import as_completed
 
-    with dask_client(workers, scheduler) as client:
+    with dask_client(workers, scheduler, memory_limit) as client:
         run_id = f"{os.getpid()}-{time.time_ns()}"
         futures = {
             client.submit(fn, item, *args, key=f"{name}-{key(item)}-{run_id}", pure=False): item for item in items
