@@ -429,7 +429,8 @@ def predict_cases(
         remove_stale_temporaries(out)
         plan = plan_run(out, run, cases, overwrite, out_flag, overwrite_edited)
         if plan.todo and predict_fns is None:
-            predict_fns = load_predict_fns(run.run_dirs, run.config.checkpoint)  # a refused model stops the run
+            # a refused model stops the run
+            predict_fns = load_predict_fns(run.run_dirs, run.config.checkpoint, run.config.precision)
         start_plan(out, plan, run.config.save_probabilities, run.config.output_format)
         results = _predict_all(cases, plan, predict_fns, run, out, progress, preview)
         record = read_predictions(out)
