@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pancreas.cli_options import add_set_option, required_group
+from pancreas.cli_options import add_set_option, required_group, thread_count
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -68,6 +68,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="also replace label maps changed since predict wrote them (by default they are kept and the run refused)",
     )
+    parser.add_argument(
+        "--threads",
+        type=thread_count,
+        default=None,
+        metavar="N",
+        help="CPU threads of TensorFlow's thread pools (intra- and inter-op), set before it starts "
+        "(default: TensorFlow's own, every core); recorded with each case's timings",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
     return parser
@@ -96,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         preview=args.preview,
         overwrite_edited=args.overwrite_edited,
+        threads=args.threads,
     )
     print(summary.table())
     return 1 if summary.failed else 0

@@ -50,6 +50,7 @@ from prediction.postprocess import apply_postprocessing, keep_largest_component
 from prediction.previews import check_review_files, draw_preview, measure, preview_name, write_review_files
 from prediction.runs import RunSettings, check_checkpoints, load_predict_fns, load_runs, resolve_config
 from prediction.summary import CaseResult, PredictSummary
+from prediction.threads import set_tensorflow_threads, tensorflow_threads
 from prediction.volume import PredictFn, argmax_labels, predict_volume
 
 log = logging.getLogger(__name__)
@@ -326,6 +327,7 @@ def _record_of(case: CaseInput, result: CaseResult, input_fp: str | None, settin
         dicom_seg=result.dicom_seg,
         dicom_seg_sha256=content_sha256(result.dicom_seg) if result.dicom_seg and not result.error else None,
         seconds=result.seconds,
+        threads=result.threads,
     )
 
 
@@ -368,6 +370,7 @@ def _predict_all(
     out: Path,
     progress: bool,
     preview: bool = False,
+    threads: int | None = None,
 ) -> list[CaseResult]:
     """Predict the planned cases in input order, committing each one's record as it ends."""
     todo = {c.case_id for c in plan.todo}
@@ -378,6 +381,7 @@ def _predict_all(
             continue
         assert predict_fns is not None  # loaded whenever the plan has a case to predict
         result = _predict_or_report(case, predict_fns, run, out, progress, preview)
+        result.threads = threads if not result.error else None
         entry = _record_of(case, result, plan.input_fingerprints[case.case_id], run.fingerprint)
         record = record.with_case(case.case_id, entry)
         write_predictions(out, record)
@@ -397,6 +401,7 @@ def predict_cases(
     out_flag: str = "--out",
     preview: bool = False,
     overwrite_edited: bool = False,
+    threads: int | None = None,
 ) -> PredictSummary:
     """Predict every input case into ``out_dir``; resumable, failures reported per case.
 
@@ -408,8 +413,11 @@ def predict_cases(
     option that chose ``out_dir`` in refusals (``evaluate --run`` passes ``--pred-out``).
     Every run ends by rebuilding ``statistics.csv``/``.json`` of the done cases, and with
     ``preview`` their ``<case>_preview.png`` and ``index.html`` (``prediction.previews``).
+    ``threads``: TensorFlow's thread pools (``prediction.threads``), set before anything starts it;
+    ``None``: its default. Each case records the threads its seconds were measured with.
     """
     t0 = time.perf_counter()
+    tf_threads = set_tensorflow_threads(threads) if threads is not None else None
     run_dirs, config, package = resolve_models(run_dirs, config)  # a package: checked, its runs and decision
     run = load_runs(run_dirs, config, predict_fn)
     if package is not None:
@@ -431,10 +439,11 @@ def predict_cases(
         if plan.todo and predict_fns is None:
             # a refused model stops the run
             predict_fns = load_predict_fns(run.run_dirs, run.config.checkpoint, run.config.precision)
+            tf_threads = tensorflow_threads()
         start_plan(out, plan, run.config.save_probabilities, run.config.output_format)
-        results = _predict_all(cases, plan, predict_fns, run, out, progress, preview)
+        results = _predict_all(cases, plan, predict_fns, run, out, progress, preview, tf_threads)
         record = read_predictions(out)
         if record is not None:
             fresh = {r.case_id: r.statistics for r in results if r.statistics is not None}
             write_review_files(out, record, cases, fresh, preview)
-    return PredictSummary(out, results, time.perf_counter() - t0)
+    return PredictSummary(out, results, time.perf_counter() - t0, tf_threads)

@@ -242,6 +242,7 @@ def test_bad_case_is_reported_others_written_and_rerun_skips(msd: Path, tmp_path
         "dicom_seg",  # issue 21: the DICOM SEG (--format dicom-seg or both), its path and SHA-256
         "dicom_seg_sha256",
         "seconds",
+        "threads",  # issue 20: TensorFlow's threads the seconds were measured with
     ]
 
     again = predict_cases(

@@ -36,7 +36,7 @@ CONFIG = {
 def legacy_bytes() -> bytes:
     """What predict wrote before the typed contract, built the way it built it (plus the format version and,
     since issue 18, each output's SHA-256, and since issue 21, the DICOM SEG's path and SHA-256 and the model
-    package read)."""
+    package read, and since issue 20 the threads its timings were measured with)."""
     manifest = {"version": 1, "cases": {}}
     manifest.update(run="/runs/r1", settings_fingerprint="s1", config=CONFIG, package=None, package_sha256=None)
     manifest["cases"]["pancreas_010"] = {
@@ -53,6 +53,7 @@ def legacy_bytes() -> bytes:
         "seconds": {
             k: round(v, 3) for k, v in {"preprocess": 0.12345, "model": 1.0, "stitch": 0.0004, "export": 2.5}.items()
         },
+        "threads": None,
     }
     manifest["cases"]["broken"] = {
         "input": "data/imagesTs/broken.nii.gz",
@@ -66,6 +67,7 @@ def legacy_bytes() -> bytes:
         "dicom_seg": None,
         "dicom_seg_sha256": None,
         "seconds": {},
+        "threads": None,
     }
     return (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode()
 

@@ -75,6 +75,9 @@ class PredictionRecord:
     dicom_seg_sha256: str | None = None  # SHA-256 of <case>_seg.dcm as predict wrote it | null
     # seconds per step: {"preprocess", "model", "stitch", "export"}, 3 decimals
     seconds: Mapping[str, float] = field(default_factory=dict)
+    # TensorFlow's intra-op threads the seconds were measured with (--threads; default: every core this
+    # process may use) | null (a model other than a Keras checkpoint, or a case predicted before issue 20)
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
