@@ -1,7 +1,7 @@
 """The float precision a model predicts in: ``precision`` of the predict config, resolved per machine.
 
-``auto`` is bfloat16 on a GPU with fast bfloat16 and float32 elsewhere (a CPU ran the U-Net slower in
-bfloat16: docs/how-to/predict.md#speed-precision-and-threads). Keras is imported only inside the
+``auto`` is bfloat16 on a GPU with fast bfloat16 and float32 on CPUs, where bfloat16 is off unless asked
+(the measured speeds: docs/how-to/predict.md#speed-precision-and-threads). Keras is imported only inside the
 functions that need it; TensorFlow only to list GPUs.
 """
 

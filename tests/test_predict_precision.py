@@ -103,7 +103,7 @@ def test_bfloat16_on_a_cpu_without_it_is_float32_and_says_so(keras_run, case, tm
 @pytest.mark.parametrize(
     ("gpus", "expected"),
     [
-        ([], "float32"),  # a CPU: bfloat16 measured slower there
+        ([], "float32"),  # a CPU: bfloat16 only when asked
         ([(8, 0)], "bfloat16"),  # A100
         ([(9, 0), (9, 0)], "bfloat16"),
         ([(7, 5)], "float32"),  # T4: no fast bfloat16
