@@ -30,6 +30,13 @@ def fold_number(text: str) -> int:
     return int(text)
 
 
+def thread_count(text: str) -> int:
+    """``--threads N``: a number of CPU threads, at least 1."""
+    if not text.strip().isdecimal() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of threads >= 1, got {text!r}")
+    return int(text)
+
+
 def add_no_progress_option(parser: argparse.ArgumentParser, what: str = "no progress bars") -> None:
     parser.add_argument("--no-progress", action="store_true", help=what)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pancreas.cli_options import add_set_option, required_group
+from pancreas.cli_options import add_set_option, required_group, thread_count
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -88,6 +88,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="address of a running Dask scheduler (tcp://host:port) to send the cases to instead; "
         "its workers must see --model, --input and --out at the same paths",
     )
+    parser.add_argument(
+        "--threads",
+        type=thread_count,
+        default=None,
+        metavar="N",
+        help="CPU threads of TensorFlow's thread pools (intra- and inter-op), set before it starts "
+        "(default: TensorFlow's own, every core); recorded with each case's timings",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
     return parser
@@ -125,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite_edited=args.overwrite_edited,
         workers=args.workers,
         scheduler=args.scheduler,
+        threads=args.threads,
     )
     print(summary.table())
     return 1 if summary.failed else 0

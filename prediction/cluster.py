@@ -88,34 +88,33 @@ def for_workers(run: RunSettings, cases: Sequence[CaseInput], out: Path) -> tupl
 def configure_worker_threads(threads: int, tensorflow: bool = True) -> None:
     """SimpleITK's threads and TensorFlow's intra- and inter-op thread pools in this worker process.
 
-    N local workers each get max(1, cores // N), so they do not oversubscribe the machine.
-    TensorFlow takes them only before its runtime starts: set once per process, before the
-    first model loads (``tensorflow`` False: model callables given in its place, no import).
-    To be merged with ``pancreas predict --threads N`` (TensorFlow's threads in process, being
-    added on another branch): one function for both.
+    N local workers each get max(1, cores // N), so they do not oversubscribe the machine
+    (``--threads N`` gives each worker N instead). TensorFlow takes them only before its
+    runtime starts: set once per process, before the first model loads, by
+    ``prediction.threads.set_tensorflow_threads`` as in one process (``tensorflow`` False:
+    model callables given in its place, no import).
     """
+    from prediction.threads import set_tensorflow_threads
     from preprocess.geometry import set_itk_threads
 
     set_itk_threads(threads)
     if _THREADS or not tensorflow:
         return
-    _THREADS.append(threads)
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError as err:  # TensorFlow already ran an op in this process
-        log.warning("cannot bound TensorFlow to %d thread(s) in this worker: %s", threads, err)
+    _THREADS.append(set_tensorflow_threads(threads))
 
 
 def worker_models(run: RunSettings) -> list[PredictFn]:
     """The run's models, loaded once per worker process and kept for its next cases."""
-    key = (tuple(str(d) for d in run.run_dirs), run.config.checkpoint, tuple(m.model for m in run.members))
+    key = (
+        tuple(str(d) for d in run.run_dirs),
+        run.config.checkpoint,
+        run.config.precision,
+        tuple(m.model for m in run.members),
+    )
     with _MODELS_LOCK:
         if key not in _MODELS:
             _MODELS.clear()
-            _MODELS[key] = load_predict_fns(run.run_dirs, run.config.checkpoint)
+            _MODELS[key] = load_predict_fns(run.run_dirs, run.config.checkpoint, run.config.precision)
             LOADS[0] += 1
             log.info("worker %d loaded %d model(s) from %s", os.getpid(), len(run.members), run.runs_text)
         return _MODELS[key]
@@ -139,4 +138,9 @@ def predict_on_worker(
     if threads is not None:
         configure_worker_threads(threads, tensorflow=predict_fns is None)
     fns = list(predict_fns) if predict_fns is not None else worker_models(run)
-    return predict_or_report(case, fns, run, Path(out), progress=False, preview=preview)
+    result = predict_or_report(case, fns, run, Path(out), progress=False, preview=preview)
+    if not result.error and predict_fns is None:  # Keras models: the threads their seconds were measured with
+        from prediction.threads import tensorflow_threads
+
+        result.threads = _THREADS[0] if _THREADS else tensorflow_threads()
+    return result

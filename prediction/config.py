@@ -14,6 +14,7 @@ from typing import Any
 
 from dataset.common.regions import NSD_TOLERANCE_MM, REGIONS
 from dataset.contract.predictions import OUTPUT_FORMATS
+from prediction.precision import PRECISIONS
 from review.detection import DEFAULT_MIN_IOU
 
 LARGEST_COMPONENT_MODES = ("off", "foreground", "per_class")
@@ -51,6 +52,8 @@ class PredictConfig:
     output_format: str = "nifti"  # "nifti" | "dicom-seg" | "both" (a DICOM SEG needs DICOM input)
     roi: str = "auto"  # "auto": a first pass finds the gland, the full pass covers it (prediction.roi); "whole"
     roi_margin_mm: float = 30.0  # roi: auto: the first pass's boxes widened by this on every side
+    # "auto" | "float32" | "bfloat16"; resolved per machine (prediction.precision) before it is recorded
+    precision: str = "auto"
     # evaluation only: NSD tolerance (mm) per region of evaluation.metrics.REGIONS
     nsd_tolerance_mm: dict[str, float] = field(default_factory=lambda: dict(NSD_TOLERANCE_MM))
     # evaluation only: tumour-level detection
@@ -86,6 +89,8 @@ class PredictConfig:
             raise ValueError(f"roi_margin_mm must be a number >= 0 (mm), got {self.roi_margin_mm}")
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {self.output_format!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 def nsd_tolerances(value: Any) -> dict[str, float]:

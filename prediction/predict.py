@@ -60,6 +60,7 @@ from prediction.postprocess import apply_postprocessing, keep_largest_component
 from prediction.previews import check_review_files, draw_preview, measure, preview_name, write_review_files
 from prediction.runs import RunSettings, check_checkpoints, load_predict_fns, load_runs, resolve_config
 from prediction.summary import CaseResult, PredictSummary
+from prediction.threads import set_tensorflow_threads, tensorflow_threads
 from prediction.volume import PredictFn, argmax_labels, predict_volume
 
 log = logging.getLogger(__name__)
@@ -349,6 +350,7 @@ def _record_of(case: CaseInput, result: CaseResult, input_fp: str | None, settin
         dicom_seg_sha256=content_sha256(result.dicom_seg) if result.dicom_seg and not result.error else None,
         seconds=result.seconds,
         roi=result.roi if not result.error else None,
+        threads=result.threads,
     )
 
 
@@ -398,6 +400,7 @@ class Parallel:
 
     workers: int | None = None
     scheduler: str | None = None
+    threads: int | None = None  # --threads: each worker's TensorFlow threads (None: cores / workers locally)
 
     @property
     def on_dask(self) -> bool:
@@ -421,7 +424,8 @@ def _run_planned(
         args: tuple = (predict_fns, run, out, progress, preview)
         return run_cases(predict_or_report, plan.todo, args, name="predict", key=_case_id, workers=0)
     sent, todo, where = for_workers(run, plan.todo, out)
-    args = (sent, str(where), preview, predict_fns, threads_per_worker(parallel.workers, parallel.scheduler))
+    threads = parallel.threads or threads_per_worker(parallel.workers, parallel.scheduler)
+    args = (sent, str(where), preview, predict_fns, threads)
     return run_cases(
         predict_on_worker,
         todo,
@@ -455,6 +459,7 @@ def _predict_all(
     progress: bool,
     preview: bool = False,
     parallel: Parallel = Parallel(),
+    threads: int | None = None,
 ) -> list[CaseResult]:
     """Predict the planned cases, committing each one's record as it ends (in input order here,
     as they finish on Dask: each case keeps the place ``plan_run`` gave it in the record)."""
@@ -466,6 +471,8 @@ def _predict_all(
         for sent, result, error in _run_planned(plan, predict_fns, run, out, progress, preview, parallel):
             case = planned[sent.case_id]
             finished[case.case_id] = _as_given(case, result, error, out)
+            if not parallel.on_dask and not finished[case.case_id].error:
+                finished[case.case_id].threads = threads  # a worker records its own
             if parallel.on_dask and result is not None and result.error:  # logged on the worker; here too
                 log.error("case %s failed: %s", case.case_id, result.error)
             entry = _record_of(case, finished[case.case_id], plan.input_fingerprints[case.case_id], run.fingerprint)
@@ -492,6 +499,7 @@ def predict_cases(
     overwrite_edited: bool = False,
     workers: int | None = None,
     scheduler: str | None = None,
+    threads: int | None = None,
 ) -> PredictSummary:
     """Predict every input case into ``out_dir``; resumable, failures reported per case.
 
@@ -506,10 +514,14 @@ def predict_cases(
     ``workers`` (local processes) or ``scheduler`` (a running cluster's address): the cases
     run on Dask workers, each loading the models once (``prediction.cluster``); neither (or
     ``workers`` 0): in this process. This process holds the lock and writes the record.
+    ``threads``: TensorFlow's thread pools (``prediction.threads``), set before anything starts it;
+    ``None``: its default. Each case records the threads its seconds were measured with.
     """
     t0 = time.perf_counter()
     check_parallel_options(workers, scheduler)
-    parallel = Parallel(workers, scheduler)
+    parallel = Parallel(workers, scheduler, threads)
+    # on Dask each worker sets its own (prediction.cluster); this process loads no model then
+    tf_threads = set_tensorflow_threads(threads) if threads is not None and not parallel.on_dask else None
     run_dirs, config, package = resolve_models(run_dirs, config)  # a package: checked, its runs and decision
     run = load_runs(run_dirs, config, predict_fn)
     if package is not None:
@@ -531,9 +543,11 @@ def predict_cases(
         remove_stale_temporaries(out)
         plan = plan_run(out, run, cases, overwrite, out_flag, overwrite_edited)
         if plan.todo and predict_fns is None and not parallel.on_dask:
-            predict_fns = load_predict_fns(run.run_dirs, run.config.checkpoint)  # a refused model stops the run
+            # a refused model stops the run
+            predict_fns = load_predict_fns(run.run_dirs, run.config.checkpoint, run.config.precision)
+            tf_threads = tensorflow_threads()
         start_plan(out, plan, run.config.save_probabilities, run.config.output_format)
-        results = _predict_all(cases, plan, predict_fns, run, out, progress, preview, parallel)
+        results = _predict_all(cases, plan, predict_fns, run, out, progress, preview, parallel, tf_threads)
         if parallel.on_dask:  # a worker that died mid-write left its temporary
             for stale in remove_stale_temporaries(out):
                 log.info("removed %s, left by a worker that died", stale.name)
@@ -541,4 +555,4 @@ def predict_cases(
         if record is not None:
             fresh = {r.case_id: r.statistics for r in results if r.statistics is not None}
             write_review_files(out, record, cases, fresh, preview)
-    return PredictSummary(out, results, time.perf_counter() - t0)
+    return PredictSummary(out, results, time.perf_counter() - t0, tf_threads)

@@ -32,6 +32,7 @@ from dataset.contract.run import (
 )
 from prediction.cases import PredictError
 from prediction.config import PredictConfig
+from prediction.precision import model_in_precision, resolve_precision
 from prediction.volume import PredictFn
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,8 @@ OUTPUT_ONLY = ("output_format",)
 def _fingerprint(members: Sequence[Member], config: PredictConfig, decision: PostprocessingDecision | None) -> str:
     settings = {k: v for k, v in to_dict(config).items() if k not in EVALUATION_ONLY + OUTPUT_ONLY}
     settings["postprocessing"] = dict(decision.largest_component) if decision else None
+    if settings.get("precision") == "float32":  # what every predict computed in before it was a setting:
+        del settings["precision"]  # those folders' cases stay up to date
     if len(members) == 1:
         return fingerprint_json(
             {"contract": record_to_dict(members[0].contract), "config": settings, "model": members[0].model}
@@ -246,6 +249,7 @@ def load_runs(
         window_zyx=windows[0],
         mirror_axes=axes.pop() if len(axes) == 1 else None,
         postprocessing=str(Path(config.postprocessing).resolve()) if config.postprocessing else None,
+        precision=resolve_precision(config.precision),  # auto: what it means here, recorded and fingerprinted
     )
     fingerprint = _fingerprint(members, resolved, decision)
     return RunSettings(tuple(members), preprocess_configs[0], resolved, decision, fingerprint)
@@ -263,13 +267,16 @@ def check_model_is_the_runs(model: Any, run_dir: str | Path, path: Path) -> None
         raise PredictError(f"{path}: {mismatch}")
 
 
-def load_predict_fn(run_dir: str | Path, checkpoint: str = "best") -> PredictFn:
-    """Load the Keras model (lazily importing TensorFlow) and wrap it as a numpy callable."""
+def load_predict_fn(run_dir: str | Path, checkpoint: str = "best", precision: str = "float32") -> PredictFn:
+    """Load the Keras model (lazily importing TensorFlow) and wrap it as a numpy callable.
+
+    ``precision``: ``float32`` or ``bfloat16`` (resolved, ``prediction.precision``); the output is float32."""
     path = checkpoint_path(run_dir, checkpoint)
     if not path.is_file():
         raise PredictError(f"{run_dir}: no checkpoint {path.name} in checkpoints/")
     model = load_keras_model(path, PredictError)
     check_model_is_the_runs(model, run_dir, path)
+    model = model_in_precision(model, precision)
 
     def predict_fn(batch: np.ndarray) -> np.ndarray:
         return np.asarray(model.predict_on_batch(batch), dtype=np.float32)
@@ -287,7 +294,9 @@ def check_checkpoints(run_dirs: Sequence[str | Path], checkpoint: str = "best") 
             raise PredictError(f"{checkpoint_path(run_dir, checkpoint)}: {problem}")
 
 
-def load_predict_fns(run_dirs: Sequence[str | Path], checkpoint: str = "best") -> list[PredictFn]:
+def load_predict_fns(
+    run_dirs: Sequence[str | Path], checkpoint: str = "best", precision: str = "float32"
+) -> list[PredictFn]:
     """Every run's model, in order; a missing checkpoint stops before any is loaded."""
     check_checkpoints(run_dirs, checkpoint)
-    return [load_predict_fn(d, checkpoint) for d in run_dirs]
+    return [load_predict_fn(d, checkpoint, precision) for d in run_dirs]

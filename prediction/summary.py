@@ -23,6 +23,7 @@ class CaseResult:
     shape_zyx: tuple[int, ...] | None = None
     n_windows: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    threads: int | None = None  # TensorFlow's intra-op threads the seconds were measured with
     statistics: dict[str, Any] | None = None  # review.statistics of the label map (prediction.previews)
     roi: dict[str, Any] | None = None  # what roi: auto did (prediction.volume.roi_record)
 
@@ -32,6 +33,7 @@ class PredictSummary:
     out_dir: Path
     results: list[CaseResult]
     seconds: float
+    threads: int | None = None  # TensorFlow's intra-op threads (None: no Keras model was loaded)
 
     @property
     def failed(self) -> list[CaseResult]:
@@ -67,6 +69,8 @@ class PredictSummary:
             f"{self.n_done} predicted, {self.n_skipped} up to date, {len(self.failed)} failed "
             f"in {self.seconds:.1f} s -> {self.out_dir}"
         )
+        if self.threads is not None:
+            lines.append(f"TensorFlow threads: {self.threads} (--threads)")
         lines.append(f"volumes and tumours per case: {self.out_dir / 'statistics.csv'}")
         if (self.out_dir / "index.html").is_file():
             lines.append(f"previews: open {self.out_dir / 'index.html'} in a browser")

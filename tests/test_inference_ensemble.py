@@ -321,7 +321,7 @@ class CountingLoader:
         self.runs: list[Path] = []
         self.calls = 0
 
-    def __call__(self, run_dirs, checkpoint="best"):
+    def __call__(self, run_dirs, checkpoint="best", precision="float32"):
         self.runs = [Path(d) for d in run_dirs]
 
         def model(batch):

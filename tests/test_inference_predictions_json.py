@@ -47,7 +47,7 @@ ROI = {
 def legacy_bytes() -> bytes:
     """What predict wrote before the typed contract, built the way it built it (plus the format version and,
     since issue 18, each output's SHA-256, since issue 21, the DICOM SEG's path and SHA-256 and the model
-    package read, and since issue 20 what roi: auto did)."""
+    package read, and since issue 20 what roi: auto did and the threads its timings were measured with)."""
     manifest = {"version": 1, "cases": {}}
     manifest.update(run="/runs/r1", settings_fingerprint="s1", config=CONFIG, package=None, package_sha256=None)
     manifest["cases"]["pancreas_010"] = {
@@ -65,6 +65,7 @@ def legacy_bytes() -> bytes:
             k: round(v, 3) for k, v in {"preprocess": 0.12345, "model": 1.0, "stitch": 0.0004, "export": 2.5}.items()
         },
         "roi": ROI,
+        "threads": None,
     }
     manifest["cases"]["broken"] = {
         "input": "data/imagesTs/broken.nii.gz",
@@ -79,6 +80,7 @@ def legacy_bytes() -> bytes:
         "dicom_seg_sha256": None,
         "seconds": {},
         "roi": None,
+        "threads": None,
     }
     return (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode()
 

@@ -124,7 +124,7 @@ def test_poly_learning_rate_values():
 
 def test_sgd_is_nesterov_with_the_configured_momentum_and_decay():
     from training.config import TrainConfig
-    from training.distribute import make_optimizer
+    from training.optimizer import make_optimizer
 
     opt = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.01, momentum=0.9, weight_decay=3e-5))
     assert isinstance(opt, keras.optimizers.SGD) and opt.nesterov and opt.momentum == 0.9

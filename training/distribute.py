@@ -22,7 +22,8 @@ from training.config import TrainConfig
 from training.environment import Gpu, describe_devices
 from training.losses import make_loss
 from training.metrics import dice_metrics
-from training.model import N_CLASSES, build_unet
+from training.model import unet_of
+from training.optimizer import make_optimizer, precision_policy
 
 log = logging.getLogger(__name__)
 STRATEGY_CLASS = {"mirrored": "MirroredStrategy"}
@@ -164,17 +165,6 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
 
 @contextlib.contextmanager
-def precision_policy(name: str) -> Iterator[None]:
-    """Keras' global mixed-precision policy set to ``name`` for the block, then restored."""
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
-@contextlib.contextmanager
 def op_determinism(enabled: bool, seed: int) -> Iterator[None]:
     """``enable_op_determinism`` for the block when ``enabled`` (seeds set first: seedless random ops
     raise under it), then back to how it was, so one run's setting does not leak into the next."""
@@ -203,26 +193,9 @@ def jit_compile_for(config: TrainConfig) -> bool:
     return plan_execution(config).jit_compile
 
 
-def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
-    """Adam, or SGD with Nesterov momentum (nnU-Net's); ``weight_decay`` is decoupled in both."""
-    decay = config.weight_decay or None
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum, nesterov=True, weight_decay=decay)
-    return keras.optimizers.Adam(config.learning_rate, weight_decay=decay)
-
-
 def build_compiled_model(config: TrainConfig) -> keras.Model:
     """A fresh U-Net compiled with the run's optimizer, loss, Dice metrics and XLA setting."""
-    m = config.model
-    model = build_unet(
-        m.depth,
-        m.base_filters,
-        N_CLASSES,
-        norm=m.norm,
-        activation=m.activation,
-        norm_groups=m.norm_groups,
-        deep_supervision=m.deep_supervision,
-    )
+    model = unet_of(config.model)
     model.compile(
         optimizer=make_optimizer(config),
         loss=make_loss(config.loss),

@@ -141,6 +141,12 @@ def build_unet(
     return DeepSupervisionUNet(inputs, [probs, *(aux[level] for level in sorted(aux))], name=name)
 
 
+def unet_of(config) -> keras.Model:
+    """The U-Net a ``training.config.ModelConfig`` describes (three classes)."""
+    options = {k: getattr(config, k) for k in ("norm", "activation", "norm_groups", "deep_supervision")}
+    return build_unet(config.depth, config.base_filters, N_CLASSES, **options)
+
+
 def softmax_head(x, n_classes: int, name: str):
     """A 1x1x1 convolution to class logits and a float32 softmax (even under mixed precision)."""
     logits = layers.Conv3D(n_classes, 1, name=f"{name}_conv")(x)

@@ -14,8 +14,9 @@ import tensorflow as tf
 
 from training.callbacks import StepTimer
 from training.config import TrainConfig, check_patch_size
-from training.distribute import build_compiled_model, precision_policy
+from training.distribute import build_compiled_model
 from training.model import N_CLASSES
+from training.optimizer import precision_policy
 from training.pipeline import measure_patches_per_second, training_dataset
 from training.preflight import read_run_inputs
 

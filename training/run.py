@@ -18,10 +18,10 @@ from training.distribute import (
     check_execution,
     execution_settings,
     make_strategy,
-    precision_policy,
 )
 from training.finetune import INIT_WITH_RESUME, load_init_weights, recorded_init_weights
 from training.fit import TrainSummary, choose_image_samples, fit, pad_for_replicas
+from training.optimizer import precision_policy
 from training.preflight import RunInputs, input_contract, read_run_inputs
 from training.profile import profile_input, synthetic_step_time
 from training.rundir import RESUMABLE_CHANGES, check_run_dir, open_run_dir, prepare_run_dir

@@ -79,6 +79,9 @@ class PredictionRecord:
     # null: predicted everywhere), "windows" (the full pass's), "windows_whole" (the whole grid's),
     # "first_pass_windows"} | null (not predicted yet, failed)
     roi: Mapping[str, Any] | None = None
+    # TensorFlow's intra-op threads the seconds were measured with (--threads; default: every core this
+    # process may use) | null (a model other than a Keras checkpoint, or a case predicted before issue 20)
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
