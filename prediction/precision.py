@@ -51,7 +51,7 @@ def gpu_capabilities() -> list[tuple[int, int] | None]:
     if not nvidia_driver_loaded():
         return []
     try:
-        from training.environment import visible_gpus
+        from dataset.common.devices import visible_gpus
 
         return [g.compute_capability for g in visible_gpus()]
     except ImportError:

@@ -37,6 +37,6 @@ def tensorflow_threads() -> int:
     """TensorFlow's intra-op threads: as set, or (0: its default) the cores this process may use."""
     import tensorflow as tf
 
-    from training.environment import cpu_threads
+    from dataset.common.devices import cpu_threads
 
     return tf.config.threading.get_intra_op_parallelism_threads() or cpu_threads()

@@ -118,18 +118,23 @@ def test_a_case_whose_worker_dies_fails_in_one_line_and_a_rerun_redoes_it(images
 
     marker, out = tmp_path / "killed", tmp_path / "out"
     model = KillOnce(marker)
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):  # Dask gives up at the first death
+    # Dask gives up at the first death. A group of tasks this small is not queued on the scheduler, so the
+    # dying worker may hold a second case besides the one it runs: every case it held fails, the others not
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         summary = predict_cases(run, images, out, PredictConfig(), predict_fn=model, progress=False, workers=2)
-    assert marker.is_file() and (summary.n_done, len(summary.failed)) == (N_CASES - 1, 1), summary.table()
-    failed = summary.failed[0]
-    assert failed.error.startswith(f"{failed.source}: worker error: ") and "\n" not in failed.error
-    record = read_predictions(out)  # valid, and nothing of the dead case is listed as written
-    assert record is not None and record.cases[failed.case_id].status == "failed"
-    assert record.cases[failed.case_id].output is None and no_temporaries(out)
+    assert marker.is_file() and summary.failed and summary.n_done >= 1, summary.table()
+    assert summary.n_done + len(summary.failed) == N_CASES
+    record = read_predictions(out)  # valid, and nothing of a dead case is listed as written
+    assert record is not None
+    for failed in summary.failed:
+        assert failed.error.startswith(f"{failed.source}: worker error: ") and "\n" not in failed.error
+        assert record.cases[failed.case_id].status == "failed" and record.cases[failed.case_id].output is None
+    assert no_temporaries(out)
     rerun = predict_cases(
         run, images, out, PredictConfig(), predict_fn=model, progress=False
     )  # same model: its cases up to date
-    assert (rerun.n_done, rerun.n_skipped, len(rerun.failed)) == (1, N_CASES - 1, 0), rerun.table()
+    redo = len(summary.failed)
+    assert (rerun.n_done, rerun.n_skipped, len(rerun.failed)) == (redo, N_CASES - redo, 0), rerun.table()
     assert_same_label_maps(serial, out)
 
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
-import os
 import platform
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dataset.common.devices import Gpu, cpu_threads, visible_gpus
 from dataset.contract.run import EnvironmentRecord
 
 # (shown name, distribution names to look up); hdf5 is the library h5py was built with
@@ -31,46 +30,12 @@ PACKAGES = (
 )
 CUDA_WHEEL = "nvidia-cudnn-cu12"  # one of the CUDA libraries `pip install .[gpu]` (tensorflow[and-cuda]) brings
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class Gpu:
-    """One GPU as TensorFlow sees it: ``GPU:0`` and what the driver calls it."""
-
-    name: str
-    description: str = ""
-    compute_capability: tuple[int, int] | None = None
-
-    def label(self) -> str:
-        return f"{self.name} ({self.description})" if self.description else self.name
-
-
-def visible_gpus() -> list[Gpu]:
-    """The GPUs TensorFlow can use (after ``CUDA_VISIBLE_DEVICES``); empty on a CPU-only machine."""
-    import tensorflow as tf
-
-    gpus = []
-    for device in tf.config.list_physical_devices("GPU"):
-        details = tf.config.experimental.get_device_details(device)
-        capability = details.get("compute_capability")
-        gpus.append(
-            Gpu(
-                device.name.replace("/physical_device:", ""),
-                str(details.get("device_name", "")),
-                tuple(capability) if capability else None,
-            )
-        )
-    return gpus
+__all__ = ["Gpu", "cpu_threads", "visible_gpus"]  # moved to dataset.common.devices; callers import them here too
 
 
 def describe_devices(gpus: list[Gpu]) -> str:
     """``GPU:0 (NVIDIA H100 80GB HBM3), GPU:1 (...)`` or ``CPU only (no GPU visible)``."""
     return ", ".join(g.label() for g in gpus) if gpus else "CPU only (no GPU visible)"
-
-
-def cpu_threads() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. a container's share)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def package_versions() -> dict[str, str | None]:
