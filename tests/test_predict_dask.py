@@ -238,3 +238,21 @@ def test_configure_worker_threads_bounds_tensorflow_in_a_fresh_process():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.split() == ["1", "1", "1"]
+
+
+def test_cases_go_to_the_workers_largest_first(tmp_path):
+    from prediction.cases import CaseInput
+    from prediction.predict import largest_first
+
+    sizes = {"a": 10, "b": 300, "c": 20, "d": 300}
+    cases = []
+    for name, n in sizes.items():
+        (tmp_path / f"{name}.nii.gz").write_bytes(b"x" * n)
+        cases.append(CaseInput(name, tmp_path / f"{name}.nii.gz"))
+    series = tmp_path / "series"
+    series.mkdir()
+    for i in range(3):
+        (series / f"IM{i}").write_bytes(b"x" * 100)  # a DICOM folder counts its files: 300 too
+    cases.append(CaseInput("s", series))
+    cases.append(CaseInput("gone", tmp_path / "missing.nii.gz"))  # unreadable: size 0, kept
+    assert [c.case_id for c in largest_first(cases)] == ["b", "d", "s", "c", "a", "gone"]
