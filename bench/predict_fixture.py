@@ -55,12 +55,26 @@ def make_fixture(out: Path, cases: int, epochs: int, steps: int, seed: int) -> P
         ["synth", "--out", str(data), "--cases", str(cases), "--test", "2", "--size", "full", "--seed", str(seed)],
     )
     step("preprocess", ["preprocess", "--data", str(data), "--out", str(store), "--workers", "2"])
-    # smaller patches than the defaults (96x96x48 and 128x128x64, x y z) so that the default-size
-    # U-Net trains in minutes on a CPU; it is fully convolutional, and the bench predicts with
-    # the default 256x256x64 window (PredictConfig.window_zyx)
-    index_sets = ["train_patch_xyz=[96,96,48]", "val_patch_xyz=[128,128,64]"]
+    # smaller patches than the defaults (64x64x32 and 128x128x64, x y z) so that the default-size
+    # U-Net trains in minutes on a CPU (it is fully convolutional: the bench predicts with the default
+    # 256x256x64 window), 20 patches per case centred on the gland and fewer background ones: the
+    # gland is 0.4% of a 96x96x48 grid patch, and with those the default U-Net (batch norm, the
+    # default 1.5 background patches per foreground one) still predicted no gland after 250 steps
+    index_sets = [
+        "train_patch_xyz=[64,64,32]",
+        "val_patch_xyz=[128,128,64]",
+        "centred_per_case=20",
+        "background_ratio=0.5",
+    ]
     step("index", ["index", "--store", str(store), "--folds", "1", "--workers", "2", *_sets(index_sets)])
-    sets = [f"epochs={epochs}", f"steps_per_epoch={steps}", "loss.name=dice_cross_entropy", f"seed={seed}"]
+    # instance normalisation (model.norm): batch statistics of 2 patches are what issue 19 found unstable
+    sets = [
+        f"epochs={epochs}",
+        f"steps_per_epoch={steps}",
+        "loss.name=dice_cross_entropy",
+        "model.norm=instance",
+        f"seed={seed}",
+    ]
     step("train", ["train", "--store", str(store), "--out", str(run), *_sets(sets)])
     return run
 
@@ -69,7 +83,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=default_out())
     parser.add_argument("--cases", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
