@@ -8,8 +8,10 @@ with smaller patches and one 80/20 split, ``train`` with the default model shape
 demo's Dice + cross-entropy loss for a short budget) into ``--out`` (default
 ``$PANCREAS_CACHE_DIR/bench-fixture``, else ``~/.cache/pancreas-seg/bench-fixture``). It is
 deterministic for its seed; a second call finds ``run/checkpoints/last.keras`` and does nothing.
+Status (2026-12-03): on the 2-core CPU the run had not found the gland when the session ended
+(epoch 7 of 40, about 160 s per epoch; docs/benchmarks.md#benchpredictpy); on a GPU it is minutes.
 
-    .venv/bin/python bench/predict_fixture.py            # about 30 minutes on 2 CPU cores
+    .venv/bin/python bench/predict_fixture.py            # hours on 2 CPU cores: not yet seen to finish
     .venv/bin/python bench/predict.py --model ~/.cache/pancreas-seg/bench-fixture/run
 """
 
