@@ -146,7 +146,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size", choices=("small", "full"), default="full")
     parser.add_argument("--depth", type=int, default=defaults.depth)
     parser.add_argument("--base-filters", type=int, default=defaults.base_filters)
-    parser.add_argument("--window", type=int, nargs=3, default=list(DEFAULT_WINDOW_ZYX), metavar=("Z", "Y", "X"))
+    parser.add_argument(
+        "--window",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help=f"prediction window (default {list(DEFAULT_WINDOW_ZYX)}; with --model: the run's validation patch)",
+    )
     parser.add_argument("--batch-size", type=int, default=PredictConfig().batch_size)
     parser.add_argument("--scenarios", nargs="+", choices=tuple(SCENARIOS), default=list(DEFAULT_SCENARIOS))
     parser.add_argument(
@@ -255,7 +262,7 @@ def machine() -> str:
 def main() -> int:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
-    window = tuple(args.window)
+    window = tuple(args.window or DEFAULT_WINDOW_ZYX)
     rows, summaries = {}, {}
     n_runs = max(SCENARIOS[s][0] for s in args.scenarios)
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
@@ -271,7 +278,7 @@ def main() -> int:
             runs = [args.model[min(i, len(args.model) - 1)].resolve() for i in range(n_runs)]
             from dataset.contract.run import read_input_contract
 
-            window = tuple(read_input_contract(runs[0]).val_patch_size_zyx)
+            window = tuple(args.window or read_input_contract(runs[0]).val_patch_size_zyx)
         else:
             runs = [tmp / f"run{i}" for i in range(n_runs)]
             for seed, run in enumerate(runs):
@@ -281,7 +288,12 @@ def main() -> int:
         for name in args.scenarios:
             n_models, axes, roi, overlap = SCENARIOS[name]
             config = PredictConfig(
-                batch_size=args.batch_size, mirror_axes=axes, roi=roi, roi_margin_mm=args.margin_mm, overlap=overlap
+                window_zyx=window if args.window else None,
+                batch_size=args.batch_size,
+                mirror_axes=axes,
+                roi=roi,
+                roi_margin_mm=args.margin_mm,
+                overlap=overlap,
             )
             summary = predict_cases(
                 runs[:n_models], inputs, tmp / f"out_{name}", config, predict_fn=models[:n_models], progress=False
