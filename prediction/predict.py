@@ -540,8 +540,7 @@ def predict_cases(
     t0 = time.perf_counter()
     check_parallel_options(workers, scheduler)
     parallel = Parallel(workers, scheduler, threads)
-    # on Dask each worker sets its own (prediction.cluster); this process loads no model then
-    tf_threads = set_tensorflow_threads(threads) if threads is not None and not parallel.on_dask else None
+    tf_threads = None
     run_dirs, config, package = resolve_models(run_dirs, config)  # a package: checked, its runs and decision
     run = load_runs(run_dirs, config, predict_fn)
     if package is not None:
@@ -562,6 +561,9 @@ def predict_cases(
     with exclusive_lock(out):
         remove_stale_temporaries(out)
         plan = plan_run(out, run, cases, overwrite, out_flag, overwrite_edited)
+        if plan.todo and threads is not None and not parallel.on_dask:
+            # TensorFlow's pools, before its first model: nothing earlier starts it (on Dask each worker sets its own)
+            tf_threads = set_tensorflow_threads(threads)
         if plan.todo and predict_fns is None and not parallel.on_dask:
             # a refused model stops the run
             predict_fns = load_predict_fns(run.run_dirs, run.config.checkpoint, run.config.precision)

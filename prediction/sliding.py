@@ -96,7 +96,6 @@ class Stitcher:
         self.weights = gaussian_weights(self.window_zyx, sigma_scale)
         self.sum = np.zeros((n_classes, *shape_zyx), dtype=np.float32)
         self.norm = np.zeros(tuple(shape_zyx), dtype=np.float32)
-        self.model_seconds = 0.0  # set by the caller that timed the model calls
 
     def add(self, probs_czyx: np.ndarray, start: ZYX) -> None:
         """Add one window's class probabilities (C, z, y, x) at ``start``."""

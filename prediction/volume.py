@@ -151,7 +151,7 @@ def predict_volume(
             if boxes is None:
                 log.info("roi: the first pass found no foreground; predicting the whole volume")
     grid = full_grid if boxes is None else roi_windows(boxes, padded.shape, window, config.overlap)
-    stitcher = _full_pass(padded, grid, models, config, n_classes, progress)
+    stitcher, full_seconds = _full_pass(padded, grid, models, config, n_classes, progress)
     if boxes is None:
         result = stitcher.result()[:, : shape[0], : shape[1], : shape[2]]
     else:
@@ -159,7 +159,7 @@ def predict_volume(
         outside = ~inside_mask(boxes, shape)
         result[:, outside] = 0.0
         result[0, outside] = 1.0
-    model_seconds = stitcher.model_seconds + first_seconds
+    model_seconds = full_seconds + first_seconds
     if timings is not None:
         timings["model"] = model_seconds
         timings["first_pass"] = first_seconds
@@ -228,8 +228,8 @@ def _full_pass(
     config: PredictConfig,
     n_classes: int | None,
     progress: bool,
-) -> Stitcher:
-    """Every model, mirrored, on every window of ``grid``, stitched (``stitcher.model_seconds``)."""
+) -> tuple[Stitcher, float]:
+    """Every model, mirrored, on every window of ``grid``, stitched; and the seconds inside the models."""
     window = tuple(int(w) for w in config.window_zyx or ())
     stitcher: Stitcher | None = None
     model_seconds = 0.0
@@ -246,8 +246,7 @@ def _full_pass(
                 stitcher.add(np.moveaxis(p, -1, 0), start)
             bar.update(len(starts))
     assert stitcher is not None  # the grid always has at least one window
-    stitcher.model_seconds = model_seconds
-    return stitcher
+    return stitcher, model_seconds
 
 
 def argmax_labels(probs_czyx: np.ndarray) -> np.ndarray:
