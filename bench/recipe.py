@@ -8,7 +8,10 @@ candidate (mean over seeds):
 * final-epoch and best-epoch validation Dice (pancreas, tumour),
 * the largest drop of validation pancreas Dice between consecutive epochs in the second half,
 * the standard deviation of validation pancreas Dice over the last 10 epochs,
-* the held-out Dice (pancreas, tumour) of the final checkpoint's predictions,
+* the held-out Dice (pancreas, tumour) of the final checkpoint's predictions, as ``evaluate``
+  reports it: a tumour-free case scores tumour Dice 0 if any voxel is predicted tumour (and is left
+  out if none is), so also the tumour Dice of the cases with a tumour and the count of tumour-free
+  cases given a false tumour (with 3 held-out cases, one such case moves the mean by a third),
 * median seconds per training step (epoch time without validation / steps).
 
     .venv/bin/python bench/recipe.py --out /tmp/recipe                  # every candidate x 2 seeds
@@ -59,6 +62,19 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "instance": {"model": {"norm": "instance"}},
     "instance_poly": {"model": {"norm": "instance"}, "schedule": "poly"},
     "instance_poly_ds": {"model": {"norm": "instance", "deep_supervision": True}, "schedule": "poly"},
+    "instance_poly_ds_lr3": {
+        "model": {"norm": "instance", "deep_supervision": True},
+        "schedule": "poly",
+        "learning_rate": 3e-3,
+    },
+    "group2_poly_ds": {
+        "model": {"norm": "group", "norm_groups": 2, "deep_supervision": True},
+        "schedule": "poly",
+    },
+    "instance_leaky_poly_ds": {
+        "model": {"norm": "instance", "activation": "leaky_relu", "deep_supervision": True},
+        "schedule": "poly",
+    },
     "nnunet_like": preset("train_nnunet_like.yaml"),
 }
 
@@ -91,6 +107,19 @@ def curve_figures(history_csv: Path, steps: int) -> dict[str, float]:
     }
 
 
+def heldout_figures(report: dict[str, Any]) -> dict[str, float]:
+    """The held-out figures of one run's ``report.json`` (``evaluate``'s)."""
+    summary = report["summary"]
+    tumours = [c["tumour"] for c in report["cases"].values()]
+    with_tumour = [t["dice"] for t in tumours if t["status"] in ("both", "missed")]
+    return {
+        "heldout_pancreas": summary["pancreas"]["dice"]["mean"],
+        "heldout_tumour": summary["tumour"]["dice"]["mean"],
+        "heldout_tumour_cases": statistics.mean(with_tumour) if with_tumour else float("nan"),
+        "heldout_false_tumours": sum(t["status"] == "false_positive" for t in tumours),
+    }
+
+
 def run_one(out: Path, candidate: str, seed: int) -> dict[str, Any]:
     """Train, predict and evaluate one candidate with one seed (in this process)."""
     from pancreas.demo import demo_configs, demo_paths, train_and_score
@@ -110,13 +139,11 @@ def run_one(out: Path, candidate: str, seed: int) -> dict[str, Any]:
     }
     seconds: dict[str, float] = {}
     report = train_and_score(paths, configs, progress=False, seconds=seconds)
-    summary = report["summary"]
     result = {
         "candidate": candidate,
         "seed": seed,
         **curve_figures(paths["run"] / "history.csv", train.steps_per_epoch),
-        "heldout_pancreas": summary["pancreas"]["dice"]["mean"],
-        "heldout_tumour": summary["tumour"]["dice"]["mean"],
+        **heldout_figures(report),
         "train_seconds": seconds["train"],
     }
     (folder / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
@@ -132,6 +159,8 @@ COLUMNS = (
     ("std_last10", "std last 10", ".3f"),
     ("heldout_pancreas", "held-out P", ".3f"),
     ("heldout_tumour", "held-out T", ".3f"),
+    ("heldout_tumour_cases", "held-out T, tumour cases", ".3f"),
+    ("heldout_false_tumours", "false tumours", "g"),
     ("seconds_per_step", "s/step", ".3f"),
 )
 
@@ -173,7 +202,11 @@ def main() -> int:
             if not done.is_file():
                 print(f"training {candidate} seed {seed} ...", flush=True)
                 subprocess.run([sys.executable, __file__, "--out", str(out), "--one", candidate, str(seed)], check=True)
-            results.append(json.loads(done.read_text(encoding="utf-8")))
+            result = json.loads(done.read_text(encoding="utf-8"))
+            if "heldout_false_tumours" not in result:  # written before those columns
+                report = json.loads((done.parent / "report.json").read_text(encoding="utf-8"))
+                result.update(heldout_figures(report))
+            results.append(result)
     print(f"\n{datetime.date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     print(table(results))
     return 0

@@ -28,8 +28,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--config",
         type=Path,
+        action="append",
         default=None,
-        help="training YAML (default: the built-in defaults, which configs/train.yaml repeats)",
+        metavar="FILE",
+        help="training YAML (default: the built-in defaults, which configs/train.yaml repeats); "
+        "repeatable: a later file changes only the keys it names (e.g. --config "
+        "demo-output/configs/train.yaml --config configs/train_nnunet_like.yaml: the demo's "
+        "budget with the preset's recipe)",
     )
     add_set_option(parser)
     parser.add_argument("--out", type=Path, help="run folder (checkpoints, logs, history); locked while the run lasts")

@@ -225,3 +225,29 @@ def test_the_file_is_checked_on_its_own_before_the_overrides(tmp_path):
     path.write_text("epochs: many\n")
     with pytest.raises(ConfigError, match=r"c\.yaml\.epochs: expected int, got 'many'"):
         load_config(TrainConfig, path, ["epochs=3"])
+
+
+def test_later_files_change_only_the_keys_they_name(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("epochs: 48\nsteps_per_epoch: 25\nmodel: {depth: 3, base_filters: 8}\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model: {norm: instance}\nschedule: poly\n")
+    config = load_config(TrainConfig, [base, recipe], ["epochs=10"])
+    assert (config.epochs, config.steps_per_epoch, config.schedule) == (10, 25, "poly")
+    assert (config.model.depth, config.model.base_filters, config.model.norm) == (3, 8, "instance")
+    assert load_config(TrainConfig, [recipe, base]).model.norm == "instance"  # base names no norm
+    assert load_config(TrainConfig, [base]) == load_config(TrainConfig, base)
+
+
+def test_a_later_file_is_checked_alone_and_over_the_earlier_ones(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("model: {base_filters: 6, norm: group, norm_groups: 2}\n")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("modle: {norm: instance}\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml: unknown key\(s\) modle"):
+        load_config(TrainConfig, [base, typo])
+    groups = tmp_path / "groups.yaml"
+    groups.write_text("model: {norm_groups: 4}\n")  # valid alone, not over base's 6 filters
+    expected = r"groups\.yaml \(over .*base\.yaml\).*norm_groups must divide base_filters=6"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(TrainConfig, [base, groups])

@@ -184,17 +184,30 @@ def _required(f: dataclasses.Field) -> bool:
     return f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
-def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] = ()) -> T:
-    """Load ``path`` (YAML) into ``cls``, then apply ``overrides`` (``KEY=VALUE`` strings from
-    ``--set``, dotted keys for sections, in order); ``None`` starts from the defaults.
+def load_config(cls: type[T], path: str | Path | Sequence[str | Path] | None, overrides: Sequence[str] = ()) -> T:
+    """Load ``path`` (YAML, or several YAML files layered in order) into ``cls``, then apply
+    ``overrides`` (``KEY=VALUE`` strings from ``--set``, dotted keys for sections, in order);
+    ``None`` (or no file) starts from the defaults.
 
-    The file is checked on its own first, so its errors name the file; the overrides are
-    then merged into the resolved config (every key, defaults included, so
-    ``--set nsd_tolerance_mm.tumour=2`` keeps the other regions) and the result is checked
-    again, naming the ``--set`` key.
+    Each file is checked on its own first, so its errors name the file. A later file is
+    merged into the config resolved so far like ``--set`` (a section key by key, so a recipe
+    file that names ``model.norm`` keeps the earlier file's ``model.depth``) and the result
+    is checked again, naming that file. The overrides are then merged into the resolved
+    config (every key, defaults included, so ``--set nsd_tolerance_mm.tumour=2`` keeps the
+    other regions) and the result is checked again, naming the ``--set`` key.
     """
-    data = _read_yaml(Path(path)) if path is not None else None
-    config = from_dict(cls, data, where=str(path) if path is not None else "config")
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    config = from_dict(cls, None)
+    for n, one in enumerate(paths):
+        data = _read_yaml(Path(one))
+        layer = from_dict(cls, data, where=str(one))  # the file alone: its own errors name it
+        if n == 0:
+            config = layer
+            continue
+        merged = to_dict(config)
+        for key, value in (data or {}).items():
+            merged = _merge(merged, (key,), value)
+        config = from_dict(cls, merged, where=f"{one} (over {', '.join(str(p) for p in paths[:n])})")
     if not overrides:
         return config
     merged = to_dict(config)
