@@ -278,7 +278,7 @@ def main() -> int:
             runs = [args.model[min(i, len(args.model) - 1)].resolve() for i in range(n_runs)]
             from dataset.contract.run import read_input_contract
 
-            window = tuple(args.window or read_input_contract(runs[0]).val_patch_size_zyx)
+            window = tuple(args.window or read_input_contract(runs[0]).default_window_zyx)
         else:
             runs = [tmp / f"run{i}" for i in range(n_runs)]
             for seed, run in enumerate(runs):

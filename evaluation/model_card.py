@@ -117,7 +117,7 @@ def _preprocessing(contract: InputContract) -> list[str]:
     ]
     lines += [f"- `{key.lstrip('.')}`: `{value}`" for key, value in flat.items()]
     lines += [
-        f"- Sliding window {list(contract.val_patch_size_zyx)} (z, y, x), "
+        f"- Sliding window {list(contract.default_window_zyx)} (z, y, x), "
         f"mirroring along the axes the trainer flipped ({list(contract.mirror_axes or [])}), then the label map "
         "back onto the scan's own grid.",
         f"- Model input: {contract.input or 'stored uint8 level / 255'}; output: "

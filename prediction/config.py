@@ -40,7 +40,7 @@ class DetectionConfig:
 class PredictConfig:
     """Sliding-window inference settings (see configs/predict.yaml for the why of each)."""
 
-    window_zyx: tuple[int, int, int] | None = None  # None: the contract's val_patch_size_zyx
+    window_zyx: tuple[int, int, int] | None = None  # None: the contract's default_window_zyx
     overlap: float = 0.5
     batch_size: int = 2
     gaussian_sigma_scale: float = 0.125

@@ -36,6 +36,7 @@ from dataset.contract.predictions import (
     writes_nifti,
     writes_seg,
 )
+from dataset.contract.run import PER_SAMPLE_NORMS, InputContract
 from prediction.cases import (
     CaseInput,
     PredictError,
@@ -93,7 +94,7 @@ def predict_case(
     out_dir: Path,
     *,
     n_classes: int | None = None,
-    model_depth: int | None = None,
+    window_multiple: int | None = None,
     mirror_axes: Sequence[Sequence[int]] | None = None,
     postprocessing: PostprocessingDecision | None = None,
     progress: bool = True,
@@ -133,7 +134,7 @@ def predict_case(
         n_classes=n_classes,
         spacing_zyx=tuple(float(v) for v in np.asarray(pre.attrs["spacing"])[::-1]),
         roi=roi,
-        window_multiple=2**model_depth if model_depth is not None else None,
+        window_multiple=window_multiple,
     )
     result.n_windows, result.roi = int(timings["windows"]), roi
     for stage in ("model", "first_pass", "stitch"):
@@ -357,6 +358,13 @@ def _record_of(case: CaseInput, result: CaseResult, input_fp: str | None, settin
 # ----------------------------------------------------------------------------- many cases
 
 
+def first_pass_multiple(contract: InputContract) -> int | None:
+    """What the ROI first pass may widen its windows to a multiple of (``roi.first_pass_window``):
+    ``2**depth`` for batch norm; None (the prediction window itself) for instance or group norm,
+    whose statistics would change with a wider window."""
+    return None if contract.model_norm in PER_SAMPLE_NORMS else 2 ** int(contract.model_depth)
+
+
 def predict_or_report(
     case: CaseInput, predict_fns: Sequence[PredictFn], run: RunSettings, out: Path, progress: bool, preview: bool
 ) -> CaseResult:
@@ -369,7 +377,7 @@ def predict_or_report(
             run.preprocess,
             out,
             n_classes=int(run.contract.n_classes),
-            model_depth=int(run.contract.model_depth),
+            window_multiple=first_pass_multiple(run.contract),
             mirror_axes=run.mirror_axes,
             postprocessing=run.postprocessing,
             progress=progress,

@@ -86,7 +86,7 @@ class RunSettings:
 
 def resolve_config(config: PredictConfig, contract: InputContract, run_dir: str | Path | None = None) -> PredictConfig:
     """Fill the window and the mirror axes from the contract and check the model can take the window."""
-    window = cast("tuple[int, int, int]", tuple(int(w) for w in (config.window_zyx or contract.val_patch_size_zyx)))
+    window = cast("tuple[int, int, int]", tuple(int(w) for w in (config.window_zyx or contract.default_window_zyx)))
     try:
         check_patch_fits_depth(window, int(contract.model_depth), "sliding-window")
     except ConfigError as err:
@@ -151,7 +151,7 @@ def _agreed_keys(
     if names:
         keys["label_names"] = list(names)
     if not explicit_window:  # a window set in the config is the same for every member
-        keys["val_patch_size_zyx (the sliding window)"] = list(window)
+        keys["the sliding window (default_window_zyx)"] = list(window)
     keys.update(flatten_mapping(to_dict(preprocess_config), "preprocess"))
     return keys
 

@@ -122,6 +122,34 @@ def test_resolve_config_checks_divisibility():
         resolve_config(PredictConfig(window_zyx=(30, 64, 64)), contract)
 
 
+@pytest.mark.parametrize(
+    ("norm", "window", "multiple"),
+    [
+        ("batch", (32, 64, 64), 4),
+        (None, (32, 64, 64), 4),
+        ("instance", (16, 32, 32), None),
+        ("group", (16, 32, 32), None),
+    ],
+)
+def test_a_per_sample_norm_predicts_on_its_training_patch(norm, window, multiple):
+    """Instance and group norm take statistics over the window: the default window is the training patch,
+    and the ROI first pass does not widen it."""
+    from prediction.predict import first_pass_multiple
+
+    contract = InputContract(
+        patch_size_zyx=(16, 32, 32),
+        val_patch_size_zyx=(32, 64, 64),
+        n_classes=3,
+        model_depth=2,
+        model_norm=norm,
+        preprocess={},
+    )
+    assert contract.default_window_zyx == window
+    assert resolve_config(PredictConfig(), contract).window_zyx == window
+    assert resolve_config(PredictConfig(window_zyx=(8, 8, 8)), contract).window_zyx == (8, 8, 8)
+    assert first_pass_multiple(contract) == multiple
+
+
 def test_keep_largest_component_modes():
     labels = np.zeros((10, 10, 10), np.uint8)
     labels[1:5, 1:5, 1:5] = 1  # 64 voxels

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dataset.common.errors import UsageError
 from dataset.contract.manifest import manifest_path, write_manifest
 from dataset.contract.reader import PatchReader
 from pancreas.testing.runs import make_synthetic_store
@@ -18,8 +19,11 @@ from training.pipeline import (
     draw_augment_params,
     index_stream,
     load_rows,
+    tile_corners,
+    tile_starts,
     training_dataset,
     validation_dataset,
+    validation_tiles,
 )
 
 PATCH = (8, 16, 16)
@@ -83,6 +87,31 @@ def test_validation_finite_in_order_and_unaugmented(store):
         want_image, want_label = reader.read(row)
         np.testing.assert_allclose(image.numpy()[0, ..., 0], want_image, rtol=0, atol=1e-7)
         np.testing.assert_array_equal(label.numpy()[0], want_label)
+
+
+def test_validation_tiles_are_the_patch_cut_to_the_training_window(store):
+    rows = load_rows(store, "val")  # (8, 24, 24) patches, tiled by (8, 16, 16): y, x starts 0 and 8
+    assert tile_corners((8, 24, 24), PATCH) == [(0, 0, 0), (0, 0, 8), (0, 8, 0), (0, 8, 8)]
+    assert validation_tiles((8, 24, 24), PATCH) == 4 and validation_tiles((8, 24, 24), None) == 1
+    batches = list(validation_dataset(store, rows, batch_size=4, tile_zyx=PATCH))
+    assert len(batches) == len(rows)
+    reader = PatchReader(store)
+    for (image, label), row in zip(batches, rows):
+        want_image, want_label = reader.read(row)
+        assert image.shape == (4, *PATCH, 1)
+        for k, (z, y, x) in enumerate(tile_corners((8, 24, 24), PATCH)):
+            cut = np.s_[z : z + PATCH[0], y : y + PATCH[1], x : x + PATCH[2]]
+            np.testing.assert_allclose(image.numpy()[k, ..., 0], want_image[cut], rtol=0, atol=1e-7)
+            np.testing.assert_array_equal(label.numpy()[k], want_label[cut])
+
+
+def test_tile_starts_cover_the_axis_and_refuse_a_larger_tile(store):
+    assert tile_starts(64, 32) == [0, 32] and tile_starts(48, 32) == [0, 16] and tile_starts(32, 32) == [0]
+    assert tile_starts(96, 64) == [0, 32] and tile_starts(130, 64) == [0, 64, 66]
+    with pytest.raises(ValueError, match="tile 33"):
+        tile_starts(32, 33)
+    with pytest.raises(UsageError, match="smaller than the training patch"):
+        validation_dataset(store, load_rows(store, "val"), batch_size=1, tile_zyx=(16, 16, 16))
 
 
 def test_index_stream_is_a_permutation_per_epoch():

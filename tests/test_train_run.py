@@ -396,3 +396,7 @@ def test_nnunet_like_recipe_trains_and_its_poly_rate_survives_a_resume(store, tm
 
     probs = load_predict_fn(tmp_path / "run", "last")(np.zeros((1, 16, 32, 32, 1), np.float32))
     assert probs.shape == (1, 16, 32, 32, 3)
+    from dataset.contract.run import read_input_contract
+
+    contract = read_input_contract(tmp_path / "run")  # instance norm: predict's window is the training patch
+    assert contract.model_norm == "instance" and contract.default_window_zyx == contract.patch_size_zyx

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataset.common.configio import check_patch_fits_depth, load_config
+from dataset.contract.run import PER_SAMPLE_NORMS
 
 # The trainer's name for the one patch-versus-depth check (dataset.common.configio).
 check_patch_size = check_patch_fits_depth
@@ -29,7 +30,7 @@ MULTIWORKER_REFUSAL = (
     "train one fold per machine with --fold K, or use mirrored over one machine's GPUs"
 )
 JIT_COMPILE = ("auto", True, False)
-NORMS = ("batch", "instance", "group")  # of training.model.build_unet
+NORMS = ("batch", *PER_SAMPLE_NORMS)  # of training.model.build_unet
 ACTIVATIONS = ("relu", "leaky_relu")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("plateau", "poly")
@@ -63,6 +64,12 @@ class ModelConfig:
         if self.norm == "group" and (self.norm_groups < 1 or self.base_filters % self.norm_groups):
             # every level's filters are base_filters * 2**level, so dividing the first suffices
             raise ValueError(f"model.norm_groups must divide base_filters={self.base_filters}, got {self.norm_groups}")
+
+    @property
+    def per_sample_norm(self) -> bool:
+        """Instance or group norm: statistics over each window, so it validates and predicts on
+        windows of its training patch (``InputContract.default_window_zyx``)."""
+        return self.norm in PER_SAMPLE_NORMS
 
 
 @dataclass(frozen=True)

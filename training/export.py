@@ -217,7 +217,7 @@ def readme_text(contract: InputContract, summary: ExportSummary) -> str:
     """README.txt: how to call the SavedModel, with this export's sizes."""
     m = summary.spatial_multiple
     shape = ", ".join("None" if d is None else str(d) for d in summary.input_shape)
-    window = ", ".join(str(v) for v in contract.val_patch_size_zyx)
+    window = ", ".join(str(v) for v in contract.default_window_zyx)
     return f"""\
 3D U-Net for pancreas (1) and tumour (2) segmentation in CT, exported by `pancreas export`
 from {summary.run_dir} (checkpoints/{summary.checkpoint}.keras).

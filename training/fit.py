@@ -33,7 +33,7 @@ from training.checkpoints import RunCheckpoint, load_for_resume
 from training.config import TrainConfig
 from training.distribute import build_compiled_model, jit_compile_for, make_strategy
 from training.finetune import InitWeights, apply_init_weights
-from training.pipeline import training_dataset, validation_dataset
+from training.pipeline import training_dataset, validation_dataset, validation_tiles
 from training.preflight import RunInputs
 from training.progress import PROGRESS_NAME
 
@@ -169,8 +169,10 @@ def _datasets(inputs: RunInputs, config: TrainConfig, replicas: int, initial_epo
         skip_batches=initial_epoch * config.steps_per_epoch,
     )
     val_rows = pad_for_replicas(inputs.val_rows, config.val_batch_size, replicas)
-    val_ds = validation_dataset(inputs.store, val_rows, config.val_batch_size * replicas, config.input_threads)
-    return train_ds, val_ds, math.ceil(len(val_rows) / (config.val_batch_size * replicas))
+    tile = inputs.patch_size_zyx if config.model.per_sample_norm else None  # the window it trains on
+    val_ds = validation_dataset(inputs.store, val_rows, config.val_batch_size * replicas, config.input_threads, tile)
+    samples = len(val_rows) * validation_tiles(inputs.val_patch_size_zyx, tile)
+    return train_ds, val_ds, math.ceil(samples / (config.val_batch_size * replicas))
 
 
 def _model(run_dir: Path, config: TrainConfig, state: RunState, init: InitWeights | None) -> keras.Model:

@@ -250,13 +250,56 @@ def training_dataset(
     return ds.prefetch(AUTOTUNE).with_options(_options(input_thread_count(config.input_threads)))
 
 
+def tile_starts(size: int, tile: int) -> list[int]:
+    """First voxel of each tile along one axis: every ``tile`` voxels, the last flush with the end
+    (so tiles overlap only where ``size`` is not a multiple of ``tile``)."""
+    if not 1 <= tile <= size:
+        raise ValueError(f"tile {tile} must be in [1, size {size}]")
+    return sorted({*range(0, size - tile, tile), size - tile})
+
+
+def tile_corners(patch_zyx: Sequence[int], tile_zyx: Sequence[int]) -> list[tuple[int, int, int]]:
+    """The corners of the tiles of ``tile_zyx`` that cover a patch of ``patch_zyx``, z-major."""
+    starts = [tile_starts(int(n), int(t)) for n, t in zip(patch_zyx, tile_zyx, strict=True)]
+    return [(z, y, x) for z in starts[0] for y in starts[1] for x in starts[2]]
+
+
+def validation_tiles(patch_zyx: Sequence[int], tile_zyx: Sequence[int] | None) -> int:
+    """How many validation samples one validation patch gives (1 without tiling)."""
+    return 1 if tile_zyx is None else len(tile_corners(patch_zyx, tile_zyx))
+
+
 def validation_dataset(
-    store: str | Path, rows: Sequence[dict[str, Any]], batch_size: int, threads: int = 0
+    store: str | Path,
+    rows: Sequence[dict[str, Any]],
+    batch_size: int,
+    threads: int = 0,
+    tile_zyx: Sequence[int] | None = None,
 ) -> tf.data.Dataset:
-    """Every validation row once, in manifest order, unaugmented."""
+    """Every validation row once, in manifest order, unaugmented.
+
+    ``tile_zyx`` (the training patch, for a per-sample-normalised model): each patch is cut into
+    tiles of that size (``tile_corners``), each a sample, so the model is validated on the window
+    size it trained on. Instance and group norm take their statistics over the window, and a
+    larger window shifts them (measured: docs/how-to/train.md#training-recipes).
+    """
     patch_size = patch_size_of(rows, "validation")
     read = _read_map(_LevelsReader(PatchReader(store), rows), patch_size)
     ds = tf.data.Dataset.range(len(rows)).map(read, num_parallel_calls=AUTOTUNE)
+    if tile_zyx is not None:
+        if any(t > p for t, p in zip(tile_zyx, patch_size, strict=True)):
+            raise UsageError(f"validation patches {patch_size} are smaller than the training patch {tuple(tile_zyx)}")
+        corners = tile_corners(patch_size, tile_zyx)
+        dz, dy, dx = (int(t) for t in tile_zyx)
+
+        def tiles(levels: tf.Tensor, label: tf.Tensor) -> tf.data.Dataset:
+            cut = [
+                (levels[z : z + dz, y : y + dy, x : x + dx], label[z : z + dz, y : y + dy, x : x + dx])
+                for z, y, x in corners
+            ]
+            return tf.data.Dataset.from_tensor_slices((tf.stack([c[0] for c in cut]), tf.stack([c[1] for c in cut])))
+
+        ds = ds.flat_map(tiles)
     ds = ds.map(lambda levels, label: to_model_inputs(to_intensity(levels), label), num_parallel_calls=AUTOTUNE)
     return ds.batch(batch_size).prefetch(AUTOTUNE).with_options(_options(input_thread_count(threads)))
 

@@ -110,6 +110,7 @@ def input_contract(inputs: RunInputs, config: TrainConfig) -> InputContract:
         n_classes=N_CLASSES,
         label_names=[LABEL_NAMES[k] for k in range(N_CLASSES)],
         model_depth=config.model.depth,
+        model_norm=config.model.norm,
         input=MODEL_INPUT,
         output=MODEL_OUTPUT,
         preprocess=dict(inputs.catalog.config),

@@ -146,6 +146,9 @@ def read_fingerprints(run_dir: str | Path) -> RunFingerprints:
 
 
 # ---------------------------------------------------------------------------- input_contract.json
+PER_SAMPLE_NORMS = ("instance", "group")  # model norms with per-window statistics (training.config.NORMS)
+
+
 @dataclass(frozen=True, kw_only=True)
 class InputContract:
     """``input_contract.json``: what a model of this run takes and gives; inference preprocesses and checks with it."""
@@ -155,7 +158,7 @@ class InputContract:
 
     version: int = field(default=1, kw_only=True)  # format version of this file
     patch_size_zyx: tuple[int, int, int] | None = optional()  # training patch size (z, y, x)
-    val_patch_size_zyx: tuple[int, int, int]  # validation patch size (z, y, x): predict's default window
+    val_patch_size_zyx: tuple[int, int, int]  # validation patch size (z, y, x): predict's default window for batch norm
     n_classes: int  # classes the model outputs (3: background, pancreas, tumour)
     label_names: Sequence[str] | Mapping[str, str] | None = optional()  # [name of class 0, 1, ...]
     model_depth: int  # the U-Net's depth (a window must be a multiple of 2**depth)
@@ -170,6 +173,9 @@ class InputContract:
     flip_augment: Mapping[str, Any] | None = optional()
     fold: int | None = optional()  # the index fold the run trained on (its validation cases are that fold's)
     n_folds: int | None = optional()  # how many folds the index had
+    # the model's normalisation (batch | instance | group); instance and group take their statistics
+    # over the window, so predict's default window is then the training patch (default_window_zyx)
+    model_norm: str | None = optional()
 
     def __post_init__(self) -> None:
         if self.flip_augment is not None:
@@ -180,6 +186,16 @@ class InputContract:
         """The recorded store, index and preprocess fingerprints (those that are known)."""
         keys = ("store_fingerprint", "index_fingerprint", "preprocess_fingerprint")
         return {k: getattr(self, k) for k in keys if getattr(self, k)}
+
+    @property
+    def default_window_zyx(self) -> tuple[int, int, int]:
+        """Predict's sliding window when the config names none: the training patch for a model
+        normalised per sample (instance or group norm: statistics over the window, which must be
+        the size it trained on, as nnU-Net predicts), else the validation patch (batch norm uses
+        fixed statistics, and a larger window means fewer, cheaper-to-stitch windows)."""
+        if self.model_norm in PER_SAMPLE_NORMS and self.patch_size_zyx is not None:
+            return self.patch_size_zyx
+        return self.val_patch_size_zyx
 
     @property
     def mirror_axes(self) -> tuple[int, ...] | None:
