@@ -222,7 +222,7 @@ def _contract(run: Path) -> dict:
     ("changes", "key"),
     [
         ({"n_classes": 4}, "n_classes"),
-        ({"val_patch_size_zyx": [32, 64, 128]}, "val_patch_size_zyx (the sliding window)"),
+        ({"val_patch_size_zyx": [32, 64, 128]}, "the sliding window (default_window_zyx)"),
         ({"preprocess": to_dict(PreprocessConfig(target_spacing_mm=(0.8, 0.8, 2.5)))}, "preprocess.target_spacing_mm"),
         ({"preprocess": to_dict(PreprocessConfig(window_hu=(-100.0, 240.0)))}, "preprocess.window_hu"),
         ({"preprocess": to_dict(PreprocessConfig(equalize=False))}, "preprocess.equalize"),

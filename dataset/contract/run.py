@@ -162,6 +162,9 @@ class InputContract:
     n_classes: int  # classes the model outputs (3: background, pancreas, tumour)
     label_names: Sequence[str] | Mapping[str, str] | None = optional()  # [name of class 0, 1, ...]
     model_depth: int  # the U-Net's depth (a window must be a multiple of 2**depth)
+    # the model's normalisation (batch | instance | group); instance and group take their statistics
+    # over the window, so predict's default window is then the training patch (default_window_zyx)
+    model_norm: str | None = optional()
     input: str | None = optional()  # what the model takes (MODEL_INPUT)
     output: str | None = optional()  # what the model gives (MODEL_OUTPUT)
     preprocess: Mapping[str, Any]  # the store's resolved preprocessing config: predict prepares a CT with it
@@ -173,9 +176,6 @@ class InputContract:
     flip_augment: Mapping[str, Any] | None = optional()
     fold: int | None = optional()  # the index fold the run trained on (its validation cases are that fold's)
     n_folds: int | None = optional()  # how many folds the index had
-    # the model's normalisation (batch | instance | group); instance and group take their statistics
-    # over the window, so predict's default window is then the training patch (default_window_zyx)
-    model_norm: str | None = optional()
 
     def __post_init__(self) -> None:
         if self.flip_augment is not None:
