@@ -105,6 +105,40 @@ def test_validation_tiles_are_the_patch_cut_to_the_training_window(store):
             np.testing.assert_array_equal(label.numpy()[k], want_label[cut])
 
 
+def test_image_summaries_predict_on_the_training_window_tiles():
+    """A per-sample-normalised model's TensorBoard pictures: tiles of its training patch, averaged."""
+    import keras
+
+    from training.callbacks import tiled_probabilities
+
+    seen = []
+
+    class Probe(keras.layers.Layer):  # probabilities that depend on the tile's own mean, as a norm does
+        def call(self, x):
+            seen.append(tuple(x.shape[1:4]))
+            p = keras.ops.sigmoid(x - keras.ops.mean(x, axis=(1, 2, 3), keepdims=True))
+            return keras.ops.concatenate([p, 1.0 - p], axis=-1)
+
+    inputs = keras.Input((None, None, None, 1))
+    model = keras.Model(inputs, Probe()(inputs))
+    seen.clear()  # the symbolic call that built the model
+    image = np.random.default_rng(0).random((8, 24, 24)).astype(np.float32)
+    probs = tiled_probabilities(model, image, PATCH)
+    assert seen == [PATCH] * 4 and probs.shape == (8, 24, 24, 2)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-6)
+
+    # Voxels only the first tile covers get its probabilities; where tiles 1 and 2 overlap, their mean.
+    def one(z, y, x):
+        crop = image[z : z + 8, y : y + 16, x : x + 16]
+        return 1.0 / (1.0 + np.exp(-(crop - crop.mean())))
+
+    np.testing.assert_allclose(probs[:, :8, :8, 0], one(0, 0, 0)[:, :8, :8], atol=1e-6)
+    overlap = (one(0, 0, 0)[:, :8, 8:] + one(0, 0, 8)[:, :8, :8]) / 2
+    np.testing.assert_allclose(probs[:, :8, 8:16, 0], overlap, atol=1e-6)
+    seen.clear()
+    assert tiled_probabilities(model, image, None).shape == (8, 24, 24, 2) and seen == [(8, 24, 24)]
+
+
 def test_tile_starts_cover_the_axis_and_refuse_a_larger_tile(store):
     assert tile_starts(64, 32) == [0, 32] and tile_starts(48, 32) == [0, 16] and tile_starts(32, 32) == [0]
     assert tile_starts(96, 64) == [0, 32] and tile_starts(130, 64) == [0, 64, 66]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from training.checkpoints import BEST_MONITOR, RunCheckpoint, save_model_atomic
 from training.model import top_output
+from training.pipeline import tile_corners
 from training.progress import write_progress
 from training.summaries import write_image, write_scalar
 
@@ -103,13 +104,46 @@ def summary_panel(image: np.ndarray, label: np.ndarray, pred: np.ndarray) -> np.
     return panel.astype(np.float32)
 
 
-class ImageSummaries(keras.callbacks.Callback):
-    """Every epoch: fixed patches (chosen once) drawn to TensorBoard at ``step=epoch``."""
+def tiled_probabilities(model: keras.Model, image: np.ndarray, tile_zyx: Sequence[int] | None) -> np.ndarray:
+    """The top head's class probabilities ``(z, y, x, C)`` of one image ``(z, y, x)``.
 
-    def __init__(self, log_dir: Path, samples: dict[str, list[tuple[str, np.ndarray, np.ndarray]]]) -> None:
+    ``tile_zyx`` (a per-sample-normalised model's training patch): the image is cut into the
+    tiles that validation uses (``tile_corners``) and their probabilities averaged where they
+    overlap, so the picture shows what the validation Dice scored, not the model on a window
+    size it never trained on. ``None``: one pass over the whole image.
+    """
+    if tile_zyx is None:
+        return keras.ops.convert_to_numpy(top_output(model(image[None, ..., None], training=False)))[0]
+    total: np.ndarray | None = None
+    count = np.zeros(image.shape, np.float32)
+    dz, dy, dx = (int(t) for t in tile_zyx)
+    for z, y, x in tile_corners(image.shape, tile_zyx):
+        crop = image[z : z + dz, y : y + dy, x : x + dx]
+        probs = keras.ops.convert_to_numpy(top_output(model(crop[None, ..., None], training=False)))[0]
+        if total is None:
+            total = np.zeros((*image.shape, probs.shape[-1]), np.float32)
+        total[z : z + dz, y : y + dy, x : x + dx] += probs
+        count[z : z + dz, y : y + dy, x : x + dx] += 1
+    assert total is not None  # tile_corners returns at least one corner
+    return total / count[..., None]
+
+
+class ImageSummaries(keras.callbacks.Callback):
+    """Every epoch: fixed patches (chosen once) drawn to TensorBoard at ``step=epoch``.
+
+    ``window_zyx``: predict them tile by tile with this window (``tiled_probabilities``).
+    """
+
+    def __init__(
+        self,
+        log_dir: Path,
+        samples: dict[str, list[tuple[str, np.ndarray, np.ndarray]]],
+        window_zyx: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         self.log_dir = Path(log_dir)
         self.samples = samples  # split -> [(name, image (z, y, x) float, label (z, y, x))]
+        self.window_zyx = None if window_zyx is None else tuple(int(v) for v in window_zyx)
         self._writer: Any = None  # a tf.summary file writer, made on the first epoch
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
@@ -120,9 +154,9 @@ class ImageSummaries(keras.callbacks.Callback):
         with self._writer.as_default():
             for split, items in self.samples.items():
                 for name, image, label in items:
-                    probs = keras.ops.convert_to_numpy(top_output(self.model(image[None, ..., None], training=False)))
+                    probs = tiled_probabilities(self.model, image, self.window_zyx)
                     z = foreground_slice(label)
-                    pred = probs[0, z].argmax(-1)
+                    pred = probs[z].argmax(-1)
                     write_image(f"{split}/{name}", summary_panel(image[z], label[z], pred), step=epoch)
         self._writer.flush()
 

@@ -149,7 +149,7 @@ def _callbacks(
         keras.callbacks.TerminateOnNaN(),
         *schedule,
         *stateful.values(),
-        ImageSummaries(run_dir / LOGS_DIR, samples),
+        ImageSummaries(run_dir / LOGS_DIR, samples, inputs.patch_size_zyx if config.model.per_sample_norm else None),
         EpochScalars(run_dir / LOGS_DIR),
         keras.callbacks.CSVLogger(str(run_dir / HISTORY_NAME), append=state.epoch > 0),
         ProgressPicture(
