@@ -12,7 +12,11 @@ candidate (mean over seeds):
   reports it: a tumour-free case scores tumour Dice 0 if any voxel is predicted tumour (and is left
   out if none is), so also the tumour Dice of the cases with a tumour and the count of tumour-free
   cases given a false tumour (with 3 held-out cases, one such case moves the mean by a third),
-* median seconds per training step (epoch time without validation / steps).
+* median seconds per step (an epoch's wall time, its validation included, over its steps), and the training's
+  CPU seconds per step (user + system time of the whole training, validation included, over its
+  steps): on a machine whose speed varies within a run (this one's did on 2026-12-06: epochs
+  alternated between about one and two busy cores) the CPU figure compares recipes, the
+  wall-clock one does not.
 
     .venv/bin/python bench/recipe.py --out /tmp/recipe                  # every candidate x 2 seeds
     .venv/bin/python bench/recipe.py --out /tmp/recipe --seeds 0 --candidates seed instance
@@ -27,8 +31,10 @@ import csv
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -76,6 +82,22 @@ CANDIDATES: dict[str, dict[str, Any]] = {
         "schedule": "poly",
     },
     "nnunet_like": preset("train_nnunet_like.yaml"),
+    # The preset with a tenth of nnU-Net's learning rate: its SGD at 0.01 / momentum 0.99 learned
+    # nothing on the demo's 8-filter model (2026-12-03, both seeds).
+    "nnunet_like_lr1e-3": {**preset("train_nnunet_like.yaml"), "learning_rate": 1e-3},
+    "instance_poly_ds_lr5e-4": {
+        "model": {"norm": "instance", "deep_supervision": True},
+        "schedule": "poly",
+        "learning_rate": 5e-4,
+    },
+    # The preset with Adam 1e-3 instead of its SGD (everything else kept, augmentation included):
+    # the docs' line for trying the preset's other choices at the demo's budget.
+    "nnunet_like_adam": {
+        **preset("train_nnunet_like.yaml"),
+        "optimizer": "adam",
+        "learning_rate": 1e-3,
+        "weight_decay": 0.0,
+    },
 }
 
 
@@ -120,6 +142,12 @@ def heldout_figures(report: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (every TensorFlow thread included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_one(out: Path, candidate: str, seed: int) -> dict[str, Any]:
     """Train, predict and evaluate one candidate with one seed (in this process)."""
     from pancreas.demo import demo_configs, demo_paths, train_and_score
@@ -138,13 +166,22 @@ def run_one(out: Path, candidate: str, seed: int) -> dict[str, Any]:
         "report": folder / "report.json",
     }
     seconds: dict[str, float] = {}
+    from dataset.contract.run import holds_run
+    from training.run import train as train_run
+
+    # Trained here first, so its CPU time is measured alone; train_and_score then finds the run
+    # finished and only predicts and scores.
+    cpu_start = cpu_seconds()
+    train_run(paths["store"], paths["run"], train, resume=holds_run(paths["run"]), progress=False)
+    train_cpu = cpu_seconds() - cpu_start
     report = train_and_score(paths, configs, progress=False, seconds=seconds)
     result = {
         "candidate": candidate,
         "seed": seed,
         **curve_figures(paths["run"] / "history.csv", train.steps_per_epoch),
         **heldout_figures(report),
-        "train_seconds": seconds["train"],
+        "train_cpu_seconds": train_cpu,
+        "cpu_seconds_per_step": train_cpu / (train.epochs * train.steps_per_epoch),
     }
     (folder / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
@@ -162,6 +199,7 @@ COLUMNS = (
     ("heldout_tumour_cases", "held-out T, tumour cases", ".3f"),
     ("heldout_false_tumours", "false tumours", "g"),
     ("seconds_per_step", "s/step", ".3f"),
+    ("cpu_seconds_per_step", "CPU s/step", ".3f"),
 )
 
 
@@ -170,11 +208,11 @@ def table(results: list[dict[str, Any]]) -> str:
     head = "| run | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
     for r in results:
-        cells = " | ".join(format(r[key], fmt) for key, _, fmt in COLUMNS)
+        cells = " | ".join(format(r.get(key, math.nan), fmt) for key, _, fmt in COLUMNS)
         lines.append(f"| {r['candidate']} seed {r['seed']} | {cells} |")
     for name in dict.fromkeys(r["candidate"] for r in results):
         runs = [r for r in results if r["candidate"] == name]
-        cells = " | ".join(format(statistics.mean(r[key] for r in runs), fmt) for key, _, fmt in COLUMNS)
+        cells = " | ".join(format(statistics.mean(r.get(key, math.nan) for r in runs), fmt) for key, _, fmt in COLUMNS)
         lines.append(f"| **{name}** (mean of {len(runs)}) | {cells} |")
     return "\n".join(lines)
 
