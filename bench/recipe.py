@@ -16,10 +16,20 @@ candidate (mean over seeds):
   CPU seconds per step (user + system time of the whole training, validation included, over its
   steps): on a machine whose speed varies within a run (this one's did on 2026-12-06: epochs
   alternated between about one and two busy cores) the CPU figure compares recipes, the
-  wall-clock one does not.
+  wall-clock one does not,
+* the same held-out figures on 12 more phantoms (``EXTRA_TEST_CASES``, another synthesis seed:
+  the demo's 3 held-out cases hold 2 tumours, too few to rank recipes by tumour Dice).
+
+``--step-cost`` measures instead, per candidate and each alone in a process of its own, what a
+recipe costs apart from the validation protocol: CPU seconds per training step of its model on
+one in-memory batch of the demo's patch (no input pipeline; median of ``STEP_COST_STEPS``), and
+CPU seconds of one validation pass over the demo's validation manifest (tiled as training
+validates it). The input pipeline's own rate under each augmentation mix is
+``bench/pipeline.py --augment-table``'s.
 
     .venv/bin/python bench/recipe.py --out /tmp/recipe                  # every candidate x 2 seeds
     .venv/bin/python bench/recipe.py --out /tmp/recipe --seeds 0 --candidates seed instance
+    .venv/bin/python bench/recipe.py --out /tmp/recipe --step-cost --candidates seed nnunet_like_adam
 
 A finished run is kept and reused on a rerun (its folder holds ``result.json``).
 """
@@ -47,6 +57,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from dataset.common.configio import from_dict, to_dict
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs"
+EXTRA_TEST_CASES = 12
+EXTRA_SEED = 1  # the demo's phantoms are synthesis seed 0
+STEP_COST_STEPS = 20
 
 
 def preset(name: str) -> dict[str, Any]:
@@ -58,6 +71,7 @@ def preset(name: str) -> dict[str, Any]:
 
 # Overrides of the demo's train config (configs/demo/train.yaml). "seed" is the demo as it is:
 # batch norm, ReLU, Adam 1e-3, ReduceLROnPlateau; "seed_poly" the same with the poly decay.
+# "renorm": the seed's recipe with batch renormalisation.
 # "instance": the seed's recipe with instance norm;
 # "instance_poly": and the poly decay instead of the plateau rule; "instance_poly_ds": and deep
 # supervision. "nnunet_like": configs/train_nnunet_like.yaml (nnU-Net's normalisation, activation,
@@ -65,6 +79,10 @@ def preset(name: str) -> dict[str, Any]:
 CANDIDATES: dict[str, dict[str, Any]] = {
     "seed": {},
     "seed_poly": {"schedule": "poly"},
+    # The seed's recipe with batch renormalisation (training.model.BatchRenormalization): batch
+    # norm's statistics corrected towards the moving ones in training, so batches of 2 validate
+    # with the statistics they trained with.
+    "renorm": {"model": {"norm": "batch_renorm"}},
     "instance": {"model": {"norm": "instance"}},
     "instance_poly": {"model": {"norm": "instance"}, "schedule": "poly"},
     "instance_poly_ds": {"model": {"norm": "instance", "deep_supervision": True}, "schedule": "poly"},
@@ -77,6 +95,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
         "model": {"norm": "group", "norm_groups": 2, "deep_supervision": True},
         "schedule": "poly",
     },
+    # nnunet_like_adam without its online augmentation (the same config, as the demo's loss is
+    # already Dice + CE): the network and schedule alone, at the default pipeline's cost.
     "instance_leaky_poly_ds": {
         "model": {"norm": "instance", "activation": "leaky_relu", "deep_supervision": True},
         "schedule": "poly",
@@ -148,17 +168,65 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_one(out: Path, candidate: str, seed: int) -> dict[str, Any]:
-    """Train, predict and evaluate one candidate with one seed (in this process)."""
-    from pancreas.demo import demo_configs, demo_paths, train_and_score
+def candidate_config(candidate: str, seed: int):
+    """The demo's configs with ``candidate``'s train overrides and ``seed``."""
+    from pancreas.demo import demo_configs
     from training.config import TrainConfig
 
     configs = demo_configs()
     train = from_dict(
         TrainConfig, merged(to_dict(configs.train), {**CANDIDATES[candidate], "seed": seed}), where=candidate
     )
-    configs = dataclasses.replace(configs, train=train)
+    return dataclasses.replace(configs, train=train)
+
+
+def extra_figures(out: Path, folder: Path, configs) -> dict[str, float]:
+    """The held-out figures of a trained run on the ``EXTRA_TEST_CASES`` phantoms (``out/extra``)."""
+    from evaluation.evaluate import evaluate_dirs
+    from prediction.predict import predict_cases
+
+    data = out / "extra"
+    predicted = predict_cases(folder / "run", data, folder / "extra_predictions", configs.predict, progress=False)
+    if predicted.failed:
+        raise RuntimeError(f"extra held-out prediction failed for {[r.case_id for r in predicted.failed]}")
+    report = evaluate_dirs(folder / "extra_predictions", data / "labelsTs", progress=False)
+    (folder / "extra_report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    return {f"extra_{key.removeprefix('heldout_')}": value for key, value in heldout_figures(report).items()}
+
+
+def make_extra_cases(out: Path) -> None:
+    """The extra held-out phantoms (once): the demo's size and tumours, synthesis seed ``EXTRA_SEED``."""
+    from pancreas.demo import DEMO_TUMOURS
+    from sources.synthetic.msd import make_dataset
+
+    if not (out / "extra" / "dataset.json").is_file():
+        make_dataset(
+            out / "extra",
+            1,
+            seed=EXTRA_SEED,
+            size="small",
+            n_test=EXTRA_TEST_CASES,
+            progress=False,
+            tumours=DEMO_TUMOURS,
+        )
+
+
+def run_one(out: Path, candidate: str, seed: int) -> dict[str, Any]:
+    """Train, predict and evaluate one candidate with one seed (in this process); a run already
+    finished only gets the figures it lacks (the extra held-out cases)."""
+    from pancreas.demo import demo_paths, train_and_score
+
+    configs = candidate_config(candidate, seed)
+    train = configs.train
     folder = out / f"{candidate}-seed{seed}"
+    done = folder / "result.json"
+    if done.is_file():
+        result = json.loads(done.read_text(encoding="utf-8"))
+        if "heldout_false_tumours" not in result:  # written before those columns
+            result.update(heldout_figures(json.loads((folder / "report.json").read_text(encoding="utf-8"))))
+        result.update(extra_figures(out, folder, configs))
+        done.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        return result
     paths = {
         **demo_paths(out),
         "run": folder / "run",
@@ -182,9 +250,81 @@ def run_one(out: Path, candidate: str, seed: int) -> dict[str, Any]:
         **heldout_figures(report),
         "train_cpu_seconds": train_cpu,
         "cpu_seconds_per_step": train_cpu / (train.epochs * train.steps_per_epoch),
+        **extra_figures(out, folder, configs),
     }
-    (folder / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    done.write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
+
+
+def step_cost(out: Path, candidate: str) -> dict[str, Any]:
+    """What ``candidate`` costs per training step and per validation pass (see the module docstring)."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from training.distribute import build_compiled_model
+    from training.model import N_CLASSES
+    from training.pipeline import validation_dataset, validation_tiles
+    from training.preflight import read_run_inputs
+
+    config = candidate_config(candidate, 0).train
+    inputs = read_run_inputs(out / "store", config, 0)
+    keras.utils.set_random_seed(0)
+    model = build_compiled_model(config)
+    rng = np.random.default_rng(0)
+    shape = (config.batch_size, *inputs.patch_size_zyx)
+    x = rng.random((*shape, 1), dtype=np.float32)
+    y = rng.integers(0, N_CLASSES, shape).astype(np.uint8)
+
+    class CpuPerStep(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.steps: list[float] = []
+
+        def on_train_batch_begin(self, batch, logs=None) -> None:
+            self._start = cpu_seconds()
+
+        def on_train_batch_end(self, batch, logs=None) -> None:
+            self.steps.append(cpu_seconds() - self._start)
+
+    timer = CpuPerStep()
+    data = tf.data.Dataset.from_tensors((x, y)).repeat()
+    model.fit(data, epochs=1, steps_per_epoch=STEP_COST_STEPS + 1, callbacks=[timer], verbose=0, shuffle=False)
+    tile = inputs.patch_size_zyx if config.model.per_sample_norm else None
+    samples = len(inputs.val_rows) * validation_tiles(inputs.val_patch_size_zyx, tile)
+    val = validation_dataset(inputs.store, inputs.val_rows, config.val_batch_size, config.input_threads, tile)
+    steps = math.ceil(samples / config.val_batch_size)
+    model.evaluate(val, steps=1, verbose=0)  # traced and warmed outside the timing
+    start = cpu_seconds()
+    model.evaluate(val, steps=steps, verbose=0)
+    result = {
+        "candidate": candidate,
+        "train_step_cpu_seconds": statistics.median(timer.steps[1:]),
+        "validation_cpu_seconds": cpu_seconds() - start,
+        "validation_samples": samples,
+        "validation_patch_zyx": list(inputs.val_patch_size_zyx),
+        "validation_tile_zyx": list(tile) if tile else None,
+    }
+    (out / "step-cost").mkdir(exist_ok=True)
+    (out / "step-cost" / f"{candidate}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+def step_cost_table(results: list[dict[str, Any]]) -> str:
+    """A Markdown table of ``step_cost`` results, each relative to the first row's."""
+    ref = results[0]
+    lines = [
+        f"| candidate | CPU s per training step | x {ref['candidate']} | validation pass, CPU s | samples |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        ratio = r["train_step_cpu_seconds"] / ref["train_step_cpu_seconds"]
+        tiles = "" if r["validation_tile_zyx"] is None else f" (tiles of {tuple(r['validation_tile_zyx'])})"
+        lines.append(
+            f"| {r['candidate']} | {r['train_step_cpu_seconds']:.3f} | {ratio:.2f} | "
+            f"{r['validation_cpu_seconds']:.1f} | {r['validation_samples']}{tiles} |"
+        )
+    return "\n".join(lines)
 
 
 COLUMNS = (
@@ -200,6 +340,10 @@ COLUMNS = (
     ("heldout_false_tumours", "false tumours", "g"),
     ("seconds_per_step", "s/step", ".3f"),
     ("cpu_seconds_per_step", "CPU s/step", ".3f"),
+    ("extra_pancreas", f"{EXTRA_TEST_CASES} more: P", ".3f"),
+    ("extra_tumour", f"{EXTRA_TEST_CASES} more: T", ".3f"),
+    ("extra_tumour_cases", f"{EXTRA_TEST_CASES} more: T, tumour cases", ".3f"),
+    ("extra_false_tumours", f"{EXTRA_TEST_CASES} more: false tumours", "g"),
 )
 
 
@@ -222,30 +366,39 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="working folder (kept: reruns reuse finished runs)")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--step-cost", action="store_true", help="measure each candidate's step and validation cost")
     parser.add_argument("--one", nargs=2, metavar=("CANDIDATE", "SEED"), help=argparse.SUPPRESS)
+    parser.add_argument("--one-cost", metavar="CANDIDATE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = args.out.resolve()
     if args.one:
         run_one(out, args.one[0], int(args.one[1]))
+        return 0
+    if args.one_cost:
+        step_cost(out, args.one_cost)
         return 0
 
     from pancreas.demo import build_store, demo_configs, demo_paths
 
     if not (out / "store" / "index" / "summary.json").is_file():
         build_store(demo_paths(out), demo_configs(), workers=2, progress=False, seconds={})
+    machine = f"{datetime.date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    if args.step_cost:
+        for candidate in args.candidates:
+            subprocess.run([sys.executable, __file__, "--out", str(out), "--one-cost", candidate], check=True)
+        costs = [json.loads((out / "step-cost" / f"{c}.json").read_text(encoding="utf-8")) for c in args.candidates]
+        print(f"\n{machine}\n{step_cost_table(costs)}")
+        return 0
+    make_extra_cases(out)
     results = []
     for candidate in args.candidates:
         for seed in args.seeds:
             done = out / f"{candidate}-seed{seed}" / "result.json"
-            if not done.is_file():
-                print(f"training {candidate} seed {seed} ...", flush=True)
+            if not done.is_file() or "extra_pancreas" not in json.loads(done.read_text(encoding="utf-8")):
+                print(f"{'scoring' if done.is_file() else 'training'} {candidate} seed {seed} ...", flush=True)
                 subprocess.run([sys.executable, __file__, "--out", str(out), "--one", candidate, str(seed)], check=True)
-            result = json.loads(done.read_text(encoding="utf-8"))
-            if "heldout_false_tumours" not in result:  # written before those columns
-                report = json.loads((done.parent / "report.json").read_text(encoding="utf-8"))
-                result.update(heldout_figures(report))
-            results.append(result)
-    print(f"\n{datetime.date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+            results.append(json.loads(done.read_text(encoding="utf-8")))
+    print(f"\n{machine}")
     print(table(results))
     return 0
 

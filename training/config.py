@@ -30,7 +30,7 @@ MULTIWORKER_REFUSAL = (
     "train one fold per machine with --fold K, or use mirrored over one machine's GPUs"
 )
 JIT_COMPILE = ("auto", True, False)
-NORMS = ("batch", *PER_SAMPLE_NORMS)  # of training.model.build_unet
+NORMS = ("batch", "batch_renorm", *PER_SAMPLE_NORMS)  # of training.model.build_unet
 ACTIVATIONS = ("relu", "leaky_relu")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("plateau", "poly")
@@ -42,7 +42,7 @@ class ModelConfig:
 
     depth: int = 4  # number of 2x poolings; the one place the depth is set (index patches must suit it)
     base_filters: int = 16  # filters of the first level, doubled per level (16: 5.6 M params)
-    norm: str = "batch"  # batch | instance (per sample and channel) | group (norm_groups per sample)
+    norm: str = "batch"  # batch | batch_renorm | instance (per sample and channel) | group (norm_groups per sample)
     norm_groups: int = 8  # groups of norm: group; must divide base_filters
     activation: str = "relu"  # relu | leaky_relu (slope 0.01, nnU-Net's)
     # extra softmax heads on decoder levels 1..depth-2, loss weights halving per level (nnU-Net's);
