@@ -24,8 +24,10 @@ candidate (mean over seeds):
 recipe costs apart from the validation protocol: CPU seconds per training step of its model on
 one in-memory batch of the demo's patch (no input pipeline; median of ``STEP_COST_STEPS``), and
 CPU seconds of one validation pass over the demo's validation manifest (tiled as training
-validates it). The input pipeline's own rate under each augmentation mix is
-``bench/pipeline.py --augment-table``'s.
+validates it). The candidates are measured round-robin ``--repeats`` times and the table gives
+each one's fastest repeat and its slowest over fastest: on 2026-12-07 one pass over the same
+model config gave 0.49 and 0.77 s, as this machine's speed changed between runs. The input
+pipeline's own rate under each augmentation mix is ``bench/pipeline.py --augment-table``'s.
 
     .venv/bin/python bench/recipe.py --out /tmp/recipe                  # every candidate x 2 seeds
     .venv/bin/python bench/recipe.py --out /tmp/recipe --seeds 0 --candidates seed instance
@@ -83,6 +85,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # norm's statistics corrected towards the moving ones in training, so batches of 2 validate
     # with the statistics they trained with.
     "renorm": {"model": {"norm": "batch_renorm"}},
+    "renorm_poly": {"model": {"norm": "batch_renorm"}, "schedule": "poly"},
     "instance": {"model": {"norm": "instance"}},
     "instance_poly": {"model": {"norm": "instance"}, "schedule": "poly"},
     "instance_poly_ds": {"model": {"norm": "instance", "deep_supervision": True}, "schedule": "poly"},
@@ -256,7 +259,7 @@ def run_one(out: Path, candidate: str, seed: int) -> dict[str, Any]:
     return result
 
 
-def step_cost(out: Path, candidate: str) -> dict[str, Any]:
+def step_cost(out: Path, candidate: str, repeat: int) -> dict[str, Any]:
     """What ``candidate`` costs per training step and per validation pass (see the module docstring)."""
     import keras
     import numpy as np
@@ -306,23 +309,30 @@ def step_cost(out: Path, candidate: str) -> dict[str, Any]:
         "validation_tile_zyx": list(tile) if tile else None,
     }
     (out / "step-cost").mkdir(exist_ok=True)
-    (out / "step-cost" / f"{candidate}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    (out / "step-cost" / f"{candidate}-{repeat}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
 
 
-def step_cost_table(results: list[dict[str, Any]]) -> str:
-    """A Markdown table of ``step_cost`` results, each relative to the first row's."""
-    ref = results[0]
+def step_cost_table(repeats: list[list[dict[str, Any]]]) -> str:
+    """A Markdown table of ``step_cost`` results (one list of repeats per candidate): each
+    candidate's fastest repeat, relative to the first candidate's, and slowest over fastest."""
+
+    def fastest(runs: list[dict[str, Any]], key: str) -> float:
+        return min(r[key] for r in runs)
+
+    ref = fastest(repeats[0], "train_step_cpu_seconds")
     lines = [
-        f"| candidate | CPU s per training step | x {ref['candidate']} | validation pass, CPU s | samples |",
-        "|---|---|---|---|---|",
+        f"| candidate | CPU s per training step (fastest of {len(repeats[0])}) | x {repeats[0][0]['candidate']} "
+        "| slowest / fastest | validation pass, CPU s (fastest) | validation samples |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in results:
-        ratio = r["train_step_cpu_seconds"] / ref["train_step_cpu_seconds"]
+    for runs in repeats:
+        r, step = runs[0], fastest(runs, "train_step_cpu_seconds")
+        spread = max(x["train_step_cpu_seconds"] for x in runs) / step
         tiles = "" if r["validation_tile_zyx"] is None else f" (tiles of {tuple(r['validation_tile_zyx'])})"
         lines.append(
-            f"| {r['candidate']} | {r['train_step_cpu_seconds']:.3f} | {ratio:.2f} | "
-            f"{r['validation_cpu_seconds']:.1f} | {r['validation_samples']}{tiles} |"
+            f"| {r['candidate']} | {step:.3f} | {step / ref:.2f} | {spread:.2f} | "
+            f"{fastest(runs, 'validation_cpu_seconds'):.1f} | {r['validation_samples']}{tiles} |"
         )
     return "\n".join(lines)
 
@@ -368,14 +378,15 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--step-cost", action="store_true", help="measure each candidate's step and validation cost")
     parser.add_argument("--one", nargs=2, metavar=("CANDIDATE", "SEED"), help=argparse.SUPPRESS)
-    parser.add_argument("--one-cost", metavar="CANDIDATE", help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3, help="--step-cost: round-robin passes (default 3)")
+    parser.add_argument("--one-cost", nargs=2, metavar=("CANDIDATE", "REPEAT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = args.out.resolve()
     if args.one:
         run_one(out, args.one[0], int(args.one[1]))
         return 0
     if args.one_cost:
-        step_cost(out, args.one_cost)
+        step_cost(out, args.one_cost[0], int(args.one_cost[1]))
         return 0
 
     from pancreas.demo import build_store, demo_configs, demo_paths
@@ -384,9 +395,14 @@ def main() -> int:
         build_store(demo_paths(out), demo_configs(), workers=2, progress=False, seconds={})
     machine = f"{datetime.date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     if args.step_cost:
-        for candidate in args.candidates:
-            subprocess.run([sys.executable, __file__, "--out", str(out), "--one-cost", candidate], check=True)
-        costs = [json.loads((out / "step-cost" / f"{c}.json").read_text(encoding="utf-8")) for c in args.candidates]
+        for repeat in range(args.repeats):
+            for candidate in args.candidates:
+                command = [sys.executable, __file__, "--out", str(out), "--one-cost", candidate, str(repeat)]
+                subprocess.run(command, check=True)
+        costs = [
+            [json.loads((out / "step-cost" / f"{c}-{i}.json").read_text(encoding="utf-8")) for i in range(args.repeats)]
+            for c in args.candidates
+        ]
         print(f"\n{machine}\n{step_cost_table(costs)}")
         return 0
     make_extra_cases(out)
