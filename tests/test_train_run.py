@@ -400,3 +400,25 @@ def test_nnunet_like_recipe_trains_and_its_poly_rate_survives_a_resume(store, tm
 
     contract = read_input_contract(tmp_path / "run")  # instance norm: predict's window is the training patch
     assert contract.model_norm == "instance" and contract.default_window_zyx == contract.patch_size_zyx
+
+
+def test_batch_renorm_run_resumes_bit_for_bit(store, tmp_path):
+    """Batch renormalisation's state (moving statistics, its step counter for the warm-up and the
+    bias correction) is in the checkpoint: 1 epoch then a resume to 2 gives the weights of 2 at once."""
+    import keras
+
+    from training.model import BatchRenormalization
+    from training.run import train
+
+    model = ModelConfig(depth=2, base_filters=4, norm="batch_renorm")
+    config = dataclasses.replace(TINY, epochs=2, steps_per_epoch=3, image_patches=0, model=model)
+    train(store, tmp_path / "whole", config)
+    train(store, tmp_path / "resumed", dataclasses.replace(config, epochs=1))
+    train(store, tmp_path / "resumed", config, resume=True)
+    whole, resumed = (
+        keras.saving.load_model(tmp_path / r / "checkpoints" / "last.keras") for r in ("whole", "resumed")
+    )
+    for a, b in zip(whole.weights, resumed.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+    steps = [float(layer.steps) for layer in resumed.layers if isinstance(layer, BatchRenormalization)]
+    assert steps and set(steps) == {6.0}
