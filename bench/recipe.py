@@ -253,8 +253,11 @@ def run_one(out: Path, candidate: str, seed: int) -> dict[str, Any]:
         **heldout_figures(report),
         "train_cpu_seconds": train_cpu,
         "cpu_seconds_per_step": train_cpu / (train.epochs * train.steps_per_epoch),
-        **extra_figures(out, folder, configs),
     }
+    # written before the extra cases are scored: a failure there leaves the training's figures
+    # (its CPU time cannot be measured again from a finished run), and a rerun scores them
+    done.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    result.update(extra_figures(out, folder, configs))
     done.write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
 

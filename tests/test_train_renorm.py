@@ -93,14 +93,20 @@ def test_clipping_bounds_the_correction():
 
 
 def test_warmup_is_batch_norm():
+    """A fresh layer: plain batch norm for ``warmup_steps``, then corrected towards the moving
+    statistics (a batch unlike the earlier ones moves far from its own batch norm)."""
     x = _batch(scale=10.0, shift=3.0)
-    layer = _layer(x, warmup_steps=2, steps=0)
-    mean, var = _moments(x)
-    want = (x - mean) / np.sqrt(var + EPS) * np.asarray(layer.gamma) + np.asarray(layer.beta)
+    layer = BatchRenormalization(momentum=0.9, epsilon=EPS, warmup_steps=2)
+
+    def batch_norm(v: np.ndarray) -> np.ndarray:  # gamma 1, beta 0: a fresh layer
+        mean, var = _moments(v)
+        return (v - mean) / np.sqrt(var + EPS)
+
     for _ in range(2):
-        np.testing.assert_allclose(np.asarray(layer(x, training=True)), want, rtol=1e-4, atol=1e-4)
-    after = np.asarray(layer(x, training=True))  # step 3: corrected towards the moving statistics
-    assert np.abs(after - want).max() > 0.1
+        np.testing.assert_allclose(np.asarray(layer(x, training=True)), batch_norm(x), rtol=1e-4, atol=1e-4)
+    other = _batch(seed=5, scale=0.5)  # spread 20x smaller, mean 3 lower than the moving statistics
+    after = np.asarray(layer(other, training=True))
+    assert np.abs(after - batch_norm(other)).max() > 1.0
 
 
 def test_mixed_precision_keeps_float32_statistics():
@@ -111,9 +117,99 @@ def test_mixed_precision_keeps_float32_statistics():
     assert {keras.backend.standardize_dtype(v.dtype) for v in layer.weights} == {"float32"}
     mean, _ = _moments(x)
     np.testing.assert_allclose(np.asarray(layer.moving_statistics()[0]), mean, rtol=0.02, atol=0.02)
+    small = keras.ops.cast(x[:1, :1, :2, :2], "bfloat16")
+    for _ in range(299):
+        layer(small, training=True)
+    assert float(layer.steps) == 300.0  # a bfloat16 counter stops at 256
 
 
-def test_a_renorm_model_trains_saves_and_predicts_the_same(tmp_path):
+def test_the_correction_is_constant_for_the_gradient():
+    """The gradient flows through the batch statistics with r and d held fixed (stop_gradient)."""
+    import tensorflow as tf
+
+    x = tf.constant(_batch())
+    layer = _layer(x.numpy())
+    mean, var = _moments(x.numpy())
+    mm, mv = (mean + 0.2).astype(np.float32), (var * 1.5).astype(np.float32)
+    layer.moving_mean.assign(mm)
+    layer.moving_variance.assign(mv)
+    r = np.sqrt(var + EPS) / np.sqrt(mv + EPS)
+    d = (mean - mm) / np.sqrt(mv + EPS)
+    weights = tf.constant(np.random.default_rng(3).normal(size=x.shape).astype(np.float32))
+    gamma, beta = np.asarray(layer.gamma), np.asarray(layer.beta)
+
+    def reference(v):  # r and d as constants
+        m, s2 = tf.nn.moments(v, axes=[0, 1, 2, 3])
+        return ((v - m) / tf.sqrt(s2 + EPS) * r + d) * gamma + beta
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        got = tf.reduce_sum(layer(x, training=True) * weights)
+        want = tf.reduce_sum(reference(x) * weights)
+    np.testing.assert_allclose(tape.gradient(got, x).numpy(), tape.gradient(want, x).numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_the_lower_clip_bound():
+    x = _batch(scale=0.01)  # batch spread a hundredth of the moving statistics' (1): r at 1/r_max
+    layer = _layer(x, r_max=2.0)
+    mean, var = _moments(x)
+    got = np.asarray(layer(x, training=True))
+    want = ((x - mean) / np.sqrt(var + EPS) * 0.5 + mean / np.sqrt(1.0 + EPS)) * np.asarray(layer.gamma)
+    np.testing.assert_allclose(got, want + np.asarray(layer.beta), rtol=1e-4, atol=1e-4)
+
+
+def test_a_frozen_layer_normalises_as_in_inference():
+    x = _batch()
+    layer = _layer(x)
+    layer.trainable = False
+    np.testing.assert_array_equal(np.asarray(layer(x, training=True)), np.asarray(layer(x, training=False)))
+    assert float(layer.steps) == 1e6
+
+
+def test_config_round_trip():
+    layer = BatchRenormalization(momentum=0.95, epsilon=1e-4, r_max=2.5, d_max=4.0, warmup_steps=7, name="n")
+    again = BatchRenormalization.from_config(layer.get_config())
+    assert (again.momentum, again.epsilon, again.r_max, again.d_max, again.warmup_steps) == (0.95, 1e-4, 2.5, 4.0, 7)
+
+
+@pytest.mark.slow
+def test_replicas_share_the_moving_statistics():
+    """Under MirroredStrategy (two logical CPUs) the replicas' updates are averaged."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    script = textwrap.dedent("""
+        import json
+        import numpy as np
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from training.model import BatchRenormalization
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        with strategy.scope():
+            layer = BatchRenormalization(momentum=0.5, warmup_steps=0)
+            layer.build((None, 2, 2, 2, 1))
+        x = np.stack([np.zeros((2, 2, 2, 1)), np.full((2, 2, 2, 1), 10.0)]).astype(np.float32)
+        values = strategy.experimental_distribute_values_from_function(
+            lambda ctx: x[ctx.replica_id_in_sync_group : ctx.replica_id_in_sync_group + 1]
+        )
+        strategy.run(tf.function(lambda v: layer(v, training=True)), args=(values,))
+        local = lambda v: [float(t.numpy().ravel()[0]) for t in strategy.experimental_local_results(v.value)]
+        print("RESULT", json.dumps({"mean": local(layer.moving_mean), "steps": local(layer.steps)}))
+    """)
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+
+    result = json.loads(out.stdout.split("RESULT", 1)[1])
+    assert result == {"mean": [2.5, 2.5], "steps": [1.0, 1.0]}  # 0.5 * mean(0, 10), on both replicas
+
+
+def test_a_renorm_model_trains_saves_and_predicts_the_same(tmp_path, monkeypatch):
+    monkeypatch.setattr("training.model.RENORM_WARMUP_STEPS", 1)  # the correction on from step 2 of 3
     config = TrainConfig(model=ModelConfig(depth=2, base_filters=4, norm="batch_renorm"), batch_size=2)
     keras.utils.set_random_seed(0)
     model = build_compiled_model(config)

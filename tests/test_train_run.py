@@ -402,13 +402,16 @@ def test_nnunet_like_recipe_trains_and_its_poly_rate_survives_a_resume(store, tm
     assert contract.model_norm == "instance" and contract.default_window_zyx == contract.patch_size_zyx
 
 
-def test_batch_renorm_run_resumes_bit_for_bit(store, tmp_path):
+def test_batch_renorm_run_resumes_bit_for_bit(store, tmp_path, monkeypatch):
     """Batch renormalisation's state (moving statistics, its step counter for the warm-up and the
-    bias correction) is in the checkpoint: 1 epoch then a resume to 2 gives the weights of 2 at once."""
+    bias correction) is in the checkpoint: 1 epoch then a resume to 2 gives the weights of 2 at once,
+    the correction on from step 3 (warm-up shortened from 100 to 2)."""
     import keras
 
     from training.model import BatchRenormalization
     from training.run import train
+
+    monkeypatch.setattr("training.model.RENORM_WARMUP_STEPS", 2)
 
     model = ModelConfig(depth=2, base_filters=4, norm="batch_renorm")
     config = dataclasses.replace(TINY, epochs=2, steps_per_epoch=3, image_patches=0, model=model)
@@ -420,5 +423,6 @@ def test_batch_renorm_run_resumes_bit_for_bit(store, tmp_path):
     )
     for a, b in zip(whole.weights, resumed.weights, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
-    steps = [float(layer.steps) for layer in resumed.layers if isinstance(layer, BatchRenormalization)]
-    assert steps and set(steps) == {6.0}
+    renorms = [layer for layer in resumed.layers if isinstance(layer, BatchRenormalization)]
+    assert renorms and {float(layer.steps) for layer in renorms} == {6.0}
+    assert {layer.warmup_steps for layer in renorms} == {2}

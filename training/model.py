@@ -70,21 +70,31 @@ class BatchRenormalization(layers.Layer):
     def build(self, input_shape) -> None:
         channels = (int(input_shape[-1]),)
 
-        # float32 under a mixed-precision policy too (autocast=False), as Keras' batch norm keeps them
-        def weight(name: str, shape: tuple[int, ...], initializer: str, trainable: bool = False):
-            return self.add_weight(shape=shape, initializer=initializer, trainable=trainable, autocast=False, name=name)
+        # float32 under a mixed-precision policy too (autocast=False: a bfloat16 step counter would
+        # stop at 256). Under a distribution strategy the replicas' updates of the moving statistics
+        # are averaged and the first replica's step count kept, so every replica trains with the
+        # same statistics (they enter the training pass here, unlike in batch norm).
+        def weight(name: str, shape: tuple[int, ...], initializer: str, aggregation: str = "mean", trainable=False):
+            return self.add_weight(
+                shape=shape,
+                initializer=initializer,
+                trainable=trainable,
+                autocast=False,
+                aggregation=aggregation,
+                name=name,
+            )
 
-        self.gamma = weight("gamma", channels, "ones", trainable=True)
-        self.beta = weight("beta", channels, "zeros", trainable=True)
+        self.gamma = weight("gamma", channels, "ones", aggregation="none", trainable=True)
+        self.beta = weight("beta", channels, "zeros", aggregation="none", trainable=True)
         self.moving_mean = weight("moving_mean", channels, "zeros")
         self.moving_variance = weight("moving_variance", channels, "zeros")
-        self.steps = weight("steps", (), "zeros")
+        self.steps = weight("steps", (), "zeros", aggregation="only_first_replica")
 
     def call(self, x, training=None):
         dtype = x.dtype
         x = keras.ops.cast(x, "float32")
         moving_mean, moving_std = self.moving_statistics()
-        if not training:
+        if not training or not self.trainable:  # a frozen layer normalises as in inference, as Keras' batch norm
             x_hat = (x - moving_mean) / moving_std
         else:
             mean, variance = keras.ops.moments(x, axes=list(range(len(x.shape) - 1)))
@@ -130,7 +140,7 @@ def norm_layer(norm: str, filters: int, groups: int, name: str) -> layers.Layer:
     if norm == "batch":
         return layers.BatchNormalization(momentum=BN_MOMENTUM, name=name)
     if norm == "batch_renorm":
-        return BatchRenormalization(name=name)
+        return BatchRenormalization(warmup_steps=RENORM_WARMUP_STEPS, name=name)  # read here: tests shorten it
     n_groups = filters if norm == "instance" else groups
     if filters % n_groups:
         raise ValueError(f"model.norm_groups={groups} does not divide the {filters} filters of {name}")
