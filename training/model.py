@@ -74,21 +74,16 @@ class BatchRenormalization(layers.Layer):
         # stop at 256). Under a distribution strategy the replicas' updates of the moving statistics
         # are averaged and the first replica's step count kept, so every replica trains with the
         # same statistics (they enter the training pass here, unlike in batch norm).
-        def weight(name: str, shape: tuple[int, ...], initializer: str, aggregation: str = "mean", trainable=False):
+        def weight(name: str, shape: tuple[int, ...], initializer: str, aggregation: str, trainable: bool = False):
             return self.add_weight(
-                shape=shape,
-                initializer=initializer,
-                trainable=trainable,
-                autocast=False,
-                aggregation=aggregation,
-                name=name,
+                shape, initializer, trainable=trainable, autocast=False, aggregation=aggregation, name=name
             )
 
-        self.gamma = weight("gamma", channels, "ones", aggregation="none", trainable=True)
-        self.beta = weight("beta", channels, "zeros", aggregation="none", trainable=True)
-        self.moving_mean = weight("moving_mean", channels, "zeros")
-        self.moving_variance = weight("moving_variance", channels, "zeros")
-        self.steps = weight("steps", (), "zeros", aggregation="only_first_replica")
+        self.gamma = weight("gamma", channels, "ones", "none", trainable=True)
+        self.beta = weight("beta", channels, "zeros", "none", trainable=True)
+        self.moving_mean = weight("moving_mean", channels, "zeros", "mean")
+        self.moving_variance = weight("moving_variance", channels, "zeros", "mean")
+        self.steps = weight("steps", (), "zeros", "only_first_replica")
 
     def call(self, x, training=None):
         dtype = x.dtype
